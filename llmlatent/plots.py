@@ -1,0 +1,157 @@
+"""The paper's figure styles, drawn from tidy summaries. Every ``save`` writes PNG and PDF.
+
+Layer rule (everywhere in llmlatent): ``layer`` i is the residual stream after block i, 0-based;
+plots show the same numbers on an x-axis labelled "layer (after block, 0-based)".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .data import DISPLAY
+
+LAYER_LABEL = "layer (after block, 0-based)"
+COLORS = {"target": "#d95f02", "english": "#1b9e77", "source": "#7570b3"}
+
+
+def save(fig: plt.Figure, path_stem: str | Path) -> list[Path]:
+    """Return the PNG and PDF paths written for ``fig`` at ``path_stem`` (suffix ignored)."""
+    stem = Path(path_stem).with_suffix("")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    return paths
+
+
+def _label(name: str, meta: dict) -> str:
+    lang = {"target": meta.get("tgt"), "english": "en", "source": meta.get("src")}.get(name)
+    return f"{name} ({DISPLAY.get(lang, lang)})" if lang else name
+
+
+def probability_axes(ax: plt.Axes, summary: pd.DataFrame, meta: dict | None = None, *, legend: bool = True) -> None:
+    """Draw p(target), p(English) and p(source) per layer with 95% bands on ``ax``."""
+    meta = meta or {}
+    x = summary["layer"].to_numpy()
+    for name, color in COLORS.items():
+        mean = summary.get(f"p_{name}_mean")
+        if mean is None or mean.isna().all():
+            continue
+        ax.plot(x, mean, color=color, label=_label(name, meta), lw=2)
+        ax.fill_between(x, summary[f"p_{name}_lo"], summary[f"p_{name}_hi"], color=color, alpha=0.2, lw=0)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlim(x.min(), x.max())
+    ax.set_ylabel("probability")
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(loc="upper left", fontsize=8, frameon=False)
+
+
+def probability_figure(summary: pd.DataFrame, meta: dict | None = None, title: str | None = None) -> plt.Figure:
+    """Return the paper's main figure: an entropy colour strip above probability lines with 95% bands."""
+    fig, (strip, ax) = plt.subplots(
+        2, 1, figsize=(6, 4), sharex=True, gridspec_kw={"height_ratios": [1, 8], "hspace": 0.05}
+    )
+    x = summary["layer"].to_numpy()
+    entropy = summary["entropy_mean"].to_numpy()[None, :]
+    image = strip.imshow(
+        entropy, aspect="auto", cmap="viridis", extent=(x.min() - 0.5, x.max() + 0.5, 0, 1)
+    )
+    strip.set_yticks([])
+    strip.set_ylabel("H", rotation=0, labelpad=10, va="center")
+    cbar = fig.colorbar(image, ax=[strip, ax], location="right", fraction=0.04, pad=0.02)
+    cbar.set_label("entropy (bits)")
+    probability_axes(ax, summary, meta)
+    ax.set_xlim(x.min() - 0.5, x.max() + 0.5)
+    ax.set_xlabel(LAYER_LABEL)
+    if title:
+        strip.set_title(title, fontsize=10)
+    return fig
+
+
+def energy_figure(summary: pd.DataFrame, title: str | None = None) -> plt.Figure:
+    """Return the token-energy figure: mean energy per layer with its 95% band."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    x = summary["layer"].to_numpy()
+    ax.plot(x, summary["energy_mean"], color="#e7298a", lw=2, label="token energy")
+    if "energy_lo" in summary:
+        ax.fill_between(x, summary["energy_lo"], summary["energy_hi"], color="#e7298a", alpha=0.2, lw=0)
+    ax.set_xlabel(LAYER_LABEL)
+    ax.set_ylabel("energy")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def pair_grid(summaries: dict[tuple[str, str], pd.DataFrame], langs: list[str], title: str | None = None) -> plt.Figure:
+    """Return a src × tgt grid of probability panels; panels with target ≠ English are highlighted."""
+    n = len(langs)
+    fig, axes = plt.subplots(n, n, figsize=(2.6 * n, 2.0 * n), sharex=True, sharey=True, squeeze=False)
+    for i, src in enumerate(langs):
+        for j, tgt in enumerate(langs):
+            ax = axes[i, j]
+            summary = summaries.get((src, tgt))
+            if summary is None:
+                ax.axis("off")
+                continue
+            probability_axes(ax, summary, {"src": src, "tgt": tgt}, legend=False)
+            ax.set_ylabel("")
+            ax.set_title(f"{src}→{tgt}", fontsize=9)
+            if tgt != "en":
+                for spine in ax.spines.values():
+                    spine.set_edgecolor("#d95f02")
+                    spine.set_linewidth(1.5)
+    handles = [plt.Line2D([], [], color=c, lw=2, label=k) for k, c in COLORS.items()]
+    fig.legend(handles=handles, loc="upper right", ncol=3, frameon=False)
+    fig.supxlabel(LAYER_LABEL)
+    fig.supylabel("probability")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def heatmap(
+    values: pd.DataFrame,
+    *,
+    text: pd.DataFrame | None = None,
+    title: str | None = None,
+    xlabel: str = "",
+    ylabel: str = "",
+    cmap: str = "viridis",
+    fmt: str = ".2f",
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> plt.Figure:
+    """Return an annotated heatmap of a 2-D frame (cells show ``text`` if given, else the values)."""
+    rows, cols = values.shape
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * cols + 2), max(3, 0.35 * rows + 1.5)))
+    image = ax.imshow(values.to_numpy(dtype=float), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(cols), [str(c) for c in values.columns], rotation=45, ha="right")
+    ax.set_yticks(range(rows), [str(r) for r in values.index])
+    data = values.to_numpy(dtype=float)
+    finite = data[np.isfinite(data)]
+    mid = (finite.min() + finite.max()) / 2 if finite.size else 0
+    for r in range(rows):
+        for c in range(cols):
+            label = str(text.iat[r, c]) if text is not None else format(data[r, c], fmt)
+            ax.text(c, r, label, ha="center", va="center", fontsize=7,
+                    color="white" if np.isfinite(data[r, c]) and data[r, c] < mid else "black")
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def top_token_heatmap(table: pd.DataFrame, title: str | None = None) -> plt.Figure:
+    """Return the hand-prompt figure: layers × rank, cell text = token, colour = probability."""
+    probs = table.pivot(index="layer", columns="rank", values="prob").sort_index(ascending=False)
+    tokens = table.pivot(index="layer", columns="rank", values="token").sort_index(ascending=False)
+    tokens = tokens.map(lambda t: repr(t)[1:-1][:10])
+    return heatmap(probs, text=tokens, title=title, xlabel="rank", ylabel=LAYER_LABEL, vmin=0, vmax=1)

@@ -1,0 +1,209 @@
+"""Prompt builders for the paper's tasks (translation, repetition, cloze) → :class:`PromptSet`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import ANSWER, DISPLAY, LANGS, MASK, DataError, check_lang, read_prompt_file, read_table
+from .tokens import token_set
+
+log = logging.getLogger(__name__)
+
+TASKS = ("translation", "repetition", "cloze")
+DROP_REASONS = (
+    "english_in_target",
+    "empty_target_set",
+    "empty_english_set",
+    "target_english_overlap",
+    "source_english_overlap",
+    "no_cloze_mask",
+)
+
+
+@dataclass
+class PromptSet:
+    """Prompts with their answer / English / source token-id sets, and what the filters dropped.
+
+    ``df`` columns: prompt_id, task, src, tgt, concept, src_word, tgt_word, en_word, prompt,
+    target_ids, english_ids, source_ids (None where p_source is undefined).
+    """
+
+    df: pd.DataFrame
+    dropped: dict[str, int] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+    @property
+    def prompts(self) -> list[str]:
+        """Return the prompt texts in order."""
+        return self.df["prompt"].tolist()
+
+    def report(self) -> str:
+        """Return a one-line summary: kept count and drops per reason."""
+        drops = ", ".join(f"{k}={v}" for k, v in self.dropped.items() if v) or "none"
+        return f"{len(self)} prompts kept ({self.meta.get('task')} {self.meta.get('src')}→{self.meta.get('tgt')}); dropped: {drops}"
+
+
+def _line(src: str, tgt: str, src_word: str, tgt_word: str | None) -> str:
+    head = f'{DISPLAY[src]}: "{src_word}" - {DISPLAY[tgt]}: "'
+    return head if tgt_word is None else f'{head}{tgt_word}"\n'
+
+
+def _cloze_line(lang: str, masked: str, word: str | None) -> str:
+    head = f'{masked} {ANSWER[lang]}: "'
+    return head if word is None else f'{head}{word}".\n'
+
+
+def _shots(rng: np.random.Generator, n_rows: int, query: int, k: int) -> list[int]:
+    pool = np.array([i for i in range(n_rows) if i != query])
+    return [int(i) for i in rng.choice(pool, size=min(k, len(pool)), replace=False)]
+
+
+def build(
+    task: str,
+    src: str,
+    tgt: str,
+    tokenizer: object,
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    words_dir: str | Path | None = None,
+    strict: bool = False,
+    cognate_filter: bool = False,
+    n_shots: int | None = None,
+) -> PromptSet:
+    """Return the :class:`PromptSet` of a task with the paper's filters applied.
+
+    translation: ``n_shots`` (default 4) examples ``Français: "fleur" - 中文: "花"`` then the query
+    ending at ``中文: "``; repetition: the same with src = tgt; cloze (in language ``tgt``; ``src``
+    is ignored): ``n_shots`` (default 2) filled sentences of other words then the masked query ending
+    where the answer starts. Filters (drop counts in ``.dropped``): the English word inside the
+    target word, an empty target or English token set, overlapping target/English sets (target ≠
+    en); with ``cognate_filter`` also source/English overlaps. The same ``seed`` gives the same
+    prompts byte for byte.
+    """
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
+    check_lang(tgt)
+    if task == "cloze":
+        src = tgt
+    check_lang(src)
+    if task == "translation" and src == tgt:
+        raise DataError(f"translation needs two different languages (got {src}→{tgt}); use task='repetition' for src = tgt")
+    if task == "repetition" and src != tgt:
+        raise DataError(f"repetition uses one language (got {src}→{tgt}); use task='translation' or pass src = tgt")
+    n_shots = (2 if task == "cloze" else 4) if n_shots is None else n_shots
+    table = read_table(["en", src, tgt], words_dir)
+    rng = np.random.default_rng(seed)
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    with_source = task == "translation" and src not in ("en", tgt)
+    keep = []
+    for i, row in table.iterrows():
+        en_word, tgt_word, src_word = row["word_en"], row[f"word_{tgt}"], row[f"word_{src}"]
+        target_ids = token_set(tokenizer, tgt_word, strict=strict)
+        english_ids = token_set(tokenizer, en_word, strict=strict)
+        source_ids = token_set(tokenizer, src_word, strict=strict) if with_source else None
+        reason = None
+        if task == "cloze" and row[f"cloze_{tgt}"].count(MASK) != 1:
+            reason = "no_cloze_mask"
+        elif tgt != "en" and en_word.lower() in tgt_word.lower():
+            reason = "english_in_target"
+        elif not target_ids:
+            reason = "empty_target_set"
+        elif not english_ids:
+            reason = "empty_english_set"
+        elif tgt != "en" and set(target_ids) & set(english_ids):
+            reason = "target_english_overlap"
+        elif cognate_filter and with_source and set(source_ids) & set(english_ids):
+            reason = "source_english_overlap"
+        if reason:
+            dropped[reason] += 1
+            continue
+        keep.append((i, target_ids, english_ids, source_ids))
+    if not keep:
+        raise DataError(f"all {len(table)} concepts were filtered out for {task} {src}→{tgt}: {dropped}")
+    notes = []
+    if n is not None and n < len(keep):
+        chosen = sorted(rng.choice(len(keep), size=n, replace=False).tolist())
+        keep = [keep[j] for j in chosen]
+    elif n is not None and n > len(keep):
+        notes.append(f"asked for n={n} prompts but only {len(keep)} pass the filters; using all {len(keep)}")
+        log.warning(notes[-1])
+    records = []
+    for pid, (i, target_ids, english_ids, source_ids) in enumerate(keep):
+        row = table.loc[i]
+        shots = _shots(rng, len(table), i, n_shots)
+        if task == "cloze":
+            text = "".join(_cloze_line(tgt, table.loc[j, f"cloze_{tgt}"], table.loc[j, f"word_{tgt}"]) for j in shots)
+            text += _cloze_line(tgt, row[f"cloze_{tgt}"], None)
+        else:
+            text = "".join(_line(src, tgt, table.loc[j, f"word_{src}"], table.loc[j, f"word_{tgt}"]) for j in shots)
+            text += _line(src, tgt, row[f"word_{src}"], None)
+        records.append(
+            {
+                "prompt_id": pid,
+                "task": task,
+                "src": src,
+                "tgt": tgt,
+                "concept": row["concept"],
+                "src_word": row[f"word_{src}"],
+                "tgt_word": row[f"word_{tgt}"],
+                "en_word": row["word_en"],
+                "prompt": text,
+                "target_ids": target_ids,
+                "english_ids": english_ids,
+                "source_ids": source_ids,
+            }
+        )
+    meta = {
+        "task": task, "src": src, "tgt": tgt, "seed": seed, "strict": strict, "cognate_filter": cognate_filter,
+        "n_requested": n, "n_concepts": len(table), "n_shots": n_shots,
+    }
+    return PromptSet(pd.DataFrame(records), dropped, meta, notes)
+
+
+def from_prompt_file(path: str | Path, tokenizer: object, *, strict: bool = False, n: int | None = None, seed: int = 0) -> PromptSet:
+    """Return a :class:`PromptSet` replaying a saved prompt dataset in the seed repository's layout.
+
+    Token sets come from ``out_token_str`` (target), ``latent_token_str`` (English) and the optional
+    ``in_token_str`` (source), recomputed for ``tokenizer``; token-id columns in the file are ignored.
+    """
+    frame = read_prompt_file(path)
+    if n is not None and n < len(frame):
+        frame = frame.iloc[sorted(np.random.default_rng(seed).choice(len(frame), size=n, replace=False).tolist())]
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    records = []
+    for _, row in frame.iterrows():
+        target_ids = token_set(tokenizer, row["out_token_str"], strict=strict)
+        english_ids = token_set(tokenizer, row["latent_token_str"], strict=strict)
+        source_ids = token_set(tokenizer, row["in_token_str"], strict=strict) if row.get("in_token_str") else None
+        if not target_ids:
+            dropped["empty_target_set"] += 1
+            continue
+        if not english_ids:
+            dropped["empty_english_set"] += 1
+            continue
+        records.append(
+            {
+                "prompt_id": len(records), "task": "custom", "src": "", "tgt": "", "concept": row["latent_token_str"],
+                "src_word": row.get("in_token_str", ""), "tgt_word": row["out_token_str"], "en_word": row["latent_token_str"],
+                "prompt": row["prompt"], "target_ids": target_ids, "english_ids": english_ids, "source_ids": source_ids,
+            }
+        )
+    if not records:
+        raise DataError(f"all {len(frame)} prompts in {path} were filtered out: {dropped}")
+    meta = {"task": "custom", "src": "", "tgt": "", "seed": seed, "strict": strict, "source_file": Path(path).name}
+    return PromptSet(pd.DataFrame(records), dropped, meta)
+
+
+def all_pairs() -> list[tuple[str, str]]:
+    """Return every (src, tgt) translation pair among the five languages."""
+    return [(s, t) for s in LANGS for t in LANGS if s != t]

