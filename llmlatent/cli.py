@@ -47,6 +47,21 @@ def load_model(args: argparse.Namespace) -> object:
     )
 
 
+def check_prompt_args(args: argparse.Namespace) -> None:
+    """Raise one clear error for bad prompt options before any model is loaded."""
+    from . import data
+
+    if args.prompts:
+        if not Path(args.prompts).exists():
+            raise data.DataError(f"prompt file {args.prompts} does not exist")
+        return
+    data.check_lang(args.tgt)
+    if args.src:
+        data.check_lang(args.src)
+    if args.task == "translation" and (args.src or "fr") == args.tgt:
+        raise data.DataError(f"translation needs two different languages (got {args.tgt}→{args.tgt}); use --task repetition")
+
+
 def build_prompts(args: argparse.Namespace, tokenizer: object) -> object:
     """Return the PromptSet named by the common prompt options."""
     from . import tasks
@@ -81,6 +96,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from . import experiment
 
     started = time.perf_counter()
+    check_prompt_args(args)
     m = load_model(args)
     prompts = build_prompts(args, m.tokenizer)
     log.info(prompts.report())
@@ -120,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("llmlatent").setLevel(logging.INFO)
+    if not args.verbose:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

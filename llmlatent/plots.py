@@ -14,6 +14,25 @@ import pandas as pd
 
 from .data import DISPLAY
 
+
+
+def _use_cjk_font() -> None:
+    """Add Noto Sans CJK (PyPI package cvttf-notosanscjk-regular) as a glyph fallback after DejaVu Sans."""
+    import importlib.util
+
+    from matplotlib import font_manager
+
+    spec = importlib.util.find_spec("cvttf_NotoSansCJK_Regular")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    for font in Path(list(spec.submodule_search_locations)[0]).glob("*.otf"):
+        font_manager.fontManager.addfont(str(font))
+        name = font_manager.FontProperties(fname=str(font)).get_name()
+        plt.rcParams["font.family"] = ["DejaVu Sans", name]
+
+
+_use_cjk_font()
+
 LAYER_LABEL = "layer (after block, 0-based)"
 COLORS = {"target": "#d95f02", "english": "#1b9e77", "source": "#7570b3"}
 
