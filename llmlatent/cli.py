@@ -81,7 +81,9 @@ def cmd_lens(args: argparse.Namespace) -> int:
 
     from . import lens
 
-    prompt = args.prompt.encode("utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8") if args.escapes else args.prompt
+    prompt = args.prompt
+    if args.escapes:
+        prompt = prompt.replace("\\n", "\n").replace("\\t", "\t").replace('\\"', '"')
     m = load_model(args)
     table = lens.top_tokens(m, prompt, k=args.k)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 24):
@@ -106,6 +108,63 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Run every experiment and re-render every figure; print the total time."""
+    from . import reproduce
+
+    summary = reproduce.run_all(args.model, results=args.results, figures=args.figures, n=args.n, seed=args.seed,
+                                batch_size=args.batch_size, force=args.force, only=args.only)
+    print(f"reproduced {summary['runs']} runs, {len(summary['figures'])} figures in {args.figures}/ "
+          f"in {summary['seconds']:.0f} s")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """Collect last-token latents into a resumable latent store; data-parallel under torchrun (RANK/WORLD_SIZE)."""
+    import os
+
+    from . import latents
+
+    started = time.perf_counter()
+    latents.check_dtype(args.dtype_store)
+    check_prompt_args(args)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    group = False
+    if world > 1:
+        import torch
+        import torch.distributed as dist
+
+        if args.device is None and args.device_map is None and torch.cuda.is_available():
+            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+        if "MASTER_ADDR" in os.environ and not dist.is_initialized():
+            dist.init_process_group("gloo")  # only for a barrier at the end; shards need no communication
+            group = True
+    try:
+        m = load_model(args)
+        prompts = build_prompts(args, m.tokenizer)
+        log.info(prompts.report())
+        store = latents.collect(m, prompts, args.out, batch_size=args.batch_size, dtype=args.dtype_store,
+                                shard_size=args.shard_size)
+    finally:
+        if group:
+            dist.destroy_process_group()
+    if store is None:
+        log.info("rank %d of %d done; the store is complete once every rank has finished", rank, world)
+    elif rank == 0:
+        info = latents.info(args.out)
+        print(json.dumps({"out": args.out, "n_prompts": info["n_prompts"], "seconds": round(time.perf_counter() - started, 3),
+                          "size_bytes": info["size_bytes"], "model": info["model"]}, ensure_ascii=False))
+    return 0
+
+
+def cmd_cache_info(args: argparse.Namespace) -> int:
+    """Print a latent store's model, counts, layers, dtype and size on disk (JSON)."""
+    from . import latents
+
+    print(json.dumps(latents.info(args.dir), indent=1, ensure_ascii=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="python -m llmlatent", description=__doc__)
@@ -126,6 +185,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ci", default="normal", choices=["normal", "bootstrap"])
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("reproduce", help="run every experiment on one model and write all figures (make reproduce)")
+    p.add_argument("--model", default=None, help="HF id or local path (default: embedded google/gemma-3-270m)")
+    p.add_argument("--results", default="results")
+    p.add_argument("--figures", default="figures")
+    p.add_argument("--n", type=int, default=None, help="prompts per run (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--only", default=None, choices=["translation", "repetition", "cloze"], help="run one task only")
+    p.add_argument("--force", action="store_true", help="recompute runs that are already cached")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("cache", help="collect last-token latents of every block into a resumable latent store")
+    _add_prompts(p)
+    _add_model(p)
+    p.add_argument("--out", required=True, help="store folder (rerun the same command to resume)")
+    p.add_argument("--dtype-store", default="float16", choices=["float16", "bfloat16", "float32"], help="storage dtype")
+    p.add_argument("--shard-size", type=int, default=None, help="prompts per shard (default 64; a resumed store keeps its own)")
+    p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("cache-info", help="model, counts, layers and size on disk of a latent store")
+    p.add_argument("dir", help="latent store folder")
+    p.set_defaults(func=cmd_cache_info)
 
     return parser
 

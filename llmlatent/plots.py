@@ -172,5 +172,25 @@ def top_token_heatmap(table: pd.DataFrame, title: str | None = None) -> plt.Figu
     """Return the hand-prompt figure: layers × rank, cell text = token, colour = probability."""
     probs = table.pivot(index="layer", columns="rank", values="prob").sort_index(ascending=False)
     tokens = table.pivot(index="layer", columns="rank", values="token").sort_index(ascending=False)
-    tokens = tokens.map(lambda t: repr(t)[1:-1][:10])
+    tokens = tokens.map(lambda t: repr(t)[1:-1].replace(" ", "␣")[:10])
     return heatmap(probs, text=tokens, title=title, xlabel="rank", ylabel=LAYER_LABEL, vmin=0, vmax=1)
+
+
+def position_heatmap(table: pd.DataFrame, title: str | None = None) -> plt.Figure:
+    """Return the logit-lens-plot figure: layers × last positions, cell text = top token, colour = its probability.
+
+    ``table`` is :func:`llmlatent.lens.top_tokens_positions` output (rank 1 is used); columns are
+    labelled ``position: input token`` and the last layer is drawn on top.
+    """
+    top = table[table["rank"] == 1] if "rank" in table else table
+    probs = top.pivot(index="layer", columns="position", values="prob").sort_index(ascending=False)
+    tokens = top.pivot(index="layer", columns="position", values="top_token").sort_index(ascending=False)
+
+    def shown(token: str, width: int) -> str:  # escapes visible, spaces as ␣
+        return repr(token)[1:-1].replace(" ", "\u2423")[:width]
+
+    tokens = tokens.map(lambda t: shown(t, 10))
+    inputs = top.drop_duplicates("position").set_index("position")["input_token"]
+    labels = [f"{p}: {shown(inputs[p], 12)}" for p in probs.columns]
+    probs.columns = tokens.columns = labels
+    return heatmap(probs, text=tokens, title=title, xlabel="position: input token", ylabel=LAYER_LABEL, vmin=0, vmax=1)

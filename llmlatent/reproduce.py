@@ -1,0 +1,145 @@
+"""``make reproduce``: every experiment of the paper on one model, results under results/, figures under figures/.
+
+Each step's output folder is reused when its ``run.json`` says it was made with the same model and
+settings; ``force=True`` recomputes everything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from . import experiment, lens, plots, tasks
+from .data import LANGS
+
+log = logging.getLogger(__name__)
+
+HAND_PROMPT = 'Français: "fleur" - 中文: "花"\nFrançais: "nuage" - 中文: "'
+FEATURED = {  # run folder -> figure name in figures/
+    "translation/fr-zh": "translation_fr_zh",
+    "repetition/zh-zh": "repetition_zh",
+    "cloze/fr-fr": "cloze_fr",
+}
+
+
+def run_specs() -> list[tuple[str, str, str]]:
+    """Return every (task, src, tgt) the paper's figures need: 20 translation pairs, 5 repetition, 5 cloze."""
+    specs = [("translation", s, t) for s, t in tasks.all_pairs()]
+    specs += [("repetition", lang, lang) for lang in LANGS]
+    specs += [("cloze", lang, lang) for lang in LANGS]
+    return specs
+
+
+def _is_current(folder: Path, fingerprint: dict, settings: dict) -> bool:
+    path = folder / "run.json"
+    if not path.exists():
+        return False
+    saved = json.loads(path.read_text())
+    return saved.get("model") == fingerprint and all(saved.get(k) == v for k, v in settings.items())
+
+
+def load_summaries(results: Path, task: str) -> dict[tuple[str, str], pd.DataFrame]:
+    """Return {(src, tgt): summary} of every finished run of ``task`` under ``results``."""
+    out = {}
+    for path in sorted((results / task).glob("*/summary.csv")):
+        src, tgt = path.parent.name.split("-")
+        out[(src, tgt)] = pd.read_csv(path)
+    return out
+
+
+def pivot_table(results: Path) -> pd.DataFrame:
+    """Return the English-pivot summary of every run: peak p_english (layer, value), p_source there, final p_target."""
+    rows = []
+    for path in sorted(results.glob("*/*/run.json")):
+        run = json.loads(path.read_text())
+        rows.append({
+            "task": run["task"], "src": run["src"], "tgt": run["tgt"], "n_prompts": run["n_prompts"],
+            "peak_english_layer": run["peak_english"]["layer"], "peak_english": run["peak_english"]["value"],
+            "p_source_at_peak": run["p_source_at_peak"], "final_target": run["final_target"]["value"],
+            "final_english": run["final_english"],
+        })
+    return pd.DataFrame(rows)
+
+
+def grid_figures(results: Path, figures: Path, model_name: str) -> list[Path]:
+    """Return the paths of the pair-grid figures (translation grid, repetition and cloze rows) re-rendered from results."""
+    written = []
+    translation = load_summaries(results, "translation")
+    if translation:
+        fig = plots.pair_grid(translation, list(LANGS), title=f"translation, all pairs · {model_name}")
+        written += plots.save(fig, figures / "grid_translation")
+        plt.close(fig)
+    for task in ("repetition", "cloze"):
+        summaries = load_summaries(results, task)
+        if not summaries:
+            continue
+        fig, axes = plt.subplots(1, len(summaries), figsize=(2.8 * len(summaries), 2.6), sharey=True, squeeze=False)
+        for ax, ((src, tgt), summary) in zip(axes[0], sorted(summaries.items())):
+            plots.probability_axes(ax, summary, {"src": src, "tgt": tgt}, legend=False)
+            ax.set_title(f"{task} {tgt}", fontsize=9)
+        axes[0][0].legend(fontsize=7, frameon=False, loc="upper left",
+                          handles=[plt.Line2D([], [], color=c, lw=2, label=k) for k, c in plots.COLORS.items()
+                                   if k != "source"])
+        fig.supxlabel(plots.LAYER_LABEL)
+        written += plots.save(fig, figures / f"grid_{task}")
+        plt.close(fig)
+    return written
+
+
+def run_all(
+    model_name: str | None = None,
+    *,
+    results: str | Path = "results",
+    figures: str | Path = "figures",
+    n: int | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    force: bool = False,
+    only: str | None = None,
+) -> dict:
+    """Return a summary of the full reproduction after running (or reusing) every step and writing all figures."""
+    from . import model as model_mod
+
+    started = time.perf_counter()
+    results, figures = Path(results), Path(figures)
+    figures.mkdir(parents=True, exist_ok=True)
+    m = model_mod.load(model_name)
+    fingerprint = m.fingerprint()
+    log.info("model %s loaded in %.1f s", m.name, time.perf_counter() - started)
+
+    table = lens.top_tokens(m, HAND_PROMPT, k=5)
+    results.mkdir(parents=True, exist_ok=True)
+    table.to_csv(results / "hand_prompt_top_tokens.csv", index=False)
+    fig = plots.top_token_heatmap(table, title="logit lens, hand prompt (fr→zh, query 'nuage')")
+    plots.save(fig, figures / "hand_prompt_lens")
+    plt.close(fig)
+
+    specs = [s for s in run_specs() if only is None or s[0] == only]
+    settings = {"seed": seed, "n_requested": n}
+    for i, (task, src, tgt) in enumerate(specs, 1):
+        folder = results / task / f"{src}-{tgt}"
+        if not force and _is_current(folder, fingerprint, settings):
+            log.info("[%d/%d] %s %s→%s: cached", i, len(specs), task, src, tgt)
+            continue
+        log.info("[%d/%d] %s %s→%s", i, len(specs), task, src, tgt)
+        prompts = tasks.build(task, src, tgt, m.tokenizer, n=n, seed=seed)
+        experiment.sweep_to_dir(m, prompts, folder, batch_size=batch_size, seed=seed)
+
+    for run_dir, name in FEATURED.items():
+        for suffix in ("png", "pdf"):
+            for kind in ("probabilities", "energy"):
+                src_path = results / run_dir / f"{kind}.{suffix}"
+                if src_path.exists():
+                    shutil.copyfile(src_path, figures / f"{name}_{kind}.{suffix}")
+    grid_figures(results, figures, m.name)
+    pivot = pivot_table(results)
+    pivot.to_csv(results / "pivot_summary.csv", index=False, float_format="%.6g")
+    seconds = time.perf_counter() - started
+    log.info("reproduction finished in %.0f s", seconds)
+    return {"seconds": seconds, "runs": len(specs), "figures": sorted(p.name for p in figures.glob("*.png"))}
