@@ -165,6 +165,32 @@ def cmd_cache_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _numbers(text: list[str], kind: type) -> list | None:
+    """Return the numbers of ``--layers 4 6`` / ``--layers 4,6`` style options (None when not given)."""
+    if text is None:
+        return None
+    try:
+        return [kind(x) for part in text for x in part.split(",") if x.strip()]
+    except ValueError as exc:
+        raise UsageError(f"not a list of {kind.__name__} numbers: {' '.join(text)}") from exc
+
+
+def cmd_steer(args: argparse.Namespace) -> int:
+    """Run the language-steering demo (fit Δ, sweep layers × α on held-out prompts) and write it to --out."""
+    from . import steering_sweep
+
+    m = load_model(args)
+    best = steering_sweep.run_to_dir(
+        m, args.out, source=args.source, target=args.target, via=args.via, layers=_numbers(args.layers, int),
+        alphas=_numbers(args.alphas, float), n_concepts=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens,
+        n_generate=args.generate, n_random=args.random, flip=args.flip, store_dir=args.latents, words_dir=args.words, batch_size=args.batch_size,
+    )
+    keys = ("layer", "alpha", "cjk_top1_share", "p_target_answer", "p_source_answer", "baseline_cjk_top1_share",
+            "random_control_cjk_top1_share", "seconds")
+    print(json.dumps({k: best[k] for k in keys}, ensure_ascii=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="python -m llmlatent", description=__doc__)
@@ -203,7 +229,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="store folder (rerun the same command to resume)")
     p.add_argument("--dtype-store", default="float16", choices=["float16", "bfloat16", "float32"], help="storage dtype")
     p.add_argument("--shard-size", type=int, default=None, help="prompts per shard (default 64; a resumed store keeps its own)")
+    p.add_argument("--n-prompts", dest="n", type=int, help="same as --n; use this under torchrun, which takes --n for its own --nnodes")
     p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("steer", help="language steering: fit μ_target − μ_source, sweep layers × α on held-out prompts")
+    p.add_argument("--source", default="ru", help="language the held-out prompts answer in (default ru)")
+    p.add_argument("--target", default="zh", help="language to steer towards (default zh)")
+    p.add_argument("--via", default="fr", help="source language of the translation prompts (default fr)")
+    p.add_argument("--layers", nargs="+", default=None, help="layers (after block i, 0-based), e.g. 5 7 9 or 5,7,9 (default: 6 spread over 30-90%% of the depth)")
+    p.add_argument("--alphas", nargs="+", default=None, help="multiples of Δ, e.g. 0.5 1 2 4 (the default); 0 = baseline is always included")
+    p.add_argument("--n", type=int, default=120, help="concepts used (split into fit and held-out halves; default 120)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=5, help="greedy generation length, 1-5 (default 5)")
+    p.add_argument("--generate", type=int, default=20, help="held-out prompts with greedy generations per setting (default 20)")
+    p.add_argument("--random", type=int, default=3, help="random directions of Δ's norm as a control (default 3)")
+    p.add_argument("--no-flip", dest="flip", action="store_false", help="skip the flip direction (−Δ on target-language prompts)")
+    p.add_argument("--latents", default=None, help="keep the fit latent stores in this folder (default: temporary)")
+    p.add_argument("--words", default=None, help="folder of word CSVs (bundled or seed layout)")
+    p.add_argument("--batch-size", type=int, default=64)
+    _add_model(p)
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.set_defaults(func=cmd_steer)
 
     p = sub.add_parser("cache-info", help="model, counts, layers and size on disk of a latent store")
     p.add_argument("dir", help="latent store folder")

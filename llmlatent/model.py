@@ -217,3 +217,114 @@ def from_hf(hf: torch.nn.Module, tokenizer: object, name: str = "custom", **path
     """Return a :class:`Model` around an already-built HF model and tokenizer (tests, notebooks)."""
     hf.eval()
     return Model(hf=hf, tokenizer=_prepare_tokenizer(tokenizer), adapter=adapter_for(hf, **paths), name=name)
+
+
+def _checkpoint_files(path: str, token: str | None) -> tuple[dict[str, str], object]:
+    """Return (tensor name → safetensors file name, file name → local path) of a model folder or hub id."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    def local(filename: str) -> str | None:
+        try:
+            return cached_file(path, filename, token=token, _raise_exceptions_for_missing_entries=False)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot read {filename} of {path!r}: {exc}") from exc
+
+    index = local("model.safetensors.index.json")
+    if index:
+        return json.loads(Path(index).read_text())["weight_map"], local
+    single = local("model.safetensors")
+    if not single:
+        raise ModelLoadError(
+            f"{path!r} has no safetensors weights (model.safetensors or model.safetensors.index.json); "
+            "load_unembedding reads only safetensors (never pickle): convert the model with save_pretrained"
+        )
+    with safe_open(single, framework="pt") as fh:
+        return dict.fromkeys(fh.keys(), "model.safetensors"), local
+
+
+def _find_key(key: str, keys: dict, fallbacks: tuple[str, ...] = ()) -> str | None:
+    for candidate in (key, *fallbacks):
+        if candidate in keys:
+            return candidate
+    for candidate in (key, *fallbacks):  # checkpoints saved under another prefix (e.g. language_model.)
+        tail = candidate.split(".", 1)[-1]
+        matches = [k for k in keys if k.endswith("." + candidate) or k.endswith("." + tail) or k == tail]
+        if len(matches) == 1:
+            return matches[0]
+    return None
+
+
+def load_unembedding(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+    final_norm: str | None = None,
+) -> Unembedding:
+    """Return the final norm + unembedding of a model, reading only those tensors from its safetensors files.
+
+    ``None`` = the embedded default. The model is built on the meta device (no memory), its final
+    norm and output embedding are materialised and filled from the shards named by
+    ``model.safetensors.index.json`` (tied models: the input embedding). The returned module's
+    ``fingerprint()`` equals the loaded model's; it carries ``.name`` and ``.tokenizer`` (None when the
+    model has no tokenizer files) for :func:`llmlatent.lens.from_latents`.
+    """
+    import safetensors
+
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    if name_or_path is None:
+        path, name = str(default_model_path()), DEFAULT_MODEL
+    else:
+        path = name = str(name_or_path)
+    token = os.environ.get("HF_TOKEN") or None
+    try:
+        config = AutoConfig.from_pretrained(path, token=token, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot load model {name!r}: it is neither a local model folder nor reachable on the Hugging Face hub"
+        ) from exc
+    try:
+        with torch.device("meta"):
+            hf = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        raise ModelLoadError(f"{name!r} ({type(config).__name__}) is not a causal language model: {exc}") from exc
+    unembedding = adapter_for(hf, final_norm=final_norm).unembedding
+    module_names = {id(m): n for n, m in hf.named_modules()}
+    embed = hf.get_input_embeddings()
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    tied = bool(getattr(text_config, "tie_word_embeddings", getattr(config, "tie_word_embeddings", False)))
+    weight_map, local = _checkpoint_files(path, token)
+    plan: dict[str, list[tuple[str, str]]] = {}  # file -> [(unembedding key, checkpoint key)]
+    for key in unembedding.state_dict():
+        sub, _, leaf = key.partition(".")
+        wanted = f"{module_names[id(getattr(unembedding, sub))]}.{leaf}"
+        fallbacks = (f"{module_names[id(embed)]}.weight",) if sub == "head" and leaf == "weight" and tied else ()
+        found = _find_key(wanted, weight_map, fallbacks)
+        if found is None:
+            raise ModelLoadError(f"cannot find {wanted!r} (the {sub.replace('_', ' ')}) in the safetensors files of {name!r}")
+        plan.setdefault(weight_map[found], []).append((key, found))
+    del hf
+    unembedding.to(dtype).to_empty(device=device)
+    targets = unembedding.state_dict()
+    with torch.no_grad():
+        for filename, pairs in plan.items():
+            with safetensors.safe_open(local(filename), framework="pt", device="cpu") as fh:
+                for key, found in pairs:
+                    tensor = fh.get_tensor(found)
+                    if tuple(tensor.shape) != tuple(targets[key].shape):
+                        raise ModelLoadError(f"{found} in {name!r} has shape {tuple(tensor.shape)}, expected {tuple(targets[key].shape)}")
+                    targets[key].copy_(tensor)
+    unembedding.eval().requires_grad_(False)
+    unembedding.name = name
+    try:
+        unembedding.tokenizer = _prepare_tokenizer(
+            AutoTokenizer.from_pretrained(path, token=token, trust_remote_code=trust_remote_code)
+        )
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("no tokenizer for %s (%s); pass tokenizer= to lens.from_latents", name, exc)
+        unembedding.tokenizer = None
+    log.info("loaded the final norm + unembedding of %s from %d file(s)", name, len(plan))
+    return unembedding

@@ -1,0 +1,136 @@
+"""Benchmark: ``latents.collect`` (the on-disk latent cache) beside ``lens.sweep`` on the same prompts.
+
+In one process, alternating runs: (a) ``lens.sweep``; (b) ``latents.collect`` into a fresh folder
+(deleted after each run, so nothing is resumed); optionally (c) the bare batched forward
+(``--with-bare``). Prints median seconds and collect/sweep (target ≤ 1.1×); also times
+``lens.from_latents`` on the last store (the lens without the model) and checks that its rows
+equal the live sweep's within float16 storage error.
+
+    python benchmarks/bench_cache.py --json results/bench_cache.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import bench_lens  # noqa: E402
+
+from llmlatent import latents, lens, tasks  # noqa: E402
+from llmlatent import model as model_mod  # noqa: E402
+
+TARGET = 1.1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark from the command line; return the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="HF id or local path (default: the embedded gemma-3-270m)")
+    parser.add_argument("--pair", default="fr-zh")
+    parser.add_argument("--n", type=int, default=None, help="number of prompts (default: all)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--dtype", default="float16", help="storage dtype of the cache (default float16)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--with-bare", action="store_true", help="also time the bare batched forward")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    model = model_mod.load(args.model)
+    src, tgt = args.pair.split("-")
+    prompts = tasks.build("translation", src, tgt, model.tokenizer, n=args.n)
+    texts = prompts.prompts
+    print(f"model {model.name}; {len(prompts)} prompts, batch {args.batch_size}, cache dtype {args.dtype}", flush=True)
+    root = Path(tempfile.mkdtemp(prefix="llmlatent-bench-cache-"))
+
+    def collect(k: int) -> object:
+        return latents.collect(model, prompts, root / f"store{k}", batch_size=args.batch_size, dtype=args.dtype,
+                               progress=False)
+
+    # warm-up (one batch each; builds the energy Gram matrix once)
+    warm = tasks.PromptSet(prompts.df.iloc[: args.batch_size].reset_index(drop=True), meta=dict(prompts.meta))
+    lens.sweep(model, warm, batch_size=args.batch_size, progress=False)
+    latents.collect(model, warm, root / "warm", batch_size=args.batch_size, dtype=args.dtype, progress=False)
+    shutil.rmtree(root / "warm")
+
+    times: dict[str, list[float]] = {"sweep": [], "collect": []} | ({"bare": []} if args.with_bare else {})
+    loads = [os.getloadavg()[0]]
+    rows = store = None
+    try:
+        for r in range(args.repeats):
+            if args.with_bare:
+                t, _ = bench_lens.timed(bench_lens.bare_forward, model, texts, args.batch_size)
+                times["bare"].append(t)
+            t, rows = bench_lens.timed(bench_lens.run_sweep, model, prompts.df, args.batch_size)
+            times["sweep"].append(t)
+            if store is not None:
+                shutil.rmtree(store.path)
+            t, store = bench_lens.timed(collect, r)
+            times["collect"].append(t)
+            loads.append(os.getloadavg()[0])
+            print(f"repeat {r + 1}/{args.repeats}: " + "  ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items())
+                  + f"  load {loads[-1]:.1f}", flush=True)
+        size = store.size_bytes()
+        t0 = time.perf_counter()
+        cached = lens.from_latents(store, model, progress=False)
+        from_cache = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    numeric = ["p_target", "p_english", "p_source", "entropy"]
+    merged = cached.merge(rows, on=["prompt_id", "layer"], suffixes=("_cache", ""))
+    diffs = {c: float(np.nanmax(np.abs(merged[c].to_numpy(float) - merged[f"{c}_cache"].to_numpy(float))))
+             for c in numeric if merged[c].notna().any()}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {
+        **bench_lens.environment(model),
+        "command": "python benchmarks/bench_cache.py " + " ".join(argv),
+        "model": model.name, "n": len(prompts), "batch_size": args.batch_size, "repeats": args.repeats,
+        "cache_dtype": args.dtype,
+        "sweep_seconds": med["sweep"], "collect_seconds": med["collect"],
+        "collect_over_sweep": med["collect"] / med["sweep"], "target": TARGET,
+        "target_ok": med["collect"] / med["sweep"] <= TARGET,
+        "from_latents_seconds": from_cache, "from_latents_over_sweep": from_cache / med["sweep"],
+        "store_bytes": size, "cache_vs_live_max_abs_diff": diffs,
+        "runs": times, "load_average_1min": loads,
+    }
+    if args.with_bare:
+        result["bare_seconds"] = med["bare"]
+        result["collect_over_bare"] = med["collect"] / med["bare"]
+    print()
+    if args.with_bare:
+        print(f"bare forward        {med['bare']:8.2f} s")
+    print(f"lens.sweep          {med['sweep']:8.2f} s   (median of {args.repeats})")
+    print(f"latents.collect     {med['collect']:8.2f} s   collect/sweep = {result['collect_over_sweep']:.3f}"
+          f" (target <= {TARGET}) -> {'OK' if result['target_ok'] else 'MISSED'}")
+    print(f"lens.from_latents   {from_cache:8.2f} s   (no forward pass; {result['from_latents_over_sweep']:.2f}x the sweep)")
+    print(f"store {size / 2**20:.1f} MiB; cache vs live max |diff|: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    print(f"load average (1 min) during the runs: {', '.join(f'{x:.1f}' for x in loads)}")
+    if args.json:
+        import json
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

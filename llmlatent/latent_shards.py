@@ -1,0 +1,278 @@
+"""On-disk format of a latent store: store.json, crash-safe Arrow shards (atomic rename, sha256-checked).
+
+See :mod:`llmlatent.latents` for the layout; this module only reads, writes and verifies it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .lens import SET_COLUMNS as _SETS
+
+FORMAT = "llmlatent-latents"
+VERSION = 1
+STORE_FILE = "store.json"
+SHARD_FILE = "shard.json"
+LOCK_FILE = "store.lock"
+DEFAULT_SHARD_SIZE = 64
+# storage dtype -> numpy/Arrow value type of the ``latents`` column (Arrow has no bfloat16: its bit pattern)
+STORAGE = {"float16": "float16", "bfloat16": "uint16", "float32": "float32"}
+SET_COLUMNS = tuple(_SETS.values())
+
+
+class LatentStoreError(ValueError):
+    """A latent store is missing, incomplete, corrupt or does not fit the request; the message says what to do."""
+
+
+class FingerprintMismatch(LatentStoreError):
+    """The latents were collected with another model than the one given."""
+
+
+def check_dtype(dtype: str | torch.dtype) -> str:
+    """Return the storage dtype's name (float16, bfloat16 or float32), or raise LatentStoreError."""
+    name = str(dtype).removeprefix("torch.")
+    if name not in STORAGE:
+        raise LatentStoreError(f"storage dtype must be one of float16, bfloat16, float32 (got {dtype!r})")
+    return name
+
+
+# ---------------------------------------------------------------- metadata columns and store config
+
+
+def prompt_frame(prompts: object) -> tuple[pd.DataFrame, dict]:
+    """Return (the prompt frame with a fresh index, the prompt set's JSON-able meta) of a PromptSet or DataFrame."""
+    frame = getattr(prompts, "df", prompts)
+    if not isinstance(frame, pd.DataFrame) or "prompt" not in frame:
+        raise ValueError("prompts must be a PromptSet or a DataFrame with a 'prompt' column")
+    if len(frame) == 0:
+        raise ValueError("no prompts to collect")
+    if "latents" in frame:
+        raise ValueError("the prompt frame must not have a 'latents' column (that name holds the latents)")
+    meta = json.loads(json.dumps(dict(getattr(prompts, "meta", {}) or {}), default=str))
+    return frame.reset_index(drop=True), meta
+
+
+def column_kind(frame: pd.DataFrame, column: str) -> str:
+    """Return how a metadata column is stored: ids (token-id list or None), bool, int64, float64 or string."""
+    if column in SET_COLUMNS:
+        return "ids"
+    dtype = frame[column].dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "int64"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float64"
+    return "string"
+
+
+def _missing(v: object) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def records(frame: pd.DataFrame, kinds: dict[str, str]) -> dict[str, list]:
+    """Return the frame's columns as plain Python lists converted to their stored kinds."""
+    convert = {
+        "ids": lambda v: None if _missing(v) else [int(x) for x in v],
+        "bool": bool,
+        "int64": int,
+        "float64": float,
+        "string": lambda v: None if _missing(v) else str(v),
+    }
+    return {c: [convert[k](v) for v in frame[c].tolist()] for c, k in kinds.items()}
+
+
+def features(config: dict) -> object:
+    """Return the ``datasets.Features`` of a store's shards (metadata columns + ``latents`` Array2D)."""
+    from datasets import Array2D, Features, List, Value
+
+    value = {"ids": List(Value("int64")), "bool": Value("bool"), "int64": Value("int64"),
+             "float64": Value("float64"), "string": Value("string")}
+    features = {c: value[k] for c, k in config["columns"].items()}
+    features["latents"] = Array2D(shape=(config["n_layers"], config["hidden_size"]), dtype=STORAGE[config["dtype"]])
+    return Features(features)
+
+
+def make_config(model: object, frame: pd.DataFrame, meta: dict, dtype: str) -> dict:
+    """Return a new store's store.json content (without shard size) for a model, prompts and storage dtype."""
+    kinds = {c: column_kind(frame, c) for c in frame.columns}
+    blob = json.dumps({"columns": kinds, "rows": records(frame, kinds)}, sort_keys=True, ensure_ascii=False)
+    fingerprint = model.fingerprint()
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "fingerprint": fingerprint,
+        "n_layers": int(fingerprint["n_layers"]),
+        "hidden_size": int(fingerprint["hidden_size"]),
+        "dtype": dtype,
+        "n_prompts": len(frame),
+        "prompts_sha256": hashlib.sha256(blob.encode()).hexdigest(),
+        "columns": kinds,
+        "meta": meta,
+    }
+
+
+def describe(fp: dict) -> str:
+    """Return a one-line description of a model fingerprint."""
+    return f"{fp.get('model')} (unembedding sha256 {fp.get('unembedding_sha256')}, {fp.get('n_layers')} layers, hidden {fp.get('hidden_size')})"
+
+
+def write_json(path: Path, content: dict) -> None:
+    """Write JSON to ``path`` atomically (temporary file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(content, fh, indent=1, ensure_ascii=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_config(path: Path) -> dict:
+    """Return the store.json content of the store at ``path``, or raise LatentStoreError when it is not a store."""
+    store_file = path / STORE_FILE
+    if not store_file.is_file():
+        raise LatentStoreError(
+            f"{path} is not a latent store (no {STORE_FILE}); create one with latents.collect or `python -m llmlatent cache`"
+        )
+    try:
+        config = json.loads(store_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise LatentStoreError(f"{path} is not a latent store: {STORE_FILE} is not valid JSON") from exc
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise LatentStoreError(f"{path} is not a latent store: {STORE_FILE} is not an llmlatent latent-store file")
+    if config.get("version") != VERSION:
+        raise LatentStoreError(f"{path} is a latent store of format version {config.get('version')}; this llmlatent reads {VERSION}")
+    return config
+
+
+def open_or_create(path: Path, config: dict, shard_size: int | None) -> dict:
+    """Return the store's config, creating the store (under a file lock; ranks race here) or checking it fits."""
+    from filelock import FileLock
+
+    path.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path / LOCK_FILE)):
+        if (path / STORE_FILE).exists():
+            existing = read_config(path)
+            if existing["fingerprint"] != config["fingerprint"]:
+                raise FingerprintMismatch(
+                    f"fingerprint mismatch: {path} holds latents of {describe(existing['fingerprint'])}, not of "
+                    f"{describe(config['fingerprint'])}; collect into another folder"
+                )
+            wanted = dict(config, shard_size=shard_size or existing["shard_size"])
+            for key, label in (("dtype", "storage dtype"), ("prompts_sha256", "prompts"), ("shard_size", "shard size")):
+                if existing[key] != wanted[key]:
+                    raise LatentStoreError(
+                        f"{path} already holds a latent store with different {label} ({existing[key]} vs {wanted[key]}); "
+                        "collect into another folder, or delete it to start over"
+                    )
+            return existing
+        if any(p.name != LOCK_FILE for p in path.iterdir()):
+            raise LatentStoreError(f"{path} is not empty and is not a latent store; collect into a new or empty folder")
+        size = int(shard_size or DEFAULT_SHARD_SIZE)
+        if size < 1:
+            raise ValueError(f"shard_size must be at least 1 (got {size})")
+        config = dict(config, shard_size=size, n_shards=math.ceil(config["n_prompts"] / size))
+        (path / "shards").mkdir()
+        write_json(path / STORE_FILE, config)
+        return config
+
+
+# ---------------------------------------------------------------- shards
+
+
+def shard_dir(path: Path, k: int) -> Path:
+    """Return the folder of finished shard ``k``."""
+    return path / "shards" / f"{k:05d}"
+
+
+def shard_range(config: dict, k: int) -> tuple[int, int]:
+    """Return the prompt rows [start, stop) of shard ``k``."""
+    start = k * config["shard_size"]
+    return start, min(config["n_prompts"], start + config["shard_size"])
+
+
+def file_sha256(file: Path) -> str:
+    """Return the sha256 hex digest of a file."""
+    with open(file, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def shard_problem(path: Path, config: dict, k: int, *, hashes: bool = True) -> str | None:
+    """Return why finished shard ``k`` is invalid, or None when it is valid."""
+    folder = shard_dir(path, k)
+    try:
+        info = json.loads((folder / SHARD_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{SHARD_FILE} is missing"
+    except (ValueError, UnicodeDecodeError):
+        return f"{SHARD_FILE} is not valid JSON"
+    start, stop = shard_range(config, k)
+    if (info.get("prompts_sha256"), info.get("start"), info.get("stop")) != (config["prompts_sha256"], start, stop):
+        return "it belongs to another prompt set or shard layout"
+    for name, want in info.get("files", {}).items():
+        file = folder / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != want["bytes"]:
+            return f"{name} has {file.stat().st_size} bytes, expected {want['bytes']}"
+        if hashes and file_sha256(file) != want["sha256"]:
+            return f"{name} does not match its sha256"
+    return None
+
+
+@contextlib.contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """Yield with the datasets library's progress bars off (restored afterwards)."""
+    import datasets
+
+    was_enabled = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def write_shard(path: Path, config: dict, k: int, frame: pd.DataFrame, latents: np.ndarray) -> None:
+    """Write shard ``k`` into a temporary folder, fsync it, and rename it into place (atomic)."""
+    from datasets import Dataset
+
+    start, stop = shard_range(config, k)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{k:05d}-", dir=path / "shards"))
+    try:
+        data = records(frame.iloc[start:stop], config["columns"])
+        data["latents"] = latents
+        with quiet_datasets():
+            Dataset.from_dict(data, features=features(config)).save_to_disk(str(tmp))
+        files = {}
+        for file in sorted(tmp.iterdir()):
+            with open(file, "rb") as fh:
+                os.fsync(fh.fileno())
+            files[file.name] = {"bytes": file.stat().st_size, "sha256": file_sha256(file)}
+        info = {"shard": k, "start": start, "stop": stop, "rows": stop - start,
+                "prompts_sha256": config["prompts_sha256"], "files": files}
+        write_json(tmp / SHARD_FILE, info)
+        final = shard_dir(path, k)
+        if final.exists():  # an invalid leftover, found by the caller
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def disk_size(path: Path) -> int:
+    """Return the bytes of every file under ``path``."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

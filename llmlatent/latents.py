@@ -1,0 +1,340 @@
+"""Last-token latents after every block, cached on disk as a Hugging Face dataset (Arrow); resumable.
+
+A store is a folder::
+
+    store.json                  model fingerprint, storage dtype, prompt-set hash, shard size, prompt-set meta
+    shards/00000/               one ``datasets.Dataset.save_to_disk`` folder per shard of prompts:
+        data-00000-of-00001.arrow, dataset_info.json, state.json,
+        shard.json              its rows and the size + sha256 of every file above (written last)
+    shards/.tmp-00003-…/        a shard being written: never read, removed when its shard is redone
+
+Shard ``k`` holds prompts ``[k·S, (k+1)·S)`` in prompt order and appears only through an atomic
+rename of its finished temporary folder, so a killed run leaves no shard that reads as valid and
+a rerun computes only the missing shards. Rank ``r`` of ``W`` (``RANK``/``WORLD_SIZE`` under
+torchrun) computes the shards with ``k % W == r``; :func:`load` assembles the finished shards in
+prompt order, so the dataset is the same however many processes wrote it. Each row holds the
+prompt's metadata columns and ``latents`` (``Array2D [layers, hidden]``; bfloat16 is stored as its
+uint16 bit pattern since Arrow has no bfloat16). Only Arrow and JSON are written, never pickle.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import lens
+from .latent_shards import (  # noqa: F401 - errors and constants re-exported for users
+    DEFAULT_SHARD_SIZE,
+    STORAGE,
+    SET_COLUMNS,
+    FingerprintMismatch,
+    LatentStoreError,
+    check_dtype,
+    describe,
+    features,
+    make_config,
+    open_or_create,
+    prompt_frame,
+    read_config,
+    shard_dir,
+    shard_problem,
+    shard_range,
+    disk_size,
+    write_shard,
+)
+
+log = logging.getLogger(__name__)
+
+FLOAT16_MAX = 65504.0
+
+
+def _to_storage(latents: torch.Tensor, dtype: str) -> np.ndarray:
+    x = latents.detach().to("cpu", torch.float32)
+    if dtype == "float16":
+        big = float(x.abs().max()) if x.numel() else 0.0
+        if big > FLOAT16_MAX:
+            raise LatentStoreError(
+                f"latents reach |x| = {big:.4g}, beyond float16's range ({FLOAT16_MAX:.0f}); collect with dtype='bfloat16' or 'float32'"
+            )
+        return x.half().numpy()
+    if dtype == "bfloat16":
+        return x.bfloat16().view(torch.int16).numpy().view(np.uint16)
+    return x.numpy()
+
+
+def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    rank = int(os.environ.get("RANK", 0)) if rank is None else int(rank)
+    world = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else int(world_size)
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not within a world of {world} processes")
+    return rank, world
+
+
+def collect(
+    model: object,
+    prompts: object,
+    path: str | os.PathLike,
+    *,
+    batch_size: int = 16,
+    dtype: str | torch.dtype = "float16",
+    shard_size: int | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    progress: bool = True,
+) -> LatentStore | None:
+    """Return the :class:`LatentStore` at ``path`` after collecting every prompt's last-token latents into it.
+
+    ``prompts`` is a :class:`llmlatent.tasks.PromptSet` (or a DataFrame with a ``prompt`` column;
+    every column is stored). Finished shards are kept, so rerunning after a crash computes only
+    the missing ones. ``dtype`` is the storage dtype (float16, bfloat16, float32); ``shard_size``
+    (prompts per shard, default 64; a resumed store keeps its own). With ``world_size`` > 1 (default
+    from ``RANK``/``WORLD_SIZE``) this process computes only shards ``k % world_size == rank``; it
+    waits at a barrier if a ``torch.distributed`` group is initialised, and returns None if other
+    ranks' shards are still missing (:func:`load` the path once all have finished).
+    """
+    dtype = check_dtype(dtype)
+    frame, meta = prompt_frame(prompts)
+    rank, world = _rank_world(rank, world_size)
+    path = Path(path)
+    config = open_or_create(path, make_config(model, frame, meta, dtype), shard_size)
+    mine = [k for k in range(config["n_shards"]) if k % world == rank]
+    todo = []
+    for k in mine:
+        for stale in (path / "shards").glob(f".tmp-{k:05d}-*"):  # left by a killed run; never read
+            shutil.rmtree(stale, ignore_errors=True)
+        if shard_dir(path, k).exists():
+            problem = shard_problem(path, config, k)
+            if problem is None:
+                continue
+            log.warning("shard %d of %s is invalid (%s); recomputing it", k, path, problem)
+        todo.append(k)
+    if len(todo) < len(mine):
+        log.info("resuming %s: %d of this rank's %d shards already finished", path, len(mine) - len(todo), len(mine))
+    texts = frame["prompt"].tolist()
+    shape = (config["n_layers"], config["hidden_size"])
+    total = sum(shard_range(config, k)[1] - shard_range(config, k)[0] for k in todo)
+    desc = "latents" if world == 1 else f"latents (rank {rank}/{world})"
+    bar = tqdm(total=total, desc=desc, unit="prompt", disable=not progress)
+    for k in todo:
+        start, stop = shard_range(config, k)
+        part = texts[start:stop]
+        out = np.empty((stop - start, *shape), dtype=STORAGE[dtype])
+        order = lens.length_order(model, part)  # similar lengths together: less padding (results do not depend on it)
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            latents, _ = lens.forward_last(model, [part[i] for i in idx])
+            out[idx] = _to_storage(latents, dtype)
+            bar.update(len(idx))
+        write_shard(path, config, k, frame, out)
+    bar.close()
+    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    done = sum(shard_dir(path, k).exists() for k in range(config["n_shards"]))
+    if done < config["n_shards"]:
+        log.info("rank %d finished its shards; %d of %d shards of %s are done", rank, done, config["n_shards"], path)
+        return None
+    return load(path)
+
+
+# ---------------------------------------------------------------- reading
+
+
+class LatentStore:
+    """A finished latent store, memory-mapped: ``dataset`` (one row per prompt), metadata, float32 latents."""
+
+    def __init__(self, path: Path, config: dict, shards: list, dataset: object) -> None:
+        self.path = path
+        self.config = config
+        self.dataset = dataset
+        self._shards = shards
+        self._arrays: list[np.ndarray] | None = None
+        self._prompts: pd.DataFrame | None = None
+
+    def __len__(self) -> int:
+        return int(self.config["n_prompts"])
+
+    def __repr__(self) -> str:
+        return f"LatentStore({str(self.path)!r}, {len(self)} prompts × {self.n_layers} layers × {self.hidden_size}, {self.dtype}, {self.fingerprint['model']})"
+
+    @property
+    def n_layers(self) -> int:
+        """Return the number of blocks (latents per prompt)."""
+        return int(self.config["n_layers"])
+
+    @property
+    def hidden_size(self) -> int:
+        """Return the residual-stream width."""
+        return int(self.config["hidden_size"])
+
+    @property
+    def dtype(self) -> str:
+        """Return the storage dtype's name."""
+        return str(self.config["dtype"])
+
+    @property
+    def fingerprint(self) -> dict:
+        """Return the collecting model's fingerprint (as :meth:`llmlatent.model.Model.fingerprint`)."""
+        return dict(self.config["fingerprint"])
+
+    @property
+    def meta(self) -> dict:
+        """Return the prompt set's metadata (task, languages, seed, …)."""
+        return dict(self.config["meta"])
+
+    @property
+    def prompts(self) -> pd.DataFrame:
+        """Return the prompts' metadata, one row per prompt in order (token-id sets as lists or None)."""
+        if self._prompts is None:
+            import pyarrow as pa
+
+            table = pa.concat_tables([ds.data.table.drop_columns(["latents"]) for ds in self._shards])
+            frame = table.to_pandas()
+            for column in SET_COLUMNS:
+                if column in frame:
+                    frame[column] = [None if v is None else [int(x) for x in v] for v in frame[column]]
+            self._prompts = frame
+        return self._prompts.copy()
+
+    def _chunks(self) -> list[np.ndarray]:
+        if self._arrays is None:
+            import pyarrow as pa
+
+            arrays = []
+            for ds in self._shards:
+                for chunk in ds.data.table.column("latents").chunks:
+                    storage = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
+                    flat = storage.flatten().flatten().to_numpy(zero_copy_only=True)
+                    arrays.append(flat.reshape(-1, self.n_layers, self.hidden_size))
+            self._arrays = arrays
+        return self._arrays
+
+    def _to_float(self, part: np.ndarray) -> torch.Tensor:
+        if self.dtype == "bfloat16":
+            return torch.from_numpy(np.array(part, copy=True).view(np.int16)).view(torch.bfloat16).float()
+        return torch.from_numpy(part.astype(np.float32))
+
+    def latents(self, layer: int | None = None, rows: slice | None = None) -> torch.Tensor:
+        """Return float32 latents: [N, hidden] at one ``layer`` (negative counts from the end), else [N, layers, hidden].
+
+        ``rows`` (a slice of prompts, step 1) reads only part of the store.
+        """
+        if layer is not None:
+            if not -self.n_layers <= int(layer) < self.n_layers:
+                raise IndexError(f"layer {layer} is out of range for {self.n_layers} layers (0 … {self.n_layers - 1})")
+            layer = int(layer) % self.n_layers
+        start, stop, step = (rows or slice(None)).indices(len(self))
+        if step != 1:
+            raise ValueError("rows must be a contiguous slice")
+        parts, offset = [], 0
+        for arr in self._chunks():
+            lo, hi = max(start, offset), min(stop, offset + len(arr))
+            if lo < hi:
+                part = arr[lo - offset : hi - offset]
+                parts.append(self._to_float(part if layer is None else part[:, layer]))
+            offset += len(arr)
+        if not parts:
+            shape = (0, self.hidden_size) if layer is not None else (0, self.n_layers, self.hidden_size)
+            return torch.empty(shape)
+        return torch.cat(parts)
+
+    def check(self, unembedding_or_model: object) -> None:
+        """Return None if a Model or Unembedding is the one these latents came from; raise FingerprintMismatch otherwise."""
+        from .adapter import Unembedding
+
+        obj = unembedding_or_model
+        if isinstance(obj, Unembedding):
+            sha, hidden, layers = obj.fingerprint(), int(obj.weight.shape[1]), None
+            name = getattr(obj, "name", "the given unembedding")
+        elif callable(getattr(obj, "fingerprint", None)) and hasattr(obj, "unembedding"):
+            fp = obj.fingerprint()
+            sha, hidden, layers, name = fp["unembedding_sha256"], fp["hidden_size"], fp["n_layers"], fp["model"]
+        else:
+            raise TypeError(f"expected a Model or an Unembedding, got {type(obj).__name__}")
+        want = self.fingerprint
+        problems = []
+        if sha != want["unembedding_sha256"]:
+            problems.append(f"unembedding sha256 {sha} ≠ {want['unembedding_sha256']}")
+        if hidden != want["hidden_size"]:
+            problems.append(f"hidden size {hidden} ≠ {want['hidden_size']}")
+        if layers is not None and layers != want["n_layers"]:
+            problems.append(f"{layers} layers ≠ {want['n_layers']}")
+        if problems:
+            raise FingerprintMismatch(
+                f"fingerprint mismatch: the latent store {self.path} was collected with {describe(want)}, "
+                f"but {name} differs ({'; '.join(problems)}); use that model's unembedding: "
+                f"model.load_unembedding({want['model']!r})"
+            )
+
+    def size_bytes(self) -> int:
+        """Return the store's size on disk in bytes."""
+        return disk_size(self.path)
+
+
+def load(path: str | os.PathLike, *, format: str | None = "torch", verify: bool = True) -> LatentStore:
+    """Return the finished :class:`LatentStore` at ``path`` (memory-mapped; ``dataset`` formatted as ``format``).
+
+    ``verify`` checks every shard file's sha256 (reads the store once); sizes are always checked.
+    """
+    import datasets
+
+    path = Path(path)
+    config = read_config(path)
+    n = config["n_shards"]
+    done = [k for k in range(n) if shard_dir(path, k).exists()]
+    if len(done) < n:
+        raise LatentStoreError(
+            f"incomplete latent store {path}: {len(done)} of {n} shards finished; rerun the same collect/cache command to resume"
+        )
+    shards = []
+    for k in range(n):
+        problem = shard_problem(path, config, k, hashes=verify)
+        if problem is None:
+            try:
+                ds = datasets.load_from_disk(str(shard_dir(path, k)), keep_in_memory=False)
+            except Exception as exc:  # noqa: BLE001 - any reader failure means the shard is unusable
+                problem = f"it cannot be read ({type(exc).__name__}: {exc})"
+            else:
+                start, stop = shard_range(config, k)
+                if len(ds) != stop - start or ds.features != features(config):
+                    problem = "its rows or columns do not match store.json"
+        if problem:
+            raise LatentStoreError(
+                f"corrupt shard {k} in latent store {path}: {problem}; delete {shard_dir(path, k)} and rerun the "
+                "same collect/cache command to recompute it"
+            )
+        shards.append(ds)
+    dataset = shards[0] if len(shards) == 1 else datasets.concatenate_datasets(shards)
+    if format:
+        dataset = dataset.with_format(format)
+    return LatentStore(path, config, shards, dataset)
+
+
+def info(path: str | os.PathLike) -> dict:
+    """Return a summary of the store at ``path`` without reading its data: model, counts, layers, dtype, size on disk."""
+    path = Path(path)
+    config = read_config(path)
+    done = sum(shard_dir(path, k).exists() for k in range(config["n_shards"]))
+    per_prompt = config["n_layers"] * config["hidden_size"] * np.dtype(STORAGE[config["dtype"]]).itemsize
+    size = disk_size(path)
+    return {
+        "path": str(path),
+        "model": config["fingerprint"]["model"],
+        "fingerprint": config["fingerprint"],
+        "n_prompts": config["n_prompts"],
+        "n_layers": config["n_layers"],
+        "hidden_size": config["hidden_size"],
+        "dtype": config["dtype"],
+        "shards_done": done,
+        "n_shards": config["n_shards"],
+        "complete": done == config["n_shards"],
+        "latent_bytes_per_prompt": per_prompt,
+        "size_bytes": size,
+        "meta": config["meta"],
+    }

@@ -1,0 +1,366 @@
+"""Steering vectors: a direction added to the residual stream after one block, as a context manager.
+
+``layer`` i is the residual stream after block i (0-based), the same rule as the lens. A
+:class:`SteeringVector` is usually a mean difference of cached last-token latents (μ_target − μ_source,
+arXiv 2312.06681); ``with vector.apply(model, alpha=4):`` adds ``alpha · vector`` to the output of
+``model.adapter.blocks[layer]`` at the chosen positions and removes its hooks on exit, also after an
+exception. The RU→ZH demo that sweeps layers × α lives in :mod:`llmlatent.steering_sweep`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import operator
+import os
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .lens import block_output, last_positions
+
+log = logging.getLogger(__name__)
+
+POSITIONS = ("last", "all", "generated")
+FORMAT = "llmlatent.steering_vector/1"
+
+
+class SteeringError(ValueError):
+    """Bad steering input (layer, size, non-finite values, mismatched models); the message says which."""
+
+
+def check_layer(layer: int, n_layers: int) -> int:
+    """Return ``layer`` as an int if 0 ≤ layer < n_layers, else raise a SteeringError."""
+    try:
+        if isinstance(layer, bool):
+            raise TypeError
+        layer = operator.index(layer)
+    except TypeError as exc:
+        raise SteeringError(f"layer must be an integer, got {layer!r}") from exc
+    if not 0 <= layer < n_layers:
+        raise SteeringError(f"layer {layer} is out of range: the model has {n_layers} blocks, layers 0 … {n_layers - 1}")
+    return int(layer)
+
+
+def check_alpha(alpha: float) -> float:
+    """Return ``alpha`` as a float if it is finite, else raise a SteeringError."""
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError) as exc:
+        raise SteeringError(f"alpha must be a number, got {alpha!r}") from exc
+    if not math.isfinite(value):
+        raise SteeringError(f"alpha must be finite, got {alpha!r}")
+    return value
+
+
+@dataclass
+class SteeringVector:
+    """A residual-stream direction for the output of block ``layer``, with JSON-able ``meta``.
+
+    ``meta`` usually holds ``method``, ``source``/``target`` language, ``via``, ``n_source``/``n_target``
+    (prompts averaged) and ``fingerprint`` (:meth:`llmlatent.model.Model.fingerprint`).
+    ``v1 + v2``, ``v1 - v2``, ``-v``, ``alpha * v`` and :meth:`scale` return new vectors.
+    """
+
+    layer: int
+    vector: torch.Tensor
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.vector = torch.as_tensor(self.vector).detach().to("cpu", torch.float32).clone()
+        if self.vector.ndim != 1 or self.vector.numel() == 0:
+            raise SteeringError(f"a steering vector must be 1-D and non-empty, got shape {tuple(self.vector.shape)}")
+        if not bool(torch.isfinite(self.vector).all()):
+            bad = int((~torch.isfinite(self.vector)).sum())
+            raise SteeringError(f"the steering vector has {bad} non-finite entries (NaN or inf)")
+        if isinstance(self.layer, bool) or int(self.layer) != self.layer or int(self.layer) < 0:
+            raise SteeringError(f"layer must be a non-negative integer, got {self.layer!r}")
+        self.layer = int(self.layer)
+        self.meta = json.loads(json.dumps(dict(self.meta), default=str))
+
+    @property
+    def hidden_size(self) -> int:
+        """Return the vector's length (the residual width it fits)."""
+        return int(self.vector.numel())
+
+    @property
+    def norm(self) -> float:
+        """Return the Euclidean norm of the vector."""
+        return float(self.vector.norm())
+
+    def scale(self, alpha: float) -> SteeringVector:
+        """Return a new vector ``alpha · self`` (same layer and meta, ``meta['scale']`` multiplied)."""
+        alpha = check_alpha(alpha)
+        meta = {**self.meta, "scale": self.meta.get("scale", 1.0) * alpha}
+        return SteeringVector(self.layer, self.vector * alpha, meta)
+
+    def __mul__(self, alpha: float) -> SteeringVector:
+        return self.scale(alpha)
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> SteeringVector:
+        meta = dict(self.meta)
+        if "source" in meta or "target" in meta:  # the flipped direction points the other way
+            meta["source"], meta["target"] = self.meta.get("target"), self.meta.get("source")
+            meta["n_source"], meta["n_target"] = self.meta.get("n_target"), self.meta.get("n_source")
+        return SteeringVector(self.layer, -self.vector, meta)
+
+    def __add__(self, other: SteeringVector) -> SteeringVector:
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        if other.layer != self.layer or other.hidden_size != self.hidden_size:
+            raise SteeringError(
+                f"cannot add a vector for layer {other.layer} (size {other.hidden_size}) to one for layer "
+                f"{self.layer} (size {self.hidden_size}): layer and size must match"
+            )
+        fp_a, fp_b = self.meta.get("fingerprint"), other.meta.get("fingerprint")
+        if fp_a and fp_b and fp_a != fp_b:
+            raise SteeringError(f"cannot add vectors from different models ({fp_a.get('model')} vs {fp_b.get('model')})")
+        meta = {"method": "sum", "fingerprint": fp_a or fp_b, "parts": [self.meta, other.meta]}
+        return SteeringVector(self.layer, self.vector + other.vector, meta)
+
+    def __sub__(self, other: SteeringVector) -> SteeringVector:
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        return self + SteeringVector(other.layer, -other.vector, other.meta)
+
+    def random_like(self, seed: int = 0) -> SteeringVector:
+        """Return a random direction with the same norm and layer (a control), seeded."""
+        gen = torch.Generator().manual_seed(int(seed))
+        direction = torch.randn(self.hidden_size, generator=gen)
+        meta = {"method": "random", "seed": int(seed), "norm_of": self.meta.get("method"),
+                "fingerprint": self.meta.get("fingerprint")}
+        return SteeringVector(self.layer, direction / direction.norm() * self.norm, meta)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Return the path written: one ``.safetensors`` file (tensor ``vector``; layer + meta as JSON in its header).
+
+        The file is written to a temporary name and renamed, so a crash never leaves half a file.
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_name(path.name + ".safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = {"format": FORMAT, "layer": str(self.layer), "meta": json.dumps(self.meta, ensure_ascii=False)}
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            save_file({"vector": self.vector.contiguous()}, str(tmp), metadata=header)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SteeringVector:
+        """Return the vector saved at ``path`` by :meth:`save` (safetensors + JSON header; no pickle)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.exists() and path.with_name(path.name + ".safetensors").exists():
+            path = path.with_name(path.name + ".safetensors")
+        if not path.exists():
+            raise FileNotFoundError(f"no steering vector at {path}")
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+            if header.get("format") != FORMAT or "vector" not in fh.keys():
+                raise SteeringError(f"{path} is not a llmlatent steering vector (format {header.get('format')!r})")
+            vector = fh.get_tensor("vector")
+        return cls(int(header["layer"]), vector, json.loads(header.get("meta", "{}")))
+
+    def check(self, model: object) -> None:
+        """Return None if the vector fits ``model`` (layer in range, hidden size, fingerprint); raise SteeringError otherwise."""
+        check_layer(self.layer, model.n_layers)
+        if self.hidden_size != model.hidden_size:
+            raise SteeringError(
+                f"the steering vector has size {self.hidden_size} but the model's hidden size is {model.hidden_size}"
+            )
+        fp = self.meta.get("fingerprint")
+        if fp and fp.get("unembedding_sha256"):
+            own = model.fingerprint()
+            if fp["unembedding_sha256"] != own["unembedding_sha256"]:
+                raise SteeringError(
+                    f"the steering vector comes from model {fp.get('model')!r} (unembedding {fp['unembedding_sha256']}), "
+                    f"not from {own['model']!r} (unembedding {own['unembedding_sha256']})"
+                )
+
+    @contextlib.contextmanager
+    def apply(self, model: object, alpha: float = 1.0, positions: str = "last") -> Iterator[SteeringHook]:
+        """Yield a :class:`SteeringHook` while ``alpha · vector`` is added after block ``layer`` of ``model``.
+
+        ``positions``: ``"last"`` = the last real prompt token of each row (left or right padding,
+        from the attention mask; a forward that continues a KV cache is left alone), ``"all"`` = every
+        position of every forward, ``"generated"`` = the last prompt token and every token a
+        ``generate`` call decodes with its KV cache (``use_cache=True``, the default). The hooks are
+        removed on exit, also after an exception.
+        """
+        self.check_shape(model)
+        hook = SteeringHook(model, self.layer, self.vector * check_alpha(alpha), positions)
+        try:
+            yield hook
+        finally:
+            hook.remove()
+
+    def check_shape(self, model: object) -> None:
+        """Return None if layer and size fit ``model`` (cheap; no fingerprint); raise SteeringError otherwise."""
+        check_layer(self.layer, model.n_layers)
+        if self.hidden_size != model.hidden_size:
+            raise SteeringError(
+                f"the steering vector has size {self.hidden_size} but the model's hidden size is {model.hidden_size}"
+            )
+
+
+load = SteeringVector.load
+
+
+def _past_length(kwargs: dict) -> int:
+    past = next((kwargs[k] for k in ("cache", "past_key_values") if kwargs.get(k) is not None), None)
+    if past is not None and hasattr(past, "get_seq_length"):
+        return int(past.get_seq_length())
+    if isinstance(past, (tuple, list)) and past and past[0] is not None:  # legacy tuple caches
+        return int(past[0][0].shape[-2])
+    cache_position = kwargs.get("cache_position")
+    if isinstance(cache_position, torch.Tensor) and cache_position.numel():
+        return int(cache_position.reshape(-1)[0])
+    return 0
+
+
+class SteeringHook:
+    """The hooks of one :meth:`SteeringVector.apply`: a pre-hook on the model reads the attention mask
+    and the KV-cache length; a forward hook on the block adds the vector. ``calls`` records, per
+    block call, ``(sequence length, cached length, steered positions per row)``.
+    """
+
+    def __init__(self, model: object, layer: int, delta: torch.Tensor, positions: str) -> None:
+        if positions not in POSITIONS:
+            raise SteeringError(f"positions must be one of {', '.join(POSITIONS)}; got {positions!r}")
+        self.delta, self.positions = delta, positions
+        self.calls: list[tuple[int, int, int]] = []
+        self._state: tuple[torch.Tensor | None, int] | None = None
+        self._handles = [
+            model.hf.register_forward_pre_hook(self._pre, with_kwargs=True),
+            model.hf.register_forward_hook(self._post, with_kwargs=True),
+            model.adapter.blocks[layer].register_forward_hook(self._block),
+        ]
+
+    def _pre(self, _module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        mask = kwargs.get("attention_mask")
+        self._state = (mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None, _past_length(kwargs))
+
+    def _post(self, *_args: object) -> None:
+        self._state = None
+
+    def _block(self, _module: torch.nn.Module, _args: object, output: object) -> object:
+        h = block_output(output)
+        batch, length = h.shape[0], h.shape[1]
+        mask, past = self._state or (None, 0)
+        delta = self.delta.to(h.device, h.dtype)
+        if self.positions == "all" or (self.positions == "generated" and past > 0):
+            new, steered = h + delta, length
+        elif past > 0:  # "last" while continuing a cache: the prompt's last token was already steered
+            self.calls.append((length, past, 0))
+            return None
+        else:
+            if mask is not None and mask.shape[1] == length:
+                last = last_positions(mask).to(h.device)
+            else:
+                last = torch.full((batch,), length - 1, device=h.device)
+            new = h.clone()
+            rows = torch.arange(batch, device=h.device)
+            new[rows, last] = new[rows, last] + delta
+            steered = 1
+        self.calls.append((length, past, steered))
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def _rows(store: object, concepts: Collection[str] | None) -> torch.Tensor:
+    frame = store.prompts
+    if concepts is None:
+        return torch.ones(len(frame), dtype=torch.bool)
+    if "concept" not in frame:
+        raise SteeringError(f"the latent store {store.path} has no 'concept' column to select prompts by concept")
+    keep = torch.tensor(frame["concept"].isin(list(concepts)).to_numpy())
+    if not bool(keep.any()):
+        raise SteeringError(f"none of the {len(concepts)} requested concepts is in the latent store {store.path}")
+    return keep
+
+
+def _language(store: object) -> str | None:
+    lang = store.meta.get("tgt")
+    if not lang and "tgt" in store.prompts:
+        langs = store.prompts["tgt"].dropna().unique().tolist()
+        lang = langs[0] if len(langs) == 1 else None
+    return lang or None
+
+
+def mean_difference(
+    target_store: object, source_store: object, layer: int, *, concepts: Collection[str] | None = None
+) -> SteeringVector:
+    """Return μ_target − μ_source at ``layer``: the mean last-token latents of two latent stores, subtracted.
+
+    ``concepts`` restricts both stores to prompts of those concepts (e.g. the fit half). The stores
+    must come from the same model (fingerprints compared).
+    """
+    fp_t, fp_s = target_store.fingerprint, source_store.fingerprint
+    if fp_t != fp_s:
+        raise SteeringError(
+            f"the latent stores come from different models: {fp_t.get('model')} (unembedding "
+            f"{fp_t.get('unembedding_sha256')}) vs {fp_s.get('model')} (unembedding {fp_s.get('unembedding_sha256')})"
+        )
+    layer = check_layer(layer, target_store.n_layers)
+    rows_t, rows_s = _rows(target_store, concepts), _rows(source_store, concepts)
+    mu_t = target_store.latents(layer)[rows_t].double().mean(0)
+    mu_s = source_store.latents(layer)[rows_s].double().mean(0)
+    meta = {
+        "method": "mean_difference",
+        "target": _language(target_store),
+        "source": _language(source_store),
+        "via": target_store.meta.get("src"),
+        "task": target_store.meta.get("task"),
+        "n_target": int(rows_t.sum()),
+        "n_source": int(rows_s.sum()),
+        "fingerprint": fp_t,
+    }
+    return SteeringVector(layer, (mu_t - mu_s).float(), meta)
+
+
+def collect_pair(
+    model: object, target_prompts: object, source_prompts: object, path: str | os.PathLike, *,
+    batch_size: int = 16, dtype: str = "float32", progress: bool = False,
+) -> tuple[object, object]:
+    """Return (target store, source store) collected from two prompt sets into ``path``/target and ``path``/source."""
+    from . import latents
+
+    path = Path(path)
+    target = latents.collect(model, target_prompts, path / "target", batch_size=batch_size, dtype=dtype, progress=progress)
+    source = latents.collect(model, source_prompts, path / "source", batch_size=batch_size, dtype=dtype, progress=progress)
+    return target, source
+
+
+def from_prompts(
+    model: object, target_prompts: object, source_prompts: object, path: str | os.PathLike, *,
+    layers: Collection[int] | None = None, concepts: Collection[str] | None = None, batch_size: int = 16,
+) -> dict[int, SteeringVector]:
+    """Return layer → mean-difference vector (target − source), collecting both latent stores under ``path``."""
+    target, source = collect_pair(model, target_prompts, source_prompts, path, batch_size=batch_size)
+    layers = range(model.n_layers) if layers is None else layers
+    return {int(ell): mean_difference(target, source, ell, concepts=concepts) for ell in layers}
+
+
+def sweep(model: object, **kwargs: object) -> object:
+    """Return the layer × α language-steering sweep (a :class:`llmlatent.steering_sweep.SweepResult`); see there."""
+    from .steering_sweep import sweep as _sweep
+
+    return _sweep(model, **kwargs)

@@ -1,0 +1,48 @@
+"""Smoke test of benchmarks/bench_lens.py's core on a tiny model: parity of sweep and seed-style (no timing asserts)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmlatent import tasks
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_lens.py"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread (OpenMP hand-offs stall on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bench_lens():
+    spec = importlib.util.spec_from_file_location("bench_lens", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_lens_core_parity(tiny_models, spm_tokenizer, bench_lens):
+    model = tiny_models["gemma3_text"]  # hidden_states[-1] is normalised: the baseline must use the raw block output
+    frame = tasks.build("translation", "fr", "zh", spm_tokenizer, n=4, seed=2).df
+    result = bench_lens.benchmark(model, frame, batch_size=4, repeats=1, seed_n=2, warmup=False, log=lambda _msg: None)
+    assert result["parity_ok"], result["parity_by_metric"]
+    assert result["parity_max_abs_diff"] <= 1e-4
+    for key in ("bare_seconds", "sweep_seconds", "seed_seconds", "sweep_over_bare", "seed_over_sweep"):
+        assert result[key] > 0
+
+
+def test_synthetic_tiny_mode_parity(bench_lens):
+    model = bench_lens.synthetic_model("tiny", "cpu", torch.float32)
+    frame = bench_lens.synthetic_prompts(model.unembedding.vocab_size, 5, seed=1)
+    assert frame["prompt"].map(lambda p: 50 <= len(p.split()) <= 70).all()
+    result = bench_lens.benchmark(model, frame, batch_size=4, repeats=1, seed_n=2, warmup=False, log=lambda _msg: None)
+    assert result["parity_ok"], result["parity_by_metric"]

@@ -1,0 +1,38 @@
+"""The reproduce pipeline on a tiny saved model: outputs, figures, and reuse of cached runs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from llmlatent import cli, reproduce
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory, tiny_models):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_models["llama"].hf.save_pretrained(path)
+    tiny_models["llama"].tokenizer.save_pretrained(path)
+    return path
+
+
+def test_reproduce_runs_and_reuses_cache(tiny_path, tmp_path):
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    first = reproduce.run_all(str(tiny_path), results=results, figures=figures, n=3, only="repetition")
+    assert first["runs"] == 5
+    pivot = pd.read_csv(results / "pivot_summary.csv")
+    assert sorted(pivot["tgt"]) == ["de", "en", "fr", "ru", "zh"] and (pivot["n_prompts"] == 3).all()
+    assert (figures / "grid_repetition.png").exists() and (figures / "repetition_zh_probabilities.pdf").exists()
+    assert (figures / "hand_prompt_lens.png").exists()
+    stamp = (results / "repetition" / "zh-zh" / "rows.csv").stat().st_mtime_ns
+    reproduce.run_all(str(tiny_path), results=results, figures=figures, n=3, only="repetition")
+    assert (results / "repetition" / "zh-zh" / "rows.csv").stat().st_mtime_ns == stamp  # reused
+    reproduce.run_all(str(tiny_path), results=results, figures=figures, n=4, only="repetition")
+    assert pd.read_csv(results / "pivot_summary.csv")["n_prompts"].eq(4).all()  # settings changed -> recomputed
+
+
+def test_lens_cli_prints_one_row_per_layer(tiny_path, capsys):
+    assert cli.main(["lens", 'Français: "fleur" - 中文: "花"\\nFrançais: "nuage" - 中文: "', "--model", str(tiny_path)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].split() == ["top1", "top2", "top3", "top4", "top5"]
+    assert [line.split()[0] for line in out[2:]] == ["0", "1", "2"]
