@@ -165,7 +165,8 @@ def open_or_create(path: Path, config: dict, shard_size: int | None) -> dict:
     with FileLock(str(path / LOCK_FILE)):
         if (path / STORE_FILE).exists():
             existing = read_config(path)
-            if existing["fingerprint"] != config["fingerprint"]:
+            same_model = ("unembedding_sha256", "n_layers", "hidden_size")  # the name may be spelt another way
+            if any(existing["fingerprint"][key] != config["fingerprint"][key] for key in same_model):
                 raise FingerprintMismatch(
                     f"fingerprint mismatch: {path} holds latents of {describe(existing['fingerprint'])}, not of "
                     f"{describe(config['fingerprint'])}; collect into another folder"

@@ -92,6 +92,41 @@ def grid_figures(results: Path, figures: Path, model_name: str) -> list[Path]:
     return written
 
 
+def latent_step(m: object, path: Path, *, n: int | None, seed: int, batch_size: int, force: bool) -> object:
+    """Return the fr→zh latent store at ``path``, collecting it unless an identical one is already there."""
+    from . import latents
+
+    prompts = tasks.build("translation", "fr", "zh", m.tokenizer, n=n, seed=seed)
+    if path.exists() and not force:
+        try:
+            store = latents.load(path)
+            if store.fingerprint == m.fingerprint() and store.prompts["prompt"].tolist() == prompts.prompts:
+                log.info("latents %s: cached", path)
+                return store
+        except (ValueError, OSError) as exc:
+            log.info("latents %s: recollecting (%s)", path, exc)
+    if path.exists():
+        shutil.rmtree(path)
+    log.info("collecting latents for %d fr→zh prompts into %s", len(prompts), path)
+    return latents.collect(m, prompts, path, batch_size=batch_size)
+
+
+def steering_step(m: object, out: Path, figures: Path, *, seed: int, force: bool) -> dict:
+    """Return best.json of the RU→ZH steering demo (run unless cached), and copy its heatmaps to ``figures``."""
+    from . import steering_sweep
+
+    best_path = out / "best.json"
+    if not force and best_path.exists() and json.loads(best_path.read_text()).get("model") == m.fingerprint():
+        log.info("steering %s: cached", out)
+        best = json.loads(best_path.read_text())
+    else:
+        log.info("steering demo ru→zh (via fr) into %s", out)
+        best = steering_sweep.run_to_dir(m, out, source="ru", target="zh", via="fr", seed=seed)
+    for path in out.glob("heatmap_*.*"):
+        shutil.copyfile(path, figures / f"steering_{path.name.removeprefix('heatmap_')}")
+    return best
+
+
 def run_all(
     model_name: str | None = None,
     *,
@@ -130,6 +165,10 @@ def run_all(
         log.info("[%d/%d] %s %s→%s", i, len(specs), task, src, tgt)
         prompts = tasks.build(task, src, tgt, m.tokenizer, n=n, seed=seed)
         experiment.sweep_to_dir(m, prompts, folder, batch_size=batch_size, seed=seed)
+
+    if only is None:
+        latent_step(m, results / "latents" / "translation-fr-zh", n=n, seed=seed, batch_size=batch_size, force=force)
+        steering_step(m, results / "steering" / "ru-zh", figures, seed=seed, force=force)
 
     for run_dir, name in FEATURED.items():
         for suffix in ("png", "pdf"):

@@ -87,8 +87,8 @@ class _Batch:
         self.prefix, self.cache_name = None, _cache_name(model)
         if reuse_prefix and self.inputs["input_ids"].shape[1] > 1:
             head = {k: v[:, :-1] for k, v in self.inputs.items()}
-            with torch.inference_mode():
-                out = model.hf(**head, use_cache=True, logits_to_keep=1)
+            with torch.inference_mode():  # no logits are needed here: keep none (an empty position index)
+                out = model.hf(**head, use_cache=True, logits_to_keep=torch.zeros(0, dtype=torch.long))
             self.prefix = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
 
     def _tail(self) -> dict:
@@ -221,8 +221,8 @@ def sweep(
             frame = pd.concat([_metrics(b, b.logits(vec, alpha), towards, prompt_lang) for b in chunks])
             parts.append(frame.assign(direction=name, vector=kind, draw=draw, layer=ell, alpha=alpha))
             bar.update(1)
-            if sign > 0 and len(parts) == len(settings):  # then random directions of Δ's norm at the best layer and α
-                best = _pick(summarize(pd.concat(parts, ignore_index=True)), name)
+            if sign > 0 and best_layer is None and len(parts) == len(settings):  # then random directions of Δ's norm
+                best = _pick(summarize(pd.concat(parts, ignore_index=True)), name)  # at the best layer and α
                 best_layer = int(best["layer"])
                 settings += [("random", k, best_layer, float(best["alpha"]), vectors[best_layer].random_like(seed * 1000 + k))
                              for k in range(n_random)]
