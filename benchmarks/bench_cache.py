@@ -2,9 +2,12 @@
 
 In one process, alternating runs: (a) ``lens.sweep``; (b) ``latents.collect`` into a fresh folder
 (deleted after each run, so nothing is resumed); optionally (c) the bare batched forward
-(``--with-bare``). Prints median seconds and collect/sweep (target ≤ 1.1×); also times
-``lens.from_latents`` on the last store (the lens without the model) and checks that its rows
-equal the live sweep's within float16 storage error.
+(``--with-bare``). By default the methods alternate chunk by chunk (``--chunk`` 64 prompts = one
+cache shard, order alternating) and each repeat's times are summed, so that load changes on a
+shared machine hit both alike; ``--interleave pass`` alternates whole passes. Prints median
+seconds and collect/sweep (target ≤ 1.1×); also times ``lens.from_latents`` on the last repeat's
+stores (the lens without the model) and reports how far its rows are from the live sweep's
+(float16 storage error).
 
     python benchmarks/bench_cache.py --json results/bench_cache.json
 """
@@ -21,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -45,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--with-bare", action="store_true", help="also time the bare batched forward")
+    parser.add_argument("--interleave", choices=["chunk", "pass"], default="chunk",
+                        help="alternate the methods chunk by chunk (default; robust to load changes) or whole passes")
+    parser.add_argument("--chunk", type=int, default=64, help="prompts per alternation (default 64 = one cache shard)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -56,13 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     model = model_mod.load(args.model)
     src, tgt = args.pair.split("-")
     prompts = tasks.build("translation", src, tgt, model.tokenizer, n=args.n)
-    texts = prompts.prompts
     print(f"model {model.name}; {len(prompts)} prompts, batch {args.batch_size}, cache dtype {args.dtype}", flush=True)
     root = Path(tempfile.mkdtemp(prefix="llmlatent-bench-cache-"))
 
-    def collect(k: int) -> object:
-        return latents.collect(model, prompts, root / f"store{k}", batch_size=args.batch_size, dtype=args.dtype,
-                               progress=False)
+    def collect(piece: tasks.PromptSet, name: str) -> object:
+        return latents.collect(model, piece, root / name, batch_size=args.batch_size, dtype=args.dtype, progress=False)
 
     # warm-up (one batch each; builds the energy Gram matrix once)
     warm = tasks.PromptSet(prompts.df.iloc[: args.batch_size].reset_index(drop=True), meta=dict(prompts.meta))
@@ -72,27 +77,42 @@ def main(argv: list[str] | None = None) -> int:
 
     times: dict[str, list[float]] = {"sweep": [], "collect": []} | ({"bare": []} if args.with_bare else {})
     loads = [os.getloadavg()[0]]
-    rows = store = None
+    chunk = len(prompts) if args.interleave == "pass" else args.chunk
+    pieces = [tasks.PromptSet(prompts.df.iloc[i:i + chunk].reset_index(drop=True), meta=dict(prompts.meta))
+              for i in range(0, len(prompts), chunk)]
+    cached_parts, live_parts, from_cache, size = [], [], 0.0, 0
     try:
         for r in range(args.repeats):
-            if args.with_bare:
-                t, _ = bench_lens.timed(bench_lens.bare_forward, model, texts, args.batch_size)
-                times["bare"].append(t)
-            t, rows = bench_lens.timed(bench_lens.run_sweep, model, prompts.df, args.batch_size)
-            times["sweep"].append(t)
-            if store is not None:
+            spent = dict.fromkeys(times, 0.0)
+            last = r == args.repeats - 1
+            for i, piece in enumerate(pieces):
+                steps = ["sweep", "collect"] if (i + r) % 2 == 0 else ["collect", "sweep"]
+                if args.with_bare:
+                    steps.insert(i % 3, "bare")
+                for step in steps:
+                    if step == "bare":
+                        t, _ = bench_lens.timed(bench_lens.bare_forward, model, piece.prompts, args.batch_size)
+                    elif step == "sweep":
+                        t, rows = bench_lens.timed(bench_lens.run_sweep, model, piece.df, args.batch_size)
+                        if last:
+                            live_parts.append(rows)
+                    else:
+                        t, store = bench_lens.timed(collect, piece, f"r{r}c{i}")
+                    spent[step] += t
+                if last:  # the lens from the cache, without a forward pass
+                    t0 = time.perf_counter()
+                    cached_parts.append(lens.from_latents(store, model, progress=False))
+                    from_cache += time.perf_counter() - t0
+                    size += store.size_bytes()
                 shutil.rmtree(store.path)
-            t, store = bench_lens.timed(collect, r)
-            times["collect"].append(t)
+            for key, value in spent.items():
+                times[key].append(value)
             loads.append(os.getloadavg()[0])
             print(f"repeat {r + 1}/{args.repeats}: " + "  ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items())
-                  + f"  load {loads[-1]:.1f}", flush=True)
-        size = store.size_bytes()
-        t0 = time.perf_counter()
-        cached = lens.from_latents(store, model, progress=False)
-        from_cache = time.perf_counter() - t0
+                  + f"  (collect/sweep {times['collect'][-1] / times['sweep'][-1]:.3f})  load {loads[-1]:.1f}", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    rows, cached = pd.concat(live_parts, ignore_index=True), pd.concat(cached_parts, ignore_index=True)
     numeric = ["p_target", "p_english", "p_source", "entropy"]
     merged = cached.merge(rows, on=["prompt_id", "layer"], suffixes=("_cache", ""))
     diffs = {c: float(np.nanmax(np.abs(merged[c].to_numpy(float) - merged[f"{c}_cache"].to_numpy(float))))
@@ -108,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         "target_ok": med["collect"] / med["sweep"] <= TARGET,
         "from_latents_seconds": from_cache, "from_latents_over_sweep": from_cache / med["sweep"],
         "store_bytes": size, "cache_vs_live_max_abs_diff": diffs,
+        "interleave": args.interleave, "chunk": chunk,
+        "collect_over_sweep_per_repeat": [c / s for c, s in zip(times["collect"], times["sweep"])],
         "runs": times, "load_average_1min": loads,
     }
     if args.with_bare:

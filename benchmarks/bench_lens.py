@@ -1,10 +1,14 @@
 """Benchmark: ``lens.sweep`` beside the bare batched forward (the floor) and a seed-style per-prompt lens.
 
-In one process, alternating runs on the same prompts and model:
+In one process, alternating runs on the same prompts and model (by default batch by batch: each of
+the sweep's length-ordered batches is timed as (a) and as (b), in alternating order, and the totals
+summed, so that load changes on a shared machine hit both alike; ``--interleave pass`` alternates
+whole passes instead):
 
 (a) bare   — ``model.hf(**model.encode(batch), logits_to_keep=1)`` under ``inference_mode``, with the
              sweep's batching and length ordering: the cheapest pass that reads the model once;
-(b) sweep  — ``lens.sweep``;
+(b) sweep  — ``lens.sweep`` (batch mode: called on each batch's prompts, so it also pays its per-call
+             set-up once per batch);
 (c) seed   — the seed repository's method, written out here: one prompt at a time,
              ``output_hidden_states=True``, every layer's hidden state at every position passed
              through the final norm and unembedding (and softmax), then the last position read.
@@ -287,10 +291,47 @@ def environment(model: model_mod.Model) -> dict:
     }
 
 
+def one_pass(model: model_mod.Model, frame: pd.DataFrame, seed_frame: pd.DataFrame, batch_size: int,
+             interleave: str, flip: bool) -> tuple[dict[str, float], pd.DataFrame, pd.DataFrame]:
+    """Return (seconds per method, sweep rows, seed-style rows) of one pass over all prompts.
+
+    ``interleave="batch"``: the sweep's length-ordered batches one at a time, each timed as a bare
+    forward and as ``lens.sweep`` of that batch (order alternating per batch, reversed when ``flip``),
+    with one seed-style prompt after each of the first batches; the totals are summed. Load changes
+    on a shared machine then hit every method alike. ``"pass"``: each method over all prompts in turn.
+    """
+    if interleave == "pass":
+        t_bare, _ = timed(bare_forward, model, frame["prompt"].tolist(), batch_size)
+        t_sweep, rows = timed(run_sweep, model, frame, batch_size)
+        t_seed, seed_rows = timed(seed_style, model, seed_frame)
+        return {"bare": t_bare, "sweep": t_sweep, "seed": t_seed}, rows, seed_rows
+    spent = {"bare": 0.0, "sweep": 0.0, "seed": 0.0}
+    parts, seed_parts = [], []
+    order = lens.length_order(model, frame["prompt"].tolist())
+    for i, idx in enumerate(lens._batched(order, batch_size)):
+        sub = frame.iloc[idx]
+        steps = ["bare", "sweep"] if (i % 2 == 0) != flip else ["sweep", "bare"]
+        for step in steps:
+            if step == "bare":
+                t, _ = timed(bare_forward, model, sub["prompt"].tolist(), batch_size)
+            else:
+                t, part = timed(run_sweep, model, sub, batch_size)
+                parts.append(part)
+            spent[step] += t
+        if i < len(seed_frame):
+            t, part = timed(seed_style, model, seed_frame.iloc[i : i + 1])
+            spent["seed"] += t
+            seed_parts.append(part)
+    if len(seed_parts) < len(seed_frame):  # more seed prompts than batches
+        t, part = timed(seed_style, model, seed_frame.iloc[len(seed_parts):])
+        spent["seed"] += t
+        seed_parts.append(part)
+    return spent, pd.concat(parts, ignore_index=True), pd.concat(seed_parts, ignore_index=True)
+
+
 def benchmark(model: model_mod.Model, frame: pd.DataFrame, *, batch_size: int, repeats: int, seed_n: int,
-              warmup: bool = True, log=print) -> dict:  # noqa: ANN001
+              warmup: bool = True, interleave: str = "batch", log=print) -> dict:  # noqa: ANN001
     """Return the timings, ratios and parity of bare / sweep / seed-style runs, alternating ``repeats`` times."""
-    texts = frame["prompt"].tolist()
     seed_frame = frame.iloc[: max(1, min(seed_n, len(frame)))]
     # warm-up: one batch each (also builds the energy Gram matrix, cached on the unembedding)
     if warmup:
@@ -302,15 +343,13 @@ def benchmark(model: model_mod.Model, frame: pd.DataFrame, *, batch_size: int, r
     loads = [os.getloadavg()[0]]
     rows = seed_rows = None
     for r in range(repeats):
-        t, _ = timed(bare_forward, model, texts, batch_size)
-        times["bare"].append(t)
-        t, rows = timed(run_sweep, model, frame, batch_size)
-        times["sweep"].append(t)
-        t, seed_rows = timed(seed_style, model, seed_frame)
-        times["seed"].append(t)
+        spent, rows, seed_rows = one_pass(model, frame, seed_frame, batch_size, interleave, flip=r % 2 == 1)
+        for key, value in spent.items():
+            times[key].append(value)
         loads.append(os.getloadavg()[0])
         log(f"repeat {r + 1}/{repeats}: bare {times['bare'][-1]:.2f}s  sweep {times['sweep'][-1]:.2f}s  "
-            f"seed {times['seed'][-1]:.2f}s ({len(seed_frame)} prompts)  load {loads[-1]:.1f}")
+            f"(x{times['sweep'][-1] / times['bare'][-1]:.3f})  seed {times['seed'][-1]:.2f}s ({len(seed_frame)} prompts)"
+            f"  load {loads[-1]:.1f}")
     diffs = parity(rows, seed_rows)
     tol = PARITY_TOL.get(model.unembedding.head.weight.dtype, 1e-4)
     bare, sweep = statistics.median(times["bare"]), statistics.median(times["sweep"])
@@ -336,6 +375,8 @@ def benchmark(model: model_mod.Model, frame: pd.DataFrame, *, batch_size: int, r
         "parity_by_metric": diffs,
         "parity_tolerance": tol,
         "parity_ok": max(diffs.values()) <= tol,
+        "sweep_over_bare_per_repeat": [s / b for s, b in zip(times["sweep"], times["bare"])],
+        "interleave": interleave,
         "runs": times,
         "load_average_1min": loads,
     }
@@ -352,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed-n", type=int, default=4, help="prompts for the (slow) seed-style baseline; time extrapolated")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--interleave", choices=["batch", "pass"], default="batch",
+                        help="alternate the methods batch by batch (default; robust to load changes) or whole passes")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: float32 on CPU, bfloat16 on GPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
@@ -377,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(frame)} prompts, batch {args.batch_size}", flush=True)
     result = {**environment(model), "command": "python benchmarks/bench_lens.py " + " ".join(argv)}
     result.update(benchmark(model, frame, batch_size=args.batch_size, repeats=args.repeats, seed_n=args.seed_n,
-                            log=lambda msg: print(msg, flush=True)))
+                            interleave=args.interleave, log=lambda msg: print(msg, flush=True)))
     size = model_bytes(model)
     result["model_bytes"] = size
     if not args.no_memory:

@@ -183,7 +183,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     best = steering_sweep.run_to_dir(
         m, args.out, source=args.source, target=args.target, via=args.via, layers=_numbers(args.layers, int),
         alphas=_numbers(args.alphas, float), n_concepts=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens,
-        n_generate=args.generate, n_random=args.random, flip=args.flip, store_dir=args.latents, words_dir=args.words, batch_size=args.batch_size,
+        n_generate=args.generate, n_random=args.random, flip=args.flip, n_flip=args.flip_prompts, store_dir=args.latents, words_dir=args.words, batch_size=args.batch_size,
     )
     keys = ("layer", "alpha", "cjk_top1_share", "p_target_answer", "p_source_answer", "baseline_cjk_top1_share",
             "random_control_cjk_top1_share", "seconds")
@@ -241,9 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=120, help="concepts used (split into fit and held-out halves; default 120)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=5, help="greedy generation length, 1-5 (default 5)")
-    p.add_argument("--generate", type=int, default=20, help="held-out prompts with greedy generations per setting (default 20)")
+    p.add_argument("--generate", type=int, default=16, help="held-out prompts with greedy generations per setting (default 16)")
     p.add_argument("--random", type=int, default=3, help="random directions of Δ's norm as a control (default 3)")
     p.add_argument("--no-flip", dest="flip", action="store_false", help="skip the flip direction (−Δ on target-language prompts)")
+    p.add_argument("--flip-prompts", type=int, default=30, help="held-out target-language prompts for the flip check (default 30)")
     p.add_argument("--latents", default=None, help="keep the fit latent stores in this folder (default: temporary)")
     p.add_argument("--words", default=None, help="folder of word CSVs (bundled or seed layout)")
     p.add_argument("--batch-size", type=int, default=64)

@@ -176,11 +176,7 @@ class SteeringVector:
 
     def check(self, model: object) -> None:
         """Return None if the vector fits ``model`` (layer in range, hidden size, fingerprint); raise SteeringError otherwise."""
-        check_layer(self.layer, model.n_layers)
-        if self.hidden_size != model.hidden_size:
-            raise SteeringError(
-                f"the steering vector has size {self.hidden_size} but the model's hidden size is {model.hidden_size}"
-            )
+        self.check_shape(model)
         fp = self.meta.get("fingerprint")
         if fp and fp.get("unembedding_sha256"):
             own = model.fingerprint()
@@ -197,8 +193,10 @@ class SteeringVector:
         ``positions``: ``"last"`` = the last real prompt token of each row (left or right padding,
         from the attention mask; a forward that continues a KV cache is left alone), ``"all"`` = every
         position of every forward, ``"generated"`` = the last prompt token and every token a
-        ``generate`` call decodes with its KV cache (``use_cache=True``, the default). The hooks are
-        removed on exit, also after an exception.
+        ``generate`` call decodes with its KV cache. ``last`` and ``generated`` tell the prompt from
+        decode steps by the cache length, so ``generate`` must keep its default ``use_cache=True``.
+        The hooks are removed on exit, also after an exception. Raises SteeringError for a layer out of
+        range, a size ≠ the model's hidden size, a non-finite α or unknown ``positions``.
         """
         self.check_shape(model)
         hook = SteeringHook(model, self.layer, self.vector * check_alpha(alpha), positions)

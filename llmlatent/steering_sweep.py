@@ -76,19 +76,30 @@ def _cache_name(model: object) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def _forward(model: object, inputs: dict, **kwargs: object) -> object:
+    """Return the model's output; without ``logits_to_keep`` for (remote-code) models that lack it."""
+    try:
+        return model.hf(**inputs, **kwargs)
+    except TypeError:
+        kwargs.pop("logits_to_keep", None)
+        return model.hf(**inputs, **kwargs)
+
+
 class _Batch:
     """Held-out prompts of one language, encoded once, with the KV cache of all but their last token."""
 
     def __init__(self, model: object, frame: pd.DataFrame, towards: pd.Series, reuse_prefix: bool) -> None:
         self.model, self.frame = model, frame.reset_index(drop=True)
         self.inputs = model.encode(self.frame["prompt"].tolist())
+        if not bool(self.inputs["attention_mask"][:, -1].all()):
+            raise RuntimeError("the tokenizer must pad on the left so that the last position is the last prompt token")
         self.target_sets = [list(towards[c]) for c in self.frame["concept"]]
         self.source_sets = [list(s) for s in self.frame["target_ids"]]
         self.prefix, self.cache_name = None, _cache_name(model)
         if reuse_prefix and self.inputs["input_ids"].shape[1] > 1:
             head = {k: v[:, :-1] for k, v in self.inputs.items()}
             with torch.inference_mode():  # no logits are needed here: keep none (an empty position index)
-                out = model.hf(**head, use_cache=True, logits_to_keep=torch.zeros(0, dtype=torch.long))
+                out = _forward(model, head, use_cache=True, logits_to_keep=torch.zeros(0, dtype=torch.long))
             self.prefix = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
 
     def _tail(self) -> dict:
@@ -105,7 +116,7 @@ class _Batch:
             hook = SteeringHook(self.model, vector.layer, vector.vector * alpha, "all" if self.prefix is not None else "last")
         try:
             with torch.inference_mode():
-                return self.model.hf(**self._tail(), logits_to_keep=1).logits[:, -1].float()
+                return _forward(self.model, self._tail(), logits_to_keep=1).logits[:, -1].float()
         finally:
             if hook is not None:
                 hook.remove()
@@ -161,8 +172,8 @@ def _pick(summary: pd.DataFrame, direction: str) -> pd.Series:
 def sweep(
     model: object, *, source: str = "ru", target: str = "zh", via: str = "fr", layers: list[int] | None = None,
     alphas: list[float] | None = None, n_concepts: int | None = 120, seed: int = 0, max_new_tokens: int = 5,
-    n_generate: int = 20, n_random: int = 3, flip: bool = True, store_dir: str | Path | None = None, words_dir: str | Path | None = None,
-    batch_size: int = 64, reuse_prefix: bool = True, progress: bool = True,
+    n_generate: int = 16, n_random: int = 3, flip: bool = True, n_flip: int | None = 30, store_dir: str | Path | None = None,
+    words_dir: str | Path | None = None, batch_size: int = 64, reuse_prefix: bool = True, progress: bool = True,
 ) -> SweepResult:
     """Return the layer × α steering sweep: Δ = μ_target − μ_source fitted on half the concepts, tested on the rest.
 
@@ -170,9 +181,9 @@ def sweep(
     α·Δ at each layer; α = 0 is the baseline. Per (layer, α): p(correct ``target`` answer),
     p(correct ``source`` answer), the share of top-1 tokens in the target script (and CJK). Controls:
     ``n_random`` random directions of Δ's norm at the best layer and α; the flip direction −Δ on
-    held-out ``target``-answering prompts at the best layer, every α. Greedy generations
-    (``max_new_tokens`` ≤ 5) of the first ``n_generate`` held-out prompts at each direction's baseline
-    and best setting and the first random control: share whose answer is in the target script.
+    the first ``n_flip`` held-out ``target``-answering prompts at the best layer, every α. Greedy generations
+    (``max_new_tokens`` ≤ 5) of the first ``n_generate`` held-out prompts at the baseline, the best
+    setting, the first random control and the flip's best: share whose answer is in the target script.
     ``store_dir`` keeps the fit latent stores (else a temporary folder). Same seed, same numbers.
     """
     for lang in (source, target, via):
@@ -200,32 +211,35 @@ def sweep(
         vectors = {ell: mean_difference(*stores, ell) for ell in layers}
     for vec in vectors.values():
         vec.meta.update(fit_concepts=fit, seed=seed)
+    flip_concepts = sorted(np.random.default_rng(seed + 1).permutation(test)[: n_flip or len(test)].tolist())
     timings["fit"] = time.perf_counter() - clock
     directions = [(source, target, 1)] + ([(target, source, -1)] if flip else [])
     parts, batches, best_layer = [], {}, None
-    total = 1 + len(layers) * len(alphas) + n_random + (1 + len(alphas) if flip else 0)
-    bar = tqdm(total=total, desc="steering", unit="forward", disable=not progress)
+    bar = tqdm(total=1 + len(layers) * len(alphas) + n_random + (1 + len(alphas) if flip else 0), desc="steering",
+               unit="forward", disable=not progress)
     for prompt_lang, towards, sign in directions:
         name = f"{prompt_lang}→{towards}"
         clock = time.perf_counter()
-        held = frames[prompt_lang].loc[test].reset_index(drop=True)
-        chunks = [_Batch(model, held.iloc[i:i + batch_size], frames[towards]["target_ids"], reuse_prefix)
-                  for i in range(0, len(held), batch_size)]
-        batches[name] = chunks
+        held = frames[prompt_lang].loc[test if sign > 0 else flip_concepts].reset_index(drop=True)
+        batches[name] = [_Batch(model, held.iloc[i:i + batch_size], frames[towards]["target_ids"], reuse_prefix)
+                         for i in range(0, len(held), batch_size)]
         timings[f"prefix {name}"] = time.perf_counter() - clock
         clock = time.perf_counter()
+
+        def evaluate(settings: list, name: str = name, towards: str = towards, prompt_lang: str = prompt_lang) -> None:
+            for kind, draw, ell, alpha, vec in settings:
+                frame = pd.concat([_metrics(b, b.logits(vec, alpha), towards, prompt_lang) for b in batches[name]])
+                parts.append(frame.assign(direction=name, vector=kind, draw=draw, layer=ell, alpha=alpha))
+                bar.update(1)
+
         grid = [(ell, a) for ell in layers for a in alphas] if sign > 0 else [(best_layer, a) for a in alphas]
-        settings = [("mean_difference", 0, None, 0.0, None)]
-        settings += [("mean_difference", 0, ell, a, vectors[ell] if sign > 0 else -vectors[ell]) for ell, a in grid]
-        for kind, draw, ell, alpha, vec in settings:
-            frame = pd.concat([_metrics(b, b.logits(vec, alpha), towards, prompt_lang) for b in chunks])
-            parts.append(frame.assign(direction=name, vector=kind, draw=draw, layer=ell, alpha=alpha))
-            bar.update(1)
-            if sign > 0 and best_layer is None and len(parts) == len(settings):  # then random directions of Δ's norm
-                best = _pick(summarize(pd.concat(parts, ignore_index=True)), name)  # at the best layer and α
-                best_layer = int(best["layer"])
-                settings += [("random", k, best_layer, float(best["alpha"]), vectors[best_layer].random_like(seed * 1000 + k))
-                             for k in range(n_random)]
+        evaluate([("mean_difference", 0, None, 0.0, None)]
+                 + [("mean_difference", 0, ell, a, vectors[ell] if sign > 0 else -vectors[ell]) for ell, a in grid])
+        if sign > 0:  # random directions of Δ's norm at the best layer and α
+            best = _pick(summarize(pd.concat(parts, ignore_index=True)), name)
+            best_layer = int(best["layer"])
+            evaluate([("random", k, best_layer, float(best["alpha"]), vectors[best_layer].random_like(seed * 1000 + k))
+                      for k in range(n_random)])
         timings[f"steered forwards {name}"] = time.perf_counter() - clock
     bar.close()
     rows = pd.concat(parts, ignore_index=True)
@@ -254,8 +268,9 @@ def _generations(model: object, summary: pd.DataFrame, batches: dict, vectors: d
         name = f"{prompt_lang}→{towards}"
         best = _pick(summary, name)
         ell, alpha = int(best["layer"]), float(best["alpha"])
-        todo = [("mean_difference", 0, pd.NA, 0.0, None),
-                ("mean_difference", 0, ell, alpha, vectors[ell] if sign > 0 else -vectors[ell])]
+        todo = [("mean_difference", 0, ell, alpha, vectors[ell] if sign > 0 else -vectors[ell])]
+        if sign > 0:  # the flip direction's baseline generations would just be target-language answers
+            todo.insert(0, ("mean_difference", 0, pd.NA, 0.0, None))
         rnd = summary[(summary["direction"] == name) & (summary["vector"] == "random")]
         if len(rnd):
             r_layer, r_alpha = int(rnd["layer"].iloc[0]), float(rnd["alpha"].iloc[0])
@@ -317,7 +332,8 @@ def best_json(summary: pd.DataFrame, source: str, target: str, via: str, model: 
         own = _pick(summary, flip)
         same = part[(part["layer"] == result["layer"]) & (part["alpha"] == result["alpha"])]
         result["flip"] = {
-            "direction": flip, "layer": int(own["layer"]), "alpha": float(own["alpha"]), **_numbers(own),
+            "direction": flip, "n_test_prompts": int(own["n"]), "layer": int(own["layer"]), "alpha": float(own["alpha"]),
+            **_numbers(own),
             **_numbers(part[part["alpha"] == 0].iloc[0], "baseline_"),
             "at_main_best": _numbers(same.iloc[0]) if len(same) else None,
         }
@@ -325,7 +341,12 @@ def best_json(summary: pd.DataFrame, source: str, target: str, via: str, model: 
 
 
 def run_to_dir(model: object, out: str | Path, **kwargs: object) -> dict:
-    """Return best.json's content after writing rows.csv, summary.csv, generations.csv, heatmaps, the best vector and best.json to ``out`` atomically."""
+    """Return best.json's content after writing the sweep to ``out`` atomically.
+
+    Files: rows.csv (tidy, one row per direction × vector × layer × α × prompt), summary.csv (its
+    means), generations.csv, ``heatmap_<src>_to_<tgt>.png|pdf`` per direction, the best Δ as
+    ``vector_<src>_to_<tgt>_layer<ℓ>.safetensors`` and best.json; ``seconds`` excludes model loading.
+    """
     import matplotlib.pyplot as plt
 
     from . import plots

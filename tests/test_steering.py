@@ -41,9 +41,16 @@ def full_logits(model, inputs) -> torch.Tensor:
         return model.hf(**inputs, use_cache=False).logits.float()
 
 
+def _ours(hook) -> bool:
+    owner = getattr(hook, "__self__", None)
+    module = type(owner).__module__ if owner is not None else getattr(hook, "__module__", "")
+    return str(module).startswith("llmlatent")
+
+
 def no_hooks(model) -> bool:
+    """True when no llmlatent hook is left on the model (transformers installs output-recording hooks of its own)."""
     modules = [model.hf, *model.adapter.blocks]
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in modules)
+    return not any(_ours(h) for m in modules for d in (m._forward_hooks, m._forward_pre_hooks) for h in d.values())
 
 
 @pytest.mark.parametrize("family", HOOK_FAMILIES)
@@ -297,9 +304,9 @@ def test_sweep_on_tiny_model(tiny_models, tmp_path, monkeypatch):
     assert set(rows.loc[rows["direction"] == "zh→ru", "layer"].dropna()) == {best["layer"]}
     assert set(rows["vector"]) == {"mean_difference", "random"}
     gens = pd.read_csv(out / "generations.csv")
-    assert len(gens) == 5 * (3 + 2)  # the first 5 held-out prompts: baseline, best, random; flip baseline, flip best
+    assert len(gens) == 5 * (3 + 1)  # the first 5 held-out prompts: baseline, best, random; flip best
     summary = pd.read_csv(out / "summary.csv")
-    assert summary["generation_target_share"].notna().sum() == 5
+    assert summary["generation_target_share"].notna().sum() == 4
 
     # the cached-prefix evaluation equals full forwards steered at the last token, and the same seed repeats
     fresh = steering_sweep.sweep(model, seed=1, **SMALL)
@@ -319,3 +326,29 @@ def test_sweep_on_tiny_model(tiny_models, tmp_path, monkeypatch):
     assert code == 0 and (tmp_path / "cli" / "best.json").exists()
     assert cli.main(["steer", "--layers", "9", "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.embedded
+def test_ru_to_zh_on_embedded_default(embedded, tmp_path):
+    """Δ = μ_zh − μ_ru from 16 concepts, added after block 9 at α = 2, turns held-out Russian answers Chinese."""
+    from llmlatent import tasks
+
+    zh = tasks.build("translation", "fr", "zh", embedded.tokenizer, seed=0)
+    ru = tasks.build("translation", "fr", "ru", embedded.tokenizer, seed=0)
+    fit, test = steering_sweep.split_concepts(list(zh.df["concept"]), seed=0, n=24)
+    fit_sets = [tasks.PromptSet(s.df[s.df["concept"].isin(fit)], meta=s.meta) for s in (zh, ru)]
+    vec = steering.from_prompts(embedded, *fit_sets, tmp_path / "stores", layers=[9])[9]
+    assert (vec.meta["target"], vec.meta["source"], vec.meta["n_target"]) == ("zh", "ru", 12)
+    inputs = embedded.encode(ru.df[ru.df["concept"].isin(test)]["prompt"].tolist())
+
+    def cjk_share() -> float:
+        with torch.no_grad():
+            top = embedded.hf(**inputs, logits_to_keep=1).logits[:, -1].argmax(-1).tolist()
+        return sum(steering_sweep.has_script(embedded.tokenizer.decode([t]), "zh") for t in top) / len(top)
+
+    baseline = cjk_share()
+    with vec.apply(embedded, alpha=2.0):
+        steered = cjk_share()
+    print(f"\nCJK top-1 share on {len(test)} held-out ru prompts: baseline {baseline:.2f}, steered {steered:.2f}")
+    assert baseline <= 0.1 and steered >= 0.8
+    assert cjk_share() == baseline
