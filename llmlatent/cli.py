@@ -183,7 +183,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
     best = steering_sweep.run_to_dir(
         m, args.out, source=args.source, target=args.target, via=args.via, layers=_numbers(args.layers, int),
         alphas=_numbers(args.alphas, float), n_concepts=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens,
-        n_generate=args.generate, n_random=args.random, flip=args.flip, n_flip=args.flip_prompts, store_dir=args.latents, words_dir=args.words, batch_size=args.batch_size,
+        n_generate=args.generate, n_random=args.random, flip=args.flip, n_flip=args.flip_prompts, store_dir=args.latents,
+        words_dir=args.words, batch_size=args.batch_size,
     )
     keys = ("layer", "alpha", "cjk_top1_share", "p_target_answer", "p_source_answer", "baseline_cjk_top1_share",
             "random_control_cjk_top1_share", "seconds")
