@@ -1,8 +1,9 @@
 """Batched last-token logit lens: decode the residual after every block at the last prompt token.
 
-Only the last real position of each prompt is unembedded (all layers of a batch in a few chunked
-matmuls); the model's own head runs with ``logits_to_keep=1``. Full-vocabulary logits are never
-materialised for every position.
+Only the last real position of each prompt is unembedded: all layers of ~1k (prompt, layer) rows
+together, one matmul per vocabulary slice with an online log-sum-exp (see :func:`llmlatent.decode.decode`); the
+model's own head runs with ``logits_to_keep=1``. Full-vocabulary logits are never materialised,
+neither for every position nor for every row.
 """
 
 from __future__ import annotations
@@ -18,18 +19,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapter import Unembedding
-from .metrics import LOG2
+from .decode import decode  # noqa: F401  (also public here as lens.decode)
 from .model import Model
 
 log = logging.getLogger(__name__)
 
-# float32 logits decoded at once: all rows' logits over one slice of the vocabulary, sized to stay in
-# the CPU's last-level cache while max/exp/sum/dot run over it (and bounding peak memory)
-DECODE_BYTES = 32 * 2**20
-_MIN_SLICE = 1024  # narrowest vocabulary slice (very many rows are decoded in row blocks instead)
-# PyTorch's CPU exp() takes a ~10x slower path for float32 arguments below about -87.3 (results
-# underflow); terms that small weigh < 1e-37 of a row's largest one, so arguments are clamped here.
-_EXP_FLOOR = -87.0
+# rows (prompts x layers) that the sweep gathers before decoding them together: one GEMM over ~1k
+# rows runs ~25 % faster per row on CPU than over one batch's 16 x 18
+DECODE_ROWS = 1024
 
 
 def block_output(output: object) -> torch.Tensor:
@@ -76,146 +73,6 @@ def forward_last(model: Model, prompts: Sequence[str]) -> tuple[torch.Tensor, to
     if len(captured) != model.n_layers:
         raise RuntimeError(f"captured {len(captured)} block outputs, expected {model.n_layers}")
     return torch.stack([c.to(captured[0].device) for c in captured], dim=1), logits.float()
-
-
-def _pad_sets(sets: Sequence[Sequence[int] | None], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max([len(s) for s in sets if s is not None] + [1])
-    ids = torch.zeros(len(sets), width, dtype=torch.int64)
-    valid = torch.zeros(len(sets), width, dtype=torch.bool)
-    for i, s in enumerate(sets):
-        if s:
-            ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.int64)
-            valid[i, : len(s)] = True
-    return ids.to(device), valid.to(device)
-
-
-def _sliceable(head: torch.nn.Module) -> bool:
-    """Return True when the head is a plain Linear whose weight rows can be sliced (not offloaded or quantised)."""
-    weight = getattr(head, "weight", None)
-    return (
-        type(head).forward is torch.nn.Linear.forward
-        and isinstance(weight, torch.Tensor)
-        and weight.dim() == 2
-        and weight.is_floating_point()
-        and weight.device.type != "meta"
-        and not hasattr(head, "_hf_hook")
-    )
-
-
-def _decode_block(
-    unembedding: Unembedding,
-    h: torch.Tensor,
-    sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    k: int,
-    sliced: bool,
-) -> dict[str, torch.Tensor]:
-    """Return entropy, top-k and set probabilities of rows ``h``, streaming over vocabulary slices.
-
-    One matmul per slice gives all rows' logits z over that slice; an online log-sum-exp keeps, per
-    row, the running max m, s = Σ exp(z − m) and t = Σ exp(z − m)·(z − m) in float64, so that
-    log-partition = m + log s and entropy = log s − t/s, without any full-vocabulary tensor.
-    Set probabilities come from the set members' logits gathered from their slice.
-    """
-    head, softcap = unembedding.head, unembedding.softcap
-    x = unembedding.final_norm(h.to(head.weight.dtype))
-    n, vocab = x.shape[0], unembedding.vocab_size
-    width = min(vocab, max(_MIN_SLICE, DECODE_BYTES // (4 * n))) if sliced else vocab
-    z_buf = torch.empty(n * width if sliced else 0, dtype=torch.float32, device=x.device)
-    e_buf = torch.empty(n * width, dtype=torch.float32, device=x.device)
-    bias = getattr(head, "bias", None) if sliced else None
-    set_logits = {name: torch.zeros(ids.shape, dtype=torch.float32, device=x.device) for name, (ids, _) in sets.items()}
-    shift = total = weighted = top_v = top_i = None
-    for v0 in range(0, vocab, width):
-        if not sliced:
-            z = head(x).float()
-        else:
-            w = head.weight[v0 : v0 + width]
-            shape = (n, w.shape[0])
-            if w.dtype == torch.float32 and bias is None:
-                z = torch.matmul(x, w.T, out=z_buf[: n * w.shape[0]].view(shape))
-            else:
-                z = torch.nn.functional.linear(x, w, None if bias is None else bias[v0 : v0 + width]).float()
-        if softcap:
-            z.div_(softcap).tanh_().mul_(softcap)
-        cols = z.shape[1]
-        for name, (ids, _) in sets.items():
-            local = ids - v0
-            inside = (local >= 0) & (local < cols)
-            set_logits[name] = torch.where(inside, z.gather(1, local.clamp(0, cols - 1)), set_logits[name])
-        if k == 1:
-            vals, idx = z.max(-1, keepdim=True)
-        else:
-            vals, idx = z.topk(min(k, cols), dim=-1)
-        idx = idx + v0
-        if top_v is None:
-            top_v, top_i = vals, idx
-        else:
-            both_v, both_i = torch.cat([top_v, vals], 1), torch.cat([top_i, idx], 1)
-            top_v, order = both_v.topk(min(k, both_v.shape[1]), dim=-1)
-            top_i = both_i.gather(1, order)
-        z.sub_(vals[:, :1]).clamp_min_(_EXP_FLOOR)
-        e = torch.exp(z, out=e_buf[: z.numel()].view(z.shape))
-        s = e.sum(-1).double()
-        t = e.mul_(z).sum(-1).double()  # Σ e·(z − m) ≤ 0 (same-sign terms: torch's pairwise sum is accurate; bmm is not)
-        m = vals[:, 0].double()
-        if shift is None:
-            shift, total, weighted = m, s, t
-        else:
-            new = torch.maximum(shift, m)
-            a, b = torch.exp(shift - new), torch.exp(m - new)
-            weighted = a * (weighted + total * (shift - new)) + b * (t + s * (m - new))
-            total = a * total + b * s
-            shift = new
-    log_total = total.log()
-    lse = (shift + log_total)[:, None]
-    out = {
-        "entropy": ((log_total - weighted / total) / LOG2).float(),
-        "top_ids": top_i,
-        "top_probs": (top_v.double() - lse).exp().float(),
-    }
-    for name, (_, valid) in sets.items():
-        out[f"p_{name}"] = ((set_logits[name].double() - lse).exp() * valid).sum(-1)
-    return out
-
-
-@torch.inference_mode()
-def decode(
-    unembedding: Unembedding,
-    latents: torch.Tensor,
-    sets: dict[str, Sequence[Sequence[int] | None]] | None = None,
-    *,
-    k: int = 1,
-    energy: bool = True,
-) -> dict[str, torch.Tensor]:
-    """Return per-row lens statistics for raw residual vectors ``latents`` [N, hidden].
-
-    Keys: ``entropy`` (bits), ``top_ids``/``top_probs`` [N, k], ``energy`` (see
-    :func:`llmlatent.metrics.token_energy`) and, for every named token-id set list in ``sets``
-    (one set per row, None = undefined), ``p_<name>``: the probability mass on that set (NaN where
-    undefined). All rows are unembedded together, one vocabulary slice at a time, so that at most
-    ``DECODE_BYTES`` of logits exist at once (heads that cannot be sliced: whole rows, in row blocks).
-    """
-    from .metrics import token_energy
-
-    sets = sets or {}
-    device = unembedding.head.weight.device
-    n = latents.shape[0]
-    sliced = _sliceable(unembedding.head)
-    block = max(1, DECODE_BYTES // (4 * (_MIN_SLICE if sliced else unembedding.vocab_size)))
-    padded = {name: _pad_sets(s, device) for name, s in sets.items()}
-    undefined = {name: torch.tensor([s is None for s in ss]) for name, ss in sets.items()}
-    parts: list[dict[str, torch.Tensor]] = []
-    for start in range(0, n, block):
-        stop = min(n, start + block)
-        rows_sets = {name: (ids[start:stop], valid[start:stop]) for name, (ids, valid) in padded.items()}
-        part = _decode_block(unembedding, latents[start:stop].to(device), rows_sets, k, sliced)
-        parts.append({key: value.cpu() for key, value in part.items()})
-    result = {key: torch.cat([part[key] for part in parts]) for key in parts[0]} if parts else {}
-    for name, und in undefined.items():
-        result[f"p_{name}"][und] = math.nan
-    if energy:
-        result["energy"] = token_energy(unembedding, latents.to(device)).cpu()
-    return result
 
 
 def _batched(order: list[int], batch_size: int) -> Iterator[list[int]]:
@@ -332,18 +189,30 @@ def sweep(
     torch.manual_seed(seed)
     texts = frame["prompt"].tolist()
     order = length_order(model, texts)
-    parts: dict[int, pd.DataFrame] = {}
+    parts: list[pd.DataFrame] = []
+    pending: list[tuple[list[int], torch.Tensor]] = []  # batches' latents not decoded yet
+
+    def flush() -> None:
+        idx = [i for ids, _ in pending for i in ids]
+        latents = torch.cat([lat for _, lat in pending])
+        sub = frame.iloc[idx]
+        stats = decode(model.unembedding, latents.reshape(-1, latents.shape[-1]), row_sets(sub, model.n_layers))
+        parts.append(stats_frame(sub["prompt_id"].tolist(), model.n_layers, stats, model.tokenizer))
+        pending.clear()
+
     bar = tqdm(total=len(texts), desc="lens sweep", unit="prompt", disable=not progress)
     for idx in _batched(order, batch_size):
         latents, _ = forward_last(model, [texts[i] for i in idx])
-        sub = frame.iloc[idx]
-        stats = decode(model.unembedding, latents.reshape(-1, latents.shape[-1]), row_sets(sub, model.n_layers))
-        part = stats_frame(sub["prompt_id"].tolist(), model.n_layers, stats, model.tokenizer)
-        for j, i in enumerate(idx):
-            parts[i] = part.iloc[j * model.n_layers : (j + 1) * model.n_layers]
+        pending.append((idx, latents))
+        if sum(len(ids) for ids, _ in pending) * model.n_layers >= DECODE_ROWS:
+            flush()
         bar.update(len(idx))
+    if pending:
+        flush()
     bar.close()
-    return pd.concat([parts[i] for i in range(len(texts))], ignore_index=True)
+    rows = pd.concat(parts, ignore_index=True)  # in length order; back to the prompts' order (stable: layers stay sorted)
+    position = np.repeat(np.asarray(order), model.n_layers)
+    return rows.iloc[np.argsort(position, kind="stable")].reset_index(drop=True)
 
 
 def from_latents(
