@@ -285,6 +285,7 @@ def environment(model: model_mod.Model) -> dict:
     return {
         "device": device,
         "torch": torch.__version__,
+        "cuda": torch.version.cuda if model.device.type == "cuda" else None,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -36,12 +36,14 @@ TARGET = 1.3
 
 
 def held_out(model: model_mod.Model, source: str, target: str, via: str, n_concepts: int | None,
-             seed: int) -> dict[str, pd.DataFrame]:
+             seed: int, n_flip: int | None = 30) -> dict[str, pd.DataFrame]:
     """Return direction name → the held-out prompt frame that the sweep steers (same split as the sweep)."""
     frames = {lang: tasks.build("translation", via, lang, model.tokenizer, seed=seed).df.set_index("concept", drop=False)
               for lang in (source, target)}
     _, test = steering_sweep.split_concepts(list(set(frames[source].index) & set(frames[target].index)), seed, n_concepts)
-    return {f"{a}→{b}": frames[a].loc[test].reset_index(drop=True) for a, b in ((source, target), (target, source))}
+    flip = steering_sweep.choose_flip_concepts(test, seed, n_flip)  # the flip direction steers a subset
+    return {f"{source}→{target}": frames[source].loc[test].reset_index(drop=True),
+            f"{target}→{source}": frames[target].loc[flip].reset_index(drop=True)}
 
 
 def bare_chunks(model: model_mod.Model, frame: pd.DataFrame, batch_size: int) -> torch.Tensor:

@@ -71,6 +71,11 @@ def split_concepts(concepts: list[str], seed: int, n: int | None = None) -> tupl
     return sorted(chosen[:half]), sorted(chosen[half:])
 
 
+def choose_flip_concepts(test: list[str], seed: int, n_flip: int | None) -> list[str]:
+    """Return the held-out concepts whose target-answering prompts the flip direction steers (seeded subset)."""
+    return sorted(np.random.default_rng(seed + 1).permutation(test)[: n_flip or len(test)].tolist())
+
+
 def _cache_name(model: object) -> str:
     params = inspect.signature(model.hf.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
@@ -211,7 +216,7 @@ def sweep(
         vectors = {ell: mean_difference(*stores, ell) for ell in layers}
     for vec in vectors.values():
         vec.meta.update(fit_concepts=fit, seed=seed)
-    flip_concepts = sorted(np.random.default_rng(seed + 1).permutation(test)[: n_flip or len(test)].tolist())
+    flip_concepts = choose_flip_concepts(test, seed, n_flip)
     timings["fit"] = time.perf_counter() - clock
     directions = [(source, target, 1)] + ([(target, source, -1)] if flip else [])
     parts, batches, best_layer = [], {}, None
