@@ -41,24 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark from the command line; return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=None, help="HF id or local path (default: the embedded gemma-3-270m)")
+    bench_lens.common_args(parser)
     parser.add_argument("--pair", default="fr-zh")
     parser.add_argument("--n", type=int, default=None, help="number of prompts (default: all)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--dtype", default="float16", help="storage dtype of the cache (default float16)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--with-bare", action="store_true", help="also time the bare batched forward")
     parser.add_argument("--interleave", choices=["chunk", "pass"], default="chunk",
                         help="alternate the methods chunk by chunk (default; robust to load changes) or whole passes")
     parser.add_argument("--chunk", type=int, default=64, help="prompts per alternation (default 64 = one cache shard)")
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    bench_lens.prepare(args)
 
     model = model_mod.load(args.model)
     src, tgt = args.pair.split("-")
@@ -145,12 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"store {size / 2**20:.1f} MiB; cache vs live max |diff|: "
           + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
     print(f"load average (1 min) during the runs: {', '.join(f'{x:.1f}' for x in loads)}")
-    if args.json:
-        import json
-
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.json}")
+    bench_lens.write_json(args.json, result)
     return 0
 
 

@@ -123,10 +123,31 @@ def synthetic_prompts(vocab: int, n: int, seed: int = 0, lengths: tuple[int, int
     return pd.DataFrame(records)
 
 
-def setup(args: argparse.Namespace) -> tuple[model_mod.Model, pd.DataFrame]:
-    """Return (model, prompt frame) for the command-line options."""
+def common_args(parser: argparse.ArgumentParser) -> None:
+    """Add the options every benchmark script shares: --model, --repeats, --threads, --json."""
+    parser.add_argument("--model", default=None, help="HF id or local path (default: the embedded gemma-3-270m)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--json", default=None, help="write the results here")
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """Quieten transformers and apply ``--threads`` before anything is loaded."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if args.threads:
         torch.set_num_threads(args.threads)
+
+
+def write_json(path: str | None, result: dict) -> None:
+    """Write ``result`` to ``path`` (if given) as indented JSON and say so."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=1, ensure_ascii=False))
+        print(f"wrote {path}")
+
+
+def setup(args: argparse.Namespace) -> tuple[model_mod.Model, pd.DataFrame]:
+    """Return (model, prompt frame) for the command-line options."""
     shape = "tiny" if args.tiny else args.synthetic
     if shape:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -388,30 +409,27 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark from the command line; return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=None, help="HF id or local path (default: the embedded gemma-3-270m)")
+    common_args(parser)
     parser.add_argument("--pair", default="fr-zh", help="translation pair src-tgt (default fr-zh)")
     parser.add_argument("--n", type=int, default=None, help="number of prompts (default: all; synthetic: 256)")
     parser.add_argument("--batch-size", type=int, default=None, help="default 16 (synthetic: 64)")
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed-n", type=int, default=4, help="prompts for the (slow) seed-style baseline; time extrapolated")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--interleave", choices=["batch", "pass"], default="batch",
                         help="alternate the methods batch by batch (default; robust to load changes) or whole passes")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: float32 on CPU, bfloat16 on GPU)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--synthetic", choices=["llama2-7b"], default=None, help="random-weight model of this shape")
     parser.add_argument("--gpu-llama7b-shape", action="store_true", help="alias of --synthetic llama2-7b")
     parser.add_argument("--tiny", action="store_true", help="the synthetic mode with a tiny config (CPU check)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
-    parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.gpu_llama7b_shape:
         args.synthetic = "llama2-7b"
     if args.batch_size is None:
         args.batch_size = 64 if (args.synthetic or args.tiny) else 16
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    prepare(args)
     if args.memory_child:
         print(json.dumps(memory_child(args)))
         return 0
@@ -461,10 +479,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  whole-process peak RSS {result['process_peak_rss_bytes'] / gib:.2f} GiB (also counts the interpreter,"
                   f" libraries and tokenizer: {result['memory_before_sweep_bytes'] / gib:.2f} GiB resident before the sweep)")
     print(f"load average (1 min) during the runs: {', '.join(f'{x:.1f}' for x in result['load_average_1min'])}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.json}")
+    write_json(args.json, result)
     return 0 if result["parity_ok"] else 1
 
 

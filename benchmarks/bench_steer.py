@@ -14,7 +14,6 @@ next-token probabilities (the prefix-cache path changes nothing).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -62,20 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark from the command line; return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=None, help="HF id or local path (default: the embedded gemma-3-270m)")
+    bench_lens.common_args(parser)
     parser.add_argument("--source", default="ru")
     parser.add_argument("--target", default="zh")
     parser.add_argument("--via", default="fr")
     parser.add_argument("--n-concepts", type=int, default=120, help="the sweep's n_concepts (its default: 120)")
     parser.add_argument("--batch-size", type=int, default=64, help="the sweep's batch_size (its default: 64)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    bench_lens.prepare(args)
 
     model = model_mod.load(args.model)
     held = held_out(model, args.source, args.target, args.via, args.n_concepts, args.seed)
@@ -134,10 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     print("sweep phases (median s): " + ", ".join(f"{k} {v:.1f}" for k, v in phase_median.items()))
     print("α = 0 baseline vs bare forward, max |Δp|: " + ", ".join(f"{k} {v:.1e}" for k, v in parity.items()))
     print(f"load average (1 min) during the runs: {', '.join(f'{x:.1f}' for x in loads)}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1, ensure_ascii=False))
-        print(f"wrote {args.json}")
+    bench_lens.write_json(args.json, out)
     return 0
 
 
