@@ -145,6 +145,25 @@ def _prepare_tokenizer(tok: object) -> object:
     return tok
 
 
+def _resolve(name_or_path: str | os.PathLike | None) -> tuple[str, str]:
+    """Return (path or hub id to load from, display name); ``None`` = the embedded default (converted on first use)."""
+    if name_or_path is None:
+        return str(default_model_path()), DEFAULT_MODEL
+    return str(name_or_path), str(name_or_path)
+
+
+def _config(path: str, name: str, trust_remote_code: bool) -> tuple[object, str | None]:
+    """Return (config, HF token from the environment) of the model at ``path``; one-line ModelLoadError if unreachable."""
+    token = os.environ.get("HF_TOKEN") or None
+    try:
+        return AutoConfig.from_pretrained(path, token=token, trust_remote_code=trust_remote_code), token
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot load model {name!r}: it is neither a local model folder nor reachable on the "
+            "Hugging Face hub (offline, misspelt, or gated without HF_TOKEN); pass a local path or a valid id"
+        ) from exc
+
+
 def load(
     name_or_path: str | os.PathLike | None = None,
     *,
@@ -166,20 +185,10 @@ def load(
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     dtype = dtype or default_dtype(device)
-    if name_or_path is None:
-        path, name = str(default_model_path()), DEFAULT_MODEL
-    else:
-        path = name = str(name_or_path)
+    path, name = _resolve(name_or_path)
     if dtype == torch.float16 and "gemma" in name.lower():
         raise ModelLoadError("Gemma must not run in float16 (activations overflow): use bfloat16 or float32")
-    token = os.environ.get("HF_TOKEN") or None
-    try:
-        config = AutoConfig.from_pretrained(path, token=token, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"cannot load model {name!r}: it is neither a local model folder nor reachable on the "
-            "Hugging Face hub (offline, misspelt, or gated without HF_TOKEN); pass a local path or a valid id"
-        ) from exc
+    config, token = _config(path, name, trust_remote_code)
     try:
         hf = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, device_map=device_map, token=token, trust_remote_code=trust_remote_code
@@ -275,17 +284,8 @@ def load_unembedding(
 
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    if name_or_path is None:
-        path, name = str(default_model_path()), DEFAULT_MODEL
-    else:
-        path = name = str(name_or_path)
-    token = os.environ.get("HF_TOKEN") or None
-    try:
-        config = AutoConfig.from_pretrained(path, token=token, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"cannot load model {name!r}: it is neither a local model folder nor reachable on the Hugging Face hub"
-        ) from exc
+    path, name = _resolve(name_or_path)
+    config, token = _config(path, name, trust_remote_code)
     try:
         with torch.device("meta"):
             hf = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
