@@ -76,6 +76,23 @@ def build_tiny(family: str, tokenizer, seed: int = 0):
     return from_hf(hf, tokenizer, name=f"tiny-{family}")
 
 
+def save_model(model, folder, **kwargs):
+    """Save a Model's weights (``save_pretrained`` kwargs) and tokenizer into ``folder``, so it loads by path."""
+    model.hf.save_pretrained(folder, **kwargs)
+    model.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one thread: tiny models run much faster without OpenMP hand-offs, which stall on a
+    busy 2-core machine. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(spm_tokenizer, bpe_tokenizer):
     """Return a dict family → tiny Model (SentencePiece tokenizer; byte-level BPE for GPT-2)."""

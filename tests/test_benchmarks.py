@@ -13,13 +13,7 @@ from llmlatent import tasks
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_lens.py"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread (OpenMP hand-offs stall on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import FAMILIES
+from conftest import FAMILIES, save_model
 from llmlatent import latents, lens, model, tasks
 from llmlatent.cli import main
 
@@ -59,10 +59,7 @@ def count_forward(monkeypatch) -> list[int]:
 @pytest.fixture(scope="module")
 def gpt2_dir(tiny_models, tmp_path_factory):
     """The tiny GPT-2 (byte-level BPE) saved with save_pretrained, so subprocesses can load it by path."""
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    tiny_models["gpt2"].hf.save_pretrained(folder)
-    tiny_models["gpt2"].tokenizer.save_pretrained(folder)
-    return folder
+    return save_model(tiny_models["gpt2"], tmp_path_factory.mktemp("tiny-gpt2"))
 
 
 def test_collect_load_round_trip(tiny_models, tmp_path, monkeypatch):
@@ -131,8 +128,7 @@ def test_load_unembedding_reads_only_norm_and_head(tiny_models, bpe_tokenizer, t
     from conftest import build_tiny
 
     m = tiny_models["gpt2"] if family == "gpt2" else build_tiny(family, bpe_tokenizer)  # small vocabulary: fast to save
-    m.hf.save_pretrained(tmp_path / "m", max_shard_size="100KB" if family != "gpt2" else "1GB")
-    m.tokenizer.save_pretrained(tmp_path / "m")
+    save_model(m, tmp_path / "m", max_shard_size="100KB" if family != "gpt2" else "1GB")
     assert (tmp_path / "m" / "model.safetensors.index.json").exists() == (family != "gpt2")
     real, read = safetensors.safe_open, []
 

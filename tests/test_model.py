@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import save_model
 from llmlatent import model
 from llmlatent.adapter import AdapterError, adapter_for
 
@@ -66,8 +67,7 @@ def test_explicit_adapter_paths(tiny_models):
 
 def test_load_local_folder_roundtrip(tmp_path, tiny_models):
     tiny = tiny_models["qwen2"]
-    tiny.hf.save_pretrained(tmp_path)
-    tiny.tokenizer.save_pretrained(tmp_path)
+    save_model(tiny, tmp_path)
     loaded = model.load(str(tmp_path), device="cpu")
     assert loaded.n_layers == 3 and loaded.hf.dtype == torch.float32
     assert loaded.tokenizer.padding_side == "left"

@@ -5,15 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from conftest import save_model
 from llmlatent import cli, reproduce
 
 
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory, tiny_models):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_models["llama"].hf.save_pretrained(path)
-    tiny_models["llama"].tokenizer.save_pretrained(path)
-    return path
+    return save_model(tiny_models["llama"], tmp_path_factory.mktemp("tiny-llama"))
 
 
 def test_reproduce_runs_and_reuses_cache(tiny_path, tmp_path):

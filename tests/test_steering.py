@@ -22,13 +22,7 @@ PROMPTS = [
 HOOK_FAMILIES = ("llama", "gemma3_text", "gpt2")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run much faster on one thread (no OpenMP hand-offs, which stall on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def vector_for(model, layer: int = 1, scale: float = 8.0, seed: int = 0) -> SteeringVector:
