@@ -123,6 +123,16 @@ class Model:
             "unembedding_sha256": self.unembedding.fingerprint(),
         }
 
+    def run(self, inputs: dict, **kwargs: object) -> object:
+        """Return ``hf(**inputs, **kwargs)``, retried without ``logits_to_keep`` for (remote-code) models that lack it."""
+        try:
+            return self.hf(**inputs, **kwargs)
+        except TypeError:
+            if "logits_to_keep" not in kwargs:
+                raise
+            kwargs.pop("logits_to_keep")
+            return self.hf(**inputs, **kwargs)
+
     def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Return left-padded model inputs (input_ids, attention_mask, position_ids) on the model device."""
         for p in prompts:

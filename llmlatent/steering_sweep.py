@@ -81,15 +81,6 @@ def _cache_name(model: object) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _forward(model: object, inputs: dict, **kwargs: object) -> object:
-    """Return the model's output; without ``logits_to_keep`` for (remote-code) models that lack it."""
-    try:
-        return model.hf(**inputs, **kwargs)
-    except TypeError:
-        kwargs.pop("logits_to_keep", None)
-        return model.hf(**inputs, **kwargs)
-
-
 class _Batch:
     """Held-out prompts of one language, encoded once, with the KV cache of all but their last token."""
 
@@ -104,7 +95,7 @@ class _Batch:
         if reuse_prefix and self.inputs["input_ids"].shape[1] > 1:
             head = {k: v[:, :-1] for k, v in self.inputs.items()}
             with torch.inference_mode():  # no logits are needed here: keep none (an empty position index)
-                out = _forward(model, head, use_cache=True, logits_to_keep=torch.zeros(0, dtype=torch.long))
+                out = model.run(head, use_cache=True, logits_to_keep=torch.zeros(0, dtype=torch.long))
             self.prefix = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
 
     def _tail(self) -> dict:
@@ -121,7 +112,7 @@ class _Batch:
             hook = SteeringHook(self.model, vector.layer, vector.vector * alpha, "all" if self.prefix is not None else "last")
         try:
             with torch.inference_mode():
-                return _forward(self.model, self._tail(), logits_to_keep=1).logits[:, -1].float()
+                return self.model.run(self._tail(), logits_to_keep=1).logits[:, -1].float()
         finally:
             if hook is not None:
                 hook.remove()
