@@ -42,9 +42,14 @@ def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def capture_last(model: Model, last: torch.Tensor) -> Iterator[list[torch.Tensor]]:
-    """Yield a list that fills, during one forward, with each block's output at rows' ``last`` index."""
+    """Yield a list that fills, during one forward, with each block's output at rows' ``last`` index.
+
+    ``last`` is [B] (one position per row: captures are [B, hidden]) or [B, P] (P positions per row: [B, P, hidden]).
+    """
     captured: list[torch.Tensor] = []
     rows = torch.arange(last.shape[0])
+    if last.dim() == 2:
+        rows = rows[:, None]
 
     def hook(_module: torch.nn.Module, _args: object, output: object) -> None:
         h = block_output(output)
@@ -63,10 +68,7 @@ def forward_last(model: Model, prompts: Sequence[str]) -> tuple[torch.Tensor, to
     inputs = model.encode(list(prompts))
     last = last_positions(inputs["attention_mask"])
     with torch.inference_mode(), capture_last(model, last) as captured:
-        try:
-            out = model.hf(**inputs, logits_to_keep=1, use_cache=False)
-        except TypeError:  # remote-code models without logits_to_keep
-            out = model.hf(**inputs, use_cache=False)
+        out = model.run(inputs, logits_to_keep=1, use_cache=False)
     if not bool((last == inputs["input_ids"].shape[1] - 1).all()):
         raise RuntimeError("the tokenizer must pad on the left so that the last position is the last real token")
     logits = out.logits[:, -1]
@@ -168,6 +170,13 @@ def row_sets(prompts: pd.DataFrame, n_layers: int) -> dict[str, list]:
     return sets
 
 
+def decode_frame(unembedding: Unembedding, latents: torch.Tensor, prompts: pd.DataFrame, tokenizer: object) -> pd.DataFrame:
+    """Return the tidy lens rows (prompt × layer) of ``latents`` [prompts, layers, hidden] for the ``prompts`` rows."""
+    n_layers = latents.shape[1]
+    stats = decode(unembedding, latents.reshape(-1, latents.shape[-1]), row_sets(prompts, n_layers))
+    return stats_frame(prompts["prompt_id"].tolist(), n_layers, stats, tokenizer)
+
+
 def sweep(
     model: Model,
     prompts: object,
@@ -195,9 +204,7 @@ def sweep(
     def flush() -> None:
         idx = [i for ids, _ in pending for i in ids]
         latents = torch.cat([lat for _, lat in pending])
-        sub = frame.iloc[idx]
-        stats = decode(model.unembedding, latents.reshape(-1, latents.shape[-1]), row_sets(sub, model.n_layers))
-        parts.append(stats_frame(sub["prompt_id"].tolist(), model.n_layers, stats, model.tokenizer))
+        parts.append(decode_frame(model.unembedding, latents, frame.iloc[idx], model.tokenizer))
         pending.clear()
 
     bar = tqdm(total=len(texts), desc="lens sweep", unit="prompt", disable=not progress)
@@ -236,15 +243,12 @@ def from_latents(
     tokenizer = tokenizer or getattr(unembedding, "tokenizer", None)
     if tokenizer is None:
         raise ValueError("from_latents needs a tokenizer to name the top tokens: pass tokenizer=…")
-    frame, n_layers = store.prompts, store.n_layers
+    frame = store.prompts
     parts = []
     bar = tqdm(total=len(store), desc="lens from latents", unit="prompt", disable=not progress)
     for start in range(0, len(store), batch_size):
         stop = min(len(store), start + batch_size)
-        latents = store.latents(rows=slice(start, stop))
-        sub = frame.iloc[start:stop]
-        stats = decode(unembedding, latents.reshape(-1, latents.shape[-1]), row_sets(sub, n_layers))
-        parts.append(stats_frame(sub["prompt_id"].tolist(), n_layers, stats, tokenizer))
+        parts.append(decode_frame(unembedding, store.latents(rows=slice(start, stop)), frame.iloc[start:stop], tokenizer))
         bar.update(stop - start)
     bar.close()
     return pd.concat(parts, ignore_index=True)
@@ -263,24 +267,11 @@ def top_tokens_positions(model: Model, prompt: str, positions: int = 8, k: int =
     inputs = model.encode([prompt])
     n_tokens = int(inputs["input_ids"].shape[1])
     keep = min(positions, n_tokens)
-    captured: list[torch.Tensor] = []
-
-    def hook(_module: torch.nn.Module, _args: object, output: object) -> None:
-        captured.append(block_output(output)[0, -keep:].detach())
-
-    handles = [block.register_forward_hook(hook) for block in model.adapter.blocks]
-    try:
-        with torch.inference_mode():
-            try:
-                model.hf(**inputs, logits_to_keep=1, use_cache=False)
-            except TypeError:  # remote-code models without logits_to_keep
-                model.hf(**inputs, use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with torch.inference_mode(), capture_last(model, torch.arange(n_tokens - keep, n_tokens)[None]) as captured:
+        model.run(inputs, logits_to_keep=1, use_cache=False)
     if len(captured) != model.n_layers:
         raise RuntimeError(f"captured {len(captured)} block outputs, expected {model.n_layers}")
-    latents = torch.stack([c.to(captured[0].device) for c in captured])  # [layers, keep, hidden]
+    latents = torch.stack([c[0].to(captured[0].device) for c in captured])  # [layers, keep, hidden]
     stats = decode(model.unembedding, latents.reshape(-1, latents.shape[-1]), k=k, energy=False)
     ids = inputs["input_ids"][0, -keep:].tolist()
     first = n_tokens - keep

@@ -116,9 +116,9 @@ def steering_step(m: object, out: Path, figures: Path, *, seed: int, force: bool
     from . import steering_sweep
 
     best_path = out / "best.json"
-    if not force and best_path.exists() and json.loads(best_path.read_text()).get("model") == m.fingerprint():
+    best = None if force or not best_path.exists() else json.loads(best_path.read_text())
+    if best is not None and best.get("model") == m.fingerprint():
         log.info("steering %s: cached", out)
-        best = json.loads(best_path.read_text())
     else:
         log.info("steering demo ru→zh (via fr) into %s", out)
         best = steering_sweep.run_to_dir(m, out, source="ru", target="zh", via="fr", seed=seed)
