@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import platform
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
 from . import __version__
+from .atomic import atomic_dir
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def atomic_dir(out: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out`` that replaces ``out`` only if the block succeeds."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def versions() -> dict[str, str]:

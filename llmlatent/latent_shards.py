@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .atomic import atomic_file
 from .lens import SET_COLUMNS as _SETS
 
 FORMAT = "llmlatent-latents"
@@ -131,12 +132,8 @@ def describe(fp: dict) -> str:
 
 def write_json(path: Path, content: dict) -> None:
     """Write JSON to ``path`` atomically (temporary file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(content, fh, indent=1, ensure_ascii=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(content, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
 def read_config(path: Path) -> dict:

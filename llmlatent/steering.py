@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_file
 from .lens import block_output, last_positions
 
 log = logging.getLogger(__name__)
@@ -149,12 +150,8 @@ class SteeringVector:
             path = path.with_name(path.name + ".safetensors")
         path.parent.mkdir(parents=True, exist_ok=True)
         header = {"format": FORMAT, "layer": str(self.layer), "meta": json.dumps(self.meta, ensure_ascii=False)}
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
+        with atomic_file(path) as tmp:
             save_file({"vector": self.vector.contiguous()}, str(tmp), metadata=header)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod

@@ -346,7 +346,7 @@ def run_to_dir(model: object, out: str | Path, **kwargs: object) -> dict:
     import matplotlib.pyplot as plt
 
     from . import plots
-    from .experiment import atomic_dir
+    from .atomic import atomic_dir
 
     started = time.perf_counter()
     result = sweep(model, **kwargs)
