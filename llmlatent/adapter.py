@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from .errors import LlmlatentError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ NORM_PATHS = (
 LAST_HIDDEN_NORMALISED = {"llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3", "gemma3_text", "gpt2"}
 
 
-class AdapterError(ValueError):
+class AdapterError(LlmlatentError, ValueError):
     """The model's blocks, final norm or unembedding could not be found."""
 
 

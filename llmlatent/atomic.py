@@ -1,4 +1,9 @@
-"""Crash-safe writes: a file or folder appears complete under its final name, or not at all."""
+"""Crash-safe writes: a file or folder appears complete under its final name, or not at all.
+
+An existing output folder is replaced only when it holds a previous result of the same kind (its
+marker file, e.g. ``run.json``) or is empty; ``.``, a parent of the working directory and ``$HOME``
+are never replaced. Anything else is refused with one line that names the folder and the fix.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +14,95 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import OutputFolderError
+
+
+def _protected(out: Path) -> str | None:
+    """Return why ``out`` may never be replaced (the cwd or one of its parents, $HOME, a root), else None."""
+    resolved = out.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        return "it is the current directory or one of its parents"
+    if resolved == Path.home().resolve():
+        return "it is your home directory"
+    if resolved.parent == resolved:
+        return "it is a file-system root"
+    return None
+
+
+def check_output_dir(out: str | Path, marker: str | tuple[str, ...]) -> Path:
+    """Return ``out`` as a Path after checking that a result can be written there; else raise OutputFolderError.
+
+    Allowed: a missing folder (its parent must be creatable and writable), an empty folder, or a folder
+    holding ``marker`` (a previous result of the same kind, which will be replaced). Call it before any
+    computation so that a bad ``--out`` fails in a second, not after the work.
+    """
+    out = Path(out)
+    markers = (marker,) if isinstance(marker, str) else tuple(marker)
+    reason = _protected(out)
+    if reason:
+        raise OutputFolderError(f"refusing to write results into {out}: {reason}; pass a new folder such as {out / 'run'}")
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"output folder {out} is an existing file; pass a folder path (it is created if missing)")
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in markers):
+        raise OutputFolderError(
+            f"output folder {out} is not empty and holds no previous result ({' or '.join(markers)}); "
+            "pass a new or empty folder, or remove it yourself"
+        )
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputFolderError(f"cannot create output folder {out}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputFolderError(f"cannot create output folder {out}: {parent} is not writable; pass a writable path")
+    return out
+
+
+def _clean_orphans(parent: Path, name: str) -> None:
+    """Remove temporary folders ``.NAME-*`` left beside ``parent/name`` by killed runs (their pid is gone)."""
+    for tmp in parent.glob(f".{name}-*"):
+        pid = tmp.name.rsplit("-pid", 1)[-1].split("-", 1)[0] if "-pid" in tmp.name else ""
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
 
 @contextlib.contextmanager
-def atomic_dir(out: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out`` that replaces ``out`` only if the block succeeds."""
-    out = Path(out)
+def atomic_dir(out: str | Path, marker: str | tuple[str, ...] = "run.json") -> Iterator[Path]:
+    """Yield a temporary folder beside ``out`` that replaces ``out`` only if the block succeeds.
+
+    ``out`` is checked by :func:`check_output_dir` first (it is replaced only when empty or when it holds
+    ``marker``). The new folder gets the umask's normal mode (not mkdtemp's 0700); temporary folders of
+    killed runs are removed.
+    """
+    out = check_output_dir(out, marker)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    _clean_orphans(out.parent, out.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-pid{os.getpid()}-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
     try:
         yield tmp
+        check_output_dir(out, marker)  # the folder may have changed while we computed
         if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+            old = out.with_name(f".{out.name}-pid{os.getpid()}-old")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

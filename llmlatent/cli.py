@@ -12,8 +12,7 @@ from pathlib import Path
 log = logging.getLogger("llmlatent")
 
 
-class UsageError(ValueError):
-    """Bad command-line input; printed as one line."""
+from .errors import LlmlatentError, UsageError  # noqa: E402  (UsageError: bad command-line input)
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -273,6 +272,6 @@ def main(argv: list[str] | None = None) -> int:
         transformers.utils.logging.disable_progress_bar()
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except LlmlatentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
+from .errors import LlmlatentError
 
 LANGS = ("en", "fr", "de", "ru", "zh")
 DISPLAY = {"en": "English", "fr": "Français", "de": "Deutsch", "ru": "Русский", "zh": "中文"}
@@ -33,7 +34,7 @@ SEED_COLUMNS = ("lang", "word_original", "word_translation", "blank_prompt_trans
 SEED_PROMPT_COLUMNS = ("prompt", "out_token_str", "latent_token_str")
 
 
-class DataError(ValueError):
+class DataError(LlmlatentError, ValueError):
     """Bad word data or an unknown language; the message says what is wrong."""
 
 

@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 
 from .atomic import atomic_file
-from .lens import SET_COLUMNS as _SETS
+from .tasks import SET_COLUMNS as _SETS
+from .errors import LlmlatentError
 
 FORMAT = "llmlatent-latents"
 VERSION = 1
@@ -33,7 +34,7 @@ STORAGE = {"float16": "float16", "bfloat16": "uint16", "float32": "float32"}
 SET_COLUMNS = tuple(_SETS.values())
 
 
-class LatentStoreError(ValueError):
+class LatentStoreError(LlmlatentError, ValueError):
     """A latent store is missing, incomplete, corrupt or does not fit the request; the message says what to do."""
 
 

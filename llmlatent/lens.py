@@ -8,10 +8,9 @@ neither for every position nor for every row.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,73 +18,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapter import Unembedding
+from .capture import _batched, block_output, capture_last, forward_last, last_positions, length_order  # noqa: F401  (re-exported)
 from .decode import decode  # noqa: F401  (also public here as lens.decode)
 from .model import Model
+from .tasks import SET_COLUMNS
 
 log = logging.getLogger(__name__)
 
 # rows (prompts x layers) that the sweep gathers before decoding them together: one GEMM over ~1k
 # rows runs ~25 % faster per row on CPU than over one batch's 16 x 18
 DECODE_ROWS = 1024
-
-
-def block_output(output: object) -> torch.Tensor:
-    """Return the hidden-state tensor of a block's forward output (tensor or tuple)."""
-    return output[0] if isinstance(output, tuple) else output
-
-
-def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Return the index of the last real token of each row (left or right padding)."""
-    t = attention_mask.shape[1]
-    return t - 1 - attention_mask.flip(1).to(torch.int64).argmax(1)
-
-
-@contextlib.contextmanager
-def capture_last(model: Model, last: torch.Tensor) -> Iterator[list[torch.Tensor]]:
-    """Yield a list that fills, during one forward, with each block's output at rows' ``last`` index.
-
-    ``last`` is [B] (one position per row: captures are [B, hidden]) or [B, P] (P positions per row: [B, P, hidden]).
-    """
-    captured: list[torch.Tensor] = []
-    rows = torch.arange(last.shape[0])
-    if last.dim() == 2:
-        rows = rows[:, None]
-
-    def hook(_module: torch.nn.Module, _args: object, output: object) -> None:
-        h = block_output(output)
-        captured.append(h[rows.to(h.device), last.to(h.device)].detach())
-
-    handles = [block.register_forward_hook(hook) for block in model.adapter.blocks]
-    try:
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def forward_last(model: Model, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (latents [B, layers, hidden] at the last real token, the model's own last-token logits [B, V])."""
-    inputs = model.encode(list(prompts))
-    last = last_positions(inputs["attention_mask"])
-    with torch.inference_mode(), capture_last(model, last) as captured:
-        out = model.run(inputs, logits_to_keep=1, use_cache=False)
-    if not bool((last == inputs["input_ids"].shape[1] - 1).all()):
-        raise RuntimeError("the tokenizer must pad on the left so that the last position is the last real token")
-    logits = out.logits[:, -1]
-    if len(captured) != model.n_layers:
-        raise RuntimeError(f"captured {len(captured)} block outputs, expected {model.n_layers}")
-    return torch.stack([c.to(captured[0].device) for c in captured], dim=1), logits.float()
-
-
-def _batched(order: list[int], batch_size: int) -> Iterator[list[int]]:
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
-
-
-def length_order(model: Model, prompts: Sequence[str]) -> list[int]:
-    """Return prompt indices sorted by token length (less padding per batch; results do not depend on it)."""
-    lengths = [len(ids) for ids in model.tokenizer(list(prompts))["input_ids"]]
-    return sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
 
 
 def layer_logprobs(model: Model, prompts: Sequence[str], *, batch_size: int = 8) -> torch.Tensor:
@@ -137,9 +79,6 @@ def top_tokens_wide(table: pd.DataFrame) -> pd.DataFrame:
     wide = cells.pivot(index="layer", columns="rank", values="cell")
     wide.columns = [f"top{r}" for r in wide.columns]
     return wide
-
-
-SET_COLUMNS = {"target": "target_ids", "english": "english_ids", "source": "source_ids"}
 
 
 def stats_frame(prompt_ids: Sequence, n_layers: int, stats: dict[str, torch.Tensor], tokenizer: object) -> pd.DataFrame:

@@ -15,6 +15,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .adapter import Adapter, Unembedding, adapter_for
+from .errors import LlmlatentError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ _DEFAULT_DIRNAME = "gemma-3-270m-q4_k_m"
 _MARKER = "llmlatent-model.json"
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(LlmlatentError, ValueError):
     """A model could not be loaded; the message says why and what to do."""
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_file
-from .lens import block_output, last_positions
+from .capture import block_output, last_positions
+from .errors import LlmlatentError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ POSITIONS = ("last", "all", "generated")
 FORMAT = "llmlatent.steering_vector/1"
 
 
-class SteeringError(ValueError):
+class SteeringError(LlmlatentError, ValueError):
     """Bad steering input (layer, size, non-finite values, mismatched models); the message says which."""
 
 

@@ -15,6 +15,8 @@ from .tokens import token_set
 log = logging.getLogger(__name__)
 
 TASKS = ("translation", "repetition", "cloze")
+# the token-set columns of a PromptSet frame, by the name of the probability they give (p_<name>)
+SET_COLUMNS = {"target": "target_ids", "english": "english_ids", "source": "source_ids"}
 DROP_REASONS = (
     "english_in_target",
     "empty_target_set",

@@ -1,0 +1,75 @@
+"""Capturing block outputs at chosen positions, last-position bookkeeping and length-bucketed batching.
+
+Hooks are registered on the blocks only for the duration of a ``with`` block and always removed;
+modules are never replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from .model import Model
+
+
+def block_output(output: object) -> torch.Tensor:
+    """Return the hidden-state tensor of a block's forward output (tensor or tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Return the index of the last real token of each row (left or right padding)."""
+    t = attention_mask.shape[1]
+    return t - 1 - attention_mask.flip(1).to(torch.int64).argmax(1)
+
+
+@contextlib.contextmanager
+def capture_last(model: Model, last: torch.Tensor) -> Iterator[list[torch.Tensor]]:
+    """Yield a list that fills, during one forward, with each block's output at rows' ``last`` index.
+
+    ``last`` is [B] (one position per row: captures are [B, hidden]) or [B, P] (P positions per row: [B, P, hidden]).
+    """
+    captured: list[torch.Tensor] = []
+    rows = torch.arange(last.shape[0])
+    if last.dim() == 2:
+        rows = rows[:, None]
+
+    def hook(_module: torch.nn.Module, _args: object, output: object) -> None:
+        h = block_output(output)
+        captured.append(h[rows.to(h.device), last.to(h.device)].detach())
+
+    handles = [block.register_forward_hook(hook) for block in model.adapter.blocks]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def forward_last(model: Model, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (latents [B, layers, hidden] at the last real token, the model's own last-token logits [B, V])."""
+    inputs = model.encode(list(prompts))
+    last = last_positions(inputs["attention_mask"])
+    with torch.inference_mode(), capture_last(model, last) as captured:
+        out = model.run(inputs, logits_to_keep=1, use_cache=False)
+    if not bool((last == inputs["input_ids"].shape[1] - 1).all()):
+        raise RuntimeError("the tokenizer must pad on the left so that the last position is the last real token")
+    logits = out.logits[:, -1]
+    if len(captured) != model.n_layers:
+        raise RuntimeError(f"captured {len(captured)} block outputs, expected {model.n_layers}")
+    return torch.stack([c.to(captured[0].device) for c in captured], dim=1), logits.float()
+
+
+def _batched(order: list[int], batch_size: int) -> Iterator[list[int]]:
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def length_order(model: Model, prompts: Sequence[str]) -> list[int]:
+    """Return prompt indices sorted by token length (less padding per batch; results do not depend on it)."""
+    lengths = [len(ids) for ids in model.tokenizer(list(prompts))["input_ids"]]
+    return sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
