@@ -12,10 +12,57 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
+from collections.abc import Mapping
+
 from torch import nn
+
 from .errors import LlmlatentError
 
 log = logging.getLogger(__name__)
+
+IDENTITY_KEYS = ("unembedding_sha256", "n_layers", "hidden_size")
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """A model's identity: display name, blocks, width and a hash of its final norm + unembedding.
+
+    Two fingerprints are the same model (:meth:`same_model`) when hash, layers and width agree; the
+    name is for display only, so a model loaded by hub id and by local path is the same model.
+    """
+
+    model: str
+    n_layers: int
+    hidden_size: int
+    unembedding_sha256: str
+
+    @classmethod
+    def of(cls, value: Fingerprint | Mapping) -> Fingerprint:
+        """Return ``value`` as a Fingerprint (from a stored JSON dict or a Fingerprint)."""
+        if isinstance(value, Fingerprint):
+            return value
+        return cls(model=str(value.get("model", "")), n_layers=int(value["n_layers"]),
+                   hidden_size=int(value["hidden_size"]), unembedding_sha256=str(value["unembedding_sha256"]))
+
+    def to_dict(self) -> dict:
+        """Return the JSON-able dict form (as stored in run.json, store.json, vector metadata)."""
+        return {"model": self.model, "n_layers": self.n_layers, "hidden_size": self.hidden_size,
+                "unembedding_sha256": self.unembedding_sha256}
+
+    def same_model(self, other: Fingerprint | Mapping) -> bool:
+        """Return True when ``other`` identifies the same weights (hash, layers, width; the name is ignored)."""
+        other = Fingerprint.of(other)
+        return all(getattr(self, k) == getattr(other, k) for k in IDENTITY_KEYS)
+
+    def describe(self) -> str:
+        """Return a one-line description: name, layers × width, hash."""
+        return f"{self.model} ({self.n_layers} layers × {self.hidden_size}, unembedding {self.unembedding_sha256})"
+
+
+def same_model(a: Fingerprint | Mapping, b: Fingerprint | Mapping) -> bool:
+    """Return True when two fingerprints (Fingerprint or stored dict) identify the same model: the one definition."""
+    return Fingerprint.of(a).same_model(b)
+
 
 # Attribute paths tried in order; the first that exists wins.
 BLOCK_PATHS = (

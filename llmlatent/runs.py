@@ -40,11 +40,6 @@ def words_digest(directory: str | Path | None) -> str | None:
     return digest.hexdigest()
 
 
-def _same_model(a: Mapping, b: Mapping) -> bool:
-    keys = ("unembedding_sha256", "n_layers", "hidden_size")
-    return all(a.get(k) == b.get(k) for k in keys)
-
-
 def cache_key(kind: str, fingerprint: Mapping, settings: Mapping) -> dict:
     """Return the JSON-able cache key of a result: kind, format version, model identity and every setting.
 
@@ -54,7 +49,10 @@ def cache_key(kind: str, fingerprint: Mapping, settings: Mapping) -> dict:
     """
     from . import __version__
 
-    model = {k: fingerprint.get(k) for k in ("unembedding_sha256", "n_layers", "hidden_size")}
+    from .adapter import IDENTITY_KEYS, Fingerprint
+
+    fp = Fingerprint.of(fingerprint).to_dict()
+    model = {k: fp[k] for k in IDENTITY_KEYS}
     key = {"kind": kind, "format": FORMAT_VERSION.get(kind, 1), "llmlatent": __version__, "model": model,
            "settings": dict(settings)}
     return json.loads(json.dumps(key, sort_keys=True, default=str))
