@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
-from collections.abc import Mapping
-
 from torch import nn
 
 from .errors import LlmlatentError
@@ -23,12 +22,15 @@ log = logging.getLogger(__name__)
 IDENTITY_KEYS = ("unembedding_sha256", "n_layers", "hidden_size")
 
 
-@dataclass(frozen=True)
-class Fingerprint:
+@dataclass(frozen=True, eq=False)
+class Fingerprint(Mapping):
     """A model's identity: display name, blocks, width and a hash of its final norm + unembedding.
 
     Two fingerprints are the same model (:meth:`same_model`) when hash, layers and width agree; the
     name is for display only, so a model loaded by hub id and by local path is the same model.
+    It reads like its JSON dict (``fp["n_layers"]``, ``dict(fp)``); files hold :meth:`to_dict`.
+    Equality (``==``) compares every field including the name, like the dicts it replaces (so a stored
+    dict equals it); use :meth:`same_model` for "same weights".
     """
 
     model: str
@@ -49,6 +51,30 @@ class Fingerprint:
         return {"model": self.model, "n_layers": self.n_layers, "hidden_size": self.hidden_size,
                 "unembedding_sha256": self.unembedding_sha256}
 
+    def __eq__(self, other: object) -> bool:
+        """Return True when ``other`` (a Fingerprint or its dict form) has the same four fields."""
+        if isinstance(other, Mapping):
+            return dict(self) == dict(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        """Return a hash of the four fields."""
+        return hash(tuple(self.to_dict().values()))
+
+    def __getitem__(self, key: str) -> str | int:
+        """Return one field by its JSON key (read-only Mapping view of :meth:`to_dict`)."""
+        if key not in _FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        """Return an iterator over the JSON keys."""
+        return iter(_FIELDS)
+
+    def __len__(self) -> int:
+        """Return the number of JSON keys (4)."""
+        return len(_FIELDS)
+
     def same_model(self, other: Fingerprint | Mapping) -> bool:
         """Return True when ``other`` identifies the same weights (hash, layers, width; the name is ignored)."""
         other = Fingerprint.of(other)
@@ -57,6 +83,9 @@ class Fingerprint:
     def describe(self) -> str:
         """Return a one-line description: name, layers × width, hash."""
         return f"{self.model} ({self.n_layers} layers × {self.hidden_size}, unembedding {self.unembedding_sha256})"
+
+
+_FIELDS = ("model", "n_layers", "hidden_size", "unembedding_sha256")
 
 
 def same_model(a: Fingerprint | Mapping, b: Fingerprint | Mapping) -> bool:
@@ -180,7 +209,6 @@ class Adapter:
     unembedding: Unembedding
     last_hidden_normalised: bool
     family: str = "unknown"
-    extra: dict = field(default_factory=dict)
 
     @property
     def n_layers(self) -> int:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from . import __version__
-from .atomic import atomic_dir
+from . import __version__, runs
+from .tasks import SET_COLUMNS
+
+if TYPE_CHECKING:
+    from .model import Model
+    from .tasks import PromptSet
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +50,34 @@ def title_of(meta: dict, model_name: str) -> str:
     return f"{task} {pair} · {model_name}"
 
 
+def prompts_digest(prompts: PromptSet) -> str:
+    """Return a sha256 over every prompt text and its token-id sets, in order (the sweep's whole input).
+
+    The word lists (bundled or ``--words``), a ``--prompts`` file, ``n``, the seed of the few-shot
+    examples, ``strict``, ``cognate_filter`` and ``n_shots`` all reach the sweep only through these
+    prompts and sets, so this digest changes whenever any of them changes what is computed.
+    """
+    columns = ["prompt", *(c for c in SET_COLUMNS.values() if c in prompts.df)]
+    blob = json.dumps(prompts.df[columns].to_numpy().tolist(), ensure_ascii=False,
+                      default=lambda v: v.tolist() if hasattr(v, "tolist") else list(v))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def sweep_key(model: Model, prompts: PromptSet, *, seed: int = 0, ci: str = "normal") -> dict:
+    """Return the cache key of a sweep folder: model identity and dtype, the prompt set's settings and digest, seed, ci.
+
+    ``batch_size`` is not part of it: batches only group prompts of similar length; with left padding and
+    the attention mask each prompt's forward is the same computation, so the rows agree to float32
+    rounding (``test_sweep_frame_and_batch_invariance``), far below any interval width.
+    """
+    settings = {**prompts.meta, "prompts_sha256": prompts_digest(prompts), "sweep_seed": seed, "ci": ci,
+                "dtype": str(getattr(model.hf, "dtype", ""))}
+    return runs.cache_key("sweep", model.fingerprint(), settings)
+
+
 def sweep_to_dir(
-    model: object,
-    prompts: object,
+    model: Model,
+    prompts: PromptSet,
     out: str | Path,
     *,
     batch_size: int = 16,
@@ -55,7 +86,10 @@ def sweep_to_dir(
     started: float | None = None,
     progress: bool = True,
 ) -> dict:
-    """Return run.json's content after writing rows.csv, summary.csv, prob/energy figures (PNG+PDF) to ``out``."""
+    """Return run.json's content after writing rows.csv, summary.csv, prob/energy figures (PNG+PDF) to ``out``.
+
+    run.json carries the :func:`sweep_key`; ``runs.cached(out, sweep_key(...))`` tells whether the folder is current.
+    """
     import matplotlib.pyplot as plt
 
     from . import lens, metrics, plots
@@ -67,7 +101,7 @@ def sweep_to_dir(
     meta = dict(prompts.meta)
     rows.insert(1, "concept", rows["prompt_id"].map(dict(zip(prompts.df["prompt_id"], prompts.df["concept"]))))
     summary = metrics.summarize(rows, ci=ci, seed=seed)
-    with atomic_dir(out) as tmp:
+    with runs.write_run(out, sweep_key(model, prompts, seed=seed, ci=ci)) as (tmp, run):
         rows.to_csv(tmp / "rows.csv", index=False, float_format="%.8g")
         summary.to_csv(tmp / "summary.csv", index=False, float_format="%.8g")
         prompts.df.drop(columns=["target_ids", "english_ids", "source_ids"]).to_csv(tmp / "prompts.csv", index=False)
@@ -76,9 +110,9 @@ def sweep_to_dir(
                           ("energy", plots.energy_figure(summary, title))):
             plots.save(fig, tmp / name)
             plt.close(fig)
-        run = {
+        run.update({
             **meta,
-            "model": model.fingerprint(),
+            "model": model.fingerprint().to_dict(),
             "n_prompts": len(prompts),
             "dropped": prompts.dropped,
             "notes": prompts.notes,
@@ -88,7 +122,6 @@ def sweep_to_dir(
             "sweep_seconds": round(sweep_seconds, 3),
             "seconds": round(time.perf_counter() - started, 3),
             "versions": versions(),
-        }
-        (tmp / "run.json").write_text(json.dumps(run, indent=1, ensure_ascii=False))
+        })
     log.info("wrote %s (%d prompts, %.1f s)", out, len(prompts), run["seconds"])
     return run

@@ -111,7 +111,7 @@ def make_config(model: object, frame: pd.DataFrame, meta: dict, dtype: str) -> d
     """Return a new store's store.json content (without shard size) for a model, prompts and storage dtype."""
     kinds = {c: column_kind(frame, c) for c in frame.columns}
     blob = json.dumps({"columns": kinds, "rows": records(frame, kinds)}, sort_keys=True, ensure_ascii=False)
-    fingerprint = model.fingerprint()
+    fingerprint = model.fingerprint().to_dict()
     return {
         "format": FORMAT,
         "version": VERSION,

@@ -44,15 +44,6 @@ def layer_logprobs(model: Model, prompts: Sequence[str], *, batch_size: int = 8)
     return result
 
 
-def model_logprobs(model: Model, prompts: Sequence[str], *, batch_size: int = 8) -> torch.Tensor:
-    """Return the model's own next-token log-probabilities [prompts, vocab] (float32)."""
-    result = torch.empty(len(prompts), model.unembedding.vocab_size)
-    for idx in _batched(length_order(model, prompts), batch_size):
-        _, logits = forward_last(model, [prompts[i] for i in idx])
-        result[idx] = torch.log_softmax(logits, dim=-1).cpu()
-    return result
-
-
 def top_tokens(model: Model, prompt: str, k: int = 5) -> pd.DataFrame:
     """Return a tidy table of the lens's top-k tokens at the last token: layer, rank, token_id, token, prob."""
     latents, _ = forward_last(model, [prompt])

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from .adapter import Adapter, Unembedding, adapter_for
+from .adapter import Adapter, Fingerprint, Unembedding, adapter_for
 from .errors import LlmlatentError
 
 log = logging.getLogger(__name__)
@@ -115,14 +115,13 @@ class Model:
         """Return the device of the input embeddings (where inputs go)."""
         return self.hf.get_input_embeddings().weight.device
 
-    def fingerprint(self) -> dict:
-        """Return a JSON-able model fingerprint: name, layers, hidden size, unembedding hash."""
-        return {
-            "model": self.name,
-            "n_layers": self.n_layers,
-            "hidden_size": self.hidden_size,
-            "unembedding_sha256": self.unembedding.fingerprint(),
-        }
+    def fingerprint(self) -> Fingerprint:
+        """Return the model's :class:`~llmlatent.adapter.Fingerprint` (name, layers, hidden size, unembedding hash).
+
+        The one source of a model's identity; compare with ``same_model``, store ``.to_dict()`` in JSON.
+        """
+        return Fingerprint(model=self.name, n_layers=self.n_layers, hidden_size=self.hidden_size,
+                           unembedding_sha256=self.unembedding.fingerprint())
 
     def run(self, inputs: dict, **kwargs: object) -> object:
         """Return ``hf(**inputs, **kwargs)``, retried without ``logits_to_keep`` for (remote-code) models that lack it."""

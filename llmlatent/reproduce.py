@@ -1,7 +1,8 @@
 """``make reproduce``: every experiment of the paper on one model, results under results/, figures under figures/.
 
-Each step's output folder is reused when its ``run.json`` says it was made with the same model and
-settings; ``force=True`` recomputes everything.
+Each step's output folder is reused only when its stored cache key (:mod:`llmlatent.runs`: model
+identity, every setting that shapes the result, format version) equals the key of the run asked for;
+``force=True`` recomputes everything.
 """
 
 from __future__ import annotations
@@ -11,12 +12,19 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from . import experiment, lens, plots, tasks
+from . import experiment, lens, plots, runs, tasks
+from .adapter import same_model
 from .data import LANGS
+from .errors import OutputFolderError
+
+if TYPE_CHECKING:
+    from .latents import LatentStore
+    from .model import Model
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +44,15 @@ def run_specs() -> list[tuple[str, str, str]]:
     return specs
 
 
-def _is_current(folder: Path, fingerprint: dict, settings: dict) -> bool:
-    path = folder / "run.json"
-    if not path.exists():
-        return False
-    saved = json.loads(path.read_text())
-    return saved.get("model") == fingerprint and all(saved.get(k) == v for k, v in settings.items())
-
-
 def load_summaries(results: Path, task: str) -> dict[tuple[str, str], pd.DataFrame]:
     """Return {(src, tgt): summary} of every finished run of ``task`` under ``results``."""
     out = {}
     for path in sorted((results / task).glob("*/summary.csv")):
-        src, tgt = path.parent.name.split("-")
-        out[(src, tgt)] = pd.read_csv(path)
+        parts = path.parent.name.split("-")
+        if len(parts) != 2 or not set(parts) <= set(LANGS):  # a user's own folder (e.g. fr-zh-strict): not a grid panel
+            log.info("skipping %s: not a <src>-<tgt> run folder of reproduce", path.parent)
+            continue
+        out[(parts[0], parts[1])] = pd.read_csv(path)
     return out
 
 
@@ -92,7 +95,7 @@ def grid_figures(results: Path, figures: Path, model_name: str) -> list[Path]:
     return written
 
 
-def latent_step(m: object, path: Path, *, n: int | None, seed: int, batch_size: int, force: bool) -> object:
+def latent_step(m: Model, path: Path, *, n: int | None, seed: int, batch_size: int, force: bool) -> LatentStore:
     """Return the fr→zh latent store at ``path``, collecting it unless an identical one is already there."""
     from . import latents
 
@@ -100,18 +103,20 @@ def latent_step(m: object, path: Path, *, n: int | None, seed: int, batch_size: 
     if path.exists() and not force:
         try:
             store = latents.load(path)
-            if store.fingerprint == m.fingerprint() and store.prompts["prompt"].tolist() == prompts.prompts:
+            if same_model(store.fingerprint, m.fingerprint()) and store.prompts["prompt"].tolist() == prompts.prompts:
                 log.info("latents %s: cached", path)
                 return store
         except (ValueError, OSError) as exc:
             log.info("latents %s: recollecting (%s)", path, exc)
     if path.exists():
+        if any(path.iterdir()) and not (path / "store.json").exists():
+            raise OutputFolderError(f"{path} exists but is not a latent store; move it away or pass another --results")
         shutil.rmtree(path)
     log.info("collecting latents for %d fr→zh prompts into %s", len(prompts), path)
     return latents.collect(m, prompts, path, batch_size=batch_size)
 
 
-def steering_step(m: object, out: Path, figures: Path, *, seed: int, force: bool) -> dict:
+def steering_step(m: Model, out: Path, figures: Path, *, seed: int, force: bool) -> dict:
     """Return best.json of the RU→ZH steering demo (run unless cached), and copy its heatmaps to ``figures``."""
     from . import steering_sweep
 
@@ -145,7 +150,6 @@ def run_all(
     results, figures = Path(results), Path(figures)
     figures.mkdir(parents=True, exist_ok=True)
     m = model_mod.load(model_name)
-    fingerprint = m.fingerprint()
     log.info("model %s loaded in %.1f s", m.name, time.perf_counter() - started)
 
     table = lens.top_tokens(m, HAND_PROMPT, k=5)
@@ -156,14 +160,13 @@ def run_all(
     plt.close(fig)
 
     specs = [s for s in run_specs() if only is None or s[0] == only]
-    settings = {"seed": seed, "n_requested": n}
     for i, (task, src, tgt) in enumerate(specs, 1):
         folder = results / task / f"{src}-{tgt}"
-        if not force and _is_current(folder, fingerprint, settings):
+        prompts = tasks.build(task, src, tgt, m.tokenizer, n=n, seed=seed)  # cheap (tokenizer only); its digest is in the key
+        if not force and runs.cached(folder, experiment.sweep_key(m, prompts, seed=seed)) is not None:
             log.info("[%d/%d] %s %s→%s: cached", i, len(specs), task, src, tgt)
             continue
         log.info("[%d/%d] %s %s→%s", i, len(specs), task, src, tgt)
-        prompts = tasks.build(task, src, tgt, m.tokenizer, n=n, seed=seed)
         experiment.sweep_to_dir(m, prompts, folder, batch_size=batch_size, seed=seed)
 
     if only is None:

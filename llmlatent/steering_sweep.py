@@ -318,7 +318,7 @@ def best_json(summary: pd.DataFrame, source: str, target: str, via: str, model: 
     base = main[(main["vector"] == "mean_difference") & (main["alpha"] == 0)].iloc[0]
     rnd = main[main["vector"] == "random"]
     result = {
-        "direction": name, "source": source, "target": target, "via": via, "model": model.fingerprint(),
+        "direction": name, "source": source, "target": target, "via": via, "model": model.fingerprint().to_dict(),
         "n_fit_concepts": n_fit, "n_test_prompts": int(best["n"]), "n_test_concepts": n_test, "layers": layers,
         "alphas": alphas, "layer": int(best["layer"]), "alpha": float(best["alpha"]), **_numbers(best),
         **_numbers(base, "baseline_"), "random_control_draws": len(rnd), **_numbers(rnd, "random_control_"),

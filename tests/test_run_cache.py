@@ -1,0 +1,90 @@
+"""One cache key per sweep folder: every setting that shapes the result changes it; batch size does not."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from llmlatent import experiment, reproduce, runs, tasks
+from llmlatent.data import words_dir
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+BASE = {"task": "translation", "src": "fr", "tgt": "zh", "n": 3, "seed": 0, "strict": False, "cognate_filter": False,
+        "n_shots": None, "words_dir": None}
+
+
+def _key(model, tokenizer, *, sweep_seed=0, ci="normal", **changes):
+    opts = {**BASE, **changes}
+    prompts = tasks.build(opts.pop("task"), opts.pop("src"), opts.pop("tgt"), tokenizer, **opts)
+    return experiment.sweep_key(model, prompts, seed=sweep_seed, ci=ci)
+
+
+@pytest.fixture(scope="module")
+def base_run(tiny_models, spm_tokenizer, tmp_path_factory):
+    model = tiny_models["llama"]
+    out = tmp_path_factory.mktemp("run") / "fr-zh"
+    prompts = tasks.build("translation", "fr", "zh", spm_tokenizer, n=3, seed=0)
+    run = experiment.sweep_to_dir(model, prompts, out, batch_size=2, seed=0, progress=False)
+    return model, out, run
+
+
+def test_run_json_holds_its_key_and_the_same_settings_reuse_it(base_run, spm_tokenizer):
+    model, out, run = base_run
+    key = _key(model, spm_tokenizer)
+    assert json.loads((out / "run.json").read_text())["cache_key"] == key == run["cache_key"]
+    assert runs.cached(out, key) is not None
+    assert key["model"] == {k: model.fingerprint()[k] for k in ("unembedding_sha256", "n_layers", "hidden_size")}
+    # batch size groups prompts of similar length; it is not a result setting
+    assert "batch_size" not in json.dumps(key["settings"])
+
+
+@pytest.mark.parametrize("change", [
+    {"task": "repetition", "src": "zh"}, {"src": "de"}, {"tgt": "ru"}, {"n": 4}, {"seed": 1}, {"strict": True},
+    {"cognate_filter": True}, {"n_shots": 2}, {"sweep_seed": 1}, {"ci": "bootstrap"},
+], ids=lambda c: "+".join(c))
+def test_each_setting_changes_the_key(base_run, spm_tokenizer, change):
+    model, out, _ = base_run
+    assert runs.cached(out, _key(model, spm_tokenizer, **change)) is None
+
+
+def test_edited_word_file_changes_the_key(base_run, spm_tokenizer, tmp_path):
+    model, out, _ = base_run
+    words = tmp_path / "langs"
+    shutil.copytree(words_dir(), words)
+    assert runs.cached(out, _key(model, spm_tokenizer, words_dir=words)) is not None  # same content: same key
+    zh = words / "zh.csv"
+    prompts = tasks.build("translation", "fr", "zh", spm_tokenizer, n=3, seed=0)
+    used = prompts.df["tgt_word"].iloc[-1]  # a word that is in a prompt or a token set
+    zh.write_text(zh.read_text(encoding="utf-8").replace(f",{used},", ",书,", 1), encoding="utf-8")
+    assert runs.cached(out, _key(model, spm_tokenizer, words_dir=words)) is None
+
+
+def test_other_model_or_dtype_changes_the_key(base_run, tiny_models, spm_tokenizer):
+    model, out, _ = base_run
+    assert runs.cached(out, _key(tiny_models["qwen2"], spm_tokenizer)) is None
+    key = _key(model, spm_tokenizer)
+    model.hf.to(dtype=__import__("torch").float64)
+    try:
+        assert _key(model, spm_tokenizer)["settings"]["dtype"] != key["settings"]["dtype"]
+    finally:
+        model.hf.to(dtype=__import__("torch").float32)
+
+
+def test_reproduce_recomputes_exactly_when_a_setting_changes(tiny_models, tmp_path, monkeypatch):
+    """reproduce reuses a sweep folder only when the key matches: same settings → no sweep; seed or n → a sweep."""
+    from conftest import save_model
+
+    path = save_model(tiny_models["llama"], tmp_path / "model")
+    monkeypatch.setattr(reproduce, "run_specs", lambda: [("repetition", "fr", "fr")])
+    calls = []
+    real = experiment.sweep_to_dir
+    monkeypatch.setattr(experiment, "sweep_to_dir", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
+    kwargs = {"results": tmp_path / "results", "figures": tmp_path / "figures", "only": "repetition"}
+    for n, seed, expected in ((3, 0, 1), (3, 0, 1), (3, 1, 2), (4, 1, 3), (4, 1, 3)):
+        reproduce.run_all(str(path), n=n, seed=seed, **kwargs)
+        assert len(calls) == expected, (n, seed)
+    reproduce.run_all(str(path), n=4, seed=1, force=True, **kwargs)
+    assert len(calls) == 4
