@@ -2,11 +2,19 @@
 
 Layer rule (everywhere in llmlatent): ``layer`` i is the residual stream after block i, 0-based;
 plots show the same numbers on an x-axis labelled "layer (after block, 0-based)".
+
+Importing this module changes no global matplotlib setting: every figure builder (decorated with
+:func:`styled`) and :func:`save` run inside ``plt.rc_context(RC)``, which adds Noto Sans CJK as a glyph
+fallback. Saved files are byte-identical across runs (no creation date in the PDF).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -14,24 +22,51 @@ import pandas as pd
 
 from .data import DISPLAY
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def _use_cjk_font() -> None:
-    """Add Noto Sans CJK (PyPI package cvttf-notosanscjk-regular) as a glyph fallback after DejaVu Sans."""
+def _cjk_rc() -> dict:
+    """Return the rc settings that add Noto Sans CJK (PyPI cvttf-notosanscjk-regular) as a fallback after DejaVu Sans.
+
+    Registering the font file with the font manager is not a setting; ``font.family`` is only applied per figure.
+    """
     import importlib.util
 
     from matplotlib import font_manager
 
     spec = importlib.util.find_spec("cvttf_NotoSansCJK_Regular")
     if spec is None or not spec.submodule_search_locations:
-        return
+        return {}
     for font in Path(list(spec.submodule_search_locations)[0]).glob("*.otf"):
         font_manager.fontManager.addfont(str(font))
-        name = font_manager.FontProperties(fname=str(font)).get_name()
-        plt.rcParams["font.family"] = ["DejaVu Sans", name]
+        return {"font.family": ["DejaVu Sans", font_manager.FontProperties(fname=str(font)).get_name()]}
+    return {}
 
 
-_use_cjk_font()
+RC = _cjk_rc()
+# PDF metadata that varies between runs is dropped, so `make reproduce` leaves a clean git tree
+# (matplotlib writes CreationDate = now unless given None; PNG metadata holds no date)
+PDF_METADATA = {"CreationDate": None}
+
+
+@contextmanager
+def style() -> Iterator[None]:
+    """Yield inside the package's figure settings (``plt.rc_context(RC)``); the global settings are untouched."""
+    with plt.rc_context(RC):
+        yield
+
+
+def styled(builder: Callable[P, R]) -> Callable[P, R]:
+    """Return ``builder`` wrapped to run inside :func:`style` (texts created there keep the CJK fallback)."""
+
+    @functools.wraps(builder)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with style():
+            return builder(*args, **kwargs)
+
+    return wrapper
+
 
 LAYER_LABEL = "layer (after block, 0-based)"
 COLORS = {"target": "#d95f02", "english": "#1b9e77", "source": "#7570b3"}
@@ -42,8 +77,9 @@ def save(fig: plt.Figure, path_stem: str | Path) -> list[Path]:
     stem = Path(path_stem).with_suffix("")
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    with style():
+        fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+        fig.savefig(paths[1], bbox_inches="tight", metadata=PDF_METADATA)
     return paths
 
 
@@ -70,6 +106,7 @@ def probability_axes(ax: plt.Axes, summary: pd.DataFrame, meta: dict | None = No
         ax.legend(loc="upper left", fontsize=8, frameon=False)
 
 
+@styled
 def probability_figure(summary: pd.DataFrame, meta: dict | None = None, title: str | None = None) -> plt.Figure:
     """Return the paper's main figure: an entropy colour strip above probability lines with 95% bands."""
     fig, (strip, ax) = plt.subplots(
@@ -92,6 +129,7 @@ def probability_figure(summary: pd.DataFrame, meta: dict | None = None, title: s
     return fig
 
 
+@styled
 def energy_figure(summary: pd.DataFrame, title: str | None = None) -> plt.Figure:
     """Return the token-energy figure: mean energy per layer with its 95% band."""
     fig, ax = plt.subplots(figsize=(6, 3))
@@ -107,6 +145,7 @@ def energy_figure(summary: pd.DataFrame, title: str | None = None) -> plt.Figure
     return fig
 
 
+@styled
 def pair_grid(summaries: dict[tuple[str, str], pd.DataFrame], langs: list[str], title: str | None = None) -> plt.Figure:
     """Return a src × tgt grid of probability panels; panels with target ≠ English are highlighted."""
     n = len(langs)
@@ -134,6 +173,7 @@ def pair_grid(summaries: dict[tuple[str, str], pd.DataFrame], langs: list[str], 
     return fig
 
 
+@styled
 def heatmap(
     values: pd.DataFrame,
     *,
@@ -168,6 +208,7 @@ def heatmap(
     return fig
 
 
+@styled
 def top_token_heatmap(table: pd.DataFrame, title: str | None = None) -> plt.Figure:
     """Return the hand-prompt figure: layers × rank, cell text = token, colour = probability."""
     probs = table.pivot(index="layer", columns="rank", values="prob").sort_index(ascending=False)
@@ -176,6 +217,7 @@ def top_token_heatmap(table: pd.DataFrame, title: str | None = None) -> plt.Figu
     return heatmap(probs, text=tokens, title=title, xlabel="rank", ylabel=LAYER_LABEL, vmin=0, vmax=1)
 
 
+@styled
 def position_heatmap(table: pd.DataFrame, title: str | None = None) -> plt.Figure:
     """Return the logit-lens-plot figure: layers × last positions, cell text = top token, colour = its probability.
 
@@ -194,3 +236,35 @@ def position_heatmap(table: pd.DataFrame, title: str | None = None) -> plt.Figur
     labels = [f"{p}: {shown(inputs[p], 12)}" for p in probs.columns]
     probs.columns = tokens.columns = labels
     return heatmap(probs, text=tokens, title=title, xlabel="position: input token", ylabel=LAYER_LABEL, vmin=0, vmax=1)
+
+
+@styled
+def task_row(summaries: dict[tuple[str, str], pd.DataFrame], task: str, title: str | None = None) -> plt.Figure:
+    """Return one row of probability panels, one per language (the repetition or cloze row of the paper's figure)."""
+    fig, axes = plt.subplots(1, len(summaries), figsize=(2.8 * len(summaries), 2.6), sharey=True, squeeze=False)
+    for ax, ((src, tgt), summary) in zip(axes[0], sorted(summaries.items())):
+        probability_axes(ax, summary, {"src": src, "tgt": tgt}, legend=False)
+        ax.set_title(f"{task} {tgt}", fontsize=9)
+    axes[0][0].legend(fontsize=7, frameon=False, loc="upper left",
+                      handles=[plt.Line2D([], [], color=c, lw=2, label=k) for k, c in COLORS.items() if k != "source"])
+    fig.supxlabel(LAYER_LABEL)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+@styled
+def variants_figure(summaries: dict[str, pd.DataFrame], title: str | None = None) -> plt.Figure:
+    """Return p(English) (solid) and p(target) (dashed, same colour) per layer for each named variant of one experiment."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for label, summary in summaries.items():
+        line, = ax.plot(summary["layer"], summary["p_english_mean"], label=f"English · {label}")
+        ax.plot(summary["layer"], summary["p_target_mean"], ls="--", color=line.get_color())
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel(LAYER_LABEL)
+    ax.set_ylabel("probability (dashed: target)")
+    ax.legend(fontsize=7, frameon=False)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig

@@ -82,14 +82,7 @@ def grid_figures(results: Path, figures: Path, model_name: str) -> list[Path]:
         summaries = load_summaries(results, task)
         if not summaries:
             continue
-        fig, axes = plt.subplots(1, len(summaries), figsize=(2.8 * len(summaries), 2.6), sharey=True, squeeze=False)
-        for ax, ((src, tgt), summary) in zip(axes[0], sorted(summaries.items())):
-            plots.probability_axes(ax, summary, {"src": src, "tgt": tgt}, legend=False)
-            ax.set_title(f"{task} {tgt}", fontsize=9)
-        axes[0][0].legend(fontsize=7, frameon=False, loc="upper left",
-                          handles=[plt.Line2D([], [], color=c, lw=2, label=k) for k, c in plots.COLORS.items()
-                                   if k != "source"])
-        fig.supxlabel(plots.LAYER_LABEL)
+        fig = plots.task_row(summaries, task)
         written += plots.save(fig, figures / f"grid_{task}")
         plt.close(fig)
     return written
