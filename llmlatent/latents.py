@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import lens
+from . import capture
 from .latent_shards import (  # noqa: F401 - errors and constants re-exported for users
     DEFAULT_SHARD_SIZE,
     STORAGE,
@@ -126,10 +126,10 @@ def collect(
         start, stop = shard_range(config, k)
         part = texts[start:stop]
         out = np.empty((stop - start, *shape), dtype=STORAGE[dtype])
-        order = lens.length_order(model, part)  # similar lengths together: less padding (results do not depend on it)
+        order = capture.length_order(model, part)  # similar lengths together: less padding (results do not depend on it)
         for b in range(0, len(order), batch_size):
             idx = order[b : b + batch_size]
-            latents, _ = lens.forward_last(model, [part[i] for i in idx])
+            latents, _ = capture.forward_last(model, [part[i] for i in idx])
             out[idx] = _to_storage(latents, dtype)
             bar.update(len(idx))
         write_shard(path, config, k, frame, out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,12 @@ from .capture import _batched, block_output, capture_last, forward_last, last_po
 from .decode import decode  # noqa: F401  (also public here as lens.decode)
 from .model import Model
 from .tasks import SET_COLUMNS
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from .latents import LatentStore
+    from .tasks import PromptSet
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +79,8 @@ def top_tokens_wide(table: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
-def stats_frame(prompt_ids: Sequence, n_layers: int, stats: dict[str, torch.Tensor], tokenizer: object) -> pd.DataFrame:
+def stats_frame(prompt_ids: Sequence, n_layers: int, stats: dict[str, torch.Tensor],
+                tokenizer: PreTrainedTokenizerBase) -> pd.DataFrame:
     """Return the tidy (prompt, layer) frame for decoded statistics of rows ordered prompt-major."""
     top = stats["top_ids"][:, 0].tolist()
     vocab = {tid: tokenizer.decode([tid]) for tid in set(top)}
@@ -100,7 +108,8 @@ def row_sets(prompts: pd.DataFrame, n_layers: int) -> dict[str, list]:
     return sets
 
 
-def decode_frame(unembedding: Unembedding, latents: torch.Tensor, prompts: pd.DataFrame, tokenizer: object) -> pd.DataFrame:
+def decode_frame(unembedding: Unembedding, latents: torch.Tensor, prompts: pd.DataFrame,
+                 tokenizer: PreTrainedTokenizerBase) -> pd.DataFrame:
     """Return the tidy lens rows (prompt × layer) of ``latents`` [prompts, layers, hidden] for the ``prompts`` rows."""
     n_layers = latents.shape[1]
     stats = decode(unembedding, latents.reshape(-1, latents.shape[-1]), row_sets(prompts, n_layers))
@@ -109,7 +118,7 @@ def decode_frame(unembedding: Unembedding, latents: torch.Tensor, prompts: pd.Da
 
 def sweep(
     model: Model,
-    prompts: object,
+    prompts: PromptSet | pd.DataFrame,
     *,
     batch_size: int = 16,
     seed: int = 0,
@@ -153,10 +162,10 @@ def sweep(
 
 
 def from_latents(
-    store: object,
+    store: LatentStore,
     unembedding: Unembedding | Model,
     *,
-    tokenizer: object | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
     batch_size: int = 64,
     progress: bool = True,
 ) -> pd.DataFrame:

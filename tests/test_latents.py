@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import FAMILIES, save_model
-from llmlatent import latents, lens, model, tasks
+from llmlatent import capture, latents, lens, model, tasks
 from llmlatent.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,14 +45,14 @@ def assert_float16_agreement(live: pd.DataFrame, cached: pd.DataFrame, min_top_a
 
 
 def count_forward(monkeypatch) -> list[int]:
-    """Patch lens.forward_last to count the prompts it runs; return the counter list."""
-    counted, real = [], lens.forward_last
+    """Patch capture.forward_last (what latents.collect calls) to count the prompts it runs; return the counter list."""
+    counted, real = [], capture.forward_last
 
     def counting(m, prompts):
         counted.append(len(prompts))
         return real(m, prompts)
 
-    monkeypatch.setattr(lens, "forward_last", counting)
+    monkeypatch.setattr(capture, "forward_last", counting)
     return counted
 
 
@@ -204,8 +204,8 @@ def test_not_a_store_and_bad_dtype(tiny_models, tmp_path, capsys):
 
 def test_float16_overflow_is_reported(tiny_models, tmp_path, monkeypatch):
     m = tiny_models["llama"]
-    real = lens.forward_last
-    monkeypatch.setattr(lens, "forward_last", lambda model_, prompts: (real(model_, prompts)[0] * 1e6, None))
+    real = capture.forward_last
+    monkeypatch.setattr(capture, "forward_last", lambda model_, prompts: (real(model_, prompts)[0] * 1e6, None))
     with pytest.raises(latents.LatentStoreError, match="beyond float16's range.*bfloat16"):
         latents.collect(m, prompt_set(m, n=2), tmp_path / "s", progress=False)
 
@@ -276,7 +276,7 @@ def _finished(out: Path) -> int:
 def test_killed_run_resumes_to_identical_content(gpt2_dir, tmp_path, monkeypatch):
     out = tmp_path / "killed"
     slow_cli = (
-        "import sys, time\nimport llmlatent.lens as L\nreal = L.forward_last\n"
+        "import sys, time\nimport llmlatent.capture as L\nreal = L.forward_last\n"
         "def slow(*args):\n    time.sleep(0.5)\n    return real(*args)\n"
         "L.forward_last = slow\nfrom llmlatent.cli import main\nraise SystemExit(main(sys.argv[1:]))\n"
     )
