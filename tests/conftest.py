@@ -93,10 +93,27 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+class LazyModels(dict):
+    """A dict family → tiny Model that builds each model on first access (a test touching one family builds one)."""
+
+    def __init__(self, build) -> None:
+        super().__init__()
+        self._build = build
+
+    def __missing__(self, family: str):
+        if family not in FAMILIES:
+            raise KeyError(family)
+        self[family] = model = self._build(family)
+        return model
+
+
 @pytest.fixture(scope="session")
 def tiny_models(spm_tokenizer, bpe_tokenizer):
-    """Return a dict family → tiny Model (SentencePiece tokenizer; byte-level BPE for GPT-2)."""
-    return {f: build_tiny(f, bpe_tokenizer if f == "gpt2" else spm_tokenizer) for f in FAMILIES}
+    """Return a dict family → tiny Model (SentencePiece tokenizer; byte-level BPE for GPT-2), built on first use.
+
+    The same seed builds the same weights whether a family is built first or last (build_tiny seeds torch).
+    """
+    return LazyModels(lambda f: build_tiny(f, bpe_tokenizer if f == "gpt2" else spm_tokenizer))
 
 
 @pytest.fixture(scope="session")

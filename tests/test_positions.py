@@ -10,7 +10,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from llmlatent import lens, plots  # noqa: E402
+import torch  # noqa: E402
+
+from llmlatent import capture, lens, plots  # noqa: E402
+from llmlatent.decode import decode  # noqa: E402
 
 PROMPT = 'Français: "fleur" - 中文: "花"\nFrançais: "nuage" - 中文: "'
 
@@ -34,17 +37,20 @@ def test_last_position_equals_top_tokens(tiny_models, family):
 
 
 def test_earlier_position_is_the_lens_of_the_truncated_prompt(tiny_models):
-    """Causality: position t of the full prompt reads the same residual as the last token of the prompt cut after t."""
+    """Causality: position t of the full prompt reads the same residual as the last token of the prompt cut after t.
+
+    The cut prompt is given as token ids (not re-tokenized text), so the check always runs.
+    """
     model = tiny_models["llama"]
     table = lens.top_tokens_positions(model, PROMPT, positions=3)
-    ids = model.tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
-    n_tokens = len(model.tokenizer(PROMPT)["input_ids"])
-    prefix = model.tokenizer.decode(ids[:-1])
-    if len(model.tokenizer(prefix)["input_ids"]) != n_tokens - 1:
-        pytest.skip("the prefix does not re-tokenize to the same tokens")
-    earlier = table[table["position"] == n_tokens - 2].reset_index(drop=True)
-    expected = lens.top_tokens(model, prefix, k=1)
-    assert earlier["token_id"].tolist() == expected["token_id"].tolist()
+    ids = model.encode([PROMPT])["input_ids"][:, :-1]  # the full prompt's tokens, last one cut
+    n_tokens = ids.shape[1] + 1
+    with torch.inference_mode(), capture.capture_last(model, torch.tensor([ids.shape[1] - 1])) as captured:
+        model.run({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, logits_to_keep=1, use_cache=False)
+    expected = decode(model.unembedding, torch.cat(captured), k=1, energy=False)["top_ids"][:, 0]
+    earlier = table[table["position"] == n_tokens - 2].sort_values("layer")
+    assert len(earlier) == model.n_layers
+    assert earlier["token_id"].tolist() == expected.tolist()
 
 
 def test_positions_larger_than_prompt_and_heatmap(tiny_models):
