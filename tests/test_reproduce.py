@@ -11,7 +11,7 @@ from llmlatent import cli, reproduce
 
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory, tiny_models):
-    return save_model(tiny_models["llama"], tmp_path_factory.mktemp("tiny-llama"))
+    return save_model(tiny_models["gpt2"], tmp_path_factory.mktemp("tiny-gpt2"))  # small BPE vocabulary: fast to save and load
 
 
 def test_reproduce_runs_and_reuses_cache(tiny_path, tmp_path):

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from llmlatent import experiment, reproduce, runs, tasks
+from llmlatent import experiment, plots, reproduce, runs, tasks
 from llmlatent.data import words_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,8 +77,9 @@ def test_reproduce_recomputes_exactly_when_a_setting_changes(tiny_models, tmp_pa
     """reproduce reuses a sweep folder only when the key matches: same settings → no sweep; another seed or force → a sweep."""
     from conftest import save_model
 
-    path = save_model(tiny_models["llama"], tmp_path / "model")
+    path = save_model(tiny_models["gpt2"], tmp_path / "model")  # small BPE vocabulary: fast to load
     monkeypatch.setattr(reproduce, "run_specs", lambda: [("repetition", "fr", "fr")])
+    monkeypatch.setattr(plots, "save", lambda fig, stem: [])  # figures are not what this test is about (saves time)
     calls = []
     real = experiment.sweep_to_dir
     monkeypatch.setattr(experiment, "sweep_to_dir", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
