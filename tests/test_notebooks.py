@@ -6,10 +6,13 @@ cwd = notebooks/, like a user running them. Run only these with ``pytest -m note
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -103,22 +106,50 @@ def _fill(value: object, tmp: Path) -> object:
     return value.replace("{tmp}", str(tmp)) if isinstance(value, str) else value
 
 
+def _run_notebook(path: Path, out_dir: Path, kernel_name: str, threads: int) -> tuple[Path, float, str]:
+    """Return (executed notebook, seconds, stderr tail) after running ``path`` with its SMALL parameters in a subprocess."""
+    parameters = {k: _fill(v, out_dir) for k, v in SMALL[path.name].items()}
+    out = out_dir / path.name
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "papermill", str(path), str(out), "-y", json.dumps(parameters), "--cwd", str(NOTEBOOKS),
+         "-k", kernel_name, "--no-progress-bar", "--execution-timeout", "900"],
+        capture_output=True, text=True, env=env,
+    )
+    return out, time.perf_counter() - started, proc.stderr[-2000:]
+
+
+@pytest.fixture(scope="session")
+def notebook_runs(request, kernel_name, tmp_path_factory):
+    """Return {notebook name: future of _run_notebook} for the notebooks this session selected, run concurrently.
+
+    Each notebook starts its own kernel, imports torch and loads the model, mostly on one core; running two at
+    once (with one compute thread each on a 2-core machine) overlaps those phases instead of idling a core.
+    """
+    selected = [item.callspec.params["path"] for item in request.session.items
+                if item.originalname == "test_notebook_runs" and hasattr(item, "callspec")]
+    workers = max(1, min(len(selected), 4, (os.cpu_count() or 1)))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = ThreadPoolExecutor(max_workers=workers)
+    runs = {p.name: pool.submit(_run_notebook, p, tmp_path_factory.mktemp(p.stem), kernel_name, threads)
+            for p in selected}
+    yield runs
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 @pytest.mark.notebooks
 @pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.stem)
-def test_notebook_runs(path, kernel_name, tmp_path):
-    import papermill
-
-    parameters = {k: _fill(v, tmp_path) for k, v in SMALL[path.name].items()}
-    out = tmp_path / path.name
-    started = time.perf_counter()
-    try:
-        papermill.execute_notebook(
-            str(path), str(out), parameters=parameters, cwd=str(NOTEBOOKS), kernel_name=kernel_name,
-            progress_bar=False, execution_timeout=900,
-        )
-    except papermill.PapermillExecutionError as exc:  # one readable line: which cell, which error
-        pytest.fail(f"{path.name}: cell {exc.exec_count} raised {exc.ename}: {exc.evalue}", pytrace=False)
-    print(f"\n{path.name}: {time.perf_counter() - started:.0f} s")
+def test_notebook_runs(path, notebook_runs):
+    out, seconds, stderr = notebook_runs[path.name].result()
+    print(f"\n{path.name}: {seconds:.0f} s (run concurrently with other notebooks)")
+    if not out.exists():
+        pytest.fail(f"{path.name}: papermill wrote no output notebook: {stderr}", pytrace=False)
     executed = nbformat.read(out, as_version=4)
-    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
+    errors = [(c.execution_count, o) for c in executed.cells if c.cell_type == "code" for o in c.outputs
+              if o.output_type == "error"]
+    if errors:  # one readable line: which cell, which error
+        count, error = errors[0]
+        pytest.fail(f"{path.name}: cell {count} raised {error.ename}: {error.evalue}", pytrace=False)
+    unexecuted = [c for c in executed.cells if c.cell_type == "code" and c.source.strip() and c.execution_count is None]
+    assert not unexecuted, f"{path.name}: {len(unexecuted)} cells did not run: {stderr}"

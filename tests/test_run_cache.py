@@ -89,3 +89,20 @@ def test_reproduce_recomputes_exactly_when_a_setting_changes(tiny_models, tmp_pa
         assert len(calls) == expected, seed
     reproduce.run_all(str(path), n=3, seed=1, force=True, **kwargs)
     assert len(calls) == 3
+
+
+def test_fingerprint_is_the_one_definition_of_same_model(tiny_models, tmp_path):
+    """Model.fingerprint() is a Fingerprint: same_model ignores the name (hub id vs path), reads like its stored dict."""
+    from llmlatent.adapter import Fingerprint, same_model
+
+    fp = tiny_models["gpt2"].fingerprint()
+    assert isinstance(fp, Fingerprint)
+    stored = json.loads(json.dumps(fp.to_dict()))  # as in run.json / store.json
+    assert stored == fp and Fingerprint.of(stored) == fp and fp["n_layers"] == stored["n_layers"] == 3
+    renamed = {**stored, "model": "/some/local/path"}
+    assert same_model(fp, renamed) and renamed != fp
+    assert not same_model(fp, {**stored, "unembedding_sha256": "0" * 16})
+    assert not same_model(fp, {**stored, "n_layers": 4})
+    assert not same_model(fp, tiny_models["qwen2"].fingerprint())
+    key = experiment.runs.cache_key("sweep", renamed, {"n": 1})
+    assert key == experiment.runs.cache_key("sweep", fp, {"n": 1})  # the cache key keys on identity, not the name
