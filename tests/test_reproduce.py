@@ -34,3 +34,11 @@ def test_lens_cli_prints_one_row_per_layer(tiny_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].split() == ["top1", "top2", "top3", "top4", "top5"]
     assert [line.split()[0] for line in out[2:]] == ["0", "1", "2"]
+
+
+def test_user_folders_beside_the_runs_are_skipped(tmp_path):
+    """A user's own sweep under results/translation/ (e.g. fr-zh-strict) is not a grid panel and does not crash."""
+    for name in ("fr-zh", "fr-zh-strict", "mine"):
+        (tmp_path / "translation" / name).mkdir(parents=True)
+        pd.DataFrame({"layer": [0], "p_target_mean": [0.5]}).to_csv(tmp_path / "translation" / name / "summary.csv")
+    assert list(reproduce.load_summaries(tmp_path, "translation")) == [("fr", "zh")]
