@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from llmlatent import experiment, plots, reproduce, runs, tasks
 from llmlatent.data import words_dir
@@ -66,11 +68,10 @@ def test_other_model_or_dtype_changes_the_key(base_run, tiny_models, spm_tokeniz
     model, out, _ = base_run
     assert runs.cached(out, _key(tiny_models["qwen2"], spm_tokenizer)) is None
     key = _key(model, spm_tokenizer)
-    model.hf.to(dtype=__import__("torch").float64)
-    try:
-        assert _key(model, spm_tokenizer)["settings"]["dtype"] != key["settings"]["dtype"]
-    finally:
-        model.hf.to(dtype=__import__("torch").float32)
+    in_bf16 = SimpleNamespace(hf=SimpleNamespace(dtype=torch.bfloat16), fingerprint=model.fingerprint)  # same weights
+    other = _key(in_bf16, spm_tokenizer)
+    assert other["settings"]["dtype"] == "torch.bfloat16" != key["settings"]["dtype"]
+    assert runs.cached(out, other) is None
 
 
 def test_reproduce_recomputes_exactly_when_a_setting_changes(tiny_models, tmp_path, monkeypatch):
