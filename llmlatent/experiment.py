@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import __version__
-from .atomic import atomic_dir
+from .atomic import atomic_dir, check_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,18 @@ def sweep_to_dir(
     started: float | None = None,
     progress: bool = True,
 ) -> dict:
-    """Return run.json's content after writing rows.csv, summary.csv, prob/energy figures (PNG+PDF) to ``out``."""
+    """Return run.json's content after writing rows.csv, summary.csv, prob/energy figures (PNG+PDF) to ``out``.
+
+    ``out`` is checked first (:func:`llmlatent.atomic.check_output_dir`): it must be new, empty or a
+    previous sweep (its run.json), so a bad folder fails before the computation, and unrelated files
+    are never replaced.
+    """
     import matplotlib.pyplot as plt
 
-    from . import lens, metrics, plots
+    from . import checks, lens, metrics, plots
 
+    check_output_dir(out, "run.json")
+    checks.count(batch_size, "batch_size")
     started = time.perf_counter() if started is None else started
     sweep_started = time.perf_counter()
     rows = lens.sweep(model, prompts, batch_size=batch_size, seed=seed, progress=progress)
@@ -67,7 +74,7 @@ def sweep_to_dir(
     meta = dict(prompts.meta)
     rows.insert(1, "concept", rows["prompt_id"].map(dict(zip(prompts.df["prompt_id"], prompts.df["concept"]))))
     summary = metrics.summarize(rows, ci=ci, seed=seed)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, marker="run.json") as tmp:
         rows.to_csv(tmp / "rows.csv", index=False, float_format="%.8g")
         summary.to_csv(tmp / "summary.csv", index=False, float_format="%.8g")
         prompts.df.drop(columns=["target_ids", "english_ids", "source_ids"]).to_csv(tmp / "prompts.csv", index=False)
