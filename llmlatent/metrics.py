@@ -77,7 +77,7 @@ def summarize(rows: pd.DataFrame, *, ci: str = "normal", seed: int = 0, n_resamp
     probability is clipped to [0, 1]; below :data:`MIN_N_INTERVAL` prompts a warning is logged.
     """
     if ci not in ("normal", "bootstrap"):
-        raise UsageError(f"ci (--ci) must be 'normal' or 'bootstrap', not {ci!r}")
+        raise UsageError(f"ci must be 'normal' or 'bootstrap' (--ci), not {ci!r}")
     n_prompts = int(rows["prompt_id"].nunique()) if len(rows) else 0
     if n_prompts < MIN_N_INTERVAL:
         log.warning("only %d prompt(s): the 95%% intervals are %s", n_prompts,
