@@ -176,10 +176,11 @@ def check_store_dir(path: str | os.PathLike, *, shard_size: int | None = None, r
     from .atomic import check_output_dir
 
     checks.count(shard_size, "shard_size", optional=True)
-    path = check_output_dir(path, (STORE_FILE, LOCK_FILE, "shards"))
+    path = Path(path)
     own = (STORE_FILE, LOCK_FILE, "shards")
     if path.is_dir() and any(p.name not in own and not p.name.startswith(f"{STORE_FILE}.corrupt-") for p in path.iterdir()):
         raise LatentStoreError(f"{path} is not empty and is not a latent store; collect into a new or empty folder")
+    path = check_output_dir(path, own)  # '.', parents of the working directory, $HOME, a file, an unwritable parent
     if (path / STORE_FILE).exists() and not repair:
         read_config(path)
     elif (path / "shards").is_dir() and not (path / STORE_FILE).exists() and not repair:
