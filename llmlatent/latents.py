@@ -358,7 +358,7 @@ def info(path: str | os.PathLike, *, verify: bool = True) -> dict:
         done += 1
         problem = shard_problem(path, config, k, hashes=verify)
         if problem is not None:
-            problems[str(k)] = f"{problem}; delete {shard_dir(path, k)} and rerun the same cache command"
+            problems[str(k)] = f"{problem}; rerun the same cache command to recompute it"
     per_prompt = config["n_layers"] * config["hidden_size"] * np.dtype(STORAGE[config["dtype"]]).itemsize
     size = disk_size(path)
     return {
