@@ -60,6 +60,18 @@ def check_output_dir(out: str | Path, marker: str | tuple[str, ...]) -> Path:
     return out
 
 
+def make_temp_dir(prefix: str, parent: str | Path) -> Path:
+    """Return a new empty temporary folder in ``parent`` with the umask's normal mode (mkdtemp makes it 0700).
+
+    Results are renamed from such folders into place, so they must not keep mkdtemp's private mode.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
 def _tmp_prefix(name: str, pid: int | None = None) -> str:
     """Return the name prefix of the temporary folders of ``name`` made by process ``pid`` (default: this one)."""
     return f".{name}-pid{os.getpid() if pid is None else pid}-"
@@ -101,10 +113,7 @@ def atomic_dir(out: str | Path, marker: str | tuple[str, ...] = "run.json") -> I
     out = check_output_dir(out, marker)
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_orphans(out.parent, out.name)
-    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(out.name), dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
+    tmp = make_temp_dir(_tmp_prefix(out.name), out.parent)
     try:
         yield tmp
         check_output_dir(out, marker)  # the folder may have changed while we computed

@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .atomic import atomic_file
+from .atomic import atomic_file, make_temp_dir
 from .tasks import SET_COLUMNS as _SETS
 from .errors import LlmlatentError, UsageError
 
@@ -334,7 +333,7 @@ def write_shard(path: Path, config: dict, k: int, frame: pd.DataFrame, latents: 
     from datasets import Dataset
 
     start, stop = shard_range(config, k)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{k:05d}-", dir=path / "shards"))
+    tmp = make_temp_dir(f".tmp-{k:05d}-", path / "shards")  # the umask's mode, not 0700
     try:
         data = records(frame.iloc[start:stop], config["columns"])
         data["latents"] = latents

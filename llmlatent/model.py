@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .adapter import Adapter, Unembedding, adapter_for
+from .atomic import make_temp_dir
 from .errors import LlmlatentError, UsageError
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,9 @@ def default_model_path(cache: Path | None = None) -> Path:
         started = time.perf_counter()
         gguf = Path(assemble())
         log.info("converting %s to safetensors (once; about a minute)", gguf.name)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{_DEFAULT_DIRNAME}-", dir=root))
+        for orphan in root.glob(f".{_DEFAULT_DIRNAME}-*"):  # a killed conversion's (we hold the only lock)
+            shutil.rmtree(orphan, ignore_errors=True)
+        tmp = make_temp_dir(f".{_DEFAULT_DIRNAME}-", root)  # the umask's mode, not mkdtemp's 0700
         try:
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)

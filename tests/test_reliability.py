@@ -312,3 +312,15 @@ def test_user_sweep_folder_does_not_break_reproduce_summaries(tmp_path):
     loaded = reproduce.load_summaries(tmp_path, "translation")
     assert list(loaded) == [("fr", "zh")] and loaded[("fr", "zh")]["p_target_mean"].tolist() == [0.1, 0.2]
     assert len(reproduce.pivot_table(tmp_path)) == 2
+
+
+def test_latent_shards_get_the_umask_mode(tiny_models, tmp_path):
+    from llmlatent import latents, tasks
+
+    m = tiny_models["llama"]
+    old_umask = os.umask(0o022)
+    try:
+        latents.collect(m, tasks.build("translation", "fr", "zh", m.tokenizer, n=2), tmp_path / "s", progress=False)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE((tmp_path / "s" / "shards" / "00000").stat().st_mode) == 0o755
