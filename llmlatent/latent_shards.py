@@ -182,9 +182,15 @@ def check_store_dir(path: str | os.PathLike, *, shard_size: int | None = None, r
     path = check_output_dir(path, own)  # '.', parents of the working directory, $HOME, a file, an unwritable parent
     if (path / STORE_FILE).exists() and not repair:
         read_config(path)
-    elif (path / "shards").is_dir() and not (path / STORE_FILE).exists() and not repair:
+    elif _has_finished_shards(path) and not (path / STORE_FILE).exists() and not repair:
         raise LatentStoreError(f"the latent store {path} has shards but no {STORE_FILE}; {REPAIR_HINT}")
     return path
+
+
+def _has_finished_shards(path: Path) -> bool:
+    """Return True when ``path/shards`` holds a finished shard folder (a store whose store.json is gone)."""
+    shards = path / "shards"
+    return shards.is_dir() and any(p.name.isdigit() for p in shards.iterdir())
 
 
 def _recorded_shard_size(path: Path) -> int | None:
@@ -239,7 +245,8 @@ def open_or_create(path: Path, config: dict, shard_size: int | None, *, repair: 
                         "collect into another folder, or delete it to start over"
                     )
             return existing
-        kept = (LOCK_FILE, "shards") if repair else (LOCK_FILE,)
+        # a crash between creating shards/ and writing store.json leaves an empty shards/: harmless
+        kept = (LOCK_FILE, "shards") if repair or not _has_finished_shards(path) else (LOCK_FILE,)
         if any(p.name not in kept and not p.name.startswith(f"{STORE_FILE}.corrupt-") for p in path.iterdir()):
             raise LatentStoreError(f"{path} is not empty and is not a latent store; collect into a new or empty folder")
         size = shard_size if shard_size is not None else (repair and _recorded_shard_size(path)) or DEFAULT_SHARD_SIZE

@@ -406,6 +406,11 @@ def test_corrupt_store_json_is_repaired_keeping_good_shards(tiny_models, tmp_pat
     (path / "store.json").unlink()
     with pytest.raises(latents.LatentStoreError, match="has shards but no store.json.*--repair"):
         latents.check_store_dir(path)
+    fresh = tmp_path / "crashed"
+    (fresh / "shards").mkdir(parents=True)  # killed between creating shards/ and writing store.json
+    latents.check_store_dir(fresh)
+    assert len(latents.collect(m, ps, fresh, progress=False)) == 5
+    counted.clear()
     repaired = latents.collect(m, ps, path, repair=True, progress=False)
     assert sum(counted) == 0 and torch.equal(repaired.latents(), original)
 
