@@ -87,9 +87,7 @@ def cmd_lens(args: argparse.Namespace) -> int:
     """Print the top tokens of every layer for one hand-written prompt."""
     import pandas as pd
 
-    from . import lens
-
-    from . import checks
+    from . import checks, lens
 
     prompt = args.prompt
     if args.escapes:
@@ -111,7 +109,6 @@ def cmd_lens(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run the per-layer lens sweep and write rows.csv, summary.csv, figures and run.json."""
     from . import experiment
-
     from .atomic import check_output_dir
 
     started = time.perf_counter()

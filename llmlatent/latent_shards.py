@@ -154,13 +154,13 @@ def read_config(path: Path) -> dict:
         config = json.loads(store_file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise LatentStoreError(f"{STORE_FILE} of the latent store {path} is not valid JSON; {REPAIR_HINT}") from exc
-    keys = ("fingerprint", "n_layers", "hidden_size", "dtype", "n_prompts", "prompts_sha256", "columns", "shard_size", "n_shards")
-    if isinstance(config, dict) and config.get("format") == FORMAT and not all(k in config for k in keys):
-        raise LatentStoreError(f"{STORE_FILE} of the latent store {path} lacks some of {', '.join(keys)}; {REPAIR_HINT}")
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise LatentStoreError(f"{path} is not a latent store: {STORE_FILE} is not an llmlatent latent-store file")
     if config.get("version") != VERSION:
         raise LatentStoreError(f"{path} is a latent store of format version {config.get('version')}; this llmlatent reads {VERSION}")
+    keys = ("fingerprint", "n_layers", "hidden_size", "dtype", "n_prompts", "prompts_sha256", "columns", "shard_size", "n_shards")
+    if not all(k in config for k in keys):
+        raise LatentStoreError(f"{STORE_FILE} of the latent store {path} lacks some of {', '.join(keys)}; {REPAIR_HINT}")
     return config
 
 
