@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -59,16 +60,39 @@ def check_output_dir(out: str | Path, marker: str | tuple[str, ...]) -> Path:
     return out
 
 
+def make_temp_dir(prefix: str, parent: str | Path) -> Path:
+    """Return a new empty temporary folder in ``parent`` with the umask's normal mode (mkdtemp makes it 0700).
+
+    Results are renamed from such folders into place, so they must not keep mkdtemp's private mode.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
+def _tmp_prefix(name: str, pid: int | None = None) -> str:
+    """Return the name prefix of the temporary folders of ``name`` made by process ``pid`` (default: this one)."""
+    return f".{name}-pid{os.getpid() if pid is None else pid}-"
+
+
 def _clean_orphans(parent: Path, name: str) -> None:
-    """Remove temporary folders ``.NAME-*`` left beside ``parent/name`` by killed runs (their pid is gone)."""
-    for tmp in parent.glob(f".{name}-*"):
-        pid = tmp.name.rsplit("-pid", 1)[-1].split("-", 1)[0] if "-pid" in tmp.name else ""
-        if pid.isdigit() and _alive(int(pid)):
+    """Remove temporary folders ``.NAME-pidN-*`` left beside ``parent/name`` by killed runs (process N is gone).
+
+    Only folders of exactly that pattern are touched (a user's ``.NAME-backup`` is not), and never one
+    whose process is still running (a concurrent run writing the same output).
+    """
+    pattern = re.compile(re.escape(f".{name}-pid") + r"(\d+)-")
+    for tmp in parent.iterdir():
+        match = pattern.match(tmp.name)
+        if match is None or not tmp.is_dir() or tmp.is_symlink() or _alive(int(match.group(1))):
             continue
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
+    """Return True when process ``pid`` exists on this machine (or cannot be signalled: assume alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -89,17 +113,20 @@ def atomic_dir(out: str | Path, marker: str | tuple[str, ...] = "run.json") -> I
     out = check_output_dir(out, marker)
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_orphans(out.parent, out.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-pid{os.getpid()}-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
+    tmp = make_temp_dir(_tmp_prefix(out.name), out.parent)
     try:
         yield tmp
         check_output_dir(out, marker)  # the folder may have changed while we computed
         if out.exists():
-            old = out.with_name(f".{out.name}-pid{os.getpid()}-old")
+            old = out.with_name(f"{_tmp_prefix(out.name)}old")
+            if old.exists():
+                shutil.rmtree(old)
             os.replace(out, old)
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)  # put the previous result back rather than lose it
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)

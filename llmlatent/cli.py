@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 
 log = logging.getLogger("llmlatent")
@@ -24,9 +25,10 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 
 
 def _add_prompts(p: argparse.ArgumentParser, default_task: str = "translation") -> None:
-    p.add_argument("--task", default=default_task, choices=["translation", "repetition", "cloze"])
+    # --task/--tgt default to None so that giving them together with --prompts can be refused (check_prompt_args)
+    p.add_argument("--task", default=None, choices=["translation", "repetition", "cloze"], help=f"default {default_task}")
     p.add_argument("--src", default=None, help="source language (en fr de ru zh; default fr, or --tgt for repetition); ignored for cloze")
-    p.add_argument("--tgt", default="zh", help="target language (en fr de ru zh)")
+    p.add_argument("--tgt", default=None, help="target language (en fr de ru zh; default zh)")
     p.add_argument("--n", type=int, default=None, help="number of prompts (default: all that pass the filters)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strict", action="store_true", help="strict token sets (no 1-character prefixes for alphabetic words)")
@@ -47,13 +49,19 @@ def load_model(args: argparse.Namespace) -> object:
 
 
 def check_prompt_args(args: argparse.Namespace) -> None:
-    """Raise one clear error for bad prompt options before any model is loaded."""
-    from . import data
+    """Raise one clear error for bad prompt options before any model is loaded (fills the task/tgt defaults)."""
+    from . import checks, data
 
+    checks.count(args.n, "n", optional=True)
+    checks.count(args.batch_size, "batch_size")
     if args.prompts:
-        if not Path(args.prompts).exists():
-            raise data.DataError(f"prompt file {args.prompts} does not exist")
+        checks.input_file(args.prompts, "prompts")
+        given = [f"--{k.replace('_', '-')}" for k in ("task", "src", "tgt", "cognate_filter") if getattr(args, k)]
+        if given:
+            raise UsageError(f"--prompts {args.prompts} already defines the prompts; drop {', '.join(given)} (they would be ignored)")
         return
+    args.task = args.task or "translation"
+    args.tgt = args.tgt or "zh"
     data.check_lang(args.tgt)
     if args.src:
         data.check_lang(args.src)
@@ -67,9 +75,10 @@ def build_prompts(args: argparse.Namespace, tokenizer: object) -> object:
 
     if args.prompts:
         return tasks.from_prompt_file(args.prompts, tokenizer, strict=args.strict, n=args.n, seed=args.seed)
-    src = args.src or ("fr" if args.task == "translation" else args.tgt)
+    task, tgt = args.task or "translation", args.tgt or "zh"
+    src = args.src or ("fr" if task == "translation" else tgt)
     return tasks.build(
-        args.task, src, args.tgt, tokenizer, n=args.n, seed=args.seed, words_dir=args.words,
+        task, src, tgt, tokenizer, n=args.n, seed=args.seed, words_dir=args.words,
         strict=args.strict, cognate_filter=args.cognate_filter,
     )
 
@@ -78,11 +87,16 @@ def cmd_lens(args: argparse.Namespace) -> int:
     """Print the top tokens of every layer for one hand-written prompt."""
     import pandas as pd
 
-    from . import lens
+    from . import checks, lens
 
     prompt = args.prompt
     if args.escapes:
         prompt = prompt.replace("\\n", "\n").replace("\\t", "\t").replace('\\"', '"')
+    if not prompt.strip():
+        raise UsageError("the prompt is empty; pass some text")
+    checks.count(args.k, "k", flag="-k")
+    if args.out:
+        checks.output_file(args.out, "out")
     m = load_model(args)
     table = lens.top_tokens(m, prompt, k=args.k)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 24):
@@ -95,9 +109,11 @@ def cmd_lens(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run the per-layer lens sweep and write rows.csv, summary.csv, figures and run.json."""
     from . import experiment
+    from .atomic import check_output_dir
 
     started = time.perf_counter()
     check_prompt_args(args)
+    check_output_dir(args.out, "run.json")  # before the model load: never refuse (or delete) after the work
     m = load_model(args)
     prompts = build_prompts(args, m.tokenizer)
     log.info(prompts.report())
@@ -109,10 +125,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Run every experiment and re-render every figure; print the total time."""
-    from . import reproduce
+    from . import checks, reproduce
 
+    checks.count(args.n, "n", optional=True)
+    checks.count(args.batch_size, "batch_size")
+    load_kwargs = {"dtype": args.dtype, "device": args.device, "device_map": args.device_map,
+                   "trust_remote_code": args.trust_remote_code}
     summary = reproduce.run_all(args.model, results=args.results, figures=args.figures, n=args.n, seed=args.seed,
-                                batch_size=args.batch_size, force=args.force, only=args.only)
+                                batch_size=args.batch_size, force=args.force, only=args.only, load_kwargs=load_kwargs)
     print(f"reproduced {summary['runs']} runs, {len(summary['figures'])} figures in {args.figures}/ "
           f"in {summary['seconds']:.0f} s")
     return 0
@@ -127,6 +147,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     latents.check_dtype(args.dtype_store)
     check_prompt_args(args)
+    latents.check_store_dir(args.out, shard_size=args.shard_size, repair=args.repair)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     group = False
     if world > 1:
@@ -143,14 +164,14 @@ def cmd_cache(args: argparse.Namespace) -> int:
         prompts = build_prompts(args, m.tokenizer)
         log.info(prompts.report())
         store = latents.collect(m, prompts, args.out, batch_size=args.batch_size, dtype=args.dtype_store,
-                                shard_size=args.shard_size)
+                                shard_size=args.shard_size, repair=args.repair)
     finally:
         if group:
             dist.destroy_process_group()
     if store is None:
         log.info("rank %d of %d done; the store is complete once every rank has finished", rank, world)
     elif rank == 0:
-        info = latents.info(args.out)
+        info = latents.info(args.out, verify=False)  # collect → load has just verified every sha256
         print(json.dumps({"out": args.out, "n_prompts": info["n_prompts"], "seconds": round(time.perf_counter() - started, 3),
                           "size_bytes": info["size_bytes"], "model": info["model"]}, ensure_ascii=False))
     return 0
@@ -160,7 +181,7 @@ def cmd_cache_info(args: argparse.Namespace) -> int:
     """Print a latent store's model, counts, layers, dtype and size on disk (JSON)."""
     from . import latents
 
-    print(json.dumps(latents.info(args.dir), indent=1, ensure_ascii=False))
+    print(json.dumps(latents.info(args.dir, verify=args.verify), indent=1, ensure_ascii=False))
     return 0
 
 
@@ -176,8 +197,12 @@ def _numbers(text: list[str], kind: type) -> list | None:
 
 def cmd_steer(args: argparse.Namespace) -> int:
     """Run the language-steering demo (fit Δ, sweep layers × α on held-out prompts) and write it to --out."""
-    from . import steering_sweep
+    from . import checks, steering_sweep
+    from .atomic import check_output_dir
 
+    checks.count(args.n, "n_concepts", minimum=2, flag="--n-concepts")
+    checks.count(args.batch_size, "batch_size")
+    check_output_dir(args.out, "best.json")  # before the model load: never refuse (or delete) after the work
     m = load_model(args)
     best = steering_sweep.run_to_dir(
         m, args.out, source=args.source, target=args.target, via=args.via, layers=_numbers(args.layers, int),
@@ -219,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=None, help="prompts per run (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: float32 on CPU, bfloat16 on GPU")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    p.add_argument("--device-map", default=None, help="'auto' to spread a large model over GPUs (accelerate)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (only if you trust it)")
     p.add_argument("--only", default=None, choices=["translation", "repetition", "cloze"], help="run one task only")
     p.add_argument("--force", action="store_true", help="recompute runs that are already cached")
     p.set_defaults(func=cmd_reproduce)
@@ -230,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype-store", default="float16", choices=["float16", "bfloat16", "float32"], help="storage dtype")
     p.add_argument("--shard-size", type=int, default=None, help="prompts per shard (default 64; a resumed store keeps its own)")
     p.add_argument("--n-prompts", dest="n", type=int, help="same as --n; use this under torchrun, which takes --n for its own --nnodes")
+    p.add_argument("--repair", action="store_true",
+                   help="rebuild an unreadable store.json from the prompts and model, keeping every shard that still verifies")
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("steer", help="language steering: fit μ_target − μ_source, sweep layers × α on held-out prompts")
@@ -238,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--via", default="fr", help="source language of the translation prompts (default fr)")
     p.add_argument("--layers", nargs="+", default=None, help="layers (after block i, 0-based), e.g. 5 7 9 or 5,7,9 (default: 6 spread over 30-90%% of the depth)")
     p.add_argument("--alphas", nargs="+", default=None, help="multiples of Δ, e.g. 0.5 1 2 4 (the default); 0 = baseline is always included")
-    p.add_argument("--n", type=int, default=120, help="concepts used (split into fit and held-out halves; default 120)")
+    p.add_argument("--n-concepts", "--n", dest="n", type=int, default=120,
+                   help="concepts used (split into fit and held-out halves; default 120); --n is an older alias")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=5, help="greedy generation length, 1-5 (default 5)")
     p.add_argument("--generate", type=int, default=16, help="held-out prompts with greedy generations per setting (default 16)")
@@ -254,14 +286,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cache-info", help="model, counts, layers and size on disk of a latent store")
     p.add_argument("dir", help="latent store folder")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the sha256 check of the shard files (sizes and shard.json are still checked)")
     p.set_defaults(func=cmd_cache_info)
 
     return parser
 
 
+def _verbose_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Accept ``-v`` after the subcommand too (every subparser, including ones added later)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if "-v" not in sub._option_string_actions:
+                    sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                     help="log progress and show the traceback of every error")
+
+
+INTERRUPTED = ("interrupted; nothing partial was kept as a result (a latent store keeps its finished shards: "
+               "rerun the same command to resume)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return the exit status (errors print one line, status 2)."""
+    """Run the command line; return the exit status (domain errors print one line, status 2; Ctrl-C 130)."""
     parser = build_parser()
+    _verbose_everywhere(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("llmlatent").setLevel(logging.INFO)
@@ -272,6 +321,13 @@ def main(argv: list[str] | None = None) -> int:
         transformers.utils.logging.disable_progress_bar()
     try:
         return int(args.func(args) or 0)
-    except LlmlatentError as exc:
+    except LlmlatentError as exc:  # only domain errors become one line; a bug keeps its traceback
+        if args.verbose:
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.verbose:
+            traceback.print_exc()
+        print(INTERRUPTED, file=sys.stderr)
+        return 130

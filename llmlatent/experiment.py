@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from . import __version__, runs
+from .atomic import check_output_dir
 from .tasks import SET_COLUMNS
 
 if TYPE_CHECKING:
@@ -89,11 +90,16 @@ def sweep_to_dir(
     """Return run.json's content after writing rows.csv, summary.csv, prob/energy figures (PNG+PDF) to ``out``.
 
     run.json carries the :func:`sweep_key`; ``runs.cached(out, sweep_key(...))`` tells whether the folder is current.
+    ``out`` is checked first (:func:`llmlatent.atomic.check_output_dir`): it must be new, empty or a
+    previous sweep (its run.json), so a bad folder fails before the computation, and unrelated files
+    are never replaced.
     """
     import matplotlib.pyplot as plt
 
-    from . import lens, metrics, plots
+    from . import checks, lens, metrics, plots
 
+    check_output_dir(out, "run.json")
+    checks.count(batch_size, "batch_size")
     started = time.perf_counter() if started is None else started
     sweep_started = time.perf_counter()
     rows = lens.sweep(model, prompts, batch_size=batch_size, seed=seed, progress=progress)

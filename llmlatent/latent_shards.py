@@ -8,10 +8,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +19,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .atomic import atomic_file
+from .atomic import atomic_file, make_temp_dir
 from .tasks import SET_COLUMNS as _SETS
-from .errors import LlmlatentError
+from .errors import LlmlatentError, UsageError
+
+log = logging.getLogger(__name__)
 
 FORMAT = "llmlatent-latents"
 VERSION = 1
@@ -57,11 +59,11 @@ def prompt_frame(prompts: object) -> tuple[pd.DataFrame, dict]:
     """Return (the prompt frame with a fresh index, the prompt set's JSON-able meta) of a PromptSet or DataFrame."""
     frame = getattr(prompts, "df", prompts)
     if not isinstance(frame, pd.DataFrame) or "prompt" not in frame:
-        raise ValueError("prompts must be a PromptSet or a DataFrame with a 'prompt' column")
+        raise UsageError("prompts must be a PromptSet or a DataFrame with a 'prompt' column")
     if len(frame) == 0:
-        raise ValueError("no prompts to collect")
+        raise UsageError("no prompts to collect")
     if "latents" in frame:
-        raise ValueError("the prompt frame must not have a 'latents' column (that name holds the latents)")
+        raise UsageError("the prompt frame must not have a 'latents' column (that name holds the latents)")
     meta = json.loads(json.dumps(dict(getattr(prompts, "meta", {}) or {}), default=str))
     return frame.reset_index(drop=True), meta
 
@@ -137,6 +139,10 @@ def write_json(path: Path, content: dict) -> None:
         tmp.write_text(json.dumps(content, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
+REPAIR_HINT = ("rerun the same cache command with --repair (latents.collect(..., repair=True)): store.json is rebuilt "
+               "from the prompts and model, and every finished shard whose shard.json and sha256 still match is kept")
+
+
 def read_config(path: Path) -> dict:
     """Return the store.json content of the store at ``path``, or raise LatentStoreError when it is not a store."""
     store_file = path / STORE_FILE
@@ -147,20 +153,82 @@ def read_config(path: Path) -> dict:
     try:
         config = json.loads(store_file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise LatentStoreError(f"{path} is not a latent store: {STORE_FILE} is not valid JSON") from exc
+        raise LatentStoreError(f"{STORE_FILE} of the latent store {path} is not valid JSON; {REPAIR_HINT}") from exc
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise LatentStoreError(f"{path} is not a latent store: {STORE_FILE} is not an llmlatent latent-store file")
     if config.get("version") != VERSION:
         raise LatentStoreError(f"{path} is a latent store of format version {config.get('version')}; this llmlatent reads {VERSION}")
+    keys = ("fingerprint", "n_layers", "hidden_size", "dtype", "n_prompts", "prompts_sha256", "columns", "shard_size", "n_shards")
+    if not all(k in config for k in keys):
+        raise LatentStoreError(f"{STORE_FILE} of the latent store {path} lacks some of {', '.join(keys)}; {REPAIR_HINT}")
     return config
 
 
-def open_or_create(path: Path, config: dict, shard_size: int | None) -> dict:
-    """Return the store's config, creating the store (under a file lock; ranks race here) or checking it fits."""
+def check_store_dir(path: str | os.PathLike, *, shard_size: int | None = None, repair: bool = False) -> Path:
+    """Return ``path`` as a Path after checking, without a model, that a store can be created or resumed there.
+
+    Allowed: a new or empty folder, or an existing store (its store.json must be readable unless
+    ``repair``). Refused with one line: a file, an unrelated non-empty folder, ``.``/a parent of the
+    working directory/``$HOME``, an unwritable parent, ``shard_size`` < 1.
+    """
+    from . import checks
+    from .atomic import check_output_dir
+
+    checks.count(shard_size, "shard_size", optional=True)
+    path = Path(path)
+    own = (STORE_FILE, LOCK_FILE, "shards")
+    if path.is_dir() and any(p.name not in own and not p.name.startswith(f"{STORE_FILE}.corrupt-") for p in path.iterdir()):
+        raise LatentStoreError(f"{path} is not empty and is not a latent store; collect into a new or empty folder")
+    path = check_output_dir(path, own)  # '.', parents of the working directory, $HOME, a file, an unwritable parent
+    if (path / STORE_FILE).exists() and not repair:
+        read_config(path)
+    elif _has_finished_shards(path) and not (path / STORE_FILE).exists() and not repair:
+        raise LatentStoreError(f"the latent store {path} has shards but no {STORE_FILE}; {REPAIR_HINT}")
+    return path
+
+
+def _has_finished_shards(path: Path) -> bool:
+    """Return True when ``path/shards`` holds a finished shard folder (a store whose store.json is gone)."""
+    shards = path / "shards"
+    return shards.is_dir() and any(p.name.isdigit() for p in shards.iterdir())
+
+
+def _recorded_shard_size(path: Path) -> int | None:
+    """Return the shard size recorded in shard 0's shard.json (a store being repaired), or None."""
+    try:
+        info = json.loads((shard_dir(path, 0) / SHARD_FILE).read_text(encoding="utf-8"))
+        return int(info["stop"]) - int(info["start"]) if int(info["start"]) == 0 else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _set_aside(path: Path) -> None:
+    """Rename an unreadable store.json to store.json.corrupt-N (kept for inspection, never read again)."""
+    n = 0
+    while (path / f"{STORE_FILE}.corrupt-{n}").exists():
+        n += 1
+    os.replace(path / STORE_FILE, path / f"{STORE_FILE}.corrupt-{n}")
+
+
+def open_or_create(path: Path, config: dict, shard_size: int | None, *, repair: bool = False) -> dict:
+    """Return the store's config, creating the store (under a file lock; ranks race here) or checking it fits.
+
+    ``repair`` rebuilds an unreadable store.json (set aside as ``store.json.corrupt-N``) from ``config``,
+    keeping the ``shards/`` folder: the caller then keeps every shard that still verifies. The shard size
+    comes from ``shard_size`` or, when not given, from shard 0's shard.json.
+    """
     from filelock import FileLock
 
+    if shard_size is not None and int(shard_size) < 1:
+        raise UsageError(f"shard_size (--shard-size) must be at least 1, got {shard_size}")
     path.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path / LOCK_FILE)):
+        if repair and (path / STORE_FILE).exists():
+            try:
+                read_config(path)
+            except LatentStoreError as exc:
+                log.warning("repairing %s: %s", path, exc)
+                _set_aside(path)
         if (path / STORE_FILE).exists():
             existing = read_config(path)
             same_model = ("unembedding_sha256", "n_layers", "hidden_size")  # the name may be spelt another way
@@ -169,7 +237,7 @@ def open_or_create(path: Path, config: dict, shard_size: int | None) -> dict:
                     f"fingerprint mismatch: {path} holds latents of {describe(existing['fingerprint'])}, not of "
                     f"{describe(config['fingerprint'])}; collect into another folder"
                 )
-            wanted = dict(config, shard_size=shard_size or existing["shard_size"])
+            wanted = dict(config, shard_size=existing["shard_size"] if shard_size is None else int(shard_size))
             for key, label in (("dtype", "storage dtype"), ("prompts_sha256", "prompts"), ("shard_size", "shard size")):
                 if existing[key] != wanted[key]:
                     raise LatentStoreError(
@@ -177,13 +245,13 @@ def open_or_create(path: Path, config: dict, shard_size: int | None) -> dict:
                         "collect into another folder, or delete it to start over"
                     )
             return existing
-        if any(p.name != LOCK_FILE for p in path.iterdir()):
+        # a crash between creating shards/ and writing store.json leaves an empty shards/: harmless
+        kept = (LOCK_FILE, "shards") if repair or not _has_finished_shards(path) else (LOCK_FILE,)
+        if any(p.name not in kept and not p.name.startswith(f"{STORE_FILE}.corrupt-") for p in path.iterdir()):
             raise LatentStoreError(f"{path} is not empty and is not a latent store; collect into a new or empty folder")
-        size = int(shard_size or DEFAULT_SHARD_SIZE)
-        if size < 1:
-            raise ValueError(f"shard_size must be at least 1 (got {size})")
-        config = dict(config, shard_size=size, n_shards=math.ceil(config["n_prompts"] / size))
-        (path / "shards").mkdir()
+        size = shard_size if shard_size is not None else (repair and _recorded_shard_size(path)) or DEFAULT_SHARD_SIZE
+        config = dict(config, shard_size=int(size), n_shards=math.ceil(config["n_prompts"] / int(size)))
+        (path / "shards").mkdir(exist_ok=True)
         write_json(path / STORE_FILE, config)
         return config
 
@@ -245,12 +313,34 @@ def quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
+@contextlib.contextmanager
+def claim(path: Path, k: int, *, wait: bool) -> Iterator[bool]:
+    """Yield True while this process holds shard ``k``'s claim (a lock file), False if another process holds it.
+
+    Two ``cache`` processes on one store thus never compute the same shard: the second one skips claimed
+    shards (``wait=False``) and comes back to them later (``wait=True`` blocks until the holder finishes
+    or dies; the operating system releases the lock of a killed process).
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path / "shards" / f".claim-{k:05d}.lock"))
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
 def write_shard(path: Path, config: dict, k: int, frame: pd.DataFrame, latents: np.ndarray) -> None:
     """Write shard ``k`` into a temporary folder, fsync it, and rename it into place (atomic)."""
     from datasets import Dataset
 
     start, stop = shard_range(config, k)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{k:05d}-", dir=path / "shards"))
+    tmp = make_temp_dir(f".tmp-{k:05d}-", path / "shards")  # the umask's mode, not 0700
     try:
         data = records(frame.iloc[start:stop], config["columns"])
         data["latents"] = latents

@@ -30,10 +30,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import capture
+from .errors import UsageError
 from .latent_shards import (  # noqa: F401 - errors and constants re-exported for users
     DEFAULT_SHARD_SIZE,
     STORAGE,
     SET_COLUMNS,
+    claim,
+    check_store_dir,
     FingerprintMismatch,
     LatentStoreError,
     check_dtype,
@@ -73,7 +76,7 @@ def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     rank = int(os.environ.get("RANK", 0)) if rank is None else int(rank)
     world = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else int(world_size)
     if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"rank {rank} is not within a world of {world} processes")
+        raise UsageError(f"rank {rank} is not within a world of {world} processes (RANK/WORLD_SIZE)")
     return rank, world
 
 
@@ -88,6 +91,7 @@ def collect(
     rank: int | None = None,
     world_size: int | None = None,
     progress: bool = True,
+    repair: bool = False,
 ) -> LatentStore | None:
     """Return the :class:`LatentStore` at ``path`` after collecting every prompt's last-token latents into it.
 
@@ -97,42 +101,52 @@ def collect(
     (prompts per shard, default 64; a resumed store keeps its own). With ``world_size`` > 1 (default
     from ``RANK``/``WORLD_SIZE``) this process computes only shards ``k % world_size == rank``; it
     waits at a barrier if a ``torch.distributed`` group is initialised, and returns None if other
-    ranks' shards are still missing (:func:`load` the path once all have finished).
+    ranks' shards are still missing (:func:`load` the path once all have finished). Each shard is
+    computed under a claim (a lock file), so a second process on the same store works on other shards
+    or waits. ``repair=True`` rebuilds an unreadable store.json, keeping every shard that still verifies.
     """
+    from . import checks
+
     dtype = check_dtype(dtype)
+    checks.count(batch_size, "batch_size")
+    checks.count(shard_size, "shard_size", optional=True)
     frame, meta = prompt_frame(prompts)
     rank, world = _rank_world(rank, world_size)
     path = Path(path)
-    config = open_or_create(path, make_config(model, frame, meta, dtype), shard_size)
+    config = open_or_create(path, make_config(model, frame, meta, dtype), shard_size, repair=repair)
     mine = [k for k in range(config["n_shards"]) if k % world == rank]
-    todo = []
-    for k in mine:
-        for stale in (path / "shards").glob(f".tmp-{k:05d}-*"):  # left by a killed run; never read
-            shutil.rmtree(stale, ignore_errors=True)
-        if shard_dir(path, k).exists():
-            problem = shard_problem(path, config, k)
-            if problem is None:
-                continue
-            log.warning("shard %d of %s is invalid (%s); recomputing it", k, path, problem)
-        todo.append(k)
-    if len(todo) < len(mine):
-        log.info("resuming %s: %d of this rank's %d shards already finished", path, len(mine) - len(todo), len(mine))
     texts = frame["prompt"].tolist()
     shape = (config["n_layers"], config["hidden_size"])
+    todo = [k for k in mine if not _finished(path, config, k)]
+    if len(todo) < len(mine):
+        log.info("resuming %s: %d of this rank's %d shards already finished", path, len(mine) - len(todo), len(mine))
     total = sum(shard_range(config, k)[1] - shard_range(config, k)[0] for k in todo)
     desc = "latents" if world == 1 else f"latents (rank {rank}/{world})"
     bar = tqdm(total=total, desc=desc, unit="prompt", disable=not progress)
-    for k in todo:
-        start, stop = shard_range(config, k)
-        part = texts[start:stop]
-        out = np.empty((stop - start, *shape), dtype=STORAGE[dtype])
-        order = capture.length_order(model, part)  # similar lengths together: less padding (results do not depend on it)
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
-            latents, _ = capture.forward_last(model, [part[i] for i in idx])
-            out[idx] = _to_storage(latents, dtype)
-            bar.update(len(idx))
-        write_shard(path, config, k, frame, out)
+    # first pass: shards no other process has claimed; second pass: wait for the claimed ones (their holder may die)
+    for wait in (False, True):
+        busy = []
+        for k in todo:
+            with claim(path, k, wait=wait) as mine_now:
+                if not mine_now:
+                    busy.append(k)
+                    continue
+                start, stop = shard_range(config, k)
+                if _finished(path, config, k):  # another process wrote it while we waited
+                    bar.update(stop - start)
+                    continue
+                for stale in (path / "shards").glob(f".tmp-{k:05d}-*"):  # a killed run's; safe: we hold the claim
+                    shutil.rmtree(stale, ignore_errors=True)
+                part = texts[start:stop]
+                out = np.empty((stop - start, *shape), dtype=STORAGE[dtype])
+                for idx in capture.length_batches(model, part, batch_size):  # similar lengths together (results do not depend on it)
+                    latents, _ = capture.forward_last(model, [part[i] for i in idx])
+                    out[idx] = _to_storage(latents, dtype)
+                    bar.update(len(idx))
+                write_shard(path, config, k, frame, out)
+        if busy:
+            log.info("%d shard(s) of %s are being computed by another process; waiting for them", len(busy), path)
+        todo = busy
     bar.close()
     if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -141,6 +155,16 @@ def collect(
         log.info("rank %d finished its shards; %d of %d shards of %s are done", rank, done, config["n_shards"], path)
         return None
     return load(path)
+
+
+def _finished(path: Path, config: dict, k: int) -> bool:
+    """Return True when shard ``k`` exists and verifies (an invalid one is logged and will be recomputed)."""
+    if not shard_dir(path, k).exists():
+        return False
+    problem = shard_problem(path, config, k)
+    if problem is not None:
+        log.warning("shard %d of %s is invalid (%s); recomputing it", k, path, problem)
+    return problem is None
 
 
 # ---------------------------------------------------------------- reading
@@ -316,11 +340,25 @@ def load(path: str | os.PathLike, *, format: str | None = "torch", verify: bool 
     return LatentStore(path, config, shards, dataset)
 
 
-def info(path: str | os.PathLike) -> dict:
-    """Return a summary of the store at ``path`` without reading its data: model, counts, layers, dtype, size on disk."""
+def info(path: str | os.PathLike, *, verify: bool = True) -> dict:
+    """Return a summary of the store at ``path``: model, counts, layers, dtype, size on disk, and whether it is complete.
+
+    Every finished shard is checked as :func:`load` checks it: its shard.json, every file's size and,
+    with ``verify`` (default), every file's sha256 (reads the store once). ``complete`` is True only
+    when all shards exist and pass; ``problems`` maps each failing shard to the reason; ``verified``
+    says how far the check went.
+    """
     path = Path(path)
     config = read_config(path)
-    done = sum(shard_dir(path, k).exists() for k in range(config["n_shards"]))
+    problems = {}
+    done = 0
+    for k in range(config["n_shards"]):
+        if not shard_dir(path, k).exists():
+            continue
+        done += 1
+        problem = shard_problem(path, config, k, hashes=verify)
+        if problem is not None:
+            problems[str(k)] = f"{problem}; rerun the same cache command to recompute it"
     per_prompt = config["n_layers"] * config["hidden_size"] * np.dtype(STORAGE[config["dtype"]]).itemsize
     size = disk_size(path)
     return {
@@ -333,7 +371,9 @@ def info(path: str | os.PathLike) -> dict:
         "dtype": config["dtype"],
         "shards_done": done,
         "n_shards": config["n_shards"],
-        "complete": done == config["n_shards"],
+        "complete": done == config["n_shards"] and not problems,
+        "verified": "shard.json, sizes and sha256 of every file" if verify else "shard.json and sizes only (sha256 not checked)",
+        "problems": problems,
         "latent_bytes_per_prompt": per_prompt,
         "size_bytes": size,
         "meta": config["meta"],

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapter import Unembedding
-from .capture import _batched, block_output, capture_last, forward_last, last_positions, length_order  # noqa: F401  (re-exported)
+from .capture import _batched, block_output, capture_last, forward_last, last_positions, length_batches, length_order  # noqa: F401  (re-exported)
 from .decode import decode  # noqa: F401  (also public here as lens.decode)
 from .model import Model
 from .tasks import SET_COLUMNS
@@ -43,7 +43,7 @@ def layer_logprobs(model: Model, prompts: Sequence[str], *, batch_size: int = 8)
     Meant for a handful of prompts (the result holds the full vocabulary); sweeps use :func:`sweep`.
     """
     result = torch.empty(len(prompts), model.n_layers, model.unembedding.vocab_size)
-    for idx in _batched(length_order(model, prompts), batch_size):
+    for idx in length_batches(model, prompts, batch_size):
         latents, _ = forward_last(model, [prompts[i] for i in idx])
         with torch.inference_mode():
             lp = torch.log_softmax(model.unembedding(latents), dim=-1)
@@ -53,6 +53,9 @@ def layer_logprobs(model: Model, prompts: Sequence[str], *, batch_size: int = 8)
 
 def top_tokens(model: Model, prompt: str, k: int = 5) -> pd.DataFrame:
     """Return a tidy table of the lens's top-k tokens at the last token: layer, rank, token_id, token, prob."""
+    from .checks import count
+
+    count(k, "k", flag="-k", maximum=model.unembedding.vocab_size)  # k ≤ the vocabulary, known once the model is loaded
     latents, _ = forward_last(model, [prompt])
     stats = decode(model.unembedding, latents[0], k=k, energy=False)
     rows = []
@@ -136,7 +139,6 @@ def sweep(
         raise ValueError("no prompts to sweep")
     torch.manual_seed(seed)
     texts = frame["prompt"].tolist()
-    order = length_order(model, texts)
     parts: list[pd.DataFrame] = []
     pending: list[tuple[list[int], torch.Tensor]] = []  # batches' latents not decoded yet
 
@@ -147,7 +149,9 @@ def sweep(
         pending.clear()
 
     bar = tqdm(total=len(texts), desc="lens sweep", unit="prompt", disable=not progress)
-    for idx in _batched(order, batch_size):
+    batches = length_batches(model, texts, batch_size)
+    order = [i for idx in batches for i in idx]
+    for idx in batches:
         latents, _ = forward_last(model, [texts[i] for i in idx])
         pending.append((idx, latents))
         if sum(len(ids) for ids, _ in pending) * model.n_layers >= DECODE_ROWS:

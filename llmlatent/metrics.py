@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
 LOG2 = math.log(2.0)
-METRICS = ("p_target", "p_english", "p_source", "entropy", "energy")
-
-
-def entropy_bits(logprobs: torch.Tensor) -> torch.Tensor:
-    """Return the entropy in bits of distributions given as natural-log probabilities [..., vocab]."""
-    return -(logprobs.exp() * logprobs).sum(-1) / LOG2
+# below this many prompts the normal-approximation interval is unreliable: summarize warns
+MIN_N_INTERVAL = 10
+PROBABILITIES = ("p_target", "p_english", "p_source")
 
 
 def token_energy(unembedding: object, latents: torch.Tensor) -> torch.Tensor:
@@ -41,12 +43,13 @@ def token_energy(unembedding: object, latents: torch.Tensor) -> torch.Tensor:
 
 
 def _normal_ci(values: np.ndarray) -> tuple[float, float, float]:
+    """Return (mean, lo, hi): mean ± 1.96·SE; the interval is NaN for fewer than 2 values (no spread to estimate)."""
     values = values[~np.isnan(values)]
     if len(values) == 0:
         return (math.nan, math.nan, math.nan)
     mean = float(values.mean())
     if len(values) < 2:
-        return (mean, mean, mean)
+        return (mean, math.nan, math.nan)
     half = 1.96 * float(values.std(ddof=1)) / math.sqrt(len(values))
     return (mean, mean - half, mean + half)
 
@@ -55,8 +58,10 @@ def _bootstrap_ci(values: np.ndarray, seed: int, n_resamples: int) -> tuple[floa
     from scipy.stats import bootstrap
 
     values = values[~np.isnan(values)]
-    if len(values) < 2 or np.all(values == values[0]):
-        mean = float(values.mean()) if len(values) else math.nan
+    if len(values) < 2:
+        return (float(values.mean()) if len(values) else math.nan, math.nan, math.nan)
+    if np.all(values == values[0]):  # no spread: every resample has the same mean
+        mean = float(values[0])
         return (mean, mean, mean)
     res = bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=n_resamples,
                     random_state=np.random.default_rng(seed), method="percentile")
@@ -67,16 +72,24 @@ def summarize(rows: pd.DataFrame, *, ci: str = "normal", seed: int = 0, n_resamp
     """Return per-layer means with 95% intervals: layer, p_*_mean/lo/hi, entropy_mean, energy_mean, n.
 
     ``ci="normal"`` is the paper's mean ± 1.96·SE; ``ci="bootstrap"`` uses scipy's percentile
-    bootstrap (seeded). NaN values (e.g. p_source where it is undefined) are ignored.
+    bootstrap (seeded). NaN values (e.g. p_source where it is undefined) are ignored. With fewer than
+    2 prompts the interval is NaN (never a zero-width "interval"); the normal interval of a
+    probability is clipped to [0, 1]; below :data:`MIN_N_INTERVAL` prompts a warning is logged.
     """
     if ci not in ("normal", "bootstrap"):
-        raise ValueError(f"ci must be 'normal' or 'bootstrap', not {ci!r}")
+        raise UsageError(f"ci must be 'normal' or 'bootstrap' (--ci), not {ci!r}")
+    n_prompts = int(rows["prompt_id"].nunique()) if len(rows) else 0
+    if n_prompts < MIN_N_INTERVAL:
+        log.warning("only %d prompt(s): the 95%% intervals are %s", n_prompts,
+                    "undefined (NaN)" if n_prompts < 2 else f"unreliable below {MIN_N_INTERVAL} prompts")
     out = []
     for layer, group in rows.groupby("layer", sort=True):
         record: dict[str, float | int] = {"layer": int(layer), "n": int(group["prompt_id"].nunique())}
         for col in ("p_target", "p_english", "p_source"):
             values = group[col].to_numpy(dtype=np.float64) if col in group else np.array([math.nan])
             mean, lo, hi = _normal_ci(values) if ci == "normal" else _bootstrap_ci(values, seed + int(layer), n_resamples)
+            if ci == "normal" and col in PROBABILITIES:  # a probability's interval cannot leave [0, 1] (NaN stays NaN)
+                lo, hi = float(np.clip(lo, 0.0, 1.0)), float(np.clip(hi, 0.0, 1.0))
             record.update({f"{col}_mean": mean, f"{col}_lo": lo, f"{col}_hi": hi})
         for col in ("entropy", "energy"):
             values = group[col].to_numpy(dtype=np.float64)

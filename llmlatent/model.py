@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .adapter import Adapter, Fingerprint, Unembedding, adapter_for
-from .errors import LlmlatentError
+from .atomic import make_temp_dir
+from .errors import LlmlatentError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ def default_model_path(cache: Path | None = None) -> Path:
     target = root / _DEFAULT_DIRNAME
     if (target / _MARKER).exists():
         return target
+    _check_writable_cache(root)
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f"{_DEFAULT_DIRNAME}.lock")):
         if (target / _MARKER).exists():
@@ -59,7 +60,9 @@ def default_model_path(cache: Path | None = None) -> Path:
         started = time.perf_counter()
         gguf = Path(assemble())
         log.info("converting %s to safetensors (once; about a minute)", gguf.name)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{_DEFAULT_DIRNAME}-", dir=root))
+        for orphan in root.glob(f".{_DEFAULT_DIRNAME}-*"):  # a killed conversion's (we hold the only lock)
+            shutil.rmtree(orphan, ignore_errors=True)
+        tmp = make_temp_dir(f".{_DEFAULT_DIRNAME}-", root)  # the umask's mode, not mkdtemp's 0700
         try:
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -79,6 +82,36 @@ def default_model_path(cache: Path | None = None) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("converted the embedded default in %.0f s", time.perf_counter() - started)
     return target
+
+
+def _check_writable_cache(root: Path) -> None:
+    """Raise ModelLoadError when the cache folder ``root`` cannot be created or written (before any conversion)."""
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ModelLoadError(
+            f"the model cache {root} is not writable ({existing} is read-only or not a folder), and the embedded "
+            "default must be converted there once; set LLMLATENT_CACHE to a writable folder"
+        )
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """Return ``device`` as a torch.device after checking it exists on this machine; else raise ModelLoadError."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"--device {device!r} is not a device name; use cpu, cuda, cuda:0 … or mps") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"--device {device}: CUDA is not available (this torch is a CPU build or no GPU is visible); use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible (cuda:0 …)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    return dev
 
 
 def default_dtype(device: str | torch.device) -> torch.dtype:
@@ -137,7 +170,7 @@ class Model:
         """Return left-padded model inputs (input_ids, attention_mask, position_ids) on the model device."""
         for p in prompts:
             if not isinstance(p, str) or not p.strip():
-                raise ValueError("empty prompt: every prompt must contain some text")
+                raise UsageError("empty prompt: every prompt must contain some text")
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True)
         mask = enc["attention_mask"]
         position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
@@ -165,9 +198,19 @@ def _resolve(name_or_path: str | os.PathLike | None) -> tuple[str, str]:
 def _config(path: str, name: str, trust_remote_code: bool) -> tuple[object, str | None]:
     """Return (config, HF token from the environment) of the model at ``path``; one-line ModelLoadError if unreachable."""
     token = os.environ.get("HF_TOKEN") or None
+    folder = Path(path)
+    if folder.is_file():
+        raise ModelLoadError(f"model {name!r} is a file; pass the model folder (with config.json and the weights) or a hub id")
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise ModelLoadError(f"model folder {folder} has no config.json; pass a folder written by save_pretrained, or a hub id")
     try:
         return AutoConfig.from_pretrained(path, token=token, trust_remote_code=trust_remote_code), token
     except (OSError, ValueError) as exc:
+        if folder.is_dir():
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(
+                f"cannot read {folder / 'config.json'} ({first}); repair it or save the model again with save_pretrained"
+            ) from exc
         raise ModelLoadError(
             f"cannot load model {name!r}: it is neither a local model folder nor reachable on the "
             "Hugging Face hub (offline, misspelt, or gated without HF_TOKEN); pass a local path or a valid id"
@@ -192,6 +235,8 @@ def load(
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_map is None:
+        check_device(device)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     dtype = dtype or default_dtype(device)
@@ -199,6 +244,8 @@ def load(
     if dtype == torch.float16 and "gemma" in name.lower():
         raise ModelLoadError("Gemma must not run in float16 (activations overflow): use bfloat16 or float32")
     config, token = _config(path, name, trust_remote_code)
+    from safetensors import SafetensorError
+
     try:
         hf = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, device_map=device_map, token=token, trust_remote_code=trust_remote_code
@@ -208,6 +255,18 @@ def load(
             raise ModelLoadError(
                 f"{name!r} ({type(config).__name__}) is not a causal (decoder-only) language model; "
                 "llmlatent needs a model that AutoModelForCausalLM can load"
+            ) from exc
+        raise
+    except SafetensorError as exc:
+        raise ModelLoadError(
+            f"the weights of {name!r} cannot be read ({exc}): a safetensors file is truncated or corrupt; "
+            "download or save the model again"
+        ) from exc
+    except OSError as exc:
+        if Path(path).is_dir() and not _has_weights(Path(path)):
+            raise ModelLoadError(
+                f"model folder {path} has config.json but no weights (model.safetensors, model.safetensors.index.json "
+                "or pytorch_model.bin); copy the weight files into it or save the model again with save_pretrained"
             ) from exc
         raise
     if device_map is None:
@@ -220,6 +279,11 @@ def load(
         )
     tok = _prepare_tokenizer(AutoTokenizer.from_pretrained(path, token=token, trust_remote_code=trust_remote_code))
     return Model(hf=hf, tokenizer=tok, adapter=adapter_for(hf, blocks=blocks, final_norm=final_norm), name=name)
+
+
+def _has_weights(folder: Path) -> bool:
+    """Return True when a model folder holds any weight file transformers can load."""
+    return any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json")) or any(folder.glob("*.bin"))
 
 
 def is_causal(hf: torch.nn.Module) -> bool:

@@ -20,7 +20,6 @@ import pandas as pd
 from . import experiment, lens, plots, runs, tasks
 from .adapter import same_model
 from .data import LANGS
-from .errors import OutputFolderError
 
 if TYPE_CHECKING:
     from .latents import LatentStore
@@ -45,14 +44,23 @@ def run_specs() -> list[tuple[str, str, str]]:
 
 
 def load_summaries(results: Path, task: str) -> dict[tuple[str, str], pd.DataFrame]:
-    """Return {(src, tgt): summary} of every finished run of ``task`` under ``results``."""
-    out = {}
+    """Return {(src, tgt): summary} of every finished run of ``task`` under ``results``.
+
+    The pair is read from each folder's run.json (not its name, so a user's ``fr-zh-strict`` folder is
+    fine); when several folders hold one pair, the one named ``src-tgt`` wins, else the first by name.
+    """
+    out: dict[tuple[str, str], pd.DataFrame] = {}
     for path in sorted((results / task).glob("*/summary.csv")):
-        parts = path.parent.name.split("-")
-        if len(parts) != 2 or not set(parts) <= set(LANGS):  # a user's own folder (e.g. fr-zh-strict): not a grid panel
-            log.info("skipping %s: not a <src>-<tgt> run folder of reproduce", path.parent)
+        try:
+            run = json.loads((path.parent / "run.json").read_text(encoding="utf-8"))
+            pair = (str(run["src"]), str(run["tgt"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            log.info("%s: no readable run.json with src/tgt, skipped", path.parent)
             continue
-        out[(parts[0], parts[1])] = pd.read_csv(path)
+        if pair in out and path.parent.name != f"{pair[0]}-{pair[1]}":
+            log.info("%s: another folder already holds %s→%s, skipped", path.parent, *pair)
+            continue
+        out[pair] = pd.read_csv(path)
     return out
 
 
@@ -61,6 +69,8 @@ def pivot_table(results: Path) -> pd.DataFrame:
     rows = []
     for path in sorted(results.glob("*/*/run.json")):
         run = json.loads(path.read_text())
+        if not all(k in run for k in ("task", "src", "tgt", "peak_english", "final_target")):
+            continue  # not a sweep's run.json (another kind of result)
         rows.append({
             "task": run["task"], "src": run["src"], "tgt": run["tgt"], "n_prompts": run["n_prompts"],
             "peak_english_layer": run["peak_english"]["layer"], "peak_english": run["peak_english"]["value"],
@@ -102,8 +112,7 @@ def latent_step(m: Model, path: Path, *, n: int | None, seed: int, batch_size: i
         except (ValueError, OSError) as exc:
             log.info("latents %s: recollecting (%s)", path, exc)
     if path.exists():
-        if any(path.iterdir()) and not (path / "store.json").exists():
-            raise OutputFolderError(f"{path} exists but is not a latent store; move it away or pass another --results")
+        latents.check_store_dir(path, repair=True)  # never delete a folder that is not a latent store
         shutil.rmtree(path)
     log.info("collecting latents for %d fr→zh prompts into %s", len(prompts), path)
     return latents.collect(m, prompts, path, batch_size=batch_size)
@@ -135,14 +144,19 @@ def run_all(
     batch_size: int = 16,
     force: bool = False,
     only: str | None = None,
+    load_kwargs: dict | None = None,
 ) -> dict:
-    """Return a summary of the full reproduction after running (or reusing) every step and writing all figures."""
+    """Return a summary of the full reproduction after running (or reusing) every step and writing all figures.
+
+    ``load_kwargs`` are passed to :func:`llmlatent.model.load` (dtype, device, device_map, trust_remote_code),
+    so a large model's reproduction goes through here as well.
+    """
     from . import model as model_mod
 
     started = time.perf_counter()
     results, figures = Path(results), Path(figures)
     figures.mkdir(parents=True, exist_ok=True)
-    m = model_mod.load(model_name)
+    m = model_mod.load(model_name, **(load_kwargs or {}))
     log.info("model %s loaded in %.1f s", m.name, time.perf_counter() - started)
 
     table = lens.top_tokens(m, HAND_PROMPT, k=5)

@@ -346,12 +346,13 @@ def run_to_dir(model: object, out: str | Path, **kwargs: object) -> dict:
     import matplotlib.pyplot as plt
 
     from . import plots
-    from .atomic import atomic_dir
+    from .atomic import atomic_dir, check_output_dir
 
+    check_output_dir(out, "best.json")  # before the sweep: a bad folder fails at once, unrelated files are never replaced
     started = time.perf_counter()
     result = sweep(model, **kwargs)
     best = result.best
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, marker="best.json") as tmp:
         result.rows.to_csv(tmp / "rows.csv", index=False, float_format="%.8g")
         result.summary.to_csv(tmp / "summary.csv", index=False, float_format="%.8g")
         result.generations.to_csv(tmp / "generations.csv", index=False)

@@ -16,6 +16,7 @@ import torch
 from conftest import FAMILIES, save_model
 from llmlatent import capture, latents, lens, model, tasks
 from llmlatent.cli import main
+from llmlatent.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 NUMERIC = ["p_target", "p_english", "p_source", "entropy", "energy", "top_prob"]
@@ -188,7 +189,7 @@ def test_not_a_store_and_bad_dtype(tiny_models, tmp_path, capsys):
         with pytest.raises(latents.LatentStoreError, match="is not a latent store"):
             latents.load(path)
     (tmp_path / "store.json").write_text("{not json")
-    with pytest.raises(latents.LatentStoreError, match="is not a latent store: store.json is not valid JSON"):
+    with pytest.raises(latents.LatentStoreError, match="store.json of the latent store .* is not valid JSON.*--repair"):
         latents.load(tmp_path)
     m = tiny_models["llama"]
     (tmp_path / "other").mkdir()
@@ -331,3 +332,91 @@ def test_embedded_lens_from_cache_without_the_model(embedded, tmp_path):
     diff = assert_float16_agreement(live, cached, min_top_agreement=0.95)
     print("\nembedded fr→zh, float16 store vs live sweep, max |difference|:", {c: f"{v:.1e}" for c, v in diff.items()})
     assert latents.info(tmp_path / "s")["latent_bytes_per_prompt"] == 18 * 640 * 2
+
+
+def test_cache_info_verifies_like_load(tiny_models, tmp_path):
+    m = tiny_models["llama"]
+    path = tmp_path / "s"
+    latents.collect(m, prompt_set(m, n=5), path, shard_size=2, progress=False)
+    good = latents.info(path)
+    assert good["complete"] is True and good["problems"] == {} and "sha256" in good["verified"]
+    arrow = next((path / "shards" / "00001").glob("*.arrow"))
+    blob = bytearray(arrow.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # byte flip, same size
+    arrow.write_bytes(bytes(blob))
+    flipped = latents.info(path)
+    assert flipped["complete"] is False and "does not match its sha256" in flipped["problems"]["1"]
+    unverified = latents.info(path, verify=False)  # says that it did not verify the content
+    assert unverified["complete"] is True and "sha256 not checked" in unverified["verified"]
+    arrow.write_bytes(bytes(blob[:-50]))  # truncated: caught even without hashes
+    assert "bytes, expected" in latents.info(path, verify=False)["problems"]["1"]
+    (path / "shards" / "00002" / "shard.json").unlink()
+    info = latents.info(path)
+    assert info["complete"] is False and "shard.json is missing" in info["problems"]["2"]
+
+
+def test_second_process_skips_claimed_shards_then_waits(tiny_models, tmp_path):
+    """A claimed shard (another process's lock) is left alone until released; the result equals a fresh store."""
+    import threading
+
+    from filelock import FileLock
+
+    m = tiny_models["llama"]
+    ps = prompt_set(m, n=6)
+    fresh = latents.collect(m, ps, tmp_path / "fresh", shard_size=2, progress=False).latents()
+    path = tmp_path / "s"
+    latents.collect(m, ps, path, shard_size=2, progress=False)
+    import shutil
+
+    shutil.rmtree(path / "shards" / "00000")
+    shutil.rmtree(path / "shards" / "00002")
+    (path / "shards" / ".tmp-00000-other").mkdir()  # the other process's half-written shard: must not be removed
+    other = FileLock(str(path / "shards" / ".claim-00000.lock"))
+    other.acquire()
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(store=latents.collect(m, ps, path, progress=False)))
+    worker.start()
+    for _ in range(600):  # the worker does shard 2, then waits for shard 0
+        if (path / "shards" / "00002").exists() or not worker.is_alive():
+            break
+        time.sleep(0.1)
+    assert (path / "shards" / "00002").exists() and not (path / "shards" / "00000").exists()
+    assert (path / "shards" / ".tmp-00000-other").exists()
+    assert worker.is_alive()  # waiting for the claimed shard
+    other.release()  # the other process died without writing shard 0: the waiting one computes it
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    assert torch.equal(result["store"].latents(), fresh)
+
+
+def test_corrupt_store_json_is_repaired_keeping_good_shards(tiny_models, tmp_path, monkeypatch, capsys):
+    m = tiny_models["llama"]
+    ps = prompt_set(m, n=5)
+    path = tmp_path / "s"
+    original = latents.collect(m, ps, path, shard_size=2, progress=False).latents()
+    (path / "store.json").write_text('{"format": "llmlatent-lat')
+    with pytest.raises(latents.LatentStoreError, match="not valid JSON.*--repair.*finished shard"):
+        latents.load(path)
+    with pytest.raises(latents.LatentStoreError, match="--repair"):
+        latents.collect(m, ps, path, progress=False)
+    counted = count_forward(monkeypatch)
+    repaired = latents.collect(m, ps, path, repair=True, progress=False)  # shard size read from shard 0
+    assert sum(counted) == 0 and torch.equal(repaired.latents(), original)
+    assert (path / "store.json.corrupt-0").exists()
+    (path / "store.json").unlink()
+    with pytest.raises(latents.LatentStoreError, match="has shards but no store.json.*--repair"):
+        latents.check_store_dir(path)
+    fresh = tmp_path / "crashed"
+    (fresh / "shards").mkdir(parents=True)  # killed between creating shards/ and writing store.json
+    latents.check_store_dir(fresh)
+    assert len(latents.collect(m, ps, fresh, progress=False)) == 5
+    counted.clear()
+    repaired = latents.collect(m, ps, path, repair=True, progress=False)
+    assert sum(counted) == 0 and torch.equal(repaired.latents(), original)
+
+
+def test_shard_size_zero_is_an_error(tiny_models, tmp_path):
+    m = tiny_models["llama"]
+    with pytest.raises(UsageError, match=r"shard_size \(--shard-size\) must be at least 1, got 0"):
+        latents.collect(m, prompt_set(m, n=2), tmp_path / "s", shard_size=0, progress=False)
+    assert not (tmp_path / "s").exists()

@@ -1,0 +1,57 @@
+"""Argument validators shared by the API and the command line (one place, one message per bad value).
+
+Each raises :class:`llmlatent.errors.UsageError` naming the argument by its API name and, where it
+differs, its command-line flag, so the same line serves a notebook and a shell user.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import UsageError
+
+
+def _label(name: str, flag: str | None) -> str:
+    flag = flag or "--" + name.replace("_", "-")
+    return f"{name} ({flag})" if flag.lstrip("-") != name else flag
+
+
+def count(value: int | None, name: str, *, minimum: int = 1, maximum: int | None = None, flag: str | None = None,
+          optional: bool = False) -> int | None:
+    """Return ``value`` as an int after checking ``minimum ≤ value ≤ maximum`` (None allowed when ``optional``)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+        raise UsageError(f"{_label(name, flag)} must be a whole number, got {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise UsageError(f"{_label(name, flag)} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise UsageError(f"{_label(name, flag)} must be at most {maximum}, got {value}")
+    return value
+
+
+def input_file(path: str | os.PathLike, name: str, *, flag: str | None = None) -> Path:
+    """Return ``path`` as a Path after checking that it is an existing, readable file."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{_label(name, flag)}: {p} does not exist")
+    if p.is_dir():
+        raise UsageError(f"{_label(name, flag)}: {p} is a folder; pass a file")
+    if not os.access(p, os.R_OK):
+        raise UsageError(f"{_label(name, flag)}: {p} is not readable")
+    return p
+
+
+def output_file(path: str | os.PathLike, name: str, *, flag: str | None = None) -> Path:
+    """Return ``path`` as a Path after checking that a file can be written there (not a folder, parent exists and is writable)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{_label(name, flag)}: {p} is a folder; pass a file path such as {p / 'table.csv'}")
+    parent = p.parent
+    if not parent.is_dir():
+        raise UsageError(f"{_label(name, flag)}: the folder {parent} does not exist; create it or pass another path")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UsageError(f"{_label(name, flag)}: {p} is not writable; pass a writable path")
+    return p
