@@ -51,8 +51,7 @@ def check_prompt_args(args: argparse.Namespace) -> None:
     from . import data
 
     if args.prompts:
-        if not Path(args.prompts).exists():
-            raise data.DataError(f"prompt file {args.prompts} does not exist")
+        data.check_prompt_file(args.prompts)
         return
     data.check_lang(args.tgt)
     if args.src:
