@@ -369,7 +369,7 @@ def mean_difference(
         "task": target_store.meta.get("task"),
         "n_target": int(rows_t.sum()),
         "n_source": int(rows_s.sum()),
-        "fingerprint": fp_t,
+        "fingerprint": Fingerprint.of(fp_t).to_dict(),
     }
     return SteeringVector(layer, (mu_t - mu_s).float(), meta)
 

@@ -40,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import tasks
+from .adapter import Fingerprint, same_model
 from .data import LANGS, DataError, check_lang
 from .steering import (
     SteeringError,
@@ -197,8 +198,6 @@ def _digest(texts: Sequence[str]) -> str:
 
 def _store_with(stores: Sequence[LatentStore], model: Model, frame: pd.DataFrame) -> LatentStore | None:
     """Return the first store that holds, for this model, exactly ``frame``'s prompt for each of its concepts."""
-    from .adapter import same_model
-
     for store in stores:
         if not same_model(store.fingerprint, model.fingerprint()) or "concept" not in store.prompts:
             continue
@@ -551,7 +550,8 @@ def best_json(summary: pd.DataFrame, rows: pd.DataFrame, settings: dict, layers:
 
     wrong_rows = rows[(rows["direction"] == name) & (rows["split"] == "test") & (rows["vector"] == "wrong_pair")]
     result = {
-        "direction": name, "source": source, "target": target, "via": settings["via"], "model": model.fingerprint(),
+        "direction": name, "source": source, "target": target, "via": settings["via"],
+        "model": Fingerprint.of(model.fingerprint()).to_dict(),
         "settings": {k: v for k, v in settings.items()}, "layers": layers, "alphas": settings["alphas"],
         "splits": splits.to_dict(), "n_fit_concepts": len(splits.fit), "n_select_concepts": len(splits.select),
         "n_test_concepts": len(splits.test), "chosen_on": "select", "reported_on": "test",
@@ -637,3 +637,45 @@ def run_to_dir(
         record.update(best)
     log.info("wrote %s in %.1f s", out, best["seconds"])
     return json.loads(json.dumps(record, default=str))  # the same structure a cached call returns
+
+
+# ---------------------------------------------------------------- tables for notebooks and reports
+
+TABLE_COLUMNS = {"n": "prompts", "cjk_top1_share": "any CJK top-1", "target_script_top1_share": "target-script top-1",
+                 "correct_target_top1_share": "correct target word top-1", "p_target_answer": "p(correct target)",
+                 "p_source_answer": "p(correct source)", "generation_target_share": "generations in target script"}
+
+
+def report_table(best: dict) -> pd.DataFrame:
+    """Return the test-split numbers of best.json as a table: one row per setting (baseline, Δ, each control, flip)."""
+    name, flip = best["direction"], best.get("flip")
+    settings = [(f"{name} baseline (α = 0)", best, "baseline_"),
+                (f"{name} Δ at layer {best['layer']}, α = {best['alpha']:g}", best, ""),
+                (f"{name} random directions, same norm ({best.get('random_control_draws', 0)} draws)", best,
+                 "random_control_"),
+                (f"{name} wrong pair μ_{best['wrong_pair']['towards']} − μ_{best['wrong_pair']['away_from']}, same norm",
+                 best, "wrong_pair_")]
+    if flip:
+        settings += [(f"{flip['direction']} baseline (α = 0)", flip, "baseline_"),
+                     (f"{flip['direction']} −Δ at layer {flip['layer']}, α = {flip['alpha']:g}", flip, ""),
+                     (f"{flip['direction']} random directions, same norm ({flip.get('random_control_draws', 0)} draws)",
+                      flip, "random_control_")]
+    rows = {label: {title: part.get(prefix + key) for key, title in TABLE_COLUMNS.items()}
+            for label, part, prefix in settings if part.get(prefix + "n") is not None}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def generation_table(generations: pd.DataFrame, direction: str) -> pd.DataFrame:
+    """Return the greedy answers of one direction as concept × setting (``expected`` first)."""
+    shown = generations[generations["direction"] == direction]
+    label = shown["vector"].where(shown["alpha"] == 0, shown["vector"] + " α=" + shown["alpha"].map("{:g}".format))
+    shown = shown.assign(setting=label.where(shown["alpha"] != 0, "baseline"))
+    table = shown.pivot_table(index="concept", columns="setting", values="answer", aggfunc="first")
+    expected = shown.drop_duplicates("concept").set_index("concept")["expected"]
+    return pd.concat([expected, table], axis=1)
+
+
+def read_results(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return (summary, generations) of a run folder written by :func:`run_to_dir`."""
+    out = Path(out)
+    return pd.read_csv(out / "summary.csv"), pd.read_csv(out / "generations.csv")
