@@ -32,6 +32,8 @@ from .capture import block_output, last_positions
 from .errors import LlmlatentError
 
 if TYPE_CHECKING:
+    from transformers import Cache
+
     from .latents import LatentStore
     from .model import Model
     from .tasks import PromptSet
@@ -403,7 +405,7 @@ def _cache_kwarg(model: Model) -> str:
     return "cache" if "cache" in inspect.signature(model.hf.forward).parameters else "past_key_values"
 
 
-def prefix_cache(model: Model, inputs: Mapping[str, torch.Tensor]) -> object | None:
+def prefix_cache(model: Model, inputs: Mapping[str, torch.Tensor]) -> Cache | None:
     """Return the KV cache of every position but the last of left-padded ``inputs`` (from ``model.encode``).
 
     Returns None for one-token prompts and for caches that cannot be cropped (legacy tuples); callers
@@ -426,7 +428,7 @@ def prefix_cache(model: Model, inputs: Mapping[str, torch.Tensor]) -> object | N
     return cache
 
 
-def crop_cache(cache: object, length: int) -> None:
+def crop_cache(cache: Cache, length: int) -> None:
     """Return None after cutting ``cache`` back to its first ``length`` positions (what a continuation appended goes)."""
     extra = int(cache.get_seq_length()) - int(length)
     if extra > 0:
@@ -436,7 +438,7 @@ def crop_cache(cache: object, length: int) -> None:
 
 
 def last_token_logits(
-    model: Model, inputs: Mapping[str, torch.Tensor], prefix: object | None = None, vector: SteeringVector | None = None,
+    model: Model, inputs: Mapping[str, torch.Tensor], prefix: Cache | None = None, vector: SteeringVector | None = None,
     alpha: float = 1.0,
 ) -> torch.Tensor:
     """Return float32 next-token logits [B, V] of left-padded ``inputs``, with ``alpha · vector`` at the last prompt token.
@@ -464,7 +466,7 @@ def last_token_logits(
 
 def generate(
     model: Model, prompts: Sequence[str] | Mapping[str, torch.Tensor], vector: SteeringVector | None = None,
-    alpha: float = 1.0, *, max_new_tokens: int = 8, positions: str = "generated", prefix: object | None = None,
+    alpha: float = 1.0, *, max_new_tokens: int = 8, positions: str = "generated", prefix: Cache | None = None,
 ) -> list[str]:
     """Return the greedy continuations (decoded, special tokens skipped) of ``prompts``, steered by ``alpha · vector``.
 
