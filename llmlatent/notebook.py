@@ -50,5 +50,7 @@ def load(
 
     setup(level)
     m = load_model(model, dtype=dtype, device=device, device_map=device_map)
-    log.info("model %s", m.fingerprint().describe())
+    from .adapter import Fingerprint
+
+    log.info("model %s", Fingerprint.of(m.fingerprint()).describe())
     return m

@@ -229,9 +229,10 @@ def fit_stores(
             continue
         folder = store_dir / f"{part['src'].iloc[0]}-{lang}-{_digest(part['prompt'].tolist())}"
         meta = {"task": "translation", "src": part["src"].iloc[0], "tgt": lang}
+        resumed = (folder / "store.json").exists()  # kept by an earlier run: collect only verifies its shards
         out[lang] = latents.collect(model, tasks.PromptSet(part, meta=meta), folder, batch_size=batch_size,
                                     dtype="float32", progress=progress)
-        info[lang] = {"reused": False, "store": folder.name, "dtype": "float32"}
+        info[lang] = {"reused": False, "resumed": resumed, "store": folder.name, "dtype": "float32"}
     return out, info
 
 

@@ -422,6 +422,7 @@ def test_fit_latents_come_from_a_store_that_holds_them(tiny_models, tmp_path):
         latents.collect = real
     assert sorted(calls) == ["en", "ru"]  # zh came from the store
     assert result.best["fit_latents"]["zh"] == {"reused": True, "store": "fr-zh", "dtype": "float32"}
+    assert result.best["fit_latents"]["ru"]["resumed"] is False
     plain = steering_sweep.sweep(model, seed=1, **SMALL)
     assert torch.allclose(result.vectors[2].vector, plain.vectors[2].vector, atol=1e-5)
     assert sorted(p.name[:5] for p in (tmp_path / "fit").iterdir()) == ["fr-en", "fr-ru"]  # kept for reruns
