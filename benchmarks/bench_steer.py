@@ -1,12 +1,13 @@
 """Benchmark: the default RU→ZH steering sweep beside (number of configurations × a bare forward).
 
-In one process, alternating runs: (a) for each direction of the sweep, a bare batched forward
-(``model.hf(**model.encode(batch), logits_to_keep=1)``, the sweep's batches) over its held-out
-prompts; (b) ``steering.sweep(model)`` with its defaults (fit latents, prefix caches, every
-steered configuration, controls, flip direction, greedy generations: the whole call). Prints the
-median seconds and sweep / Σ_direction(configurations × bare forward) (target ≤ 1.3×), the
-sweep's own phase timings, and checks that the sweep's α = 0 baseline equals the bare forward's
-next-token probabilities (the prefix-cache path changes nothing).
+In one process, alternating runs: (a) for each (direction, split) the sweep evaluates (ru→zh on the
+select and test splits, the flip zh→ru on its select and test subsets), a bare batched forward
+(``model.hf(**model.encode(batch), logits_to_keep=1)``, batches of the sweep's size) over its
+prompts; (b) ``steering_sweep.sweep(model)`` with its defaults (fit latents, prefix caches, the
+select grid, the test-split controls, the flip direction, greedy generations: the whole call).
+Prints the median seconds and sweep / Σ(configurations × bare forward) (target ≤ 1.3×), the sweep's
+own phase timings, and checks that the sweep's α = 0 baseline equals the bare forward's next-token
+probabilities (the cropped prefix-cache path changes nothing).
 
     python benchmarks/bench_steer.py --json results/bench_steer.json
 """
@@ -28,21 +29,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_lens  # noqa: E402
 
-from llmlatent import steering, steering_sweep, tasks  # noqa: E402
+from llmlatent import steering_sweep, tasks  # noqa: E402
 from llmlatent import model as model_mod  # noqa: E402
 
 TARGET = 1.3
 
 
 def held_out(model: model_mod.Model, source: str, target: str, via: str, n_concepts: int | None,
-             seed: int, n_flip: int | None = 30) -> dict[str, pd.DataFrame]:
-    """Return direction name → the held-out prompt frame that the sweep steers (same split as the sweep)."""
+             seed: int, n_flip: int | None = 16) -> dict[tuple[str, str], pd.DataFrame]:
+    """Return (direction, split) → the prompt frame that the sweep evaluates there (the sweep's own splits)."""
+    wrong = steering_sweep.default_wrong_pair(source, target, via)
+    langs = list(dict.fromkeys([source, target, *wrong]))
     frames = {lang: tasks.build("translation", via, lang, model.tokenizer, seed=seed).df.set_index("concept", drop=False)
-              for lang in (source, target)}
-    _, test = steering_sweep.split_concepts(list(set(frames[source].index) & set(frames[target].index)), seed, n_concepts)
-    flip = steering_sweep.choose_flip_concepts(test, seed, n_flip)  # the flip direction steers a subset
-    return {f"{source}→{target}": frames[source].loc[test].reset_index(drop=True),
-            f"{target}→{source}": frames[target].loc[flip].reset_index(drop=True)}
+              for lang in langs}
+    pool = sorted(set.intersection(*(set(f.index) for f in frames.values())))
+    splits = steering_sweep.make_splits(pool, seed, n_concepts, n_flip)
+    name, flip = f"{source}→{target}", f"{target}→{source}"
+    chosen = {(name, "select"): (source, splits.select), (name, "test"): (source, splits.test),
+              (flip, "select"): (target, splits.flip_select), (flip, "test"): (target, splits.flip_test)}
+    return {key: frames[lang].loc[concepts].reset_index(drop=True) for key, (lang, concepts) in chosen.items()}
 
 
 def bare_chunks(model: model_mod.Model, frame: pd.DataFrame, batch_size: int) -> torch.Tensor:
@@ -65,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default="ru")
     parser.add_argument("--target", default="zh")
     parser.add_argument("--via", default="fr")
-    parser.add_argument("--n-concepts", type=int, default=120, help="the sweep's n_concepts (its default: 120)")
+    parser.add_argument("--n-concepts", type=int, default=steering_sweep.DEFAULT_N_CONCEPTS,
+                        help=f"the sweep's n_concepts (its default: {steering_sweep.DEFAULT_N_CONCEPTS})")
     parser.add_argument("--batch-size", type=int, default=64, help="the sweep's batch_size (its default: 64)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -73,20 +79,22 @@ def main(argv: list[str] | None = None) -> int:
 
     model = model_mod.load(args.model)
     held = held_out(model, args.source, args.target, args.via, args.n_concepts, args.seed)
-    print(f"model {model.name}; held-out prompts: " + ", ".join(f"{k} {len(v)}" for k, v in held.items()), flush=True)
+    print(f"model {model.name}; evaluated prompts: " + ", ".join(f"{d} {sp} {len(v)}" for (d, sp), v in held.items()),
+          flush=True)
     kwargs = dict(source=args.source, target=args.target, via=args.via, n_concepts=args.n_concepts, seed=args.seed,
                   batch_size=args.batch_size, progress=False)
     for frame in held.values():  # warm-up
         bare_chunks(model, frame.iloc[: min(len(frame), 4)], args.batch_size)
 
-    times: dict[str, list[float]] = {"bare_" + name: [] for name in held} | {"sweep": []}
+    label = {key: f"{key[0]} {key[1]}" for key in held}
+    times: dict[str, list[float]] = {"bare " + label[key]: [] for key in held} | {"sweep": []}
     loads = [os.getloadavg()[0]]
     logits, result, phases = {}, None, []
     for r in range(args.repeats):
-        for name, frame in held.items():
-            t, logits[name] = bench_lens.timed(bare_chunks, model, frame, args.batch_size)
-            times["bare_" + name].append(t)
-        t, result = bench_lens.timed(lambda: steering.sweep(model, **kwargs))
+        for key, frame in held.items():
+            t, logits[key] = bench_lens.timed(bare_chunks, model, frame, args.batch_size)
+            times["bare " + label[key]].append(t)
+        t, result = bench_lens.timed(lambda: steering_sweep.sweep(model, **kwargs))
         times["sweep"].append(t)
         phases.append(result.best.get("timings", {}))
         loads.append(os.getloadavg()[0])
@@ -94,24 +102,26 @@ def main(argv: list[str] | None = None) -> int:
               + f"  load {loads[-1]:.1f}", flush=True)
 
     rows = result.rows
-    configs = {name: int(rows[rows["direction"] == name][["vector", "draw", "layer", "alpha"]].drop_duplicates().shape[0])
-               for name in held}
+    configs = {key: int(rows[(rows["direction"] == key[0]) & (rows["split"] == key[1])][["vector", "draw", "layer", "alpha"]]
+                        .drop_duplicates().shape[0]) for key in held}
     med = {k: statistics.median(v) for k, v in times.items()}
-    floor = sum(configs[name] * med["bare_" + name] for name in held)
+    floor = sum(configs[key] * med["bare " + label[key]] for key in held)
     # parity: the α = 0 baseline's p(own-language answer) equals the bare forward's
     parity = {}
-    for name, frame in held.items():
-        base = rows[(rows["direction"] == name) & (rows["vector"] == "mean_difference") & (rows["alpha"] == 0)]
-        p = torch.log_softmax(logits[name], dim=-1).exp()
+    for key, frame in held.items():
+        base = rows[(rows["direction"] == key[0]) & (rows["split"] == key[1]) & (rows["vector"] == "mean_difference")
+                    & (rows["alpha"] == 0)]
+        p = torch.log_softmax(logits[key], dim=-1).exp()
         own = pd.Series([float(p[i, list(s)].sum()) for i, s in enumerate(frame["target_ids"])], index=frame["prompt_id"])
-        parity[name] = float(np.abs(base.set_index("prompt_id")["p_source_answer"] - own.loc[base["prompt_id"]].values).max())
+        parity[label[key]] = float(np.abs(base.set_index("prompt_id")["p_source_answer"] - own.loc[base["prompt_id"]].values).max())
     phase_median = {k: statistics.median([p[k] for p in phases if k in p]) for k in phases[-1]}
     out = {
         **bench_lens.environment(model),
         "command": "python benchmarks/bench_steer.py " + " ".join(argv),
         "model": model.name, "repeats": args.repeats, "batch_size": args.batch_size, "n_concepts": args.n_concepts,
-        "held_out_prompts": {k: len(v) for k, v in held.items()}, "configurations": configs,
-        "bare_seconds": {name: med["bare_" + name] for name in held},
+        "evaluated_prompts": {label[k]: len(v) for k, v in held.items()},
+        "configurations": {label[k]: v for k, v in configs.items()},
+        "bare_seconds": {label[k]: med["bare " + label[k]] for k in held},
         "sweep_seconds": med["sweep"], "configurations_x_bare_seconds": floor,
         "sweep_over_configurations_x_bare": med["sweep"] / floor, "target": TARGET,
         "target_ok": med["sweep"] / floor <= TARGET,
@@ -120,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         "runs": times, "load_average_1min": loads,
     }
     print()
-    for name in held:
-        print(f"bare forward {name}: {med['bare_' + name]:7.2f} s over {len(held[name])} prompts × {configs[name]} configurations")
+    for key in held:
+        print(f"bare forward {label[key]}: {med['bare ' + label[key]]:7.2f} s over {len(held[key])} prompts × "
+              f"{configs[key]} configurations")
     print(f"configurations × bare  {floor:8.2f} s")
-    print(f"steering.sweep         {med['sweep']:8.2f} s   sweep / (configurations × bare) = "
+    print(f"steering_sweep.sweep   {med['sweep']:8.2f} s   sweep / (configurations × bare) = "
           f"{out['sweep_over_configurations_x_bare']:.3f} (target <= {TARGET}) -> {'OK' if out['target_ok'] else 'MISSED'}")
     print("sweep phases (median s): " + ", ".join(f"{k} {v:.1f}" for k, v in phase_median.items()))
     print("α = 0 baseline vs bare forward, max |Δp|: " + ", ".join(f"{k} {v:.1e}" for k, v in parity.items()))

@@ -196,23 +196,24 @@ def _numbers(text: list[str], kind: type) -> list | None:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    """Run the language-steering demo (fit Δ, sweep layers × α on held-out prompts) and write it to --out."""
-    from . import checks, steering_sweep
+    """Run the language-steering demo (fit Δ, choose layer × α on the select split, report on test) into --out."""
+    from . import latents, steering_sweep
     from .atomic import check_output_dir
 
-    checks.count(args.n, "n_concepts", minimum=2, flag="--n-concepts")
-    checks.count(args.batch_size, "batch_size")
-    check_output_dir(args.out, "best.json")  # before the model load: never refuse (or delete) after the work
-    m = load_model(args)
-    best = steering_sweep.run_to_dir(
-        m, args.out, source=args.source, target=args.target, via=args.via, layers=_numbers(args.layers, int),
-        alphas=_numbers(args.alphas, float), n_concepts=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens,
-        n_generate=args.generate, n_random=args.random, flip=args.flip, n_flip=args.flip_prompts, store_dir=args.latents,
-        words_dir=args.words, batch_size=args.batch_size,
+    settings = steering_sweep.check_settings(  # every bad value is answered here, before the model loads
+        source=args.source, target=args.target, via=args.via, layers=_numbers(args.layers, int),
+        alphas=_numbers(args.alphas, float), n_concepts=args.n_concepts, seed=args.seed,
+        max_new_tokens=args.max_new_tokens, n_generate=args.n_generate, n_random=args.n_random, flip=args.flip,
+        n_flip=args.n_flip, wrong_pair=args.wrong_pair, batch_size=args.batch_size,
     )
-    keys = ("layer", "alpha", "cjk_top1_share", "p_target_answer", "p_source_answer", "baseline_cjk_top1_share",
-            "random_control_cjk_top1_share", "seconds")
-    print(json.dumps({k: best[k] for k in keys}, ensure_ascii=False))
+    check_output_dir(args.out, "best.json")
+    reuse = [latents.load(path) for path in args.reuse_stores or ()]
+    m = load_model(args)
+    best = steering_sweep.run_to_dir(m, args.out, force=args.force, store_dir=args.store_dir, reuse_stores=reuse,
+                                     words_dir=args.words_dir, **settings)
+    keys = ("layer", "alpha", "n", "cjk_top1_share", "correct_target_top1_share", "p_target_answer", "p_source_answer",
+            "baseline_cjk_top1_share", "random_control_cjk_top1_share", "wrong_pair_cjk_top1_share", "seconds")
+    print(json.dumps({k: best.get(k) for k in keys}, ensure_ascii=False))
     return 0
 
 
@@ -263,25 +264,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rebuild an unreadable store.json from the prompts and model, keeping every shard that still verifies")
     p.set_defaults(func=cmd_cache)
 
-    p = sub.add_parser("steer", help="language steering: fit μ_target − μ_source, sweep layers × α on held-out prompts")
-    p.add_argument("--source", default="ru", help="language the held-out prompts answer in (default ru)")
+    p = sub.add_parser("steer", help="language steering: fit μ_target − μ_source, choose layer × α on a select split, report on test")
+    p.add_argument("--source", default="ru", help="language the steered prompts answer in (default ru)")
     p.add_argument("--target", default="zh", help="language to steer towards (default zh)")
     p.add_argument("--via", default="fr", help="source language of the translation prompts (default fr)")
     p.add_argument("--layers", nargs="+", default=None, help="layers (after block i, 0-based), e.g. 5 7 9 or 5,7,9 (default: 6 spread over 30-90%% of the depth)")
-    p.add_argument("--alphas", nargs="+", default=None, help="multiples of Δ, e.g. 0.5 1 2 4 (the default); 0 = baseline is always included")
-    p.add_argument("--n-concepts", "--n", dest="n", type=int, default=120,
-                   help="concepts used (split into fit and held-out halves; default 120); --n is an older alias")
+    p.add_argument("--alphas", nargs="+", default=None, help="multiples of Δ, 0 < α ≤ 100, e.g. 0.5 1 2 4 (the default); 0 = baseline is always included")
+    p.add_argument("--n-concepts", type=int, default=96, help="concepts used, cut into fit / select / test thirds (default 96)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=int, default=5, help="greedy generation length, 1-5 (default 5)")
-    p.add_argument("--generate", type=int, default=16, help="held-out prompts with greedy generations per setting (default 16)")
-    p.add_argument("--random", type=int, default=3, help="random directions of Δ's norm as a control (default 3)")
+    p.add_argument("--max-new-tokens", type=int, default=5, help="greedy generation length (default 5)")
+    p.add_argument("--n-generate", "--generate", dest="n_generate", type=int, default=16, help="test prompts with greedy generations per setting (default 16)")
+    p.add_argument("--n-random", "--random", dest="n_random", type=int, default=3, help="random directions of Δ's norm per direction, the control (default 3)")
     p.add_argument("--no-flip", dest="flip", action="store_false", help="skip the flip direction (−Δ on target-language prompts)")
-    p.add_argument("--flip-prompts", type=int, default=30, help="held-out target-language prompts for the flip check (default 30)")
-    p.add_argument("--latents", default=None, help="keep the fit latent stores in this folder (default: temporary)")
-    p.add_argument("--words", default=None, help="folder of word CSVs (bundled or seed layout)")
+    p.add_argument("--n-flip", "--flip-prompts", dest="n_flip", type=int, default=16, help="target-language prompts per split (select, test) for the flip direction (default 16)")
+    p.add_argument("--wrong-pair", nargs=2, default=None, metavar=("TOWARDS", "AWAY_FROM"), help="the wrong-pair control μ_TOWARDS − μ_AWAY_FROM at Δ's norm (default: en ru for ru→zh via fr)")
+    p.add_argument("--store-dir", "--latents", dest="store_dir", default=None, help="keep the fit latent stores in this folder and reuse them on reruns (default: temporary)")
+    p.add_argument("--reuse-stores", nargs="+", default=None, help="latent stores (e.g. from `cache`) searched for the fit prompts before computing them")
+    p.add_argument("--words-dir", "--words", dest="words_dir", default=None, help="folder of word CSVs (bundled or seed layout)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--force", action="store_true", help="recompute even if --out holds a result with the same settings")
     _add_model(p)
-    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--out", required=True, help="output folder (written atomically; reused when the settings match)")
     p.set_defaults(func=cmd_steer)
 
     p = sub.add_parser("cache-info", help="model, counts, layers and size on disk of a latent store")

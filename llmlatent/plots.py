@@ -268,3 +268,30 @@ def variants_figure(summaries: dict[str, pd.DataFrame], title: str | None = None
     if title:
         ax.set_title(title, fontsize=10)
     return fig
+
+
+@styled
+def steering_heatmap(summary: pd.DataFrame, direction: str, model_name: str = "", split: str = "select") -> plt.Figure:
+    """Return the layer × α heatmap of one steering direction on ``split``: colour = target-script top-1 share.
+
+    ``summary`` is :func:`llmlatent.steering_sweep.summarize` output; cell text = that share and the mean
+    p(correct answer); the α = 0 column is the baseline (the same for every layer).
+    """
+    part = summary[(summary["direction"] == direction) & (summary["vector"] == "mean_difference")]
+    if "split" in part:
+        part = part[part["split"] == split]
+    base = part[part["alpha"] == 0].iloc[0]
+    steered = part[part["alpha"] != 0]
+    layers = sorted(int(x) for x in steered["layer"].unique())
+    alphas = [0.0] + sorted(steered["alpha"].unique())
+    share = pd.DataFrame(index=layers, columns=[f"{a:g}" for a in alphas], dtype=float)
+    text = pd.DataFrame(index=layers, columns=share.columns, dtype=object)
+    for ell in layers:
+        for a in alphas:
+            row = base if a == 0 else steered[(steered["layer"] == ell) & (steered["alpha"] == a)].iloc[0]
+            share.loc[ell, f"{a:g}"] = row["target_script_top1_share"]
+            text.loc[ell, f"{a:g}"] = f"{row['target_script_top1_share']:.2f}\np={row['p_target_answer']:.2f}"
+    towards = direction.split("→")[1]
+    title = f"steering {direction} ({split} split): top-1 in {towards} script (p = correct answer) · {model_name}"
+    return heatmap(share.iloc[::-1], text=text.iloc[::-1], title=title, xlabel="α (multiple of Δ; 0 = baseline)",
+                   ylabel=LAYER_LABEL, vmin=0, vmax=1)

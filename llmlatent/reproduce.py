@@ -118,17 +118,21 @@ def latent_step(m: Model, path: Path, *, n: int | None, seed: int, batch_size: i
     return latents.collect(m, prompts, path, batch_size=batch_size)
 
 
-def steering_step(m: Model, out: Path, figures: Path, *, seed: int, force: bool) -> dict:
-    """Return best.json of the RU→ZH steering demo (run unless cached), and copy its heatmaps to ``figures``."""
+def steering_step(m: Model, out: Path, figures: Path, *, n: int | None = None, seed: int = 0, force: bool = False,
+                  reuse_stores: list | tuple = ()) -> dict:
+    """Return best.json of the RU→ZH steering demo, and copy its heatmaps to ``figures``.
+
+    The folder is reused only when its cache key (model identity and every setting: seed, n, layers,
+    alphas, …) matches; ``n`` (prompts per run) becomes the number of concepts cut into fit / select /
+    test (default: the demo's own). ``reuse_stores`` (e.g. the fr→zh latent store) supply fit latents
+    without new forwards when they hold the same prompts.
+    """
     from . import steering_sweep
 
-    best_path = out / "best.json"
-    best = None if force or not best_path.exists() else json.loads(best_path.read_text())
-    if best is not None and best.get("model") == m.fingerprint():
-        log.info("steering %s: cached", out)
-    else:
-        log.info("steering demo ru→zh (via fr) into %s", out)
-        best = steering_sweep.run_to_dir(m, out, source="ru", target="zh", via="fr", seed=seed)
+    log.info("steering demo ru→zh (via fr) into %s", out)
+    n_concepts = steering_sweep.DEFAULT_N_CONCEPTS if n is None else n
+    best = steering_sweep.run_to_dir(m, out, source="ru", target="zh", via="fr", seed=seed, n_concepts=n_concepts,
+                                     force=force, reuse_stores=reuse_stores)
     for path in out.glob("heatmap_*.*"):
         shutil.copyfile(path, figures / f"steering_{path.name.removeprefix('heatmap_')}")
     return best
@@ -177,8 +181,8 @@ def run_all(
         experiment.sweep_to_dir(m, prompts, folder, batch_size=batch_size, seed=seed)
 
     if only is None:
-        latent_step(m, results / "latents" / "translation-fr-zh", n=n, seed=seed, batch_size=batch_size, force=force)
-        steering_step(m, results / "steering" / "ru-zh", figures, seed=seed, force=force)
+        store = latent_step(m, results / "latents" / "translation-fr-zh", n=n, seed=seed, batch_size=batch_size, force=force)
+        steering_step(m, results / "steering" / "ru-zh", figures, n=n, seed=seed, force=force, reuse_stores=[store])
 
     for run_dir, name in FEATURED.items():
         for suffix in ("png", "pdf"):

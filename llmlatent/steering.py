@@ -4,26 +4,39 @@
 :class:`SteeringVector` is usually a mean difference of cached last-token latents (μ_target − μ_source,
 arXiv 2312.06681); ``with vector.apply(model, alpha=4):`` adds ``alpha · vector`` to the output of
 ``model.adapter.blocks[layer]`` at the chosen positions and removes its hooks on exit, also after an
-exception. The RU→ZH demo that sweeps layers × α lives in :mod:`llmlatent.steering_sweep`.
+exception. :func:`generate` gives greedy continuations under a vector, optionally continuing a KV cache of
+the prompts' prefix (:func:`prefix_cache`) that is cropped back afterwards, so one prefix serves many
+settings. The RU→ZH demo that sweeps layers × α is pipeline code in :mod:`llmlatent.steering_sweep`;
+this module never imports it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import math
 import operator
 import os
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from .adapter import Fingerprint, same_model
 from .atomic import atomic_file
 from .capture import block_output, last_positions
 from .errors import LlmlatentError
+
+if TYPE_CHECKING:
+    from transformers import Cache
+
+    from .latents import LatentStore
+    from .model import Model
+    from .tasks import PromptSet
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +70,32 @@ def check_alpha(alpha: float) -> float:
     if not math.isfinite(value):
         raise SteeringError(f"alpha must be finite, got {alpha!r}")
     return value
+
+
+def check_count(value: int, name: str, minimum: int = 0) -> int:
+    """Return ``value`` as an int if it is an integer ≥ ``minimum``, else raise a SteeringError naming ``name``."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError as exc:
+        raise SteeringError(f"{name} must be an integer, got {value!r}") from exc
+    if value < minimum:
+        raise SteeringError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def _fingerprint(meta_fp: Mapping | None, what: str) -> Fingerprint | None:
+    """Return a stored fingerprint dict as a :class:`Fingerprint` (None when absent); SteeringError when incomplete."""
+    if not meta_fp:
+        return None
+    try:
+        return Fingerprint.of(meta_fp)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SteeringError(
+            f"{what} has an incomplete model fingerprint {dict(meta_fp)!r}: it needs unembedding_sha256, n_layers and "
+            "hidden_size (as Model.fingerprint() gives)"
+        ) from exc
 
 
 @dataclass
@@ -120,10 +159,12 @@ class SteeringVector:
                 f"cannot add a vector for layer {other.layer} (size {other.hidden_size}) to one for layer "
                 f"{self.layer} (size {self.hidden_size}): layer and size must match"
             )
-        fp_a, fp_b = self.meta.get("fingerprint"), other.meta.get("fingerprint")
-        if fp_a and fp_b and fp_a != fp_b:
-            raise SteeringError(f"cannot add vectors from different models ({fp_a.get('model')} vs {fp_b.get('model')})")
-        meta = {"method": "sum", "fingerprint": fp_a or fp_b, "parts": [self.meta, other.meta]}
+        fp_a = _fingerprint(self.meta.get("fingerprint"), "the left vector")
+        fp_b = _fingerprint(other.meta.get("fingerprint"), "the right vector")
+        if fp_a and fp_b and not fp_a.same_model(fp_b):  # the one definition: hash, layers, width (not the name)
+            raise SteeringError(f"cannot add vectors from different models ({fp_a.describe()} vs {fp_b.describe()})")
+        meta = {"method": "sum", "fingerprint": self.meta.get("fingerprint") or other.meta.get("fingerprint"),
+                "parts": [self.meta, other.meta]}
         return SteeringVector(self.layer, self.vector + other.vector, meta)
 
     def __sub__(self, other: SteeringVector) -> SteeringVector:
@@ -172,20 +213,21 @@ class SteeringVector:
             vector = fh.get_tensor("vector")
         return cls(int(header["layer"]), vector, json.loads(header.get("meta", "{}")))
 
-    def check(self, model: object) -> None:
-        """Return None if the vector fits ``model`` (layer in range, hidden size, fingerprint); raise SteeringError otherwise."""
+    def check(self, model: Model) -> None:
+        """Return None if the vector fits ``model`` (layer in range, hidden size, same model); raise SteeringError otherwise.
+
+        "Same model" is :func:`llmlatent.adapter.same_model` (unembedding hash, layers, width; the name is
+        ignored, so a model loaded by hub id and by local path match).
+        """
         self.check_shape(model)
-        fp = self.meta.get("fingerprint")
-        if fp and fp.get("unembedding_sha256"):
-            own = model.fingerprint()
-            if fp["unembedding_sha256"] != own["unembedding_sha256"]:
-                raise SteeringError(
-                    f"the steering vector comes from model {fp.get('model')!r} (unembedding {fp['unembedding_sha256']}), "
-                    f"not from {own['model']!r} (unembedding {own['unembedding_sha256']})"
-                )
+        fp = _fingerprint(self.meta.get("fingerprint"), "the steering vector")
+        if fp is not None:
+            own = Fingerprint.of(model.fingerprint())
+            if not fp.same_model(own):
+                raise SteeringError(f"the steering vector comes from model {fp.describe()}, not from {own.describe()}")
 
     @contextlib.contextmanager
-    def apply(self, model: object, alpha: float = 1.0, positions: str = "last") -> Iterator[SteeringHook]:
+    def apply(self, model: Model, alpha: float = 1.0, positions: str = "last") -> Iterator[SteeringHook]:
         """Yield a :class:`SteeringHook` while ``alpha · vector`` is added after block ``layer`` of ``model``.
 
         ``positions``: ``"last"`` = the last real prompt token of each row (left or right padding,
@@ -194,7 +236,8 @@ class SteeringVector:
         ``generate`` call decodes with its KV cache. ``last`` and ``generated`` tell the prompt from
         decode steps by the cache length, so ``generate`` must keep its default ``use_cache=True``.
         The hooks are removed on exit, also after an exception. Raises SteeringError for a layer out of
-        range, a size ≠ the model's hidden size, a non-finite α or unknown ``positions``.
+        range, a size ≠ the model's hidden size, a non-finite α or unknown ``positions``. It checks the
+        shape only (cheap, for sweeps); call :meth:`check` once for the model identity.
         """
         self.check_shape(model)
         hook = SteeringHook(model, self.layer, self.vector * check_alpha(alpha), positions)
@@ -203,7 +246,7 @@ class SteeringVector:
         finally:
             hook.remove()
 
-    def check_shape(self, model: object) -> None:
+    def check_shape(self, model: Model) -> None:
         """Return None if layer and size fit ``model`` (cheap; no fingerprint); raise SteeringError otherwise."""
         check_layer(self.layer, model.n_layers)
         if self.hidden_size != model.hidden_size:
@@ -233,7 +276,7 @@ class SteeringHook:
     block call, ``(sequence length, cached length, steered positions per row)``.
     """
 
-    def __init__(self, model: object, layer: int, delta: torch.Tensor, positions: str) -> None:
+    def __init__(self, model: Model, layer: int, delta: torch.Tensor, positions: str) -> None:
         if positions not in POSITIONS:
             raise SteeringError(f"positions must be one of {', '.join(POSITIONS)}; got {positions!r}")
         self.delta, self.positions = delta, positions
@@ -281,7 +324,7 @@ class SteeringHook:
         self._handles = []
 
 
-def _rows(store: object, concepts: Collection[str] | None) -> torch.Tensor:
+def _rows(store: LatentStore, concepts: Collection[str] | None) -> torch.Tensor:
     frame = store.prompts
     if concepts is None:
         return torch.ones(len(frame), dtype=torch.bool)
@@ -293,7 +336,7 @@ def _rows(store: object, concepts: Collection[str] | None) -> torch.Tensor:
     return keep
 
 
-def _language(store: object) -> str | None:
+def _language(store: LatentStore) -> str | None:
     lang = store.meta.get("tgt")
     if not lang and "tgt" in store.prompts:
         langs = store.prompts["tgt"].dropna().unique().tolist()
@@ -302,18 +345,19 @@ def _language(store: object) -> str | None:
 
 
 def mean_difference(
-    target_store: object, source_store: object, layer: int, *, concepts: Collection[str] | None = None
+    target_store: LatentStore, source_store: LatentStore, layer: int, *, concepts: Collection[str] | None = None
 ) -> SteeringVector:
     """Return μ_target − μ_source at ``layer``: the mean last-token latents of two latent stores, subtracted.
 
-    ``concepts`` restricts both stores to prompts of those concepts (e.g. the fit half). The stores
-    must come from the same model (fingerprints compared).
+    ``concepts`` restricts both stores to prompts of those concepts (e.g. the fit split). The stores
+    must come from the same model (:func:`llmlatent.adapter.same_model`: hash, layers, width; a model
+    loaded by id and by path is the same model).
     """
     fp_t, fp_s = target_store.fingerprint, source_store.fingerprint
-    if fp_t != fp_s:
+    if not same_model(fp_t, fp_s):
         raise SteeringError(
-            f"the latent stores come from different models: {fp_t.get('model')} (unembedding "
-            f"{fp_t.get('unembedding_sha256')}) vs {fp_s.get('model')} (unembedding {fp_s.get('unembedding_sha256')})"
+            f"the latent stores come from different models: {Fingerprint.of(fp_t).describe()} vs "
+            f"{Fingerprint.of(fp_s).describe()}"
         )
     layer = check_layer(layer, target_store.n_layers)
     rows_t, rows_s = _rows(target_store, concepts), _rows(source_store, concepts)
@@ -327,15 +371,15 @@ def mean_difference(
         "task": target_store.meta.get("task"),
         "n_target": int(rows_t.sum()),
         "n_source": int(rows_s.sum()),
-        "fingerprint": fp_t,
+        "fingerprint": Fingerprint.of(fp_t).to_dict(),
     }
     return SteeringVector(layer, (mu_t - mu_s).float(), meta)
 
 
 def collect_pair(
-    model: object, target_prompts: object, source_prompts: object, path: str | os.PathLike, *,
+    model: Model, target_prompts: PromptSet, source_prompts: PromptSet, path: str | os.PathLike, *,
     batch_size: int = 16, dtype: str = "float32", progress: bool = False,
-) -> tuple[object, object]:
+) -> tuple[LatentStore, LatentStore]:
     """Return (target store, source store) collected from two prompt sets into ``path``/target and ``path``/source."""
     from . import latents
 
@@ -346,7 +390,7 @@ def collect_pair(
 
 
 def from_prompts(
-    model: object, target_prompts: object, source_prompts: object, path: str | os.PathLike, *,
+    model: Model, target_prompts: PromptSet, source_prompts: PromptSet, path: str | os.PathLike, *,
     layers: Collection[int] | None = None, concepts: Collection[str] | None = None, batch_size: int = 16,
 ) -> dict[int, SteeringVector]:
     """Return layer → mean-difference vector (target − source), collecting both latent stores under ``path``."""
@@ -355,8 +399,100 @@ def from_prompts(
     return {int(ell): mean_difference(target, source, ell, concepts=concepts) for ell in layers}
 
 
-def sweep(model: object, **kwargs: object) -> object:
-    """Return the layer × α language-steering sweep (a :class:`llmlatent.steering_sweep.SweepResult`); see there."""
-    from .steering_sweep import sweep as _sweep
 
-    return _sweep(model, **kwargs)
+def _cache_kwarg(model: Model) -> str:
+    """Return the name under which ``model.hf.forward`` takes a KV cache (``cache`` or ``past_key_values``)."""
+    return "cache" if "cache" in inspect.signature(model.hf.forward).parameters else "past_key_values"
+
+
+def prefix_cache(model: Model, inputs: Mapping[str, torch.Tensor]) -> Cache | None:
+    """Return the KV cache of every position but the last of left-padded ``inputs`` (from ``model.encode``).
+
+    Returns None for one-token prompts and for caches that cannot be cropped (legacy tuples); callers
+    then run full forwards. The cache is meant to be continued with the last token many times, each
+    use followed by :func:`crop_cache` (no copy). Sliding-window layers are switched to keep what
+    they would drop until the crop (``activate_past_recording``), so cropping rolls them back exactly.
+    """
+    if inputs["input_ids"].shape[1] < 2:
+        return None
+    if not bool(inputs["attention_mask"][:, -1].all()):
+        raise SteeringError("the tokenizer must pad on the left so that the last position is the last prompt token")
+    head = {k: v[:, :-1] for k, v in inputs.items()}
+    with torch.inference_mode():  # no logits are needed here: keep none (an empty position index)
+        out = model.run(head, use_cache=True, logits_to_keep=torch.zeros(0, dtype=torch.long))
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    if cache is None or not callable(getattr(cache, "crop", None)) or not callable(getattr(cache, "get_seq_length", None)):
+        return None
+    if callable(getattr(cache, "activate_past_recording", None)):
+        cache.activate_past_recording()
+    return cache
+
+
+def crop_cache(cache: Cache, length: int) -> None:
+    """Return None after cutting ``cache`` back to its first ``length`` positions (what a continuation appended goes)."""
+    extra = int(cache.get_seq_length()) - int(length)
+    if extra > 0:
+        cache.crop(-extra)  # a negative count removes that many positions (transformers ≥ 4.x and 5.x)
+    if int(cache.get_seq_length()) != int(length):
+        raise RuntimeError(f"the KV cache could not be cropped back to {length} positions")
+
+
+def last_token_logits(
+    model: Model, inputs: Mapping[str, torch.Tensor], prefix: Cache | None = None, vector: SteeringVector | None = None,
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """Return float32 next-token logits [B, V] of left-padded ``inputs``, with ``alpha · vector`` at the last prompt token.
+
+    With ``prefix`` (:func:`prefix_cache` of the same inputs) only the last token is run, on the cached
+    prefix, which is cropped back afterwards. Steering only the last token leaves the earlier positions
+    unchanged, so this equals a full forward steered with ``positions="last"``.
+    """
+    steer = vector is not None and check_alpha(alpha) != 0
+    if prefix is None:
+        batch, positions = dict(inputs, use_cache=False), "last"
+    else:
+        length = int(prefix.get_seq_length())
+        batch = {"input_ids": inputs["input_ids"][:, -1:], "attention_mask": inputs["attention_mask"],
+                 "position_ids": inputs["position_ids"][:, -1:], _cache_kwarg(model): prefix, "use_cache": True}
+        positions = "all"  # the only position fed is the last prompt token
+    context = vector.apply(model, alpha, positions) if steer else contextlib.nullcontext()
+    try:
+        with context, torch.inference_mode():
+            return model.run(batch, logits_to_keep=1).logits[:, -1].float()
+    finally:
+        if prefix is not None:
+            crop_cache(prefix, length)
+
+
+def generate(
+    model: Model, prompts: Sequence[str] | Mapping[str, torch.Tensor], vector: SteeringVector | None = None,
+    alpha: float = 1.0, *, max_new_tokens: int = 8, positions: str = "generated", prefix: Cache | None = None,
+) -> list[str]:
+    """Return the greedy continuations (decoded, special tokens skipped) of ``prompts``, steered by ``alpha · vector``.
+
+    ``prompts``: texts, or inputs already made by ``model.encode``. ``positions`` as in
+    :meth:`SteeringVector.apply`: ``"generated"`` steers the last prompt token and every decoded
+    token, ``"last"`` only the last prompt token. ``prefix``: a :func:`prefix_cache` of the same
+    inputs; it is continued and cropped back afterwards, so it can be reused. No vector (or α = 0)
+    gives the unsteered greedy answer.
+    """
+    max_new_tokens = check_count(max_new_tokens, "max_new_tokens", minimum=1)
+    inputs = dict(prompts) if isinstance(prompts, Mapping) else model.encode(list(prompts))
+    kwargs = {k: v for k, v in inputs.items() if k != "position_ids"}
+    width = inputs["input_ids"].shape[1]
+    if prefix is not None:
+        length = int(prefix.get_seq_length())
+        if length != width - 1:
+            raise SteeringError(f"the prefix cache holds {length} positions, the prompts need {width - 1}")
+        kwargs[_cache_kwarg(model)] = prefix
+    tok = model.tokenizer
+    steer = vector is not None and check_alpha(alpha) != 0
+    context = vector.apply(model, alpha, positions) if steer else contextlib.nullcontext()
+    try:
+        with context, torch.inference_mode():
+            out = model.hf.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                    pad_token_id=tok.pad_token_id)
+    finally:
+        if prefix is not None:
+            crop_cache(prefix, length)
+    return [tok.decode(row, skip_special_tokens=True) for row in out[:, width:]]

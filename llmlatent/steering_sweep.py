@@ -1,25 +1,38 @@
-"""The language-steering demo: fit Δ = μ_target − μ_source on half the concepts, sweep layers × α on the other half.
+"""The language-steering demo (pipeline): fit Δ = μ_target − μ_source, choose (layer, α) on one split, report on another.
 
-Prompts differ only in the output language (``Français: "nuage" - Русский: "`` vs ``… - 中文: "``).
+The concepts are cut into three disjoint, seeded splits: **fit** (Δ is the mean difference of their
+last-token latents), **select** (the layer × α grid is evaluated here and the best setting chosen)
+and **test** (only the chosen setting and its controls are evaluated here, and these are the numbers
+to report). Prompts differ only in the output language (``Français: "nuage" - Русский: "`` vs
+``… - 中文: "``). Controls on the test split, all at the chosen layer and α:
+
+* ``random``: ``n_random`` seeded random directions of Δ's norm;
+* ``wrong_pair``: the mean difference of another language pair, rescaled to Δ's norm (default
+  μ_X − μ_source with X the first of en, de, fr, ru, zh not in {source, target, via}: it leaves the
+  source language just as Δ does but heads elsewhere, so any target-language effect it has is not
+  specific to Δ);
+* the flip direction −Δ on target-answering prompts, with its α chosen on the select split, its own
+  ``random`` control and its baseline, reported on the test split.
+
 Every steered evaluation is one batched forward of the last prompt token on a KV cache of the rest of
-the prompt (computed once per batch; steering only the last token leaves the earlier positions
-unchanged, so this equals a full forward steered at ``positions="last"``), with last-position logits
-only. Greedy generations (≤ 5 tokens, a subset of the prompts) continue the same cache, at the
-baseline, the best setting, the random control and the flip direction only.
+the prompt (computed once per batch and cropped back after every use; see
+:func:`llmlatent.steering.last_token_logits`). Greedy generations (``max_new_tokens``) of the first
+``n_generate`` test prompts use :func:`llmlatent.steering.generate` on the same caches.
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
+import hashlib
 import json
 import logging
 import math
 import re
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -27,16 +40,37 @@ import torch
 from tqdm.auto import tqdm
 
 from . import tasks
-from .data import DataError, check_lang
-from .steering import SteeringHook, SteeringVector, check_alpha, check_layer, collect_pair, mean_difference
+from .adapter import Fingerprint, same_model
+from .data import LANGS, DataError, check_lang
+from .steering import (
+    SteeringError,
+    SteeringVector,
+    check_alpha,
+    check_count,
+    check_layer,
+    generate,
+    last_token_logits,
+    mean_difference,
+    prefix_cache,
+)
+
+if TYPE_CHECKING:
+    from .latents import LatentStore
+    from .model import Model
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ALPHAS = (0.5, 1.0, 2.0, 4.0)
+DEFAULT_N_CONCEPTS = 96  # 32 fit + 32 select + 32 test concepts
+MAX_ALPHA = 100.0  # α is a multiple of Δ (a difference of mean residuals); beyond this it only measures breakage
 CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
 SCRIPTS = {"zh": CJK, "ru": re.compile("[\u0400-\u04ff]"), "en": re.compile("[A-Za-z]"),
            "fr": re.compile("[A-Za-zÀ-ÿ]"), "de": re.compile("[A-Za-zÄÖÜäöüß]")}
-GROUP = ["direction", "vector", "draw", "layer", "alpha"]
+GROUP = ["direction", "split", "vector", "draw", "layer", "alpha"]
+SHARES = ("cjk_top1_share", "target_script_top1_share", "source_script_top1_share", "correct_target_top1_share",
+          "correct_source_top1_share")
+NUMBERS = SHARES + ("p_target_answer", "p_source_answer", "generation_target_share", "generation_correct_share")
+INTERVALS = ("cjk_top1_share", "target_script_top1_share", "correct_target_top1_share")  # reported with a 95% interval
 
 
 def has_script(text: str, lang: str) -> bool:
@@ -47,6 +81,262 @@ def has_script(text: str, lang: str) -> bool:
 def default_layers(n_layers: int, k: int = 6) -> list[int]:
     """Return up to ``k`` layers spread over the middle and late blocks (30 % … 90 % of the depth)."""
     return sorted({int(round(x)) for x in np.linspace(0.3 * (n_layers - 1), 0.9 * (n_layers - 1), k)})
+
+
+def default_wrong_pair(source: str, target: str, via: str) -> tuple[str, str]:
+    """Return the wrong-pair control (X, source): X is the first language not in {source, target, via}."""
+    other = next(lang for lang in LANGS if lang not in (source, target, via))
+    return other, source
+
+
+# ---------------------------------------------------------------- settings (validated before any model work)
+
+
+def check_settings(
+    *, source: str = "ru", target: str = "zh", via: str = "fr", layers: Sequence[int] | None = None,
+    alphas: Sequence[float] | None = None, n_concepts: int | None = DEFAULT_N_CONCEPTS, seed: int = 0,
+    max_new_tokens: int = 5, n_generate: int = 16, n_random: int = 3, flip: bool = True, n_flip: int | None = 16,
+    wrong_pair: Sequence[str] | None = None, batch_size: int = 64, reuse_prefix: bool = True,
+) -> dict:
+    """Return the normalised settings of a sweep (alphas sorted, 0 dropped; wrong pair filled in), or raise one clear error.
+
+    Needs no model: layers are checked against the model's depth later, by :func:`sweep`.
+    """
+    for lang in (source, target, via):
+        check_lang(lang)
+    if len({source, target, via}) < 3:
+        raise DataError(f"source, target and via must be three different languages (got {source}, {target}, {via})")
+    if layers is not None:
+        layers = sorted({check_count(x, "layers", minimum=0) for x in layers})
+        if not layers:
+            raise SteeringError("layers is empty; give at least one layer (after block i, 0-based) or None for the default")
+    raw = DEFAULT_ALPHAS if alphas is None else list(alphas)
+    values = set()
+    for a in raw:
+        a = check_alpha(a)
+        if a < 0 or a > MAX_ALPHA:
+            raise SteeringError(f"alphas must be between 0 and {MAX_ALPHA:g} (multiples of Δ; the flip direction covers −Δ), "
+                                f"got {a:g}")
+        values.add(a)
+    alphas = sorted(values - {0.0})
+    if not alphas:
+        raise SteeringError("alphas needs at least one non-zero value (α = 0, the baseline, is always included)")
+    if n_concepts is not None:
+        n_concepts = check_count(n_concepts, "n_concepts", minimum=3)
+    if n_flip is not None:
+        n_flip = check_count(n_flip, "n_flip", minimum=1)
+    if wrong_pair is None:
+        wrong_pair = default_wrong_pair(source, target, via)
+    wrong_pair = tuple(wrong_pair)
+    if len(wrong_pair) != 2 or wrong_pair[0] == wrong_pair[1]:
+        raise SteeringError(f"wrong_pair must be two different languages (towards, away from), got {wrong_pair!r}")
+    for lang in wrong_pair:
+        check_lang(lang)
+    if via in wrong_pair:
+        raise SteeringError(f"wrong_pair must not use the prompts' source language {via!r}: {via}→{via} is no translation")
+    if set(wrong_pair) == {source, target}:
+        raise SteeringError(f"wrong_pair {wrong_pair} is Δ itself (or −Δ); pick another pair, e.g. {default_wrong_pair(source, target, via)}")
+    return {
+        "source": source, "target": target, "via": via, "layers": layers, "alphas": alphas, "n_concepts": n_concepts,
+        "seed": check_count(seed, "seed"), "max_new_tokens": check_count(max_new_tokens, "max_new_tokens", minimum=1),
+        "n_generate": check_count(n_generate, "n_generate"), "n_random": check_count(n_random, "n_random"),
+        "flip": bool(flip), "n_flip": n_flip, "wrong_pair": list(wrong_pair),
+        "batch_size": check_count(batch_size, "batch_size", minimum=1), "reuse_prefix": bool(reuse_prefix),
+    }
+
+
+# ---------------------------------------------------------------- splits
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Three disjoint, sorted concept lists (fit, select, test) and the flip direction's subsets of select and test."""
+
+    fit: list[str]
+    select: list[str]
+    test: list[str]
+    flip_select: list[str]
+    flip_test: list[str]
+
+    def to_dict(self) -> dict[str, list[str]]:
+        """Return the splits as a JSON-able dict (recorded in best.json)."""
+        return {"fit": self.fit, "select": self.select, "test": self.test, "flip_select": self.flip_select,
+                "flip_test": self.flip_test}
+
+
+def split_concepts(concepts: Sequence[str], seed: int, n: int | None = None) -> tuple[list[str], list[str], list[str]]:
+    """Return (fit, select, test) concept lists: a seeded shuffle of (up to ``n`` of) ``concepts`` cut in thirds.
+
+    fit and select get ⌊m/3⌋ concepts each and test the rest (m = the number used).
+    """
+    pool = sorted(set(concepts))
+    if len(pool) < 3:
+        raise DataError(f"steering needs at least 3 concepts to split into fit, select and test, got {len(pool)}")
+    order = np.random.default_rng(seed).permutation(len(pool))
+    chosen = [pool[i] for i in order[: min(n or len(pool), len(pool))]]
+    third = len(chosen) // 3
+    return sorted(chosen[:third]), sorted(chosen[third:2 * third]), sorted(chosen[2 * third:])
+
+
+def choose_subset(concepts: Sequence[str], seed: int, n: int | None) -> list[str]:
+    """Return a seeded subset of ``n`` concepts (all when ``n`` is None or larger), sorted."""
+    return sorted(np.random.default_rng(seed).permutation(list(concepts))[: n or len(concepts)].tolist())
+
+
+def make_splits(concepts: Sequence[str], seed: int, n: int | None, n_flip: int | None) -> Splits:
+    """Return the fit / select / test splits and the flip subsets (seed + 1, seed + 2) of a concept pool."""
+    fit, select, test = split_concepts(concepts, seed, n)
+    return Splits(fit, select, test, choose_subset(select, seed + 1, n_flip), choose_subset(test, seed + 2, n_flip))
+
+
+# ---------------------------------------------------------------- fit
+
+
+def _digest(texts: Sequence[str]) -> str:
+    return hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:12]
+
+
+def _store_with(stores: Sequence[LatentStore], model: Model, frame: pd.DataFrame) -> LatentStore | None:
+    """Return the first store that holds, for this model, exactly ``frame``'s prompt for each of its concepts."""
+    for store in stores:
+        if not same_model(store.fingerprint, model.fingerprint()) or "concept" not in store.prompts:
+            continue
+        held = store.prompts.drop_duplicates("concept", keep=False).set_index("concept")["prompt"]
+        if all(held.get(c) == p for c, p in zip(frame["concept"], frame["prompt"])):
+            return store
+    return None
+
+
+def fit_stores(
+    model: Model, frames: dict[str, pd.DataFrame], fit: list[str], store_dir: Path, *,
+    reuse_stores: Sequence[LatentStore] = (), batch_size: int = 64, progress: bool = False,
+) -> tuple[dict[str, LatentStore], dict[str, dict]]:
+    """Return (language → latent store holding the fit prompts, language → where they came from).
+
+    A store in ``reuse_stores`` is used when it holds the very same prompt for every fit concept (no
+    forward pass); otherwise the fit prompts are collected (float32) into ``store_dir``, in a folder
+    named by their digest, so a later run with the same prompts resumes it instead of recomputing.
+    """
+    from . import latents
+
+    out, info = {}, {}
+    for lang, frame in frames.items():
+        part = frame.loc[fit].reset_index(drop=True)
+        found = _store_with(reuse_stores, model, part)
+        if found is not None:
+            out[lang], info[lang] = found, {"reused": True, "store": Path(found.path).name, "dtype": found.dtype}
+            log.info("fit latents %s: reused from %s", lang, found.path)
+            continue
+        folder = store_dir / f"{part['src'].iloc[0]}-{lang}-{_digest(part['prompt'].tolist())}"
+        meta = {"task": "translation", "src": part["src"].iloc[0], "tgt": lang}
+        resumed = (folder / "store.json").exists()  # kept by an earlier run: collect only verifies its shards
+        out[lang] = latents.collect(model, tasks.PromptSet(part, meta=meta), folder, batch_size=batch_size,
+                                    dtype="float32", progress=progress)
+        info[lang] = {"reused": False, "resumed": resumed, "store": folder.name, "dtype": "float32"}
+    return out, info
+
+
+def rescaled(vector: SteeringVector, norm: float, meta: dict) -> SteeringVector:
+    """Return ``vector``'s direction with Euclidean norm ``norm`` (a control of the same norm class)."""
+    return SteeringVector(vector.layer, vector.vector / vector.vector.norm() * norm, {**vector.meta, **meta})
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+class _Batch:
+    """Prompts of one language, encoded once, with the KV cache of all but their last token (cropped after each use)."""
+
+    def __init__(self, model: Model, frame: pd.DataFrame, towards: pd.DataFrame, reuse_prefix: bool) -> None:
+        self.model, self.frame = model, frame.reset_index(drop=True)
+        self.inputs = model.encode(self.frame["prompt"].tolist())
+        if not bool(self.inputs["attention_mask"][:, -1].all()):
+            raise RuntimeError("the tokenizer must pad on the left so that the last position is the last prompt token")
+        self.target_sets = [list(towards.loc[c, "target_ids"]) for c in self.frame["concept"]]
+        self.target_words = [str(towards.loc[c, "tgt_word"]) for c in self.frame["concept"]]
+        self.source_sets = [list(s) for s in self.frame["target_ids"]]
+        self.prefix = prefix_cache(model, self.inputs) if reuse_prefix else None
+
+    def logits(self, vector: SteeringVector | None = None, alpha: float = 0.0) -> torch.Tensor:
+        """Return float32 next-token logits [B, V] with ``alpha · vector`` added at the last prompt token."""
+        return last_token_logits(self.model, self.inputs, self.prefix, vector, alpha)
+
+    def generate(self, vector: SteeringVector | None, alpha: float, max_new_tokens: int) -> list[str]:
+        """Return greedy continuations of every prompt, steered at the last prompt token and every new token."""
+        return generate(self.model, self.inputs, vector, alpha, max_new_tokens=max_new_tokens, prefix=self.prefix)
+
+
+def _batches(model: Model, frame: pd.DataFrame, towards: pd.DataFrame, batch_size: int, reuse_prefix: bool,
+             first: int = 0) -> list[_Batch]:
+    """Return the frame's batches; a boundary at row ``first`` so the generation rows fill whole batches."""
+    first = min(max(first, 0), len(frame))
+    cuts = [*range(0, first, batch_size), *range(first, len(frame), batch_size), len(frame)]
+    return [_Batch(model, frame.iloc[a:b], towards, reuse_prefix) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def _metrics(batch: _Batch, logits: torch.Tensor, towards: str, source: str) -> pd.DataFrame:
+    logp = torch.log_softmax(logits, dim=-1)
+
+    def mass(sets: list[list[int]]) -> np.ndarray:
+        return np.array([float(logp[i, s].exp().sum()) if s else math.nan for i, s in enumerate(sets)])
+
+    top = logits.argmax(-1).tolist()
+    names = [batch.model.tokenizer.decode([t]) for t in top]
+    return pd.DataFrame({
+        "prompt_id": batch.frame["prompt_id"].to_numpy(), "concept": batch.frame["concept"].to_numpy(),
+        "p_target_answer": mass(batch.target_sets), "p_source_answer": mass(batch.source_sets),
+        "top1_token": names, "top1_cjk": [has_script(t, "zh") for t in names],
+        "top1_target_script": [has_script(t, towards) for t in names],
+        "top1_source_script": [has_script(t, source) for t in names],
+        "top1_correct_target": [t in s for t, s in zip(top, batch.target_sets)],
+        "top1_correct_source": [t in s for t, s in zip(top, batch.source_sets)],
+    })
+
+
+class _Evaluator:
+    """Runs settings over prompt batches and collects tidy rows; one progress bar for the whole sweep."""
+
+    def __init__(self, total: int, progress: bool) -> None:
+        self.parts: list[pd.DataFrame] = []
+        self.bar = tqdm(total=total, desc="steering", unit="forward", disable=not progress)
+
+    def run(self, batches: list[_Batch], direction: str, split: str, settings: list[tuple]) -> pd.DataFrame:
+        """Return (and keep) the rows of each (vector kind, draw, layer, α, vector) setting on ``batches``."""
+        towards, source = direction.split("→")[1], direction.split("→")[0]
+        new = []
+        for kind, draw, layer, alpha, vec in settings:
+            frame = pd.concat([_metrics(b, b.logits(vec, alpha), towards, source) for b in batches])
+            new.append(frame.assign(direction=direction, split=split, vector=kind, draw=draw, layer=layer, alpha=alpha))
+            self.bar.update(1)
+        self.parts.extend(new)
+        return pd.concat(new, ignore_index=True)
+
+    def rows(self) -> pd.DataFrame:
+        """Return every row so far, GROUP columns first, layer as a nullable integer."""
+        self.bar.close()
+        rows = pd.concat(self.parts, ignore_index=True)
+        rows["layer"] = rows["layer"].astype("Int64")
+        return rows[GROUP + [c for c in rows.columns if c not in GROUP]]
+
+
+def summarize(rows: pd.DataFrame) -> pd.DataFrame:
+    """Return one row per (direction, split, vector, draw, layer, alpha): prompt count and mean of every metric."""
+    rows = rows.assign(layer=rows["layer"].astype("Int64"))
+    agg = rows.groupby(GROUP, dropna=False, sort=False).agg(
+        n=("prompt_id", "size"), p_target_answer=("p_target_answer", "mean"), p_source_answer=("p_source_answer", "mean"),
+        cjk_top1_share=("top1_cjk", "mean"), target_script_top1_share=("top1_target_script", "mean"),
+        source_script_top1_share=("top1_source_script", "mean"),
+        correct_target_top1_share=("top1_correct_target", "mean"),
+        correct_source_top1_share=("top1_correct_source", "mean"))
+    return agg.reset_index()
+
+
+def pick(summary: pd.DataFrame, direction: str, split: str = "select") -> pd.Series:
+    """Return the best steered setting of ``direction`` on ``split``: most target-script top-1, then p(answer), then earliest layer."""
+    part = summary[(summary["direction"] == direction) & (summary["split"] == split)
+                   & (summary["vector"] == "mean_difference") & (summary["alpha"] != 0)]
+    return part.sort_values(["target_script_top1_share", "p_target_answer", "layer", "alpha"],
+                            ascending=[False, False, True, True], kind="stable").iloc[0]
 
 
 @dataclass
@@ -60,331 +350,333 @@ class SweepResult:
     vectors: dict[int, SteeringVector]
 
 
-def split_concepts(concepts: list[str], seed: int, n: int | None = None) -> tuple[list[str], list[str]]:
-    """Return (fit, test) concept lists: a seeded shuffle of (up to ``n`` of) ``concepts`` cut in halves."""
-    pool = sorted(set(concepts))
-    if len(pool) < 2:
-        raise DataError(f"steering needs at least 2 concepts to split into fit and test halves, got {len(pool)}")
-    order = np.random.default_rng(seed).permutation(len(pool))
-    chosen = [pool[i] for i in order[: min(n or len(pool), len(pool))]]
-    half = len(chosen) // 2
-    return sorted(chosen[:half]), sorted(chosen[half:])
+def grid(ev: _Evaluator, batches: list[_Batch], direction: str, vectors: dict[int, SteeringVector],
+         pairs: list[tuple[int, float]], sign: int = 1) -> pd.Series:
+    """Return the best setting on the select split after evaluating the baseline and every (layer, α) in ``pairs``."""
+    ev.run(batches, direction, "select", [("mean_difference", 0, None, 0.0, None)]
+           + [("mean_difference", 0, ell, a, vectors[ell] if sign > 0 else -vectors[ell]) for ell, a in pairs])
+    return pick(summarize(pd.concat(ev.parts, ignore_index=True)), direction)
 
 
-def choose_flip_concepts(test: list[str], seed: int, n_flip: int | None) -> list[str]:
-    """Return the held-out concepts whose target-answering prompts the flip direction steers (seeded subset)."""
-    return sorted(np.random.default_rng(seed + 1).permutation(test)[: n_flip or len(test)].tolist())
-
-
-def _cache_name(model: object) -> str:
-    params = inspect.signature(model.hf.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-class _Batch:
-    """Held-out prompts of one language, encoded once, with the KV cache of all but their last token."""
-
-    def __init__(self, model: object, frame: pd.DataFrame, towards: pd.Series, reuse_prefix: bool) -> None:
-        self.model, self.frame = model, frame.reset_index(drop=True)
-        self.inputs = model.encode(self.frame["prompt"].tolist())
-        if not bool(self.inputs["attention_mask"][:, -1].all()):
-            raise RuntimeError("the tokenizer must pad on the left so that the last position is the last prompt token")
-        self.target_sets = [list(towards[c]) for c in self.frame["concept"]]
-        self.source_sets = [list(s) for s in self.frame["target_ids"]]
-        self.prefix, self.cache_name = None, _cache_name(model)
-        if reuse_prefix and self.inputs["input_ids"].shape[1] > 1:
-            head = {k: v[:, :-1] for k, v in self.inputs.items()}
-            with torch.inference_mode():  # no logits are needed here: keep none (an empty position index)
-                out = model.run(head, use_cache=True, logits_to_keep=torch.zeros(0, dtype=torch.long))
-            self.prefix = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-
-    def _tail(self) -> dict:
-        if self.prefix is None:
-            return dict(self.inputs, use_cache=False)
-        return {"input_ids": self.inputs["input_ids"][:, -1:], "attention_mask": self.inputs["attention_mask"],
-                "position_ids": self.inputs["position_ids"][:, -1:], self.cache_name: copy.deepcopy(self.prefix),
-                "use_cache": True}
-
-    def logits(self, vector: SteeringVector | None = None, alpha: float = 0.0) -> torch.Tensor:
-        """Return float32 next-token logits [B, V] with ``alpha · vector`` added at the last prompt token."""
-        hook = None
-        if vector is not None and alpha != 0:
-            hook = SteeringHook(self.model, vector.layer, vector.vector * alpha, "all" if self.prefix is not None else "last")
-        try:
-            with torch.inference_mode():
-                return self.model.run(self._tail(), logits_to_keep=1).logits[:, -1].float()
-        finally:
-            if hook is not None:
-                hook.remove()
-
-    def generate(self, vector: SteeringVector | None, alpha: float, max_new_tokens: int, rows: int | None = None) -> list[str]:
-        """Return greedy continuations of the first ``rows`` prompts, steered at the last prompt token and every new token."""
-        n = len(self.frame) if rows is None else min(rows, len(self.frame))
-        kwargs = {k: v[:n] for k, v in self.inputs.items() if k != "position_ids"}
-        if self.prefix is not None:
-            cache = copy.deepcopy(self.prefix)
-            if n < len(self.frame):
-                cache.batch_select_indices(torch.arange(n))
-            kwargs[self.cache_name] = cache
-        tok = self.model.tokenizer
-        hook = None
-        if vector is not None and alpha != 0:
-            hook = SteeringHook(self.model, vector.layer, vector.vector * alpha, "generated")
-        try:
-            with torch.inference_mode():
-                out = self.model.hf.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=False,
-                                             pad_token_id=tok.pad_token_id)
-        finally:
-            if hook is not None:
-                hook.remove()
-        return [tok.decode(row, skip_special_tokens=True) for row in out[:, kwargs["input_ids"].shape[1]:]]
-
-
-def _metrics(batch: _Batch, logits: torch.Tensor, towards: str, source: str) -> pd.DataFrame:
-    logp = torch.log_softmax(logits, dim=-1)
-    def mass(sets: list[list[int]]) -> np.ndarray:
-        return np.array([float(logp[i, s].exp().sum()) if s else math.nan for i, s in enumerate(sets)])
-    top = logits.argmax(-1).tolist()
-    names = [batch.model.tokenizer.decode([t]) for t in top]
-    return pd.DataFrame({
-        "prompt_id": batch.frame["prompt_id"].to_numpy(), "concept": batch.frame["concept"].to_numpy(),
-        "p_target_answer": mass(batch.target_sets), "p_source_answer": mass(batch.source_sets),
-        "top1_token": names, "top1_cjk": [has_script(t, "zh") for t in names],
-        "top1_target_script": [has_script(t, towards) for t in names],
-        "top1_source_script": [has_script(t, source) for t in names],
-    })
+def controls(ev: _Evaluator, batches: list[_Batch], direction: str, vector: SteeringVector, alpha: float,
+             randoms: list[SteeringVector], wrong: SteeringVector | None = None) -> None:
+    """Evaluate on the test split: the baseline, ``alpha · vector``, each random control and the wrong-pair control."""
+    settings = [("mean_difference", 0, None, 0.0, None), ("mean_difference", 0, vector.layer, alpha, vector)]
+    settings += [("random", k, vector.layer, alpha, r) for k, r in enumerate(randoms)]
+    if wrong is not None:
+        settings.append(("wrong_pair", 0, vector.layer, alpha, wrong))
+    ev.run(batches, direction, "test", settings)
 
 
 def _answer(text: str) -> str:
     return re.split(r'["\n”»]', text, maxsplit=1)[0].strip()
 
 
-def _pick(summary: pd.DataFrame, direction: str) -> pd.Series:
-    part = summary[(summary["direction"] == direction) & (summary["vector"] == "mean_difference") & (summary["alpha"] != 0)]
-    return part.sort_values(["target_script_top1_share", "p_target_answer", "layer"], ascending=[False, False, True],
-                            kind="stable").iloc[0]
+def generations(batches: list[_Batch], direction: str, todo: list[tuple], max_new_tokens: int,
+                n_generate: int) -> list[pd.DataFrame]:
+    """Return tidy greedy generations of the first ``n_generate`` test prompts for each (kind, draw, layer, α, vector)."""
+    towards, source = direction.split("→")[1], direction.split("→")[0]
+    out = []
+    for kind, draw, layer, alpha, vec in todo:
+        left = n_generate
+        for b in batches:
+            if left <= 0:
+                break
+            texts = b.generate(vec, alpha, max_new_tokens)  # batches are cut at n_generate: whole batches only
+            left -= len(texts)
+            answers = [_answer(t) for t in texts]
+            out.append(pd.DataFrame({
+                "direction": direction, "split": "test", "vector": kind, "draw": draw, "layer": layer, "alpha": alpha,
+                "prompt_id": b.frame["prompt_id"].to_numpy(), "concept": b.frame["concept"].to_numpy(),
+                "generation": texts, "answer": answers, "expected": b.target_words,
+                "answer_target_script": [has_script(x, towards) for x in answers],
+                "answer_source_script": [has_script(x, source) for x in answers],
+                "answer_correct_target": [x == w for x, w in zip(answers, b.target_words)],
+            }))
+    return out
 
 
 def sweep(
-    model: object, *, source: str = "ru", target: str = "zh", via: str = "fr", layers: list[int] | None = None,
-    alphas: list[float] | None = None, n_concepts: int | None = 120, seed: int = 0, max_new_tokens: int = 5,
-    n_generate: int = 16, n_random: int = 3, flip: bool = True, n_flip: int | None = 30, store_dir: str | Path | None = None,
-    words_dir: str | Path | None = None, batch_size: int = 64, reuse_prefix: bool = True, progress: bool = True,
+    model: Model, *, source: str = "ru", target: str = "zh", via: str = "fr", layers: Sequence[int] | None = None,
+    alphas: Sequence[float] | None = None, n_concepts: int | None = DEFAULT_N_CONCEPTS, seed: int = 0,
+    max_new_tokens: int = 5, n_generate: int = 16, n_random: int = 3, flip: bool = True, n_flip: int | None = 16,
+    wrong_pair: Sequence[str] | None = None, store_dir: str | Path | None = None,
+    reuse_stores: Sequence[LatentStore] = (), words_dir: str | Path | None = None, batch_size: int = 64,
+    reuse_prefix: bool = True, progress: bool = True,
 ) -> SweepResult:
-    """Return the layer × α steering sweep: Δ = μ_target − μ_source fitted on half the concepts, tested on the rest.
+    """Return the steering sweep: Δ = μ_target − μ_source fitted, (layer, α) chosen on the select split, reported on test.
 
-    Held-out ``source``-answering prompts (``via`` is the prompts' source language) are steered with
-    α·Δ at each layer; α = 0 is the baseline. Per (layer, α): p(correct ``target`` answer),
-    p(correct ``source`` answer), the share of top-1 tokens in the target script (and CJK). Controls:
-    ``n_random`` random directions of Δ's norm at the best layer and α; the flip direction −Δ on
-    the first ``n_flip`` held-out ``target``-answering prompts at the best layer, every α. Greedy generations
-    (``max_new_tokens`` ≤ 5) of the first ``n_generate`` held-out prompts at the baseline, the best
-    setting, the first random control and the flip's best: share whose answer is in the target script.
-    ``store_dir`` keeps the fit latent stores (else a temporary folder). Same seed, same numbers.
+    ``source``-answering prompts (``via`` is the prompts' source language) are steered with α·Δ at
+    each layer on the select split (α = 0 is the baseline); the best setting (most target-script top-1,
+    then p(correct answer)) is then evaluated on the test split with its controls (module docstring).
+    Per setting: p(correct ``target`` answer), p(correct ``source`` answer), the share of top-1 tokens in
+    the target script, in CJK, and equal to a token of the correct target word. Greedy generations
+    (``max_new_tokens``) of the first ``n_generate`` test prompts at the baseline, the chosen setting,
+    the first random control, the wrong pair and the flip's choice. ``store_dir`` keeps the fit latent
+    stores (else a temporary folder); ``reuse_stores`` are latent stores searched for the fit prompts
+    first. Same seed, same numbers.
     """
-    for lang in (source, target, via):
-        check_lang(lang)
-    if len({source, target, via}) < 3:
-        raise DataError(f"source, target and via must be three different languages (got {source}, {target}, {via})")
-    layers = default_layers(model.n_layers) if layers is None else [check_layer(x, model.n_layers) for x in layers]
-    alphas = sorted({check_alpha(a) for a in (DEFAULT_ALPHAS if alphas is None else alphas)} - {0.0})
-    if not layers or not alphas:
-        raise ValueError("steering needs at least one layer and one non-zero alpha")
-    if not 1 <= max_new_tokens <= 5:
-        raise ValueError(f"max_new_tokens must be between 1 and 5 (short generations), got {max_new_tokens}")
+    s = check_settings(source=source, target=target, via=via, layers=layers, alphas=alphas, n_concepts=n_concepts,
+                       seed=seed, max_new_tokens=max_new_tokens, n_generate=n_generate, n_random=n_random, flip=flip,
+                       n_flip=n_flip, wrong_pair=wrong_pair, batch_size=batch_size, reuse_prefix=reuse_prefix)
+    layers = default_layers(model.n_layers) if s["layers"] is None else [check_layer(x, model.n_layers) for x in s["layers"]]
+    alphas, seed, wrong_to, wrong_from = s["alphas"], s["seed"], *s["wrong_pair"]
     torch.manual_seed(seed)
     clock, cpu, timings = time.perf_counter(), time.process_time(), {}
-    sets = {lang: tasks.build("translation", via, lang, model.tokenizer, seed=seed, words_dir=words_dir)
-            for lang in (source, target)}
-    frames = {lang: s.df.set_index("concept", drop=False) for lang, s in sets.items()}
-    fit, test = split_concepts(list(set(frames[source].index) & set(frames[target].index)), seed, n_concepts)
-    log.info("steering %s→%s via %s: %d fit concepts, %d held out; layers %s; α %s", source, target, via,
-             len(fit), len(test), layers, alphas)
+    langs = list(dict.fromkeys([source, target, wrong_to, wrong_from]))
+    frames = {lang: tasks.build("translation", via, lang, model.tokenizer, seed=seed, words_dir=words_dir).df
+              .set_index("concept", drop=False) for lang in langs}
+    pool = sorted(set.intersection(*(set(f.index) for f in frames.values())))
+    splits = make_splits(pool, seed, s["n_concepts"], s["n_flip"])
+    timings["prompts"] = time.perf_counter() - clock
+    log.info("steering %s→%s via %s: %d fit, %d select, %d test concepts; layers %s; α %s; wrong pair %s−%s", source,
+             target, via, len(splits.fit), len(splits.select), len(splits.test), layers, alphas, wrong_to, wrong_from)
+
+    clock = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="llmlatent-steer-") as tmp:
-        fit_sets = [tasks.PromptSet(frames[lang].loc[fit].reset_index(drop=True), meta=dict(sets[lang].meta))
-                    for lang in (target, source)]
-        stores = collect_pair(model, *fit_sets, Path(store_dir or tmp), batch_size=batch_size, progress=progress)
-        vectors = {ell: mean_difference(*stores, ell) for ell in layers}
-    for vec in vectors.values():
-        vec.meta.update(fit_concepts=fit, seed=seed)
-    flip_concepts = choose_flip_concepts(test, seed, n_flip)
+        stores, fit_info = fit_stores(model, frames, splits.fit, Path(store_dir or tmp), reuse_stores=reuse_stores,
+                                      batch_size=s["batch_size"], progress=progress)
+        vectors = {ell: mean_difference(stores[target], stores[source], ell, concepts=splits.fit) for ell in layers}
+        wrong = {ell: mean_difference(stores[wrong_to], stores[wrong_from], ell, concepts=splits.fit) for ell in layers}
+    for vec in (*vectors.values(), *wrong.values()):
+        vec.meta.update(fit_concepts=splits.fit, seed=seed)
     timings["fit"] = time.perf_counter() - clock
-    directions = [(source, target, 1)] + ([(target, source, -1)] if flip else [])
-    parts, batches, best_layer = [], {}, None
-    bar = tqdm(total=1 + len(layers) * len(alphas) + n_random + (1 + len(alphas) if flip else 0), desc="steering",
-               unit="forward", disable=not progress)
-    for prompt_lang, towards, sign in directions:
-        name = f"{prompt_lang}→{towards}"
-        clock = time.perf_counter()
-        held = frames[prompt_lang].loc[test if sign > 0 else flip_concepts].reset_index(drop=True)
-        batches[name] = [_Batch(model, held.iloc[i:i + batch_size], frames[towards]["target_ids"], reuse_prefix)
-                         for i in range(0, len(held), batch_size)]
-        timings[f"prefix {name}"] = time.perf_counter() - clock
-        clock = time.perf_counter()
 
-        def evaluate(settings: list, name: str = name, towards: str = towards, prompt_lang: str = prompt_lang) -> None:
-            for kind, draw, ell, alpha, vec in settings:
-                frame = pd.concat([_metrics(b, b.logits(vec, alpha), towards, prompt_lang) for b in batches[name]])
-                parts.append(frame.assign(direction=name, vector=kind, draw=draw, layer=ell, alpha=alpha))
-                bar.update(1)
+    name, flip_name = f"{source}→{target}", f"{target}→{source}"
+    total = 1 + len(layers) * len(alphas) + 3 + s["n_random"] + (1 + len(alphas) + 2 + s["n_random"] if s["flip"] else 0)
+    ev = _Evaluator(total, progress)
 
-        grid = [(ell, a) for ell in layers for a in alphas] if sign > 0 else [(best_layer, a) for a in alphas]
-        evaluate([("mean_difference", 0, None, 0.0, None)]
-                 + [("mean_difference", 0, ell, a, vectors[ell] if sign > 0 else -vectors[ell]) for ell, a in grid])
-        if sign > 0:  # random directions of Δ's norm at the best layer and α
-            best = _pick(summarize(pd.concat(parts, ignore_index=True)), name)
-            best_layer = int(best["layer"])
-            evaluate([("random", k, best_layer, float(best["alpha"]), vectors[best_layer].random_like(seed * 1000 + k))
-                      for k in range(n_random)])
-        timings[f"steered forwards {name}"] = time.perf_counter() - clock
-    bar.close()
-    rows = pd.concat(parts, ignore_index=True)
-    rows["layer"] = rows["layer"].astype("Int64")
-    rows = rows[GROUP + [c for c in rows.columns if c not in GROUP]]
+    def batches(lang: str, towards: str, concepts: list[str], first: int = 0) -> list[_Batch]:
+        return _batches(model, frames[lang].loc[concepts], frames[towards], s["batch_size"], s["reuse_prefix"], first)
+
+    clock = time.perf_counter()
+    select = batches(source, target, splits.select)
+    timings["prefix select"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    best = grid(ev, select, name, vectors, [(ell, a) for ell in layers for a in alphas])
+    del select
+    layer, alpha = int(best["layer"]), float(best["alpha"])
+    timings["grid select"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    test = batches(source, target, splits.test, first=min(s["n_generate"], len(splits.test)))
+    timings["prefix test"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    delta = vectors[layer]
+    randoms = [delta.random_like(seed * 1000 + k) for k in range(s["n_random"])]
+    wrong_vec = rescaled(wrong[layer], delta.norm, {"method": "wrong_pair", "target": wrong_to, "source": wrong_from,
+                                                    "norm_of": "mean_difference"})
+    controls(ev, test, name, delta, alpha, randoms, wrong_vec)
+    timings["controls test"] = time.perf_counter() - clock
+
+    todo = {name: [("mean_difference", 0, pd.NA, 0.0, None), ("mean_difference", 0, layer, alpha, delta)]
+            + [("random", 0, layer, alpha, randoms[0])] * bool(randoms) + [("wrong_pair", 0, layer, alpha, wrong_vec)]}
+    held = {name: test}
+    if s["flip"]:
+        clock = time.perf_counter()
+        flip_select = batches(target, source, splits.flip_select)
+        flip_best = grid(ev, flip_select, flip_name, vectors, [(layer, a) for a in alphas], sign=-1)
+        del flip_select
+        flip_alpha = float(flip_best["alpha"])
+        flip_test = batches(target, source, splits.flip_test, first=min(s["n_generate"], len(splits.flip_test)))
+        flip_randoms = [delta.random_like(seed * 1000 + 500 + k) for k in range(s["n_random"])]  # own draws
+        controls(ev, flip_test, flip_name, -delta, flip_alpha, flip_randoms)
+        todo[flip_name] = [("mean_difference", 0, layer, flip_alpha, -delta)]
+        held[flip_name] = flip_test
+        timings["flip"] = time.perf_counter() - clock
+
+    rows = ev.rows()
     summary = summarize(rows)
     clock = time.perf_counter()
-    generations = _generations(model, summary, batches, vectors, directions, max_new_tokens, n_generate, seed)
+    gens = [g for d in todo for g in generations(held[d], d, todo[d], s["max_new_tokens"], s["n_generate"])]
+    gen_frame = pd.concat(gens, ignore_index=True) if gens else pd.DataFrame(columns=GROUP)
+    gen_frame["layer"] = gen_frame["layer"].astype("Int64")
     timings["generations"] = time.perf_counter() - clock
-    summary = summary.merge(
-        generations.groupby(GROUP, dropna=False)["answer_target_script"].mean().rename("generation_target_share").reset_index(),
-        on=GROUP, how="left")
-    best = best_json(summary, source, target, via, model, len(fit), len(test), layers, alphas)
-    best["timings"] = {k: round(v, 3) for k, v in timings.items()}
-    best["cpu_seconds"] = round(time.process_time() - cpu, 3)
-    best["torch_threads"] = torch.get_num_threads()
-    return SweepResult(rows, summary, generations, best, vectors)
+    if len(gen_frame):
+        means = gen_frame.groupby(GROUP, dropna=False).agg(
+            generation_target_share=("answer_target_script", "mean"),
+            generation_correct_share=("answer_correct_target", "mean")).reset_index()
+        summary = summary.merge(means, on=GROUP, how="left")
+    result = best_json(summary, rows, s, layers, splits, model, wrong_to)
+    result["vector_norm"] = round(vectors[result["layer"]].norm, 6)
+    result["fit_latents"] = fit_info
+    result["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    result["cpu_seconds"] = round(time.process_time() - cpu, 3)
+    result["torch_threads"] = torch.get_num_threads()
+    return SweepResult(rows, summary, gen_frame, result, vectors)
 
 
-def _generations(model: object, summary: pd.DataFrame, batches: dict, vectors: dict, directions: list,
-                 max_new_tokens: int, n_generate: int, seed: int) -> pd.DataFrame:
-    """Return greedy generations (tidy) of the first ``n_generate`` held-out prompts at each direction's baseline
-    and best setting, and for the first random control."""
-    out = []
-    for prompt_lang, towards, sign in directions:
-        name = f"{prompt_lang}→{towards}"
-        best = _pick(summary, name)
-        ell, alpha = int(best["layer"]), float(best["alpha"])
-        todo = [("mean_difference", 0, ell, alpha, vectors[ell] if sign > 0 else -vectors[ell])]
-        if sign > 0:  # the flip direction's baseline generations would just be target-language answers
-            todo.insert(0, ("mean_difference", 0, pd.NA, 0.0, None))
-        rnd = summary[(summary["direction"] == name) & (summary["vector"] == "random")]
-        if len(rnd):
-            r_layer, r_alpha = int(rnd["layer"].iloc[0]), float(rnd["alpha"].iloc[0])
-            todo.append(("random", 0, r_layer, r_alpha, vectors[r_layer].random_like(seed * 1000)))
-        for kind, draw, layer, a, vec in todo:
-            left = n_generate
-            for b in batches[name]:
-                if left <= 0:
-                    break
-                texts = b.generate(vec, a, max_new_tokens, rows=left)
-                left -= len(texts)
-                answers = [_answer(t) for t in texts]
-                out.append(pd.DataFrame({
-                    "direction": name, "vector": kind, "draw": draw, "layer": layer, "alpha": a,
-                    "prompt_id": b.frame["prompt_id"].to_numpy()[:len(texts)],
-                    "concept": b.frame["concept"].to_numpy()[:len(texts)], "generation": texts, "answer": answers,
-                    "answer_target_script": [has_script(x, towards) for x in answers],
-                    "answer_source_script": [has_script(x, prompt_lang) for x in answers],
-                }))
-    frame = pd.concat(out, ignore_index=True)
-    frame["layer"] = frame["layer"].astype("Int64")
-    return frame
+# ---------------------------------------------------------------- best.json
 
 
-def summarize(rows: pd.DataFrame) -> pd.DataFrame:
-    """Return one row per (direction, vector, draw, layer, alpha): prompt count and mean of every metric."""
-    rows = rows.assign(layer=rows["layer"].astype("Int64"))
-    agg = rows.groupby(GROUP, dropna=False, sort=False).agg(
-        n=("prompt_id", "size"), p_target_answer=("p_target_answer", "mean"), p_source_answer=("p_source_answer", "mean"),
-        cjk_top1_share=("top1_cjk", "mean"), target_script_top1_share=("top1_target_script", "mean"),
-        source_script_top1_share=("top1_source_script", "mean"))
-    return agg.reset_index()
+def wilson(share: float, n: int, z: float = 1.959964) -> list[float] | None:
+    """Return the 95% Wilson score interval [low, high] of a proportion ``share`` of ``n`` (None when n = 0).
+
+    Unlike the normal approximation it stays inside [0, 1] and is not zero-width at 0/n or n/n.
+    """
+    if not n or share is None or pd.isna(share):
+        return None
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
+    return [round(max(0.0, centre - half), 6), round(min(1.0, centre + half), 6)]
 
 
-def _numbers(row: pd.Series | pd.DataFrame, prefix: str = "") -> dict:
-    if isinstance(row, pd.DataFrame):  # several random draws: their mean
-        row = row.mean(numeric_only=True)
-    keys = ("cjk_top1_share", "target_script_top1_share", "source_script_top1_share", "p_target_answer",
-            "p_source_answer", "generation_target_share")
-    return {prefix + k: (None if pd.isna(row.get(k)) else round(float(row[k]), 6)) for k in keys}
+def _numbers(part: pd.Series | pd.DataFrame, prefix: str = "") -> dict:
+    """Return the reported metrics of one summary row (several random draws: their mean; ``n`` = prompts per draw).
+
+    Draws share their prompts, so the interval of a mean over draws uses the prompts of one draw (conservative).
+    """
+    n = int(part["n"].iloc[0]) if isinstance(part, pd.DataFrame) else int(part["n"])
+    row = part.mean(numeric_only=True) if isinstance(part, pd.DataFrame) else part
+    out = {prefix + "n": n}
+    for k in NUMBERS:
+        value = row.get(k)
+        out[prefix + k] = None if value is None or pd.isna(value) else round(float(value), 6)
+    for k in INTERVALS:
+        out[prefix + k + "_ci95"] = wilson(out[prefix + k], n)
+    return out
 
 
-def best_json(summary: pd.DataFrame, source: str, target: str, via: str, model: object, n_fit: int, n_test: int,
-              layers: list[int], alphas: list[float]) -> dict:
-    """Return best.json's content: the best setting, the α = 0 baseline, the random control and the flip direction."""
+def best_json(summary: pd.DataFrame, rows: pd.DataFrame, settings: dict, layers: list[int], splits: Splits,
+              model: Model, wrong_to: str) -> dict:
+    """Return best.json's content: the setting chosen on the select split and its test-split numbers with every control."""
+    source, target = settings["source"], settings["target"]
     name, flip = f"{source}→{target}", f"{target}→{source}"
-    main = summary[summary["direction"] == name]
-    best = _pick(summary, name)
-    base = main[(main["vector"] == "mean_difference") & (main["alpha"] == 0)].iloc[0]
-    rnd = main[main["vector"] == "random"]
+    chosen = pick(summary, name)
+    layer, alpha = int(chosen["layer"]), float(chosen["alpha"])
+
+    def at(direction: str, split: str, vector: str, alpha_: float | None = None) -> pd.DataFrame:
+        part = summary[(summary["direction"] == direction) & (summary["split"] == split) & (summary["vector"] == vector)]
+        return part if alpha_ is None else part[part["alpha"] == alpha_]
+
+    wrong_rows = rows[(rows["direction"] == name) & (rows["split"] == "test") & (rows["vector"] == "wrong_pair")]
     result = {
-        "direction": name, "source": source, "target": target, "via": via, "model": model.fingerprint().to_dict(),
-        "n_fit_concepts": n_fit, "n_test_prompts": int(best["n"]), "n_test_concepts": n_test, "layers": layers,
-        "alphas": alphas, "layer": int(best["layer"]), "alpha": float(best["alpha"]), **_numbers(best),
-        **_numbers(base, "baseline_"), "random_control_draws": len(rnd), **_numbers(rnd, "random_control_"),
+        "direction": name, "source": source, "target": target, "via": settings["via"],
+        "model": Fingerprint.of(model.fingerprint()).to_dict(),
+        "settings": {k: v for k, v in settings.items()}, "layers": layers, "alphas": settings["alphas"],
+        "splits": splits.to_dict(), "n_fit_concepts": len(splits.fit), "n_select_concepts": len(splits.select),
+        "n_test_concepts": len(splits.test), "chosen_on": "select", "reported_on": "test",
+        "layer": layer, "alpha": alpha,
+        **_numbers(at(name, "test", "mean_difference", alpha).iloc[0]),
+        **_numbers(at(name, "test", "mean_difference", 0.0).iloc[0], "baseline_"),
+        "random_control_draws": len(at(name, "test", "random")),
+        **(_numbers(at(name, "test", "random"), "random_control_") if len(at(name, "test", "random")) else {}),
+        "wrong_pair": {"towards": wrong_to, "away_from": settings["wrong_pair"][1],
+                       "vector": f"mu_{wrong_to} - mu_{settings['wrong_pair'][1]}, rescaled to the norm of Δ"},
+        **_numbers(at(name, "test", "wrong_pair").iloc[0], "wrong_pair_"),
+        "wrong_pair_own_script_top1_share": round(float(np.mean([has_script(t, wrong_to) for t in wrong_rows["top1_token"]])), 6),
+        **_numbers(chosen, "select_"),
     }
-    part = summary[summary["direction"] == flip]
-    if len(part):
-        own = _pick(summary, flip)
-        same = part[(part["layer"] == result["layer"]) & (part["alpha"] == result["alpha"])]
+    if settings["flip"] and len(at(flip, "select", "mean_difference")):
+        own = pick(summary, flip)
+        flip_alpha = float(own["alpha"])
         result["flip"] = {
-            "direction": flip, "n_test_prompts": int(own["n"]), "layer": int(own["layer"]), "alpha": float(own["alpha"]),
-            **_numbers(own),
-            **_numbers(part[part["alpha"] == 0].iloc[0], "baseline_"),
-            "at_main_best": _numbers(same.iloc[0]) if len(same) else None,
+            "direction": flip, "layer": layer, "alpha": flip_alpha, "chosen_on": "select", "reported_on": "test",
+            **_numbers(at(flip, "test", "mean_difference", flip_alpha).iloc[0]),
+            **_numbers(at(flip, "test", "mean_difference", 0.0).iloc[0], "baseline_"),
+            "random_control_draws": len(at(flip, "test", "random")),
+            **(_numbers(at(flip, "test", "random"), "random_control_") if len(at(flip, "test", "random")) else {}),
+            **_numbers(own, "select_"),
         }
     return result
 
 
-def run_to_dir(model: object, out: str | Path, **kwargs: object) -> dict:
-    """Return best.json's content after writing the sweep to ``out`` atomically.
+# ---------------------------------------------------------------- the run folder
 
-    Files: rows.csv (tidy, one row per direction × vector × layer × α × prompt), summary.csv (its
-    means), generations.csv, ``heatmap_<src>_to_<tgt>.png|pdf`` per direction, the best Δ as
+
+def cache_settings(model: Model, settings: dict, words_dir: str | Path | None, reuse_stores: Sequence[LatentStore]) -> dict:
+    """Return every setting that changes a sweep's result, for :func:`llmlatent.runs.cache_key`."""
+    from .runs import words_digest
+
+    s = dict(settings)
+    if s["layers"] is None:
+        s["layers"] = default_layers(model.n_layers)
+    s["words"] = words_digest(words_dir)
+    s["reuse_stores"] = [{"prompts_sha256": st.config["prompts_sha256"], "dtype": st.dtype} for st in reuse_stores]
+    return s
+
+
+def run_to_dir(
+    model: Model, out: str | Path, *, force: bool = False, store_dir: str | Path | None = None,
+    reuse_stores: Sequence[LatentStore] = (), words_dir: str | Path | None = None, progress: bool = True,
+    **kwargs: object,
+) -> dict:
+    """Return best.json's content after writing the sweep to ``out`` atomically, or the cached one if nothing changed.
+
+    The folder is reused when its best.json holds the same cache key (model identity + every setting,
+    see :func:`cache_settings`); ``force`` recomputes. Files: rows.csv (tidy, one row per direction ×
+    split × vector × draw × layer × α × prompt), summary.csv (its means), generations.csv,
+    ``heatmap_<src>_to_<tgt>.png|pdf`` per direction (the select-split grid), the chosen Δ as
     ``vector_<src>_to_<tgt>_layer<ℓ>.safetensors`` and best.json; ``seconds`` excludes model loading.
     """
     import matplotlib.pyplot as plt
 
-    from . import plots
-    from .atomic import atomic_dir, check_output_dir
+    from . import plots, runs
+    from .atomic import check_output_dir
 
-    check_output_dir(out, "best.json")  # before the sweep: a bad folder fails at once, unrelated files are never replaced
+    settings = check_settings(**kwargs)
+    check_output_dir(out, "best.json")
+    key = runs.cache_key("steering", model.fingerprint(), cache_settings(model, settings, words_dir, reuse_stores))
+    if not force and (cached := runs.cached(out, key, "best.json")) is not None:
+        log.info("steering %s: cached (same model and settings)", out)
+        return cached
     started = time.perf_counter()
-    result = sweep(model, **kwargs)
-    best = result.best
-    with atomic_dir(out, marker="best.json") as tmp:
+    result = sweep(model, **settings, store_dir=store_dir, reuse_stores=reuse_stores, words_dir=words_dir,
+                   progress=progress)
+    with runs.write_run(out, key, record="best.json") as (tmp, record):
         result.rows.to_csv(tmp / "rows.csv", index=False, float_format="%.8g")
         result.summary.to_csv(tmp / "summary.csv", index=False, float_format="%.8g")
         result.generations.to_csv(tmp / "generations.csv", index=False)
         for direction in result.summary["direction"].unique():
-            fig = heatmap_figure(result.summary, direction, model.name)
+            fig = plots.steering_heatmap(result.summary, direction, model.name)
             plots.save(fig, tmp / f"heatmap_{direction.replace('→', '_to_')}")
             plt.close(fig)
+        best = result.best
         vector = result.vectors[best["layer"]]
         vector.save(tmp / f"vector_{best['source']}_to_{best['target']}_layer{best['layer']}.safetensors")
         best["seconds"] = round(time.perf_counter() - started, 3)
-        (tmp / "best.json").write_text(json.dumps(best, indent=1, ensure_ascii=False))
+        record.update(best)
     log.info("wrote %s in %.1f s", out, best["seconds"])
-    return best
+    return json.loads(json.dumps(record, default=str))  # the same structure a cached call returns
 
 
-def heatmap_figure(summary: pd.DataFrame, direction: str, model_name: str = "") -> object:
-    """Return the layer × α heatmap of one direction: colour = target-script top-1 share, text = share / p(answer)."""
-    from . import plots
+# ---------------------------------------------------------------- tables for notebooks and reports
 
-    part = summary[(summary["direction"] == direction) & (summary["vector"] == "mean_difference")]
-    base = part[part["alpha"] == 0].iloc[0]
-    steered = part[part["alpha"] != 0]
-    layers = sorted(int(x) for x in steered["layer"].unique())
-    alphas = [0.0] + sorted(steered["alpha"].unique())
-    share = pd.DataFrame(index=layers, columns=[f"{a:g}" for a in alphas], dtype=float)
-    text = pd.DataFrame(index=layers, columns=share.columns, dtype=object)
-    for ell in layers:
-        for a in alphas:
-            row = base if a == 0 else steered[(steered["layer"] == ell) & (steered["alpha"] == a)].iloc[0]
-            share.loc[ell, f"{a:g}"] = row["target_script_top1_share"]
-            text.loc[ell, f"{a:g}"] = f"{row['target_script_top1_share']:.2f}\np={row['p_target_answer']:.2f}"
-    towards = direction.split("→")[1]
-    title = f"steering {direction}: top-1 in {towards} script (p = correct answer) · {model_name}"
-    return plots.heatmap(share.iloc[::-1], text=text.iloc[::-1], title=title, xlabel="α (multiple of Δ; 0 = baseline)",
-                         ylabel=plots.LAYER_LABEL, vmin=0, vmax=1)
+TABLE_COLUMNS = {"n": "prompts", "cjk_top1_share": "any CJK top-1", "target_script_top1_share": "target-script top-1",
+                 "correct_target_top1_share": "correct target word top-1", "p_target_answer": "p(correct target)",
+                 "p_source_answer": "p(correct source)", "generation_target_share": "generations in target script"}
+
+
+def report_table(best: dict) -> pd.DataFrame:
+    """Return the test-split numbers of best.json as a table: one row per setting (baseline, Δ, each control, flip)."""
+    name, flip = best["direction"], best.get("flip")
+    settings = [(f"{name} baseline (α = 0)", best, "baseline_"),
+                (f"{name} Δ at layer {best['layer']}, α = {best['alpha']:g}", best, ""),
+                (f"{name} random directions, same norm ({best.get('random_control_draws', 0)} draws)", best,
+                 "random_control_"),
+                (f"{name} wrong pair μ_{best['wrong_pair']['towards']} − μ_{best['wrong_pair']['away_from']}, same norm",
+                 best, "wrong_pair_")]
+    if flip:
+        settings += [(f"{flip['direction']} baseline (α = 0)", flip, "baseline_"),
+                     (f"{flip['direction']} −Δ at layer {flip['layer']}, α = {flip['alpha']:g}", flip, ""),
+                     (f"{flip['direction']} random directions, same norm ({flip.get('random_control_draws', 0)} draws)",
+                      flip, "random_control_")]
+    rows = {label: {title: part.get(prefix + key) for key, title in TABLE_COLUMNS.items()}
+            for label, part, prefix in settings if part.get(prefix + "n") is not None}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def generation_table(generations: pd.DataFrame, direction: str) -> pd.DataFrame:
+    """Return the greedy answers of one direction as concept × setting (``expected`` first)."""
+    shown = generations[generations["direction"] == direction]
+    label = shown["vector"].where(shown["alpha"] == 0, shown["vector"] + " α=" + shown["alpha"].map("{:g}".format))
+    shown = shown.assign(setting=label.where(shown["alpha"] != 0, "baseline"))
+    table = shown.pivot_table(index="concept", columns="setting", values="answer", aggfunc="first")
+    expected = shown.drop_duplicates("concept").set_index("concept")["expected"]
+    return pd.concat([expected, table], axis=1)
+
+
+def read_results(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return (summary, generations) of a run folder written by :func:`run_to_dir`."""
+    out = Path(out)
+    return pd.read_csv(out / "summary.csv"), pd.read_csv(out / "generations.csv")

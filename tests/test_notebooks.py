@@ -27,7 +27,7 @@ SMALL: dict[str, dict] = {
     "03_repetition.ipynb": {"n": 6, "out_dir": "{tmp}/03", "compare_filters": True},  # the variants cell, cheaply
     "04_cloze.ipynb": {"n": 6, "out_dir": "{tmp}/04"},
     "05_latents.ipynb": {"n": 6, "cache_dir": "{tmp}/05"},
-    "06_steering_ru_zh.ipynb": {"n": 6, "layers": [6], "alphas": [4.0], "n_random": 1, "flip": False, "n_examples": 2,
+    "06_steering_ru_zh.ipynb": {"n_concepts": 6, "layers": [6], "alphas": [4.0], "n_random": 1, "flip": False, "n_examples": 2,
                                 "max_new_tokens": 3, "out_dir": "{tmp}/06", "latents_dir": "{tmp}/06_latents"},
     "07_paper_figures.ipynb": {"results_dir": "{tmp}/results", "figures_dir": "{tmp}/figures", "n_if_missing": 3,
                                "langs": ["en", "zh"]},

@@ -1,17 +1,20 @@
-"""Steering: the context manager (padding, KV-cache generation, clean removal), vectors on disk, the sweep."""
+"""Steering: the context manager (padding, KV-cache generation, clean removal), prefix caches, vectors on disk, the sweep."""
 
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
+from conftest import save_model
 from llmlatent import cli, steering, steering_sweep
 from llmlatent.data import DataError
+from llmlatent.errors import OutputFolderError
 from llmlatent.steering import SteeringError, SteeringVector
 
 PROMPTS = [
@@ -250,76 +253,290 @@ def test_mean_difference_and_bad_input(tiny_models):
     with pytest.raises(SteeringError, match="alpha must be finite"):
         with SteeringVector(0, torch.ones(model.hidden_size)).apply(model, alpha=float("inf")):
             pass
-    with pytest.raises(SteeringError, match="comes from model"):
+    other_model = {**model.fingerprint(), "model": "x", "unembedding_sha256": "0"}
+    with pytest.raises(SteeringError, match="comes from model x"):
+        SteeringVector(0, torch.ones(model.hidden_size), {"fingerprint": other_model}).check(model)
+    with pytest.raises(SteeringError, match="incomplete model fingerprint"):
         SteeringVector(0, torch.ones(model.hidden_size), {"fingerprint": {"model": "x", "unembedding_sha256": "0"}}).check(model)
+    renamed = {**model.fingerprint(), "model": "/some/local/path"}  # the name is display only
+    SteeringVector(0, torch.ones(model.hidden_size), {"fingerprint": renamed}).check(model)
     assert no_hooks(model)
     with pytest.raises(DataError, match="unknown language 'xx'"):
-        steering.sweep(model, source="xx")
+        steering_sweep.sweep(model, source="xx")
     with pytest.raises(DataError, match="three different languages"):
-        steering.sweep(model, source="ru", target="zh", via="ru")
+        steering_sweep.sweep(model, source="ru", target="zh", via="ru")
     with pytest.raises(SteeringError, match="out of range"):
-        steering.sweep(model, layers=[5])
+        steering_sweep.sweep(model, layers=[5])
 
 
 def test_split_concepts_is_seeded_and_disjoint():
     concepts = [f"c{i}" for i in range(21)]
-    fit, test = steering_sweep.split_concepts(concepts, seed=3, n=12)
-    assert len(fit) == len(test) == 6 and not set(fit) & set(test)
-    assert (fit, test) == steering_sweep.split_concepts(concepts, seed=3, n=12)
-    assert (fit, test) != steering_sweep.split_concepts(concepts, seed=4, n=12)
+    fit, select, test = steering_sweep.split_concepts(concepts, seed=3, n=12)
+    assert len(fit) == len(select) == len(test) == 4
+    assert not set(fit) & set(select) and not set(fit) & set(test) and not set(select) & set(test)
+    assert (fit, select, test) == steering_sweep.split_concepts(concepts, seed=3, n=12)
+    assert (fit, select, test) != steering_sweep.split_concepts(concepts, seed=4, n=12)
+    assert [len(x) for x in steering_sweep.split_concepts(concepts, seed=0)] == [7, 7, 7]
+    splits = steering_sweep.make_splits(concepts, seed=3, n=12, n_flip=2)
+    assert set(splits.flip_select) <= set(select) and set(splits.flip_test) <= set(test) and len(splits.flip_test) == 2
+    with pytest.raises(DataError, match="at least 3 concepts"):
+        steering_sweep.split_concepts(["a", "b"], seed=0)
     assert steering_sweep.default_layers(18) == [5, 7, 9, 11, 13, 15]
     assert steering_sweep.default_layers(3) == [1, 2]
     assert steering_sweep.has_script("云", "zh") and not steering_sweep.has_script("▁облако", "zh")
 
 
-SMALL = dict(layers=[0, 2], alphas=[1.0, 4.0], n_concepts=12, max_new_tokens=3, n_random=2, n_generate=5, batch_size=4,
-             progress=False)
+SMALL = dict(layers=[0, 2], alphas=[1.0, 4.0], n_concepts=12, max_new_tokens=3, n_random=2, n_generate=3, n_flip=3,
+             batch_size=2, progress=False)
 
 
-def test_sweep_on_tiny_model(tiny_models, tmp_path, monkeypatch):
+@pytest.mark.parametrize("family", HOOK_FAMILIES)
+def test_prefix_cache_is_cropped_back_and_equals_full_forwards(tiny_models, family):
+    """One prefix cache serves many steered last-token forwards and generations: cropped back, never copied."""
+    model = tiny_models[family]
+    vec = vector_for(model, layer=1, scale=20.0)
+    inputs = model.encode(PROMPTS)
+    prefix = steering.prefix_cache(model, inputs)
+    length = inputs["input_ids"].shape[1] - 1
+    assert prefix is not None and prefix.get_seq_length() == length
+    for alpha in (0.0, 1.0, 3.0, 1.0):  # repeated use: a cache that kept the last token would change the later numbers
+        full = steering.last_token_logits(model, inputs, None, vec, alpha)
+        cached = steering.last_token_logits(model, inputs, prefix, vec, alpha)
+        assert prefix.get_seq_length() == length
+        assert torch.allclose(cached, full, atol=1e-4, rtol=1e-4)
+    for alpha in (0.0, 1.0):
+        plain = steering.generate(model, inputs, vec, alpha, max_new_tokens=4)
+        assert steering.generate(model, inputs, vec, alpha, max_new_tokens=4, prefix=prefix) == plain
+        assert prefix.get_seq_length() == length
+    assert steering.generate(model, PROMPTS, vec, 1.0, max_new_tokens=4) == plain  # texts or encoded inputs
+    with pytest.raises(SteeringError, match="max_new_tokens must be at least 1"):
+        steering.generate(model, PROMPTS, max_new_tokens=0)
+    assert no_hooks(model)
+
+
+def test_same_model_by_id_and_by_path_combine(tiny_models, tmp_path):
+    """A model loaded by hub id and the same weights loaded from a folder are one model (name ignored)."""
+    from llmlatent import latents, model as model_mod, tasks
+
+    by_id = tiny_models["llama"]  # named like a hub id
+    by_path = model_mod.load(str(save_model(by_id, tmp_path / "tiny-llama")), dtype="float32", device="cpu")
+    assert by_path.name != by_id.name and by_path.fingerprint()["unembedding_sha256"] == by_id.fingerprint()["unembedding_sha256"]
+    zh = tasks.build("translation", "fr", "zh", by_id.tokenizer, n=3, seed=0)
+    ru = tasks.build("translation", "fr", "ru", by_id.tokenizer, n=3, seed=0)
+    store_zh = latents.collect(by_id, zh, tmp_path / "zh", progress=False)
+    store_ru = latents.collect(by_path, ru, tmp_path / "ru", progress=False)
+    vec = steering.mean_difference(store_zh, store_ru, 1)  # stores of the two loads combine
+    vec.check(by_path)
+    vec.check(by_id)
+    other = SteeringVector(1, torch.ones(by_id.hidden_size), {"fingerprint": by_path.fingerprint()})
+    assert torch.allclose((vec + other).vector, vec.vector + 1)
+    stranger = {**by_id.fingerprint(), "unembedding_sha256": "0" * 16}
+    with pytest.raises(SteeringError, match="different models"):
+        vec + SteeringVector(1, torch.ones(by_id.hidden_size), {"fingerprint": stranger})
+
+
+@pytest.fixture(scope="module")
+def tiny_result(tiny_models):
+    """One real sweep result on the tiny Gemma 3 (seed 1, SMALL), returned by counting stand-ins of ``sweep``."""
+    return steering_sweep.sweep(tiny_models["gemma3_text"], seed=1, **SMALL)
+
+
+def test_sweep_on_tiny_model(tiny_models, tiny_result, tmp_path, monkeypatch):
     model = tiny_models["gemma3_text"]
-    best = steering_sweep.run_to_dir(model, tmp_path / "out", seed=1, **SMALL)
     out = tmp_path / "out"
+    best = steering_sweep.run_to_dir(model, out, seed=1, **SMALL)
     names = {p.name for p in out.iterdir()}
     assert {"rows.csv", "summary.csv", "generations.csv", "best.json", "heatmap_ru_to_zh.png", "heatmap_ru_to_zh.pdf",
             "heatmap_zh_to_ru.png"} <= names
     on_disk = json.loads((out / "best.json").read_text())
-    for key in ("layer", "alpha", "cjk_top1_share", "p_target_answer", "p_source_answer", "baseline_cjk_top1_share",
-                "random_control_cjk_top1_share", "seconds", "flip"):
+    for key in ("layer", "alpha", "cjk_top1_share", "correct_target_top1_share", "p_target_answer", "p_source_answer",
+                "baseline_cjk_top1_share", "random_control_cjk_top1_share", "wrong_pair_cjk_top1_share",
+                "select_cjk_top1_share", "cjk_top1_share_ci95", "seconds", "flip", "splits", "cache_key"):
         assert key in on_disk, key
     assert on_disk == best and best["layer"] in (0, 2) and best["alpha"] in (1.0, 4.0)
-    assert best["n_fit_concepts"] == 6 and best["n_test_prompts"] == 6
-    assert best["flip"]["direction"] == "zh→ru"
+    splits = best["splits"]
+    assert [len(splits[k]) for k in ("fit", "select", "test")] == [4, 4, 4]
+    assert not set(splits["fit"]) & set(splits["select"]) | set(splits["fit"]) & set(splits["test"]) | set(
+        splits["select"]) & set(splits["test"])
+    assert best["n"] == 4 and best["wrong_pair"]["towards"] == "en" and best["wrong_pair"]["away_from"] == "ru"
+    flip = best["flip"]
+    assert flip["direction"] == "zh→ru" and flip["layer"] == best["layer"] and flip["random_control_draws"] == 2
+    assert flip["n"] == 3 and "random_control_cjk_top1_share" in flip
     vec = steering.load(next(out.glob("vector_ru_to_zh_layer*.safetensors")))
-    assert vec.layer == best["layer"] and vec.meta["target"] == "zh" and vec.meta["n_target"] == 6
+    assert vec.layer == best["layer"] and vec.meta["target"] == "zh" and vec.meta["n_target"] == 4
+    assert vec.meta["fit_concepts"] == splits["fit"]
     rows = pd.read_csv(out / "rows.csv")
-    # ru→zh: baseline + 2 layers × 2 α + 2 random draws; zh→ru (flip, at the best layer): baseline + 2 α; 6 prompts each
-    assert len(rows) == 6 * (7 + 3)
-    assert set(rows.loc[rows["direction"] == "zh→ru", "layer"].dropna()) == {best["layer"]}
-    assert set(rows["vector"]) == {"mean_difference", "random"}
+    main, rev = rows[rows["direction"] == "ru→zh"], rows[rows["direction"] == "zh→ru"]
+    # select: baseline + 2 layers × 2 α on the select concepts, and nothing else there
+    sel = main[main["split"] == "select"]
+    assert set(sel["concept"]) == set(splits["select"]) and len(sel) == 4 * 5 and set(sel["vector"]) == {"mean_difference"}
+    # test: baseline, the chosen setting, 2 random draws and the wrong pair, all at the chosen layer and α
+    test = main[main["split"] == "test"]
+    assert set(test["concept"]) == set(splits["test"]) and len(test) == 4 * 5
+    assert set(test["vector"]) == {"mean_difference", "random", "wrong_pair"}
+    assert set(test["layer"].dropna()) == {best["layer"]} and set(test["alpha"]) == {0.0, best["alpha"]}
+    # flip: baseline + 2 α at the chosen layer on its select subset; baseline, its choice, 2 random draws on test
+    assert set(rev["concept"]) <= set(splits["select"]) | set(splits["test"]) and len(rev) == 3 * 3 + 3 * 4
+    assert set(rev.loc[rev["split"] == "test", "concept"]) == set(splits["flip_test"])
+    assert not set(rows["concept"]) & set(splits["fit"])  # no concept both fitted and evaluated
+    for column in ("top1_correct_target", "top1_correct_source", "top1_cjk"):
+        assert rows[column].dtype == bool
     gens = pd.read_csv(out / "generations.csv")
-    assert len(gens) == 5 * (3 + 1)  # the first 5 held-out prompts: baseline, best, random; flip best
+    assert len(gens) == 3 * (4 + 1)  # the first 3 test prompts: baseline, chosen, random, wrong pair; flip's choice
+    assert set(gens["concept"]) <= set(splits["test"])
     summary = pd.read_csv(out / "summary.csv")
-    assert summary["generation_target_share"].notna().sum() == 4
+    assert summary["generation_target_share"].notna().sum() == 5
 
-    # the cached-prefix evaluation equals full forwards steered at the last token, and the same seed repeats
-    fresh = steering_sweep.sweep(model, seed=1, **SMALL)
+    # the cropped-prefix evaluation equals full forwards steered at the last token, and the same seed repeats
+    fresh = tiny_result  # computed separately with the same seed
     assert fresh.rows.to_csv(index=False, float_format="%.8g") == (out / "rows.csv").read_text()  # same seed, same bytes
     again = steering_sweep.sweep(model, seed=1, reuse_prefix=False, **SMALL)
     cols = ["p_target_answer", "p_source_answer", "cjk_top1_share"]
     assert (again.summary[cols] - fresh.summary[cols]).abs().max().max() < 1e-4
     assert again.generations["generation"].tolist() == fresh.generations["generation"].tolist()
-    fit = set(fresh.vectors[0].meta["fit_concepts"])
-    assert len(fit) == 6 and not fit & set(rows["concept"])  # no concept both fitted and held out
     assert no_hooks(model)
 
-    # CLI: the same demo through `python -m llmlatent steer`
+    # CLI: the same demo through `python -m llmlatent steer`, flags named after the API parameters
     monkeypatch.setattr(cli, "load_model", lambda args: model)
-    code = cli.main(["steer", "--layers", "0,2", "--alphas", "1", "4", "--n", "12", "--seed", "1", "--random", "1",
-                     "--max-new-tokens", "2", "--no-flip", "--out", str(tmp_path / "cli")])
-    assert code == 0 and (tmp_path / "cli" / "best.json").exists()
+    code = cli.main(["steer", "--layers", "0,2", "--alphas", "1", "4", "--n-concepts", "9", "--seed", "1", "--n-random", "1",
+                     "--max-new-tokens", "2", "--n-generate", "2", "--no-flip", "--batch-size", "4",
+                     "--out", str(tmp_path / "cli")])
+    assert code == 0 and "flip" not in json.loads((tmp_path / "cli" / "best.json").read_text())
     assert cli.main(["steer", "--layers", "9", "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_fit_latents_come_from_a_store_that_holds_them(tiny_models, tmp_path):
+    """A latent store holding the same fit prompts (e.g. reproduce's fr→zh cache) is used without new forwards."""
+    from llmlatent import latents, tasks
+
+    model = tiny_models["gemma3_text"]
+    zh = tasks.build("translation", "fr", "zh", model.tokenizer, seed=1)
+    store = latents.collect(model, zh, tmp_path / "fr-zh", dtype="float32", progress=False)
+    calls = []
+    real = latents.collect
+    try:
+        latents.collect = lambda *a, **k: calls.append(a[1].meta["tgt"]) or real(*a, **k)
+        result = steering_sweep.sweep(model, seed=1, reuse_stores=[store], store_dir=tmp_path / "fit", **SMALL)
+    finally:
+        latents.collect = real
+    assert sorted(calls) == ["en", "ru"]  # zh came from the store
+    assert result.best["fit_latents"]["zh"] == {"reused": True, "store": "fr-zh", "dtype": "float32"}
+    assert result.best["fit_latents"]["ru"]["resumed"] is False
+    plain = steering_sweep.sweep(model, seed=1, **SMALL)
+    assert torch.allclose(result.vectors[2].vector, plain.vectors[2].vector, atol=1e-5)
+    assert sorted(p.name[:5] for p in (tmp_path / "fit").iterdir()) == ["fr-en", "fr-ru"]  # kept for reruns
+    other = tasks.build("translation", "fr", "zh", model.tokenizer, seed=2)  # other shots: other prompts, not reused
+    wrong = latents.collect(model, other, tmp_path / "fr-zh-2", dtype="float32", progress=False)
+    assert steering_sweep._store_with([wrong], model, zh.df.set_index("concept", drop=False).iloc[:4]) is None
+
+
+def test_reproduce_steering_step_passes_settings_and_reuses_by_key(tiny_models, tiny_result, tmp_path, monkeypatch):
+    from llmlatent import reproduce
+
+    model = tiny_models["gemma3_text"]
+    calls = []
+    monkeypatch.setattr(steering_sweep, "sweep", lambda m, **kwargs: calls.append(kwargs) or tiny_result)
+    out, figures = tmp_path / "steering", tmp_path / "figures"
+    figures.mkdir()
+    first = reproduce.steering_step(model, out, figures, n=12, seed=1, force=False)
+    assert len(calls) == 1 and calls[0]["n_concepts"] == 12 and calls[0]["seed"] == 1
+    assert (figures / "steering_ru_to_zh.png").exists()
+    assert reproduce.steering_step(model, out, figures, n=12, seed=1, force=False) == first and len(calls) == 1
+    reproduce.steering_step(model, out, figures, n=12, seed=2, force=False)  # --seed 1 after --seed 0: recomputed
+    assert len(calls) == 2 and calls[1]["seed"] == 2
+    reproduce.steering_step(model, out, figures, n=9, seed=2, force=False)  # --n reaches the steering step
+    assert len(calls) == 3 and calls[2]["n_concepts"] == 9
+    reproduce.steering_step(model, out, figures, n=9, seed=2, force=True)
+    assert len(calls) == 4
+
+
+def test_cached_run_recomputes_when_any_setting_changes(tiny_models, tiny_result, tmp_path, monkeypatch):
+    model = tiny_models["gemma3_text"]
+    out = tmp_path / "out"
+    base = dict(SMALL, seed=1)
+    result = tiny_result
+    calls = []
+
+    def fake_sweep(m, **kwargs):
+        calls.append(kwargs)
+        return result
+
+    monkeypatch.setattr(steering_sweep, "sweep", fake_sweep)
+    from llmlatent import plots
+
+    monkeypatch.setattr(plots, "save", lambda fig, stem: [])  # figures are not what this test is about
+    first = steering_sweep.run_to_dir(model, out, **base)
+    assert len(calls) == 1 and calls[0]["seed"] == 1 and calls[0]["n_concepts"] == 12
+    calls.clear()
+    assert steering_sweep.run_to_dir(model, out, **base) == first and calls == []  # same settings: cached
+    words = tmp_path / "words"
+    words.mkdir()
+    from llmlatent.data import LANGS
+
+    for lang in LANGS:  # the bundled word files, one row fewer: another words digest
+        src = Path(steering_sweep.__file__).parent.parent / "data" / "langs" / f"{lang}.csv"
+        lines = src.read_text(encoding="utf-8").splitlines(keepends=True)
+        (words / f"{lang}.csv").write_text("".join(lines[:-1]), encoding="utf-8")
+    changes = [{"seed": 2}, {"n_concepts": 9}, {"layers": [1]}, {"alphas": [2.0]}, {"max_new_tokens": 2},
+               {"n_generate": 2}, {"n_random": 1}, {"flip": False}, {"n_flip": 2}, {"wrong_pair": ["de", "ru"]},
+               {"batch_size": 3}, {"reuse_prefix": False}, {"source": "de"}, {"via": "en"}, {"words_dir": words}]
+    for change in changes:
+        calls.clear()
+        steering_sweep.run_to_dir(model, out, **{**base, **change})
+        assert len(calls) == 1, change
+        calls.clear()
+        steering_sweep.run_to_dir(model, out, **{**base, **change})
+        assert calls == [], change  # and the new result is cached in turn
+    steering_sweep.run_to_dir(model, out, **{**base, **changes[-1]}, force=True)
+    assert len(calls) == 1
+
+
+def test_settings_are_checked_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    def no_model(args):
+        raise AssertionError("the model must not be loaded for bad settings")
+
+    monkeypatch.setattr(cli, "load_model", no_model)
+    cases = [
+        (["--alphas", "1e9"], "alphas must be between 0 and 100"),
+        (["--alphas", "nan"], "alpha must be finite"),
+        (["--alphas", "inf"], "alpha must be finite"),
+        (["--alphas", "-1"], "alphas must be between 0 and 100"),
+        (["--alphas", "0"], "at least one non-zero value"),
+        (["--n-concepts", "-3"], "n_concepts must be at least 3"),
+        (["--n-random", "-1"], "n_random must be at least 0"),
+        (["--n-generate", "-2"], "n_generate must be at least 0"),
+        (["--n-flip", "0"], "n_flip must be at least 1"),
+        (["--max-new-tokens", "0"], "max_new_tokens must be at least 1"),
+        (["--batch-size", "0"], "batch_size must be at least 1"),
+        (["--layers", "-1"], "layers must be at least 0"),
+        (["--wrong-pair", "fr", "de"], "must not use the prompts' source language 'fr'"),
+        (["--wrong-pair", "zh", "ru"], "is Δ itself"),
+        (["--source", "xx"], "unknown language 'xx'"),
+    ]
+    for extra, message in cases:
+        assert cli.main(["steer", *extra, "--out", str(tmp_path / "o")]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (extra, err)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    assert cli.main(["steer", "--out", str(tmp_path / "full")]) == 2
+    assert "not empty" in capsys.readouterr().err and (tmp_path / "full" / "notes.txt").exists()
+    with pytest.raises(OutputFolderError):
+        steering_sweep.run_to_dir(None, tmp_path / "full")
+    assert not (tmp_path / "o").exists()
+
+
+def test_core_steering_imports_no_pipeline_module():
+    """steering.py is core: no import (top-level, lazy or TYPE_CHECKING) of a pipeline module; no cycle via steering_sweep."""
+    import ast
+
+    tree = ast.parse(Path(steering.__file__).read_text(encoding="utf-8"))
+    imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    pipeline = {"steering_sweep", "plots", "runs", "reproduce", "cli", "experiment", "notebook", "matplotlib"}
+    assert not {name.rsplit(".", 1)[-1] for name in imported} & pipeline, imported
+    assert not hasattr(steering, "sweep")
 
 
 @pytest.mark.embedded
@@ -329,7 +546,7 @@ def test_ru_to_zh_on_embedded_default(embedded, tmp_path):
 
     zh = tasks.build("translation", "fr", "zh", embedded.tokenizer, seed=0)
     ru = tasks.build("translation", "fr", "ru", embedded.tokenizer, seed=0)
-    fit, test = steering_sweep.split_concepts(list(zh.df["concept"]), seed=0, n=24)
+    fit, _, test = steering_sweep.split_concepts(list(zh.df["concept"]), seed=0, n=36)
     fit_sets = [tasks.PromptSet(s.df[s.df["concept"].isin(fit)], meta=s.meta) for s in (zh, ru)]
     vec = steering.from_prompts(embedded, *fit_sets, tmp_path / "stores", layers=[9])[9]
     assert (vec.meta["target"], vec.meta["source"], vec.meta["n_target"]) == ("zh", "ru", 12)
