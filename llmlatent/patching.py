@@ -203,9 +203,9 @@ class _Prefix:
             return
         head = {k: v[:, :-1] for k, v in inputs.items()}
         out = model.run(head, use_cache=True, logits_to_keep=_no_logits())
-        self.cache = getattr(out, "past_key_values", None)
+        self.cache = getattr(out, "cache", None)  # transformers ≥ 5.2x; older versions name it past_key_values
         if self.cache is None:
-            self.cache = getattr(out, "cache", None)
+            self.cache = getattr(out, "past_key_values", None)
         if self.cache is None or not hasattr(self.cache, "crop"):
             raise RuntimeError(f"{model.name} returned no croppable KV cache; use patching.sweep_naive")
         if hasattr(self.cache, "activate_past_recording"):
