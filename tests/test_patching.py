@@ -142,3 +142,51 @@ def test_from_store(tiny_models, tmp_path):
     assert (got - live).abs().max() <= 1e-5
     with pytest.raises(patching.PatchError, match="no prompt"):
         patching.from_store(store, ["no-such-concept"])
+
+
+def test_experiment_folder_is_complete_seeded_and_cached(tiny_models, tmp_path):
+    from llmlatent import patch_experiment as pe
+
+    model = tiny_models["gemma3_text"]
+    kwargs = dict(donor=("de", "fr"), receiver=("ru", "zh"), mean_over=("de", "en", "zh"), n=3, seed=4, layers=[0, 2],
+                  batch_size=2)
+    run = pe.run_to_dir(model, tmp_path / "a", **kwargs)
+    names = {p.name for p in (tmp_path / "a").iterdir()}
+    assert {"rows.csv", "summary.csv", "run.json", "language_concept.png", "language_concept.pdf",
+            "mean_over_languages.png", "mean_over_languages.pdf"} <= names
+    assert run["mean_over"] == ["de", "en"] and run["n_pairs"] == 3  # zh, the receiver's language, is skipped
+    import pandas as pd
+
+    rows = pd.read_csv(tmp_path / "a" / "rows.csv")
+    assert (rows["donor_concept"] != rows["receiver_concept"]).all()
+    assert rows.groupby("condition").size().to_dict() == {"unpatched": 3, "donor": 6, "single": 6, "mean": 6}
+    for column in ("p_cd_lr", "p_cd_ld", "p_cr_lr", "p_cr_ld"):
+        assert rows[column].between(0, 1).all()
+    pe.run_to_dir(model, tmp_path / "b", **kwargs)
+    for name in ("rows.csv", "summary.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    (tmp_path / "b" / "rows.csv").write_text("stale")  # a cached folder is reused only with force=False
+    pe.run_to_dir(model, tmp_path / "b", force=False, **kwargs)
+    assert (tmp_path / "b" / "rows.csv").read_text() == "stale"
+
+
+def test_experiment_bad_settings_fail_before_any_work(tmp_path, monkeypatch):
+    from llmlatent import cli
+    from llmlatent import patch_experiment as pe
+
+    def no_model(_args):
+        raise AssertionError("bad settings must be rejected before the model is loaded")
+
+    monkeypatch.setattr(cli, "load_model", no_model)
+
+    with pytest.raises(pe.UsageError, match="SRC:TGT"):
+        pe.parse_spec("de-fr")
+    with pytest.raises(pe.UsageError, match="different languages"):
+        pe.check_settings(("de", "zh"), ("ru", "zh"), None, None)
+    with pytest.raises(pe.UsageError, match="two input languages"):
+        pe.check_settings(("de", "fr"), ("ru", "zh"), ["zh", "en"], None)
+    (tmp_path / "x.txt").write_text("unrelated")
+    for argv in (["--donor", "de:de"], ["--mean-over", "en"], ["--n", "1"], ["--window", "0"], ["--out", str(tmp_path)]):
+        argv = ["patch", *argv] + ([] if "--out" in argv else ["--out", str(tmp_path / "new")])
+        assert cli.main(argv) == 2
+    assert not (tmp_path / "new").exists()
