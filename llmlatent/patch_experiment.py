@@ -162,7 +162,7 @@ def run(
     clock = time.perf_counter()
     rows = decode_rows(model, result, pairs, ld, lr)
     meta = {
-        "donor": list(donor), "receiver": list(receiver), "mean_over": used, "single": list(single) if used else None,
+        "donor": list(donor), "receiver": list(receiver), "mean_over": used, "single_spec": list(single) if used else None,
         "n_requested": n, "n_pairs": len(pairs), "n_pool": len(pool), "receivers_without_disjoint_donor": skipped,
         "seed": seed, "window": window, "layers": result.layers, "batch_size": batch_size,
         "timings": {"donor_latents": round(capture_seconds, 3), "patched_forwards": round(patch_seconds, 3),

@@ -247,7 +247,7 @@ def patching_mean_figure(summary: pd.DataFrame, meta: dict, title: str | None = 
     base = summary[summary["condition"] == "unpatched"].iloc[0]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
     langs = ", ".join(meta.get("mean_over") or [])
-    single = (meta.get("single") or ["?"])[0]
+    single = (meta.get("single_spec") or ["?"])[0]
     for ax, column, ylabel in ((axes[0], "p_cd_lr", "p(donor concept in receiver's language)"),
                                (axes[1], "top1_cd_lr", "top-1 rate (donor concept)")):
         for condition, color, label in (("mean", "#d95f02", f"mean over {langs}"), ("single", "#7570b3", f"single: {single}")):
