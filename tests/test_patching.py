@@ -190,3 +190,18 @@ def test_experiment_bad_settings_fail_before_any_work(tmp_path, monkeypatch):
         argv = ["patch", *argv] + ([] if "--out" in argv else ["--out", str(tmp_path / "new")])
         assert cli.main(argv) == 2
     assert not (tmp_path / "new").exists()
+
+
+def test_reproduce_step_writes_figures_and_reuses_its_run(tiny_models, tmp_path):
+    from llmlatent import reproduce
+
+    model = tiny_models["llama"]
+    out, figures = tmp_path / "results" / "patching_de-fr_into_ru-zh", tmp_path / "figures"
+    figures.mkdir()
+    first = reproduce.patching_step(model, out, figures, n=2, seed=0, force=False)
+    assert first["n_pairs"] == 2 and first["mean_over"] == ["de", "fr", "ru", "en"]
+    assert {p.name for p in figures.iterdir()} == {f"patching_{name}.{ext}" for name in ("language_concept", "mean_over_languages")
+                                                    for ext in ("png", "pdf")}
+    stamp = (out / "run.json").stat().st_mtime_ns
+    assert reproduce.patching_step(model, out, figures, n=2, seed=0, force=False)["seconds"] == first["seconds"]
+    assert (out / "run.json").stat().st_mtime_ns == stamp
