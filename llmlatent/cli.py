@@ -217,6 +217,29 @@ def cmd_steer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_patch(args: argparse.Namespace) -> int:
+    """Run both activation-patching experiments (language before concept; mean over languages) into --out."""
+    from . import patch_experiment
+    from .atomic import check_output_dir
+
+    donor = patch_experiment.parse_spec(args.donor, "--donor")
+    receiver = patch_experiment.parse_spec(args.receiver, "--receiver")
+    mean_over = [x.strip() for x in args.mean_over.split(",") if x.strip()] if args.mean_over else None
+    layers = _numbers(args.layers, int)
+    patch_experiment.check_settings(donor, receiver, mean_over, args.n)
+    if args.window < 1:
+        raise UsageError(f"--window must be at least 1, got {args.window}")
+    check_output_dir(args.out, "run.json")  # before loading the model
+    m = load_model(args)
+    run = patch_experiment.run_to_dir(
+        m, args.out, donor=donor, receiver=receiver, mean_over=mean_over, n=args.n, seed=args.seed, layers=layers,
+        window=args.window, batch_size=args.batch_size, words_dir=args.words, store_dir=args.latents, ci=args.ci,
+    )
+    keys = ("n_pairs", "seconds", "unpatched", "language_moves_at", "concept_moves_at", "single", "mean")
+    print(json.dumps({k: run[k] for k in keys if k in run}, ensure_ascii=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="python -m llmlatent", description=__doc__)
@@ -286,6 +309,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--out", required=True, help="output folder (written atomically; reused when the settings match)")
     p.set_defaults(func=cmd_steer)
+
+    p = sub.add_parser("patch", help="activation patching: donor latents into receiver prompts at each layer (Dumas et al.)")
+    p.add_argument("--donor", default="de:fr", help="donor translation SRC:TGT (default de:fr)")
+    p.add_argument("--receiver", default="ru:zh", help="receiver translation SRC:TGT, another output language (default ru:zh)")
+    p.add_argument("--mean-over", default=None, help="input languages whose C_d latents (answering in the receiver's "
+                   "language) are averaged, e.g. de,fr,ru,en; adds the mean-over-languages experiment")
+    p.add_argument("--n", type=int, default=None, help="donor/receiver pairs (default: every concept that passes the filters)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layers", nargs="+", default=None, help="patched layers (after block i, 0-based; default all)")
+    p.add_argument("--window", type=int, default=1, help="blocks overwritten from the layer on (default 1: that block only)")
+    p.add_argument("--latents", default=None, help="take donor latents from latent stores in this folder (collected if missing)")
+    p.add_argument("--words", default=None, help="folder of word CSVs (bundled or seed layout)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--ci", default="normal", choices=["normal", "bootstrap"])
+    _add_model(p)
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.set_defaults(func=cmd_patch)
 
     p = sub.add_parser("cache-info", help="model, counts, layers and size on disk of a latent store")
     p.add_argument("dir", help="latent store folder")

@@ -138,6 +138,23 @@ def steering_step(m: Model, out: Path, figures: Path, *, n: int | None = None, s
     return best
 
 
+PATCH_PAIRS = 32  # donor/receiver pairs of make reproduce's patching step (about 2 minutes on 2 idle cores)
+
+
+def patching_step(m: Model, out: Path, figures: Path, *, n: int | None, seed: int, force: bool) -> dict:
+    """Return run.json of both patching experiments (de→fr into ru→zh; mean over de, fr, ru, en), copying the figures.
+
+    ``out`` sits directly under results/ (not results/<task>/<pair>/, which pivot_table reads as lens sweeps).
+    """
+    from . import patch_experiment
+
+    record = patch_experiment.run_to_dir(m, out, force=force, donor=("de", "fr"), receiver=("ru", "zh"),
+                                         mean_over=("de", "fr", "ru", "en"), n=n or PATCH_PAIRS, seed=seed, batch_size=32)
+    for path in out.glob("*.p[nd][gf]"):
+        shutil.copyfile(path, figures / f"patching_{path.name}")
+    return record
+
+
 def run_all(
     model_name: str | None = None,
     *,
@@ -183,6 +200,7 @@ def run_all(
     if only is None:
         store = latent_step(m, results / "latents" / "translation-fr-zh", n=n, seed=seed, batch_size=batch_size, force=force)
         steering_step(m, results / "steering" / "ru-zh", figures, n=n, seed=seed, force=force, reuse_stores=[store])
+        patching_step(m, results / "patching_de-fr_into_ru-zh", figures, n=n, seed=seed, force=force)
 
     for run_dir, name in FEATURED.items():
         for suffix in ("png", "pdf"):

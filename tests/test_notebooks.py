@@ -31,6 +31,7 @@ SMALL: dict[str, dict] = {
                                 "max_new_tokens": 3, "out_dir": "{tmp}/06", "latents_dir": "{tmp}/06_latents"},
     "07_paper_figures.ipynb": {"results_dir": "{tmp}/results", "figures_dir": "{tmp}/figures", "n_if_missing": 3,
                                "langs": ["en", "zh"]},
+    "08_patching.ipynb": {"n": 3, "layers": [4, 12, 17], "mean_over": ["de", "en"], "out_dir": "{tmp}/08"},
 }
 
 

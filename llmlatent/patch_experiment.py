@@ -1,0 +1,286 @@
+"""The two patching experiments of Dumas et al. (ACL 2025) on translation prompts, into a result folder.
+
+Pairs: a receiver translation prompt (concept C_r, ``src_r → L_r``) and a donor concept C_d ≠ C_r.
+
+- **Language before concept** (condition ``donor``): the donor prompt translates C_d ``src_d → L_d``
+  (L_d ≠ L_r); its last-token latents are patched into the receiver at each layer. Columns per patched
+  layer: ``p_cd_lr`` (C_d in L_r), ``p_cd_ld`` (C_d in L_d), ``p_cr_lr`` (C_r in L_r), ``p_cr_ld`` (C_r in
+  L_d), each the probability mass of the word's token set (:mod:`llmlatent.tokens`).
+- **Mean over languages** (conditions ``single`` and ``mean``): the donor prompts translate C_d into the
+  *receiver's* language L_r from each input language of ``mean_over`` (languages equal to L_r are
+  skipped); ``mean`` patches the mean of their latents, ``single`` the latents of the ``src_d → L_r``
+  prompt alone. p_cd_lr is then the probability of the correct answer (C_d) in the receiver's language,
+  ``top1_cd_lr`` whether the top-1 token is in its set.
+- ``unpatched``: the receiver alone (one row per pair, layer empty), the reference line of both figures.
+
+Pairs are drawn from the concepts that every needed prompt set keeps (the paper's filters), seeded;
+each receiver's donor is the next concept in the seeded order whose four token sets are pairwise
+disjoint from the receiver's (so no token counts for two columns).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import decode, patching, tasks
+from .data import check_lang
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+SETS = ("cd_lr", "cd_ld", "cr_lr", "cr_ld")
+METRICS = tuple(f"p_{s}" for s in SETS) + tuple(f"top1_{s}" for s in SETS) + ("entropy",)
+CONDITIONS = ("unpatched", "donor", "single", "mean")
+
+
+def parse_spec(text: str, name: str = "--donor") -> tuple[str, str]:
+    """Return (source, target) of a ``src:tgt`` translation spec such as ``de:fr``; UsageError if malformed."""
+    parts = str(text).split(":")
+    if len(parts) != 2 or not all(parts):
+        raise UsageError(f"{name} must look like SRC:TGT (e.g. de:fr), got {text!r}")
+    src, tgt = (check_lang(p.strip()) for p in parts)
+    if src == tgt:
+        raise UsageError(f"{name} {text!r}: the prompts translate, so source and target must differ")
+    return src, tgt
+
+
+def check_settings(donor: tuple[str, str], receiver: tuple[str, str], mean_over: Sequence[str] | None,
+                   n: int | None) -> list[str]:
+    """Return the mean-over languages that are used (those ≠ the receiver's language) after checking every setting."""
+    if donor[1] == receiver[1]:
+        raise UsageError(f"donor and receiver must answer in different languages (both answer in {donor[1]}); "
+                         "e.g. --donor de:fr --receiver ru:zh")
+    if n is not None and n < 2:
+        raise UsageError(f"--n must be at least 2 pairs (95% intervals need two), got {n}")
+    if not mean_over:
+        return []
+    langs = [check_lang(x) for x in mean_over]
+    used = [x for x in dict.fromkeys(langs) if x != receiver[1]]
+    if len(used) < 2:
+        raise UsageError(f"--mean-over needs at least two input languages other than the receiver's {receiver[1]}, got {mean_over}")
+    if donor[0] == receiver[1]:
+        raise UsageError(f"the single-language donor translates {donor[0]}→{receiver[1]}: pick a donor source other than {receiver[1]}")
+    return used
+
+
+def _disjoint(sets: Sequence[Sequence[int]]) -> bool:
+    seen: set[int] = set()
+    for s in sets:
+        if seen & set(s):
+            return False
+        seen |= set(s)
+    return True
+
+
+def make_pairs(pool: Sequence[str], ld: dict[str, list[int]], lr: dict[str, list[int]], n: int | None,
+               seed: int) -> tuple[list[tuple[str, str]], int]:
+    """Return ([(donor concept, receiver concept)], receivers skipped for lack of a disjoint donor).
+
+    The pool is shuffled with ``seed``; the first ``n`` concepts are receivers, each paired with the
+    next concept in that order (cyclically) whose L_d and L_r token sets are disjoint from the receiver's.
+    """
+    order = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
+    pairs, skipped = [], 0
+    for k, receiver in enumerate(order):
+        if n is not None and len(pairs) >= n:
+            break
+        for step in range(1, len(order)):
+            donor = order[(k + step) % len(order)]
+            if _disjoint([lr[donor], ld[donor], lr[receiver], ld[receiver]]):
+                pairs.append((donor, receiver))
+                break
+        else:
+            skipped += 1
+    return pairs, skipped
+
+
+def _prompt_sets(model: object, specs: Sequence[tuple[str, str]], seed: int, words_dir: str | Path | None
+                 ) -> dict[tuple[str, str], pd.DataFrame]:
+    return {spec: tasks.build("translation", *spec, model.tokenizer, seed=seed, words_dir=words_dir).df.set_index("concept")
+            for spec in dict.fromkeys(specs)}
+
+
+def _latents(model: object, frame: pd.DataFrame, concepts: list[str], spec: tuple[str, str], store_dir: str | Path | None,
+             batch_size: int) -> torch.Tensor:
+    """Return the donor latents of ``concepts`` under one prompt set: live, or from (resumable) latent stores."""
+    if store_dir is None:
+        return patching.donor_latents(model, frame.loc[concepts, "prompt"].tolist(), batch_size=batch_size)
+    from . import latents
+
+    prompts = tasks.PromptSet(frame.reset_index(), meta={"task": "translation", "src": spec[0], "tgt": spec[1]})
+    store = latents.collect(model, prompts, Path(store_dir) / f"translation-{spec[0]}-{spec[1]}", batch_size=batch_size,
+                            progress=False)
+    return patching.from_store(store, concepts, model)
+
+
+def run(
+    model: object,
+    *,
+    donor: tuple[str, str] = ("de", "fr"),
+    receiver: tuple[str, str] = ("ru", "zh"),
+    mean_over: Sequence[str] | None = ("de", "fr", "ru", "en"),
+    n: int | None = None,
+    seed: int = 0,
+    layers: Sequence[int] | None = None,
+    window: int = 1,
+    batch_size: int = 16,
+    words_dir: str | Path | None = None,
+    store_dir: str | Path | None = None,
+) -> tuple[pd.DataFrame, dict]:
+    """Return (tidy rows, metadata) of both experiments: one row per (pair, condition, layer); see the module docstring."""
+    used = check_settings(donor, receiver, mean_over, n)
+    started = time.perf_counter()
+    mean_specs = [(x, receiver[1]) for x in used]
+    single = (donor[0], receiver[1])
+    specs = [receiver, donor] + ([single] + mean_specs if used else [])
+    frames = _prompt_sets(model, specs, seed, words_dir)
+    pool = sorted(set.intersection(*(set(f.index) for f in frames.values())))
+    ld, lr = frames[donor]["target_ids"].map(list).to_dict(), frames[receiver]["target_ids"].map(list).to_dict()
+    pairs, skipped = make_pairs(pool, ld, lr, n, seed)
+    if len(pairs) < 2:
+        raise UsageError(f"only {len(pairs)} donor/receiver pair(s) pass the filters for {donor}→{receiver}; try other languages")
+    donors_c, receivers_c = [d for d, _ in pairs], [r for _, r in pairs]
+    log.info("patching %d pairs (%s→%s into %s→%s; mean over %s)", len(pairs), *donor, *receiver, used or "-")
+    donors = {"donor": _latents(model, frames[donor], donors_c, donor, store_dir, batch_size)}
+    if used:
+        per_lang = {spec: _latents(model, frames[spec], donors_c, spec, store_dir, batch_size)
+                    for spec in dict.fromkeys([single] + mean_specs)}
+        donors["single"] = per_lang[single]
+        donors["mean"] = patching.mean_latents([per_lang[s] for s in mean_specs])
+    capture_seconds = time.perf_counter() - started
+    clock = time.perf_counter()
+    result = patching.sweep_many(model, frames[receiver].loc[receivers_c, "prompt"].tolist(), donors, layers=layers,
+                                 window=window, batch_size=batch_size)
+    patch_seconds = time.perf_counter() - clock
+    clock = time.perf_counter()
+    rows = decode_rows(model, result, pairs, ld, lr)
+    meta = {
+        "donor": list(donor), "receiver": list(receiver), "mean_over": used, "single_spec": list(single) if used else None,
+        "n_requested": n, "n_pairs": len(pairs), "n_pool": len(pool), "receivers_without_disjoint_donor": skipped,
+        "seed": seed, "window": window, "layers": result.layers, "batch_size": batch_size,
+        "timings": {"donor_latents": round(capture_seconds, 3), "patched_forwards": round(patch_seconds, 3),
+                    "decode": round(time.perf_counter() - clock, 3)},
+    }
+    return rows, meta
+
+
+def decode_rows(model: object, result: patching.SweepLatents, pairs: list[tuple[str, str]], ld: dict, lr: dict
+                ) -> pd.DataFrame:
+    """Return the tidy rows of a patching sweep: every final latent decoded once (streamed), with the four token sets."""
+    n, layers = len(pairs), result.layers
+    blocks = [("unpatched", [pd.NA], result.unpatched[:, None])]
+    blocks += [(name, layers, latents) for name, latents in result.patched.items()]
+    frames, latents, sets = [], [], {s: [] for s in SETS}
+    for condition, ells, lat in blocks:
+        k = len(ells)
+        frames.append(pd.DataFrame({
+            "pair_id": np.repeat(np.arange(n), k), "donor_concept": np.repeat([d for d, _ in pairs], k),
+            "receiver_concept": np.repeat([r for _, r in pairs], k), "condition": condition,
+            "layer": pd.array(np.tile(np.array(ells, dtype=object), n), dtype="Int64"),
+        }))
+        latents.append(lat.reshape(n * k, -1))
+        for d, r in pairs:
+            for name, s in (("cd_lr", lr[d]), ("cd_ld", ld[d]), ("cr_lr", lr[r]), ("cr_ld", ld[r])):
+                sets[name].extend([s] * k)
+    stats = decode.decode(model.unembedding, torch.cat(latents), sets, k=1, energy=False)
+    rows = pd.concat(frames, ignore_index=True)
+    top = stats["top_ids"][:, 0].tolist()
+    for name in SETS:
+        rows[f"p_{name}"] = stats[f"p_{name}"].double().numpy()
+        rows[f"top1_{name}"] = [int(t in set(s)) for t, s in zip(top, sets[name])]
+    rows["entropy"] = stats["entropy"].double().numpy()
+    names = {t: model.tokenizer.decode([t]) for t in set(top)}
+    rows["top_token"] = [names[t] for t in top]
+    return rows
+
+
+def summarize(rows: pd.DataFrame, *, ci: str = "normal", seed: int = 0) -> pd.DataFrame:
+    """Return per (condition, layer) the mean and 95% interval of every metric (``<metric>_mean/_lo/_hi``) and n."""
+    from .metrics import interval
+
+    out = []
+    for (condition, layer), group in rows.groupby(["condition", "layer"], sort=False, dropna=False):
+        record = {"condition": condition, "layer": layer, "n": len(group)}
+        for col in METRICS:
+            mean, lo, hi = interval(group[col].to_numpy(dtype=np.float64), ci=ci,
+                                    seed=seed + (0 if pd.isna(layer) else int(layer)))
+            record.update({f"{col}_mean": mean, f"{col}_lo": lo, f"{col}_hi": hi})
+        out.append(record)
+    summary = pd.DataFrame(out)
+    summary["layer"] = summary["layer"].astype("Int64")
+    return summary
+
+
+def _first(part: pd.DataFrame, mask: pd.Series) -> int | None:
+    hits = part.loc[mask, "layer"]
+    return None if hits.empty else int(hits.min())
+
+
+def headline(summary: pd.DataFrame) -> dict:
+    """Return the run's reading: where the language moves, where the concept moves, mean vs single vs no patch."""
+    base = summary[summary["condition"] == "unpatched"].iloc[0]
+    out: dict = {"unpatched": {c: round(float(base[f"{c}_mean"]), 6) for c in ("p_cr_lr", "p_cd_lr", "top1_cr_lr")}}
+    part = summary[summary["condition"] == "donor"]
+    if len(part):
+        receiver_best = part[["p_cr_lr_mean", "p_cr_ld_mean"]].max(axis=1)
+        out["language_moves_at"] = _first(part, part["p_cr_ld_mean"] > part["p_cr_lr_mean"])
+        out["concept_moves_at"] = _first(part, part[["p_cd_ld_mean", "p_cd_lr_mean"]].max(axis=1) > receiver_best)
+        out["language_before_concept"] = (None if out["language_moves_at"] is None or out["concept_moves_at"] is None
+                                          else out["language_moves_at"] < out["concept_moves_at"])
+    for condition in ("single", "mean"):
+        part = summary[summary["condition"] == condition]
+        if len(part):
+            best = part.loc[part["p_cd_lr_mean"].idxmax()]
+            out[condition] = {"best_layer": int(best["layer"]), "p_cd_lr": round(float(best["p_cd_lr_mean"]), 6),
+                              "top1_cd_lr": round(float(best["top1_cd_lr_mean"]), 6),
+                              "mean_p_cd_lr_over_layers": round(float(part["p_cd_lr_mean"].mean()), 6)}
+    return out
+
+
+def run_to_dir(model: object, out: str | Path, *, force: bool = True, ci: str = "normal", **kwargs: object) -> dict:
+    """Return run.json's content after writing rows.csv, summary.csv, pairs.csv and the figures (PNG+PDF) to ``out``.
+
+    ``kwargs`` are :func:`run`'s. With ``force=False`` an ``out`` made with the same model and settings is reused.
+    """
+    import matplotlib.pyplot as plt
+
+    from . import plots
+    from .atomic import check_output_dir
+    from .experiment import versions
+    from .runs import cache_key, cached, words_digest, write_run
+
+    started = time.perf_counter()
+    check_output_dir(out, "run.json")
+    donor, receiver = tuple(kwargs.get("donor", ("de", "fr"))), tuple(kwargs.get("receiver", ("ru", "zh")))
+    check_settings(donor, receiver, kwargs.get("mean_over", ("de", "fr", "ru", "en")), kwargs.get("n"))
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items() if k not in ("store_dir", "words_dir", "batch_size")}
+    settings.update(ci=ci, words=words_digest(kwargs.get("words_dir")),
+                    donor_latents="store" if kwargs.get("store_dir") else "live")  # stores hold float16 latents
+    key = cache_key("patching", model.fingerprint(), settings)
+    if not force and (record := cached(out, key)) is not None:
+        log.info("patching %s: cached", out)
+        return record
+    rows, meta = run(model, **kwargs)
+    summary = summarize(rows, ci=ci, seed=int(kwargs.get("seed", 0)))
+    title = f"patching {donor[0]}→{donor[1]} into {receiver[0]}→{receiver[1]} · {model.name}"
+    with write_run(out, key) as (tmp, record):
+        rows.to_csv(tmp / "rows.csv", index=False, float_format="%.8g")
+        summary.to_csv(tmp / "summary.csv", index=False, float_format="%.8g")
+        figures = [("language_concept", plots.patching_figure(summary, meta, title))]
+        if meta["mean_over"]:
+            figures.append(("mean_over_languages", plots.patching_mean_figure(summary, meta, title)))
+        for name, fig in figures:
+            plots.save(fig, tmp / name)
+            plt.close(fig)
+        record.update(meta, model=model.fingerprint(), ci=ci, **headline(summary),
+                      seconds=round(time.perf_counter() - started, 3), versions=versions())
+        result = dict(record)
+    log.info("wrote %s (%d pairs, %.1f s)", out, meta["n_pairs"], result["seconds"])
+    return result
