@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from . import checks
 from .adapter import Fingerprint, same_model
 from .atomic import atomic_file
 from .capture import block_output, last_positions
@@ -72,17 +73,14 @@ def check_alpha(alpha: float) -> float:
     return value
 
 
+def _jsonable(value: object) -> object:
+    """Return a JSON-able form of a metadata value (a Fingerprint as its dict; anything else as text)."""
+    return value.to_dict() if isinstance(value, Fingerprint) else str(value)
+
+
 def check_count(value: int, name: str, minimum: int = 0) -> int:
-    """Return ``value`` as an int if it is an integer ≥ ``minimum``, else raise a SteeringError naming ``name``."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        value = operator.index(value)
-    except TypeError as exc:
-        raise SteeringError(f"{name} must be an integer, got {value!r}") from exc
-    if value < minimum:
-        raise SteeringError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
+    """Return ``value`` as an int if it is a whole number ≥ ``minimum``, else raise a UsageError naming ``name`` and its flag."""
+    return checks.count(value, name, minimum=minimum, flag="--" + name.replace("_", "-"))
 
 
 def _fingerprint(meta_fp: Mapping | None, what: str) -> Fingerprint | None:
@@ -121,7 +119,7 @@ class SteeringVector:
         if isinstance(self.layer, bool) or int(self.layer) != self.layer or int(self.layer) < 0:
             raise SteeringError(f"layer must be a non-negative integer, got {self.layer!r}")
         self.layer = int(self.layer)
-        self.meta = json.loads(json.dumps(dict(self.meta), default=str))
+        self.meta = json.loads(json.dumps(dict(self.meta), default=_jsonable))
 
     @property
     def hidden_size(self) -> int:

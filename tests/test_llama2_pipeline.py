@@ -71,7 +71,7 @@ def test_sweep_cache_and_steer_on_a_llama2_shaped_model(llama2_folder, tmp_path)
     info = latents.info(tmp_path / "store")
     assert info["n_prompts"] == 6 and info["complete"]
 
-    run("steer", "--model", model, "--n", "12", "--layers", "1", "--alphas", "1", "--generate", "2", "--random", "1",
+    run("steer", "--model", model, "--n-concepts", "12", "--layers", "1", "--alphas", "1", "--generate", "2", "--random", "1",
         "--no-flip", "--max-new-tokens", "2", "--batch-size", "8", "--out", str(tmp_path / "steer"))
     best = json.loads((tmp_path / "steer" / "best.json").read_text())
     assert best["layer"] == 1 and best["alpha"] == 1

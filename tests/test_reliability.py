@@ -150,7 +150,7 @@ def test_ctrl_c_is_one_line_exit_130(monkeypatch, capsys):
     (["sweep", "--batch-size", "-2"], "batch_size (--batch-size) must be at least 1, got -2"),
     (["cache", "--n-prompts", "0"], "--n must be at least 1, got 0"),
     (["cache", "--shard-size", "0"], "shard_size (--shard-size) must be at least 1, got 0"),
-    (["steer", "--n-concepts", "1"], "n_concepts (--n-concepts) must be at least 2, got 1"),
+    (["steer", "--n-concepts", "1"], "n_concepts (--n-concepts) must be at least 3, got 1"),
     (["steer", "--batch-size", "0"], "batch_size (--batch-size) must be at least 1"),
     (["reproduce", "--n", "-1"], "--n must be at least 1, got -1"),
     (["lens", "hi", "-k", "0"], "-k must be at least 1, got 0"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -41,4 +43,9 @@ def test_user_folders_beside_the_runs_are_skipped(tmp_path):
     for name in ("fr-zh", "fr-zh-strict", "mine"):
         (tmp_path / "translation" / name).mkdir(parents=True)
         pd.DataFrame({"layer": [0], "p_target_mean": [0.5]}).to_csv(tmp_path / "translation" / name / "summary.csv")
-    assert list(reproduce.load_summaries(tmp_path, "translation")) == [("fr", "zh")]
+    for name in ("fr-zh-strict", "fr-zh"):  # both hold fr→zh; "mine" has no run.json
+        (tmp_path / "translation" / name / "run.json").write_text(json.dumps({"src": "fr", "tgt": "zh", "strict": name != "fr-zh"}))
+    (tmp_path / "translation" / "fr-zh" / "summary.csv").write_text("layer,p_target_mean\n0,0.25\n")
+    summaries = reproduce.load_summaries(tmp_path, "translation")
+    assert list(summaries) == [("fr", "zh")]
+    assert summaries[("fr", "zh")]["p_target_mean"].tolist() == [0.25]  # the src-tgt folder wins over fr-zh-strict

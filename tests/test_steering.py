@@ -14,7 +14,7 @@ import torch
 from conftest import save_model
 from llmlatent import cli, steering, steering_sweep
 from llmlatent.data import DataError
-from llmlatent.errors import OutputFolderError
+from llmlatent.errors import OutputFolderError, UsageError
 from llmlatent.steering import SteeringError, SteeringVector
 
 PROMPTS = [
@@ -309,7 +309,7 @@ def test_prefix_cache_is_cropped_back_and_equals_full_forwards(tiny_models, fami
         assert steering.generate(model, inputs, vec, alpha, max_new_tokens=4, prefix=prefix) == plain
         assert prefix.get_seq_length() == length
     assert steering.generate(model, PROMPTS, vec, 1.0, max_new_tokens=4) == plain  # texts or encoded inputs
-    with pytest.raises(SteeringError, match="max_new_tokens must be at least 1"):
+    with pytest.raises(UsageError, match=r"max_new_tokens \(--max-new-tokens\) must be at least 1"):
         steering.generate(model, PROMPTS, max_new_tokens=0)
     assert no_hooks(model)
 
@@ -503,12 +503,12 @@ def test_settings_are_checked_before_the_model_loads(tmp_path, monkeypatch, caps
         (["--alphas", "inf"], "alpha must be finite"),
         (["--alphas", "-1"], "alphas must be between 0 and 100"),
         (["--alphas", "0"], "at least one non-zero value"),
-        (["--n-concepts", "-3"], "n_concepts must be at least 3"),
-        (["--n-random", "-1"], "n_random must be at least 0"),
-        (["--n-generate", "-2"], "n_generate must be at least 0"),
-        (["--n-flip", "0"], "n_flip must be at least 1"),
-        (["--max-new-tokens", "0"], "max_new_tokens must be at least 1"),
-        (["--batch-size", "0"], "batch_size must be at least 1"),
+        (["--n-concepts", "-3"], "n_concepts (--n-concepts) must be at least 3"),
+        (["--n-random", "-1"], "n_random (--n-random) must be at least 0"),
+        (["--n-generate", "-2"], "n_generate (--n-generate) must be at least 0"),
+        (["--n-flip", "0"], "n_flip (--n-flip) must be at least 1"),
+        (["--max-new-tokens", "0"], "max_new_tokens (--max-new-tokens) must be at least 1"),
+        (["--batch-size", "0"], "batch_size (--batch-size) must be at least 1"),
         (["--layers", "-1"], "layers must be at least 0"),
         (["--wrong-pair", "fr", "de"], "must not use the prompts' source language 'fr'"),
         (["--wrong-pair", "zh", "ru"], "is Δ itself"),
