@@ -6,6 +6,7 @@ differs, its command-line flag, so the same line serves a notebook and a shell u
 
 from __future__ import annotations
 
+import operator
 import os
 from pathlib import Path
 
@@ -55,3 +56,16 @@ def output_file(path: str | os.PathLike, name: str, *, flag: str | None = None) 
     if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise UsageError(f"{_label(name, flag)}: {p} is not writable; pass a writable path")
     return p
+
+
+def layer(value: int, n_layers: int, *, error: type[Exception] = UsageError) -> int:
+    """Return ``value`` as an int if it is a block index 0 ≤ value < n_layers, else raise ``error`` saying the range."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError as exc:
+        raise error(f"layer must be an integer (after block i, 0-based), got {value!r}") from exc
+    if not 0 <= value < n_layers:
+        raise error(f"layer {value} is out of range: the model has {n_layers} blocks, layers 0 … {n_layers - 1}")
+    return int(value)

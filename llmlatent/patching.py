@@ -25,13 +25,13 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import operator
 from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
+from . import checks
 from .capture import _batched, block_output, capture_last, forward_last, length_order
 from .errors import LlmlatentError
 from .model import Model
@@ -45,15 +45,7 @@ class PatchError(LlmlatentError, ValueError):
 
 def check_layer(layer: int, n_layers: int) -> int:
     """Return ``layer`` as an int if 0 ≤ layer < n_layers, else raise a PatchError."""
-    try:
-        if isinstance(layer, bool):
-            raise TypeError
-        layer = operator.index(layer)
-    except TypeError as exc:
-        raise PatchError(f"layer must be an integer (after block i, 0-based), got {layer!r}") from exc
-    if not 0 <= layer < n_layers:
-        raise PatchError(f"layer {layer} is out of range: the model has {n_layers} blocks, layers 0 … {n_layers - 1}")
-    return int(layer)
+    return checks.layer(layer, n_layers, error=PatchError)
 
 
 def check_window(window: int) -> int:

@@ -17,7 +17,6 @@ import inspect
 import json
 import logging
 import math
-import operator
 import os
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,15 +50,7 @@ class SteeringError(LlmlatentError, ValueError):
 
 def check_layer(layer: int, n_layers: int) -> int:
     """Return ``layer`` as an int if 0 ≤ layer < n_layers, else raise a SteeringError."""
-    try:
-        if isinstance(layer, bool):
-            raise TypeError
-        layer = operator.index(layer)
-    except TypeError as exc:
-        raise SteeringError(f"layer must be an integer, got {layer!r}") from exc
-    if not 0 <= layer < n_layers:
-        raise SteeringError(f"layer {layer} is out of range: the model has {n_layers} blocks, layers 0 … {n_layers - 1}")
-    return int(layer)
+    return checks.layer(layer, n_layers, error=SteeringError)
 
 
 def check_alpha(alpha: float) -> float:

@@ -16,12 +16,17 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_lens.py"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def bench_lens():
-    spec = importlib.util.spec_from_file_location("bench_lens", BENCH)
+def _load(path):
+    """Return the benchmark script at ``path`` imported as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def bench_lens():
+    return _load(BENCH)
 
 
 def test_bench_lens_core_parity(tiny_models, spm_tokenizer, bench_lens):
@@ -47,10 +52,7 @@ BENCH_PATCH = BENCH.parent / "bench_patch.py"
 
 @pytest.fixture(scope="module")
 def bench_patch():
-    spec = importlib.util.spec_from_file_location("bench_patch", BENCH_PATCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load(BENCH_PATCH)
 
 
 def test_bench_patch_tiny_mode_parity(bench_patch, tmp_path):
