@@ -9,11 +9,17 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 log = logging.getLogger("llmlatent")
 
 
 from .errors import LlmlatentError, UsageError  # noqa: E402  (UsageError: bad command-line input)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+    from .model import Model
+    from .tasks import PromptSet
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -39,7 +45,7 @@ def _add_prompts(p: argparse.ArgumentParser, default_task: str = "translation") 
     p.add_argument("--batch-size", type=int, default=16)
 
 
-def load_model(args: argparse.Namespace) -> object:
+def load_model(args: argparse.Namespace) -> Model:
     """Return the model named by the common --model/--dtype/--device options."""
     from . import model
 
@@ -69,7 +75,7 @@ def check_prompt_args(args: argparse.Namespace) -> None:
         raise data.DataError(f"translation needs two different languages (got {args.tgt}→{args.tgt}); use --task repetition")
 
 
-def build_prompts(args: argparse.Namespace, tokenizer: object) -> object:
+def build_prompts(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase) -> PromptSet:
     """Return the PromptSet named by the common prompt options."""
     from . import tasks
 

@@ -17,6 +17,7 @@ from .atomic import check_output_dir
 from .tasks import SET_COLUMNS
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
     from .model import Model
     from .tasks import PromptSet
 
@@ -44,7 +45,7 @@ def headline(summary: pd.DataFrame) -> dict:
     }
 
 
-def token_sets(prompts: object, tokenizer: object) -> pd.DataFrame:
+def token_sets(prompts: PromptSet, tokenizer: PreTrainedTokenizerBase) -> pd.DataFrame:
     """Return the prompt table with each token set as JSON lists of ids and of vocabulary strings.
 
     Columns ``target_ids``/``target_tokens``, ``english_ids``/``english_tokens`` and

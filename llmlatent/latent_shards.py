@@ -14,6 +14,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,10 @@ import torch
 from .atomic import atomic_file, make_temp_dir
 from .tasks import SET_COLUMNS as _SETS
 from .errors import LlmlatentError, UsageError
+
+if TYPE_CHECKING:
+    from .model import Model
+    from .tasks import PromptSet
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +60,7 @@ def check_dtype(dtype: str | torch.dtype) -> str:
 # ---------------------------------------------------------------- metadata columns and store config
 
 
-def prompt_frame(prompts: object) -> tuple[pd.DataFrame, dict]:
+def prompt_frame(prompts: PromptSet | pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """Return (the prompt frame with a fresh index, the prompt set's JSON-able meta) of a PromptSet or DataFrame."""
     frame = getattr(prompts, "df", prompts)
     if not isinstance(frame, pd.DataFrame) or "prompt" not in frame:
@@ -109,7 +114,7 @@ def features(config: dict) -> object:
     return Features(features)
 
 
-def make_config(model: object, frame: pd.DataFrame, meta: dict, dtype: str) -> dict:
+def make_config(model: Model, frame: pd.DataFrame, meta: dict, dtype: str) -> dict:
     """Return a new store's store.json content (without shard size) for a model, prompts and storage dtype."""
     kinds = {c: column_kind(frame, c) for c in frame.columns}
     blob = json.dumps({"columns": kinds, "rows": records(frame, kinds)}, sort_keys=True, ensure_ascii=False)

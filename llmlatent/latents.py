@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -53,6 +54,11 @@ from .latent_shards import (  # noqa: F401 - errors and constants re-exported fo
     write_shard,
 )
 
+if TYPE_CHECKING:
+    from .adapter import Unembedding
+    from .model import Model
+    from .tasks import PromptSet
+
 log = logging.getLogger(__name__)
 
 FLOAT16_MAX = 65504.0
@@ -81,8 +87,8 @@ def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 
 def collect(
-    model: object,
-    prompts: object,
+    model: Model,
+    prompts: PromptSet | pd.DataFrame,
     path: str | os.PathLike,
     *,
     batch_size: int = 16,
@@ -268,7 +274,7 @@ class LatentStore:
             return torch.empty(shape)
         return torch.cat(parts)
 
-    def check(self, unembedding_or_model: object) -> None:
+    def check(self, unembedding_or_model: Unembedding | Model) -> None:
         """Return None if a Model or Unembedding is the one these latents came from; raise FingerprintMismatch otherwise."""
         from .adapter import Unembedding
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .adapter import Unembedding
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +23,7 @@ MIN_N_INTERVAL = 10
 PROBABILITIES = ("p_target", "p_english", "p_source")
 
 
-def token_energy(unembedding: object, latents: torch.Tensor) -> torch.Tensor:
+def token_energy(unembedding: Unembedding, latents: torch.Tensor) -> torch.Tensor:
     """Return the paper's token energy of raw residual vectors [N, hidden] (float32 [N]).
 
     With U the unembedding rows multiplied by the final norm's scale and each row normalised to

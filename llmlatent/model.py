@@ -9,6 +9,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -16,6 +17,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from .adapter import Adapter, Fingerprint, Unembedding, adapter_for
 from .atomic import make_temp_dir
 from .errors import LlmlatentError, UsageError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +128,7 @@ class Model:
     """A loaded causal LM with its tokenizer and family adapter."""
 
     hf: torch.nn.Module
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     adapter: Adapter
     name: str
 
@@ -181,7 +185,7 @@ class Model:
         }
 
 
-def _prepare_tokenizer(tok: object) -> object:
+def _prepare_tokenizer(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
@@ -296,7 +300,7 @@ def is_causal(hf: torch.nn.Module) -> bool:
     return bool(torch.allclose(logits[0], logits[1], atol=1e-4, rtol=1e-3))
 
 
-def from_hf(hf: torch.nn.Module, tokenizer: object, name: str = "custom", **paths: str) -> Model:
+def from_hf(hf: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, name: str = "custom", **paths: str) -> Model:
     """Return a :class:`Model` around an already-built HF model and tokenizer (tests, notebooks)."""
     hf.eval()
     return Model(hf=hf, tokenizer=_prepare_tokenizer(tokenizer), adapter=adapter_for(hf, **paths), name=name)

@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,9 @@ import torch
 from . import decode, patching, tasks
 from .data import check_lang
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .model import Model
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +105,13 @@ def make_pairs(pool: Sequence[str], ld: dict[str, list[int]], lr: dict[str, list
     return pairs, skipped
 
 
-def _prompt_sets(model: object, specs: Sequence[tuple[str, str]], seed: int, words_dir: str | Path | None
+def _prompt_sets(model: Model, specs: Sequence[tuple[str, str]], seed: int, words_dir: str | Path | None
                  ) -> dict[tuple[str, str], pd.DataFrame]:
     return {spec: tasks.build("translation", *spec, model.tokenizer, seed=seed, words_dir=words_dir).df.set_index("concept")
             for spec in dict.fromkeys(specs)}
 
 
-def _latents(model: object, frame: pd.DataFrame, concepts: list[str], spec: tuple[str, str], store_dir: str | Path | None,
+def _latents(model: Model, frame: pd.DataFrame, concepts: list[str], spec: tuple[str, str], store_dir: str | Path | None,
              batch_size: int) -> torch.Tensor:
     """Return the donor latents of ``concepts`` under one prompt set: live, or from (resumable) latent stores."""
     if store_dir is None:
@@ -121,7 +125,7 @@ def _latents(model: object, frame: pd.DataFrame, concepts: list[str], spec: tupl
 
 
 def run(
-    model: object,
+    model: Model,
     *,
     donor: tuple[str, str] = ("de", "fr"),
     receiver: tuple[str, str] = ("ru", "zh"),
@@ -171,7 +175,7 @@ def run(
     return rows, meta
 
 
-def decode_rows(model: object, result: patching.SweepLatents, pairs: list[tuple[str, str]], ld: dict, lr: dict
+def decode_rows(model: Model, result: patching.SweepLatents, pairs: list[tuple[str, str]], ld: dict, lr: dict
                 ) -> pd.DataFrame:
     """Return the tidy rows of a patching sweep: every final latent decoded once (streamed), with the four token sets."""
     n, layers = len(pairs), result.layers
@@ -244,7 +248,7 @@ def headline(summary: pd.DataFrame) -> dict:
     return out
 
 
-def run_to_dir(model: object, out: str | Path, *, force: bool = True, ci: str = "normal", **kwargs: object) -> dict:
+def run_to_dir(model: Model, out: str | Path, *, force: bool = True, ci: str = "normal", **kwargs: object) -> dict:
     """Return run.json's content after writing rows.csv, summary.csv, pairs.csv and the figures (PNG+PDF) to ``out``.
 
     ``kwargs`` are :func:`run`'s. With ``force=False`` an ``out`` made with the same model and settings is reused.

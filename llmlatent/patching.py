@@ -27,6 +27,7 @@ import inspect
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -35,6 +36,9 @@ from . import checks
 from .capture import _batched, block_output, capture_last, forward_last, length_order
 from .errors import LlmlatentError
 from .model import Model
+
+if TYPE_CHECKING:
+    from .latents import LatentStore
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +149,7 @@ def donor_latents(model: Model, prompts: Sequence[str], *, batch_size: int = 16)
     return out
 
 
-def from_store(store: object, concepts: Sequence[str], model: Model | None = None) -> torch.Tensor:
+def from_store(store: LatentStore, concepts: Sequence[str], model: Model | None = None) -> torch.Tensor:
     """Return the stored latents [len(concepts), layers, hidden] of a latent store's prompts, one per concept, in order.
 
     ``store`` is a :class:`llmlatent.latents.LatentStore`; with ``model`` its fingerprint is checked first.

@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from .data import ANSWER, DISPLAY, LANGS, MASK, DataError, check_lang, read_prompt_file, read_table
 from .tokens import token_set
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +74,7 @@ def build(
     task: str,
     src: str,
     tgt: str,
-    tokenizer: object,
+    tokenizer: PreTrainedTokenizerBase,
     *,
     n: int | None = None,
     seed: int = 0,
@@ -176,7 +180,7 @@ def custom(
     english_words: str | list[str],
     source_words: str | list[str] | None = None,
     *,
-    tokenizer: object,
+    tokenizer: PreTrainedTokenizerBase,
     strict: bool = False,
     own_first_token: bool = False,
 ) -> PromptSet:
@@ -233,7 +237,7 @@ def custom(
     return PromptSet(pd.DataFrame(records), dropped, meta)
 
 
-def from_prompt_file(path: str | Path, tokenizer: object, *, strict: bool = False, n: int | None = None, seed: int = 0) -> PromptSet:
+def from_prompt_file(path: str | Path, tokenizer: PreTrainedTokenizerBase, *, strict: bool = False, n: int | None = None, seed: int = 0) -> PromptSet:
     """Return a :class:`PromptSet` replaying a saved prompt dataset in the seed repository's layout.
 
     Token sets come from ``out_token_str`` (target), ``latent_token_str`` (English) and the optional

@@ -29,6 +29,10 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SPM_MARKER = "▁"
 BPE_MARKER = "Ġ"
@@ -64,7 +68,7 @@ class VocabInfo:
     special: frozenset = frozenset()  # ids of special tokens (never in a set)
 
 
-def vocab_info(tokenizer: object) -> VocabInfo:
+def vocab_info(tokenizer: PreTrainedTokenizerBase) -> VocabInfo:
     """Return the tokenizer's vocabulary and its kind (cached on the tokenizer object)."""
     cached = getattr(tokenizer, "_llmlatent_vocab_info", None)
     if cached is not None:
@@ -95,7 +99,7 @@ def is_alphabetic(word: str) -> bool:
     return not any(tag in name for tag in ("CJK", "HIRAGANA", "KATAKANA", "HANGUL"))
 
 
-def _counts(tokenizer: object, info: VocabInfo, token_id: int) -> bool:
+def _counts(tokenizer: PreTrainedTokenizerBase, info: VocabInfo, token_id: int) -> bool:
     """Return False for special tokens and tokens whose text is whitespace only (e.g. a bare ``▁``)."""
     if token_id in info.special:
         return False
@@ -107,7 +111,7 @@ def _counts(tokenizer: object, info: VocabInfo, token_id: int) -> bool:
     return bool(text.replace(SPM_MARKER, " ").strip())
 
 
-def token_set(tokenizer: object, word: str, *, strict: bool = False, own_first_token: bool = False) -> list[int]:
+def token_set(tokenizer: PreTrainedTokenizerBase, word: str, *, strict: bool = False, own_first_token: bool = False) -> list[int]:
     """Return the sorted token ids that start ``word`` under the paper's rule (see the module docstring).
 
     ``strict``: for alphabetic words only prefixes of at least two characters and no first-byte
