@@ -283,7 +283,7 @@ def run_to_dir(model: Model, out: str | Path, *, force: bool = True, ci: str = "
         for name, fig in figures:
             plots.save(fig, tmp / name)
             plt.close(fig)
-        record.update(meta, model=model.fingerprint(), ci=ci, **headline(summary),
+        record.update(meta, model=model.fingerprint().to_dict(), ci=ci, **headline(summary),
                       seconds=round(time.perf_counter() - started, 3), versions=versions())
         result = dict(record)
     log.info("wrote %s (%d pairs, %.1f s)", out, meta["n_pairs"], result["seconds"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -155,6 +157,8 @@ def test_experiment_folder_is_complete_seeded_and_cached(tiny_models, tmp_path):
     assert {"rows.csv", "summary.csv", "run.json", "language_concept.png", "language_concept.pdf",
             "mean_over_languages.png", "mean_over_languages.pdf"} <= names
     assert run["mean_over"] == ["de", "en"] and run["n_pairs"] == 3  # zh, the receiver's language, is skipped
+    stored = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert stored["model"] == model.fingerprint().to_dict()  # the fingerprint as a dict, never its repr
     import pandas as pd
 
     rows = pd.read_csv(tmp_path / "a" / "rows.csv")
