@@ -16,17 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .atomic import atomic_dir
+from .latent_shards import file_sha256
 
 log = logging.getLogger(__name__)
 
 # bump when the content or layout of a kind of result changes, so old folders are recomputed
 FORMAT_VERSION = {"sweep": 2, "steering": 2, "patching": 1, "latents": 1}
-
-
-def file_sha256(path: str | Path) -> str:
-    """Return the sha256 hex digest of a file (inputs such as a prompts CSV enter cache keys by content)."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def words_digest(directory: str | Path | None) -> str | None:
