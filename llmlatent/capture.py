@@ -28,10 +28,12 @@ def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def capture_last(model: Model, last: torch.Tensor) -> Iterator[list[torch.Tensor]]:
+def capture_last(model: Model, last: torch.Tensor, blocks: Sequence[torch.nn.Module] | None = None,
+                 ) -> Iterator[list[torch.Tensor]]:
     """Yield a list that fills, during one forward, with each block's output at rows' ``last`` index.
 
     ``last`` is [B] (one position per row: captures are [B, hidden]) or [B, P] (P positions per row: [B, P, hidden]).
+    ``blocks``: the blocks to capture, in order (default: every block of the model).
     """
     captured: list[torch.Tensor] = []
     rows = torch.arange(last.shape[0])
@@ -42,7 +44,7 @@ def capture_last(model: Model, last: torch.Tensor) -> Iterator[list[torch.Tensor
         h = block_output(output)
         captured.append(h[rows.to(h.device), last.to(h.device)].detach())
 
-    handles = [block.register_forward_hook(hook) for block in model.adapter.blocks]
+    handles = [block.register_forward_hook(hook) for block in (model.adapter.blocks if blocks is None else blocks)]
     try:
         yield captured
     finally:

@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store-dir", "--latents", dest="store_dir", default=None, help="keep the fit latent stores in this folder and reuse them on reruns (default: temporary)")
     p.add_argument("--reuse-stores", nargs="+", default=None, help="latent stores (e.g. from `cache`) searched for the fit prompts before computing them")
     p.add_argument("--words-dir", "--words", dest="words_dir", default=None, help="folder of word CSVs (bundled or seed layout)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--force", action="store_true", help="recompute even if --out holds a result with the same settings")
     _add_model(p)
     p.add_argument("--out", required=True, help="output folder (written atomically; reused when the settings match)")

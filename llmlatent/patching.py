@@ -11,9 +11,9 @@ gives exactly the donor's own next-token distribution.
 
 Fast layer sweep: patching the last position leaves every earlier position unchanged, so the receiver
 prefix (all tokens but the last) is run once with a KV cache, and each patched layer then costs one
-forward of the last token only (one full forward + L one-token forwards instead of L full forwards).
-After each one-token forward the cache is cropped back to the prefix (``DynamicCache.crop(-1)``), never
-deep-copied. Prompts are left-padded (:meth:`llmlatent.model.Model.encode`), so the last prompt token is
+forward of the last token only (one full forward + L one-token forwards instead of L full forwards),
+and several layers run as one forward of their rows on a tiled copy of that cache
+(:class:`llmlatent.prefix.Prefix`; the cache itself is only ever cropped back, never deep-copied). Prompts are left-padded (:meth:`llmlatent.model.Model.encode`), so the last prompt token is
 the last column of every row; attention masks and position ids follow the padding.
 
 Results are the raw residual after the last block at the last position ([N, hidden]); decode them with
@@ -23,7 +23,6 @@ Results are the raw residual after the last block at the last position ([N, hidd
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
@@ -36,6 +35,7 @@ from . import checks
 from .capture import _batched, block_output, capture_last, forward_last, length_order
 from .errors import LlmlatentError
 from .model import Model
+from .prefix import Prefix, check_left_padded, no_logits
 
 if TYPE_CHECKING:
     from .latents import LatentStore
@@ -74,17 +74,24 @@ def _check_latents(model: Model, latents: torch.Tensor, n_prompts: int, name: st
 
 
 @contextlib.contextmanager
-def overwrite_last(model: Model, latents: Mapping[int, torch.Tensor]) -> Iterator[None]:
+def overwrite_last(model: Model, latents: Mapping[int, torch.Tensor],
+                   rows: Mapping[int, torch.Tensor] | None = None) -> Iterator[None]:
     """Yield while forward hooks overwrite the last column of block ``b``'s output with ``latents[b]`` [B, hidden].
 
     The last column is the last prompt token of every row under left padding (and the only column of a
-    one-token forward on a KV cache). The block's output tensor is replaced by a patched copy; hooks are
-    removed when the block exits, also after an exception.
+    one-token forward on a KV cache). ``rows[b]`` (a [B] bool mask) limits block ``b``'s overwrite to
+    those rows. The block's output tensor is replaced by a patched copy; hooks are removed when the
+    block exits, also after an exception.
     """
-    def make(values: torch.Tensor) -> object:
+    def make(values: torch.Tensor, mask: torch.Tensor | None) -> object:
         def hook(_module: torch.nn.Module, _args: object, output: object) -> object:
             h = block_output(output).clone()
-            h[:, -1] = values.to(device=h.device, dtype=h.dtype)
+            new = values.to(device=h.device, dtype=h.dtype)
+            if mask is None:
+                h[:, -1] = new
+            else:
+                keep = mask.to(h.device)
+                h[keep, -1] = new[keep]
             return (h, *output[1:]) if isinstance(output, tuple) else h
         return hook
 
@@ -92,16 +99,11 @@ def overwrite_last(model: Model, latents: Mapping[int, torch.Tensor]) -> Iterato
     handles = []
     try:
         for b, values in latents.items():
-            handles.append(blocks[b].register_forward_hook(make(values)))
+            handles.append(blocks[b].register_forward_hook(make(values, None if rows is None else rows.get(b))))
         yield
     finally:
         for handle in handles:
             handle.remove()
-
-
-def _no_logits() -> torch.Tensor:
-    # logits_to_keep as an empty index: the head computes no logits at all (we decode the residual ourselves)
-    return torch.zeros(0, dtype=torch.long)
 
 
 def _last_block_latent(model: Model, inputs: dict, latents: Mapping[int, torch.Tensor]) -> torch.Tensor:
@@ -110,7 +112,7 @@ def _last_block_latent(model: Model, inputs: dict, latents: Mapping[int, torch.T
     last = torch.full((inputs["input_ids"].shape[0],), width - 1, dtype=torch.long)
     # the overwrite hooks are registered first, so the capture hooks see the patched outputs
     with overwrite_last(model, latents), capture_last(model, last) as captured:
-        model.run(inputs, logits_to_keep=_no_logits())
+        model.run(inputs, logits_to_keep=no_logits())
     if len(captured) != model.n_layers:
         raise RuntimeError(f"captured {len(captured)} block outputs, expected {model.n_layers}")
     return torch.stack([c.to(captured[0].device) for c in captured], dim=1).float()
@@ -118,8 +120,7 @@ def _last_block_latent(model: Model, inputs: dict, latents: Mapping[int, torch.T
 
 def _encode(model: Model, prompts: Sequence[str]) -> dict:
     inputs = model.encode(list(prompts))
-    if not bool(inputs["attention_mask"][:, -1].all()):
-        raise RuntimeError("the tokenizer must pad on the left so that the last column is every prompt's last token")
+    check_left_padded(inputs)
     return inputs
 
 
@@ -183,40 +184,17 @@ class SweepLatents(NamedTuple):
     layers: list[int]
 
 
-def _cache_kwarg(model: Model) -> str:
-    return "cache" if "cache" in inspect.signature(model.hf.forward).parameters else "past_key_values"
-
-
-class _Prefix:
-    """A batch of receiver prompts with the KV cache of all tokens but the last, run once."""
-
-    def __init__(self, model: Model, prompts: Sequence[str]) -> None:
-        self.model = model
-        inputs = _encode(model, prompts)
-        self.cache = None
-        if inputs["input_ids"].shape[1] == 1:  # one-token prompts: nothing to cache
-            self.tail = dict(inputs, use_cache=False)
-            return
-        head = {k: v[:, :-1] for k, v in inputs.items()}
-        out = model.run(head, use_cache=True, logits_to_keep=_no_logits())
-        self.cache = getattr(out, "cache", None)  # transformers ≥ 5.2x; older versions name it past_key_values
-        if self.cache is None:
-            self.cache = getattr(out, "past_key_values", None)
-        if self.cache is None or not hasattr(self.cache, "crop"):
-            raise RuntimeError(f"{model.name} returned no croppable KV cache; use patching.sweep_naive")
-        if hasattr(self.cache, "activate_past_recording"):
-            self.cache.activate_past_recording()  # sliding-window layers keep what crop() needs to roll back
-        # the last token: its own id and position, the full mask (prefix padding stays masked), the prefix cache
-        self.tail = {"input_ids": inputs["input_ids"][:, -1:], "attention_mask": inputs["attention_mask"],
-                     "position_ids": inputs["position_ids"][:, -1:], _cache_kwarg(model): self.cache, "use_cache": True}
-
-    def final(self, latents: Mapping[int, torch.Tensor]) -> torch.Tensor:
-        """Return the last block's output [B, hidden] at the last token, patched with ``latents``; the cache is rolled back."""
-        try:
-            return _last_block_latent(self.model, self.tail, latents)[:, -1]
-        finally:
-            if self.cache is not None:
-                self.cache.crop(-1)  # drop the last token's keys/values: the cache is the prefix's again
+def _layer_settings(layers: Sequence[int], window: int, n_layers: int, donor: torch.Tensor, rows: int,
+                    ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """Return (block → donor values, block → row mask) that patch copy j of ``rows`` receivers at ``layers[j]``."""
+    values, masks = {}, {}
+    for j, ell in enumerate(layers):
+        for b in patched_blocks(ell, window, n_layers):
+            if b not in values:
+                values[b] = donor[:, b].repeat(len(layers), 1)
+                masks[b] = torch.zeros(len(layers) * rows, dtype=torch.bool)
+            masks[b][j * rows:(j + 1) * rows] = True
+    return values, masks
 
 
 def sweep_many(
@@ -227,13 +205,16 @@ def sweep_many(
     layers: Sequence[int] | None = None,
     window: int = 1,
     batch_size: int = 16,
+    max_rows: int = 256,
     progress: bool = False,
 ) -> SweepLatents:
     """Return the final last-token latents of the receivers patched at every layer with each donor, and unpatched.
 
     ``donors`` maps a name to donor latents [N, layers, hidden] (row i patches receiver i). Per batch
     (length-ordered; results do not depend on batching or padding): one forward of the prefix with a
-    KV cache, one unpatched one-token forward, and per donor and layer one patched one-token forward.
+    KV cache, one unpatched one-token forward, and per donor the patched last token of every layer,
+    with up to ``max_rows`` rows (layers × receivers) in one forward on the tiled prefix cache
+    (:class:`llmlatent.prefix.Prefix`).
     """
     n = len(receiver_prompts)
     if n == 0:
@@ -248,13 +229,16 @@ def sweep_many(
     bar = tqdm(total=n, desc="patching", unit="prompt", disable=not progress)
     with torch.inference_mode():
         for idx in _batched(length_order(model, receiver_prompts), batch_size):
-            prefix = _Prefix(model, [receiver_prompts[i] for i in idx])
-            unpatched[idx] = prefix.final({}).cpu()
+            prefix = Prefix.of(model, [receiver_prompts[i] for i in idx])
+            unpatched[idx] = prefix.final().cpu()
+            step = prefix.copies_per_forward(len(layers), max_rows)
             for name, latents in donors.items():
                 rows = latents[idx]
-                for k, ell in enumerate(layers):
-                    blocks = patched_blocks(ell, window, model.n_layers)
-                    patched[name][idx, k] = prefix.final({b: rows[:, b] for b in blocks}).cpu()
+                for start in range(0, len(layers), step):
+                    part = layers[start:start + step]
+                    values, masks = _layer_settings(part, window, model.n_layers, rows, len(idx))
+                    final = prefix.final(len(part), lambda _batch: overwrite_last(model, values, masks))
+                    patched[name][idx, start:start + len(part)] = final.reshape(len(part), len(idx), -1).transpose(0, 1).cpu()
             bar.update(len(idx))
     bar.close()
     return SweepLatents(patched, unpatched, layers)

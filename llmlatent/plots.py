@@ -274,7 +274,7 @@ def variants_figure(summaries: dict[str, pd.DataFrame], title: str | None = None
 def steering_heatmap(summary: pd.DataFrame, direction: str, model_name: str = "", split: str = "select") -> plt.Figure:
     """Return the layer × α heatmap of one steering direction on ``split``: colour = target-script top-1 share.
 
-    ``summary`` is :func:`llmlatent.steering_sweep.summarize` output; cell text = that share and the mean
+    ``summary`` is :func:`llmlatent.steering_report.summarize` output; cell text = that share and the mean
     p(correct answer); the α = 0 column is the baseline (the same for every layer).
     """
     part = summary[(summary["direction"] == direction) & (summary["vector"] == "mean_difference")]

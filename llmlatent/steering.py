@@ -4,16 +4,15 @@
 :class:`SteeringVector` is usually a mean difference of cached last-token latents (μ_target − μ_source,
 arXiv 2312.06681); ``with vector.apply(model, alpha=4):`` adds ``alpha · vector`` to the output of
 ``model.adapter.blocks[layer]`` at the chosen positions and removes its hooks on exit, also after an
-exception. :func:`generate` gives greedy continuations under a vector, optionally continuing a KV cache of
-the prompts' prefix (:func:`prefix_cache`) that is cropped back afterwards, so one prefix serves many
-settings. The RU→ZH demo that sweeps layers × α is pipeline code in :mod:`llmlatent.steering_sweep`;
+exception; :func:`apply_rows` steers each block of rows by its own (vector, α) setting, so that many
+settings run as one forward (:mod:`llmlatent.steered`: steered last-token forwards and greedy generations
+over one prompt-prefix KV cache). The RU→ZH demo that sweeps layers × α is pipeline code in :mod:`llmlatent.steering_sweep`;
 this module never imports it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
 import math
@@ -32,8 +31,6 @@ from .capture import block_output, last_positions
 from .errors import LlmlatentError
 
 if TYPE_CHECKING:
-    from transformers import Cache
-
     from .latents import LatentStore
     from .model import Model
     from .tasks import PromptSet
@@ -289,8 +286,10 @@ class SteeringHook:
         batch, length = h.shape[0], h.shape[1]
         mask, past = self._state or (None, 0)
         delta = self.delta.to(h.device, h.dtype)
+        if delta.dim() == 2 and delta.shape[0] != batch:
+            raise SteeringError(f"per-row steering deltas for {delta.shape[0]} rows, but the batch has {batch} rows")
         if self.positions == "all" or (self.positions == "generated" and past > 0):
-            new, steered = h + delta, length
+            new, steered = h + (delta[:, None] if delta.dim() == 2 else delta), length
         elif past > 0:  # "last" while continuing a cache: the prompt's last token was already steered
             self.calls.append((length, past, 0))
             return None
@@ -388,100 +387,31 @@ def from_prompts(
     return {int(ell): mean_difference(target, source, ell, concepts=concepts) for ell in layers}
 
 
+# ---------------------------------------------------------------- many settings at once (rows tiled over a prefix)
 
-def _cache_kwarg(model: Model) -> str:
-    """Return the name under which ``model.hf.forward`` takes a KV cache (``cache`` or ``past_key_values``)."""
-    return "cache" if "cache" in inspect.signature(model.hf.forward).parameters else "past_key_values"
+Setting = tuple["SteeringVector | None", float]  # (vector, α); None or α = 0: no steering
 
 
-def prefix_cache(model: Model, inputs: Mapping[str, torch.Tensor]) -> Cache | None:
-    """Return the KV cache of every position but the last of left-padded ``inputs`` (from ``model.encode``).
+@contextlib.contextmanager
+def apply_rows(model: Model, settings: Sequence[Setting], rows: int, positions: str = "all") -> Iterator[list[SteeringHook]]:
+    """Yield while setting j adds its ``α · vector`` to rows j·rows … (j+1)·rows − 1 of the batch (copy-major).
 
-    Returns None for one-token prompts and for caches that cannot be cropped (legacy tuples); callers
-    then run full forwards. The cache is meant to be continued with the last token many times, each
-    use followed by :func:`crop_cache` (no copy). Sliding-window layers are switched to keep what
-    they would drop until the crop (``activate_past_recording``), so cropping rolls them back exactly.
+    One :class:`SteeringHook` per layer used, holding a [len(settings) · rows, hidden] delta whose other
+    rows are zero (adding 0.0 leaves them bit-for-bit unchanged). ``positions`` as in
+    :meth:`SteeringVector.apply`. The hooks are removed on exit, also after an exception.
     """
-    if inputs["input_ids"].shape[1] < 2:
-        return None
-    if not bool(inputs["attention_mask"][:, -1].all()):
-        raise SteeringError("the tokenizer must pad on the left so that the last position is the last prompt token")
-    head = {k: v[:, :-1] for k, v in inputs.items()}
-    with torch.inference_mode():  # no logits are needed here: keep none (an empty position index)
-        out = model.run(head, use_cache=True, logits_to_keep=torch.zeros(0, dtype=torch.long))
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    if cache is None or not callable(getattr(cache, "crop", None)) or not callable(getattr(cache, "get_seq_length", None)):
-        return None
-    if callable(getattr(cache, "activate_past_recording", None)):
-        cache.activate_past_recording()
-    return cache
-
-
-def crop_cache(cache: Cache, length: int) -> None:
-    """Return None after cutting ``cache`` back to its first ``length`` positions (what a continuation appended goes)."""
-    extra = int(cache.get_seq_length()) - int(length)
-    if extra > 0:
-        cache.crop(-extra)  # a negative count removes that many positions (transformers ≥ 4.x and 5.x)
-    if int(cache.get_seq_length()) != int(length):
-        raise RuntimeError(f"the KV cache could not be cropped back to {length} positions")
-
-
-def last_token_logits(
-    model: Model, inputs: Mapping[str, torch.Tensor], prefix: Cache | None = None, vector: SteeringVector | None = None,
-    alpha: float = 1.0,
-) -> torch.Tensor:
-    """Return float32 next-token logits [B, V] of left-padded ``inputs``, with ``alpha · vector`` at the last prompt token.
-
-    With ``prefix`` (:func:`prefix_cache` of the same inputs) only the last token is run, on the cached
-    prefix, which is cropped back afterwards. Steering only the last token leaves the earlier positions
-    unchanged, so this equals a full forward steered with ``positions="last"``.
-    """
-    steer = vector is not None and check_alpha(alpha) != 0
-    if prefix is None:
-        batch, positions = dict(inputs, use_cache=False), "last"
-    else:
-        length = int(prefix.get_seq_length())
-        batch = {"input_ids": inputs["input_ids"][:, -1:], "attention_mask": inputs["attention_mask"],
-                 "position_ids": inputs["position_ids"][:, -1:], _cache_kwarg(model): prefix, "use_cache": True}
-        positions = "all"  # the only position fed is the last prompt token
-    context = vector.apply(model, alpha, positions) if steer else contextlib.nullcontext()
+    deltas: dict[int, torch.Tensor] = {}
+    for j, (vector, alpha) in enumerate(settings):
+        if vector is None or check_alpha(alpha) == 0:
+            continue
+        vector.check_shape(model)
+        delta = deltas.setdefault(vector.layer, torch.zeros(len(settings) * rows, model.hidden_size))
+        delta[j * rows:(j + 1) * rows] += vector.vector * float(alpha)  # the same float32 product as apply()
+    hooks: list[SteeringHook] = []
     try:
-        with context, torch.inference_mode():
-            return model.run(batch, logits_to_keep=1).logits[:, -1].float()
+        for layer, delta in deltas.items():
+            hooks.append(SteeringHook(model, layer, delta, positions))
+        yield hooks
     finally:
-        if prefix is not None:
-            crop_cache(prefix, length)
-
-
-def generate(
-    model: Model, prompts: Sequence[str] | Mapping[str, torch.Tensor], vector: SteeringVector | None = None,
-    alpha: float = 1.0, *, max_new_tokens: int = 8, positions: str = "generated", prefix: Cache | None = None,
-) -> list[str]:
-    """Return the greedy continuations (decoded, special tokens skipped) of ``prompts``, steered by ``alpha · vector``.
-
-    ``prompts``: texts, or inputs already made by ``model.encode``. ``positions`` as in
-    :meth:`SteeringVector.apply`: ``"generated"`` steers the last prompt token and every decoded
-    token, ``"last"`` only the last prompt token. ``prefix``: a :func:`prefix_cache` of the same
-    inputs; it is continued and cropped back afterwards, so it can be reused. No vector (or α = 0)
-    gives the unsteered greedy answer.
-    """
-    max_new_tokens = check_count(max_new_tokens, "max_new_tokens", minimum=1)
-    inputs = dict(prompts) if isinstance(prompts, Mapping) else model.encode(list(prompts))
-    kwargs = {k: v for k, v in inputs.items() if k != "position_ids"}
-    width = inputs["input_ids"].shape[1]
-    if prefix is not None:
-        length = int(prefix.get_seq_length())
-        if length != width - 1:
-            raise SteeringError(f"the prefix cache holds {length} positions, the prompts need {width - 1}")
-        kwargs[_cache_kwarg(model)] = prefix
-    tok = model.tokenizer
-    steer = vector is not None and check_alpha(alpha) != 0
-    context = vector.apply(model, alpha, positions) if steer else contextlib.nullcontext()
-    try:
-        with context, torch.inference_mode():
-            out = model.hf.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                    pad_token_id=tok.pad_token_id)
-    finally:
-        if prefix is not None:
-            crop_cache(prefix, length)
-    return [tok.decode(row, skip_special_tokens=True) for row in out[:, width:]]
+        for hook in hooks:
+            hook.remove()

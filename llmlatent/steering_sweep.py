@@ -14,10 +14,10 @@ to report). Prompts differ only in the output language (``Français: "nuage" - �
 * the flip direction −Δ on target-answering prompts, with its α chosen on the select split, its own
   ``random`` control and its baseline, reported on the test split.
 
-Every steered evaluation is one batched forward of the last prompt token on a KV cache of the rest of
-the prompt (computed once per batch and cropped back after every use; see
-:func:`llmlatent.steering.last_token_logits`). Greedy generations (``max_new_tokens``) of the first
-``n_generate`` test prompts use :func:`llmlatent.steering.generate` on the same caches.
+Settings are evaluated by :mod:`llmlatent.steering_eval`: the last prompt token only, on a KV cache of
+the rest of the prompt computed once per batch, many settings per forward; greedy generations
+(``max_new_tokens``) of the first ``n_generate`` test prompts continue the same caches. The numbers
+and best.json come from :mod:`llmlatent.steering_report`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -37,22 +35,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from . import tasks
-from .adapter import Fingerprint, same_model
+from .adapter import same_model
 from .data import LANGS, DataError, check_lang
-from .steering import (
-    SteeringError,
-    SteeringVector,
-    check_alpha,
-    check_count,
-    check_layer,
-    generate,
-    last_token_logits,
-    mean_difference,
-    prefix_cache,
-)
+from .steering import SteeringError, SteeringVector, check_alpha, check_count, check_layer, mean_difference
+from .steering_eval import GROUP, Batch, Evaluator, batches, generations
+from .steering_report import best_json, pick, summarize
 
 if TYPE_CHECKING:
     from .latents import LatentStore
@@ -63,19 +52,6 @@ log = logging.getLogger(__name__)
 DEFAULT_ALPHAS = (0.5, 1.0, 2.0, 4.0)
 DEFAULT_N_CONCEPTS = 96  # 32 fit + 32 select + 32 test concepts
 MAX_ALPHA = 100.0  # α is a multiple of Δ (a difference of mean residuals); beyond this it only measures breakage
-CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
-SCRIPTS = {"zh": CJK, "ru": re.compile("[\u0400-\u04ff]"), "en": re.compile("[A-Za-z]"),
-           "fr": re.compile("[A-Za-zÀ-ÿ]"), "de": re.compile("[A-Za-zÄÖÜäöüß]")}
-GROUP = ["direction", "split", "vector", "draw", "layer", "alpha"]
-SHARES = ("cjk_top1_share", "target_script_top1_share", "source_script_top1_share", "correct_target_top1_share",
-          "correct_source_top1_share")
-NUMBERS = SHARES + ("p_target_answer", "p_source_answer", "generation_target_share", "generation_correct_share")
-INTERVALS = ("cjk_top1_share", "target_script_top1_share", "correct_target_top1_share")  # reported with a 95% interval
-
-
-def has_script(text: str, lang: str) -> bool:
-    """Return True when ``text`` contains a character of ``lang``'s script (zh: a CJK Unified Ideograph)."""
-    return bool(SCRIPTS[lang].search(text))
 
 
 def default_layers(n_layers: int, k: int = 6) -> list[int]:
@@ -96,7 +72,7 @@ def check_settings(
     *, source: str = "ru", target: str = "zh", via: str = "fr", layers: Sequence[int] | None = None,
     alphas: Sequence[float] | None = None, n_concepts: int | None = DEFAULT_N_CONCEPTS, seed: int = 0,
     max_new_tokens: int = 5, n_generate: int = 16, n_random: int = 3, flip: bool = True, n_flip: int | None = 16,
-    wrong_pair: Sequence[str] | None = None, batch_size: int = 64, reuse_prefix: bool = True,
+    wrong_pair: Sequence[str] | None = None, batch_size: int = 16, reuse_prefix: bool = True,
 ) -> dict:
     """Return the normalised settings of a sweep (alphas sorted, 0 dropped; wrong pair filled in), or raise one clear error.
 
@@ -209,7 +185,7 @@ def _store_with(stores: Sequence[LatentStore], model: Model, frame: pd.DataFrame
 
 def fit_stores(
     model: Model, frames: dict[str, pd.DataFrame], fit: list[str], store_dir: Path, *,
-    reuse_stores: Sequence[LatentStore] = (), batch_size: int = 64, progress: bool = False,
+    reuse_stores: Sequence[LatentStore] = (), batch_size: int = 16, progress: bool = False,
 ) -> tuple[dict[str, LatentStore], dict[str, dict]]:
     """Return (language → latent store holding the fit prompts, language → where they came from).
 
@@ -241,104 +217,6 @@ def rescaled(vector: SteeringVector, norm: float, meta: dict) -> SteeringVector:
     return SteeringVector(vector.layer, vector.vector / vector.vector.norm() * norm, {**vector.meta, **meta})
 
 
-# ---------------------------------------------------------------- evaluation
-
-
-class _Batch:
-    """Prompts of one language, encoded once, with the KV cache of all but their last token (cropped after each use)."""
-
-    def __init__(self, model: Model, frame: pd.DataFrame, towards: pd.DataFrame, reuse_prefix: bool) -> None:
-        self.model, self.frame = model, frame.reset_index(drop=True)
-        self.inputs = model.encode(self.frame["prompt"].tolist())
-        if not bool(self.inputs["attention_mask"][:, -1].all()):
-            raise RuntimeError("the tokenizer must pad on the left so that the last position is the last prompt token")
-        self.target_sets = [list(towards.loc[c, "target_ids"]) for c in self.frame["concept"]]
-        self.target_words = [str(towards.loc[c, "tgt_word"]) for c in self.frame["concept"]]
-        self.source_sets = [list(s) for s in self.frame["target_ids"]]
-        self.prefix = prefix_cache(model, self.inputs) if reuse_prefix else None
-
-    def logits(self, vector: SteeringVector | None = None, alpha: float = 0.0) -> torch.Tensor:
-        """Return float32 next-token logits [B, V] with ``alpha · vector`` added at the last prompt token."""
-        return last_token_logits(self.model, self.inputs, self.prefix, vector, alpha)
-
-    def generate(self, vector: SteeringVector | None, alpha: float, max_new_tokens: int) -> list[str]:
-        """Return greedy continuations of every prompt, steered at the last prompt token and every new token."""
-        return generate(self.model, self.inputs, vector, alpha, max_new_tokens=max_new_tokens, prefix=self.prefix)
-
-
-def _batches(model: Model, frame: pd.DataFrame, towards: pd.DataFrame, batch_size: int, reuse_prefix: bool,
-             first: int = 0) -> list[_Batch]:
-    """Return the frame's batches; a boundary at row ``first`` so the generation rows fill whole batches."""
-    first = min(max(first, 0), len(frame))
-    cuts = [*range(0, first, batch_size), *range(first, len(frame), batch_size), len(frame)]
-    return [_Batch(model, frame.iloc[a:b], towards, reuse_prefix) for a, b in zip(cuts, cuts[1:]) if b > a]
-
-
-def _metrics(batch: _Batch, logits: torch.Tensor, towards: str, source: str) -> pd.DataFrame:
-    logp = torch.log_softmax(logits, dim=-1)
-
-    def mass(sets: list[list[int]]) -> np.ndarray:
-        return np.array([float(logp[i, s].exp().sum()) if s else math.nan for i, s in enumerate(sets)])
-
-    top = logits.argmax(-1).tolist()
-    names = [batch.model.tokenizer.decode([t]) for t in top]
-    return pd.DataFrame({
-        "prompt_id": batch.frame["prompt_id"].to_numpy(), "concept": batch.frame["concept"].to_numpy(),
-        "p_target_answer": mass(batch.target_sets), "p_source_answer": mass(batch.source_sets),
-        "top1_token": names, "top1_cjk": [has_script(t, "zh") for t in names],
-        "top1_target_script": [has_script(t, towards) for t in names],
-        "top1_source_script": [has_script(t, source) for t in names],
-        "top1_correct_target": [t in s for t, s in zip(top, batch.target_sets)],
-        "top1_correct_source": [t in s for t, s in zip(top, batch.source_sets)],
-    })
-
-
-class _Evaluator:
-    """Runs settings over prompt batches and collects tidy rows; one progress bar for the whole sweep."""
-
-    def __init__(self, total: int, progress: bool) -> None:
-        self.parts: list[pd.DataFrame] = []
-        self.bar = tqdm(total=total, desc="steering", unit="forward", disable=not progress)
-
-    def run(self, batches: list[_Batch], direction: str, split: str, settings: list[tuple]) -> pd.DataFrame:
-        """Return (and keep) the rows of each (vector kind, draw, layer, α, vector) setting on ``batches``."""
-        towards, source = direction.split("→")[1], direction.split("→")[0]
-        new = []
-        for kind, draw, layer, alpha, vec in settings:
-            frame = pd.concat([_metrics(b, b.logits(vec, alpha), towards, source) for b in batches])
-            new.append(frame.assign(direction=direction, split=split, vector=kind, draw=draw, layer=layer, alpha=alpha))
-            self.bar.update(1)
-        self.parts.extend(new)
-        return pd.concat(new, ignore_index=True)
-
-    def rows(self) -> pd.DataFrame:
-        """Return every row so far, GROUP columns first, layer as a nullable integer."""
-        self.bar.close()
-        rows = pd.concat(self.parts, ignore_index=True)
-        rows["layer"] = rows["layer"].astype("Int64")
-        return rows[GROUP + [c for c in rows.columns if c not in GROUP]]
-
-
-def summarize(rows: pd.DataFrame) -> pd.DataFrame:
-    """Return one row per (direction, split, vector, draw, layer, alpha): prompt count and mean of every metric."""
-    rows = rows.assign(layer=rows["layer"].astype("Int64"))
-    agg = rows.groupby(GROUP, dropna=False, sort=False).agg(
-        n=("prompt_id", "size"), p_target_answer=("p_target_answer", "mean"), p_source_answer=("p_source_answer", "mean"),
-        cjk_top1_share=("top1_cjk", "mean"), target_script_top1_share=("top1_target_script", "mean"),
-        source_script_top1_share=("top1_source_script", "mean"),
-        correct_target_top1_share=("top1_correct_target", "mean"),
-        correct_source_top1_share=("top1_correct_source", "mean"))
-    return agg.reset_index()
-
-
-def pick(summary: pd.DataFrame, direction: str, split: str = "select") -> pd.Series:
-    """Return the best steered setting of ``direction`` on ``split``: most target-script top-1, then p(answer), then earliest layer."""
-    part = summary[(summary["direction"] == direction) & (summary["split"] == split)
-                   & (summary["vector"] == "mean_difference") & (summary["alpha"] != 0)]
-    return part.sort_values(["target_script_top1_share", "p_target_answer", "layer", "alpha"],
-                            ascending=[False, False, True, True], kind="stable").iloc[0]
-
-
 @dataclass
 class SweepResult:
     """What :func:`sweep` measured: tidy per-prompt ``rows``, their ``summary``, ``generations``, ``best``, ``vectors``."""
@@ -350,7 +228,7 @@ class SweepResult:
     vectors: dict[int, SteeringVector]
 
 
-def grid(ev: _Evaluator, batches: list[_Batch], direction: str, vectors: dict[int, SteeringVector],
+def grid(ev: Evaluator, batches: list[Batch], direction: str, vectors: dict[int, SteeringVector],
          pairs: list[tuple[int, float]], sign: int = 1) -> pd.Series:
     """Return the best setting on the select split after evaluating the baseline and every (layer, α) in ``pairs``."""
     ev.run(batches, direction, "select", [("mean_difference", 0, None, 0.0, None)]
@@ -358,42 +236,14 @@ def grid(ev: _Evaluator, batches: list[_Batch], direction: str, vectors: dict[in
     return pick(summarize(pd.concat(ev.parts, ignore_index=True)), direction)
 
 
-def controls(ev: _Evaluator, batches: list[_Batch], direction: str, vector: SteeringVector, alpha: float,
+def controls(ev: Evaluator, batches: list[Batch], direction: str, vector: SteeringVector, alpha: float,
              randoms: list[SteeringVector], wrong: SteeringVector | None = None) -> None:
     """Evaluate on the test split: the baseline, ``alpha · vector``, each random control and the wrong-pair control."""
-    settings = [("mean_difference", 0, None, 0.0, None), ("mean_difference", 0, vector.layer, alpha, vector)]
-    settings += [("random", k, vector.layer, alpha, r) for k, r in enumerate(randoms)]
+    items = [("mean_difference", 0, None, 0.0, None), ("mean_difference", 0, vector.layer, alpha, vector)]
+    items += [("random", k, vector.layer, alpha, r) for k, r in enumerate(randoms)]
     if wrong is not None:
-        settings.append(("wrong_pair", 0, vector.layer, alpha, wrong))
-    ev.run(batches, direction, "test", settings)
-
-
-def _answer(text: str) -> str:
-    return re.split(r'["\n”»]', text, maxsplit=1)[0].strip()
-
-
-def generations(batches: list[_Batch], direction: str, todo: list[tuple], max_new_tokens: int,
-                n_generate: int) -> list[pd.DataFrame]:
-    """Return tidy greedy generations of the first ``n_generate`` test prompts for each (kind, draw, layer, α, vector)."""
-    towards, source = direction.split("→")[1], direction.split("→")[0]
-    out = []
-    for kind, draw, layer, alpha, vec in todo:
-        left = n_generate
-        for b in batches:
-            if left <= 0:
-                break
-            texts = b.generate(vec, alpha, max_new_tokens)  # batches are cut at n_generate: whole batches only
-            left -= len(texts)
-            answers = [_answer(t) for t in texts]
-            out.append(pd.DataFrame({
-                "direction": direction, "split": "test", "vector": kind, "draw": draw, "layer": layer, "alpha": alpha,
-                "prompt_id": b.frame["prompt_id"].to_numpy(), "concept": b.frame["concept"].to_numpy(),
-                "generation": texts, "answer": answers, "expected": b.target_words,
-                "answer_target_script": [has_script(x, towards) for x in answers],
-                "answer_source_script": [has_script(x, source) for x in answers],
-                "answer_correct_target": [x == w for x, w in zip(answers, b.target_words)],
-            }))
-    return out
+        items.append(("wrong_pair", 0, vector.layer, alpha, wrong))
+    ev.run(batches, direction, "test", items)
 
 
 def sweep(
@@ -401,7 +251,7 @@ def sweep(
     alphas: Sequence[float] | None = None, n_concepts: int | None = DEFAULT_N_CONCEPTS, seed: int = 0,
     max_new_tokens: int = 5, n_generate: int = 16, n_random: int = 3, flip: bool = True, n_flip: int | None = 16,
     wrong_pair: Sequence[str] | None = None, store_dir: str | Path | None = None,
-    reuse_stores: Sequence[LatentStore] = (), words_dir: str | Path | None = None, batch_size: int = 64,
+    reuse_stores: Sequence[LatentStore] = (), words_dir: str | Path | None = None, batch_size: int = 16,
     reuse_prefix: bool = True, progress: bool = True,
 ) -> SweepResult:
     """Return the steering sweep: Δ = μ_target − μ_source fitted, (layer, α) chosen on the select split, reported on test.
@@ -444,13 +294,13 @@ def sweep(
 
     name, flip_name = f"{source}→{target}", f"{target}→{source}"
     total = 1 + len(layers) * len(alphas) + 3 + s["n_random"] + (1 + len(alphas) + 2 + s["n_random"] if s["flip"] else 0)
-    ev = _Evaluator(total, progress)
+    ev = Evaluator(total, progress)
 
-    def batches(lang: str, towards: str, concepts: list[str], first: int = 0) -> list[_Batch]:
-        return _batches(model, frames[lang].loc[concepts], frames[towards], s["batch_size"], s["reuse_prefix"], first)
+    def prompts(lang: str, towards: str, concepts: list[str], first: int = 0) -> list[Batch]:
+        return batches(model, frames[lang].loc[concepts], frames[towards], s["batch_size"], s["reuse_prefix"], first)
 
     clock = time.perf_counter()
-    select = batches(source, target, splits.select)
+    select = prompts(source, target, splits.select)
     timings["prefix select"] = time.perf_counter() - clock
     clock = time.perf_counter()
     best = grid(ev, select, name, vectors, [(ell, a) for ell in layers for a in alphas])
@@ -459,7 +309,7 @@ def sweep(
     timings["grid select"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    test = batches(source, target, splits.test, first=min(s["n_generate"], len(splits.test)))
+    test = prompts(source, target, splits.test, first=min(s["n_generate"], len(splits.test)))
     timings["prefix test"] = time.perf_counter() - clock
     clock = time.perf_counter()
     delta = vectors[layer]
@@ -474,11 +324,11 @@ def sweep(
     held = {name: test}
     if s["flip"]:
         clock = time.perf_counter()
-        flip_select = batches(target, source, splits.flip_select)
+        flip_select = prompts(target, source, splits.flip_select)
         flip_best = grid(ev, flip_select, flip_name, vectors, [(layer, a) for a in alphas], sign=-1)
         del flip_select
         flip_alpha = float(flip_best["alpha"])
-        flip_test = batches(target, source, splits.flip_test, first=min(s["n_generate"], len(splits.flip_test)))
+        flip_test = prompts(target, source, splits.flip_test, first=min(s["n_generate"], len(splits.flip_test)))
         flip_randoms = [delta.random_like(seed * 1000 + 500 + k) for k in range(s["n_random"])]  # own draws
         controls(ev, flip_test, flip_name, -delta, flip_alpha, flip_randoms)
         todo[flip_name] = [("mean_difference", 0, layer, flip_alpha, -delta)]
@@ -497,88 +347,13 @@ def sweep(
             generation_target_share=("answer_target_script", "mean"),
             generation_correct_share=("answer_correct_target", "mean")).reset_index()
         summary = summary.merge(means, on=GROUP, how="left")
-    result = best_json(summary, rows, s, layers, splits, model, wrong_to)
+    result = best_json(summary, rows, s, layers, splits.to_dict(), model, wrong_to)
     result["vector_norm"] = round(vectors[result["layer"]].norm, 6)
     result["fit_latents"] = fit_info
     result["timings"] = {k: round(v, 3) for k, v in timings.items()}
     result["cpu_seconds"] = round(time.process_time() - cpu, 3)
     result["torch_threads"] = torch.get_num_threads()
     return SweepResult(rows, summary, gen_frame, result, vectors)
-
-
-# ---------------------------------------------------------------- best.json
-
-
-def wilson(share: float, n: int, z: float = 1.959964) -> list[float] | None:
-    """Return the 95% Wilson score interval [low, high] of a proportion ``share`` of ``n`` (None when n = 0).
-
-    Unlike the normal approximation it stays inside [0, 1] and is not zero-width at 0/n or n/n.
-    """
-    if not n or share is None or pd.isna(share):
-        return None
-    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
-    return [round(max(0.0, centre - half), 6), round(min(1.0, centre + half), 6)]
-
-
-def _numbers(part: pd.Series | pd.DataFrame, prefix: str = "") -> dict:
-    """Return the reported metrics of one summary row (several random draws: their mean; ``n`` = prompts per draw).
-
-    Draws share their prompts, so the interval of a mean over draws uses the prompts of one draw (conservative).
-    """
-    n = int(part["n"].iloc[0]) if isinstance(part, pd.DataFrame) else int(part["n"])
-    row = part.mean(numeric_only=True) if isinstance(part, pd.DataFrame) else part
-    out = {prefix + "n": n}
-    for k in NUMBERS:
-        value = row.get(k)
-        out[prefix + k] = None if value is None or pd.isna(value) else round(float(value), 6)
-    for k in INTERVALS:
-        out[prefix + k + "_ci95"] = wilson(out[prefix + k], n)
-    return out
-
-
-def best_json(summary: pd.DataFrame, rows: pd.DataFrame, settings: dict, layers: list[int], splits: Splits,
-              model: Model, wrong_to: str) -> dict:
-    """Return best.json's content: the setting chosen on the select split and its test-split numbers with every control."""
-    source, target = settings["source"], settings["target"]
-    name, flip = f"{source}→{target}", f"{target}→{source}"
-    chosen = pick(summary, name)
-    layer, alpha = int(chosen["layer"]), float(chosen["alpha"])
-
-    def at(direction: str, split: str, vector: str, alpha_: float | None = None) -> pd.DataFrame:
-        part = summary[(summary["direction"] == direction) & (summary["split"] == split) & (summary["vector"] == vector)]
-        return part if alpha_ is None else part[part["alpha"] == alpha_]
-
-    wrong_rows = rows[(rows["direction"] == name) & (rows["split"] == "test") & (rows["vector"] == "wrong_pair")]
-    result = {
-        "direction": name, "source": source, "target": target, "via": settings["via"],
-        "model": Fingerprint.of(model.fingerprint()).to_dict(),
-        "settings": {k: v for k, v in settings.items()}, "layers": layers, "alphas": settings["alphas"],
-        "splits": splits.to_dict(), "n_fit_concepts": len(splits.fit), "n_select_concepts": len(splits.select),
-        "n_test_concepts": len(splits.test), "chosen_on": "select", "reported_on": "test",
-        "layer": layer, "alpha": alpha,
-        **_numbers(at(name, "test", "mean_difference", alpha).iloc[0]),
-        **_numbers(at(name, "test", "mean_difference", 0.0).iloc[0], "baseline_"),
-        "random_control_draws": len(at(name, "test", "random")),
-        **(_numbers(at(name, "test", "random"), "random_control_") if len(at(name, "test", "random")) else {}),
-        "wrong_pair": {"towards": wrong_to, "away_from": settings["wrong_pair"][1],
-                       "vector": f"mu_{wrong_to} - mu_{settings['wrong_pair'][1]}, rescaled to the norm of Δ"},
-        **_numbers(at(name, "test", "wrong_pair").iloc[0], "wrong_pair_"),
-        "wrong_pair_own_script_top1_share": round(float(np.mean([has_script(t, wrong_to) for t in wrong_rows["top1_token"]])), 6),
-        **_numbers(chosen, "select_"),
-    }
-    if settings["flip"] and len(at(flip, "select", "mean_difference")):
-        own = pick(summary, flip)
-        flip_alpha = float(own["alpha"])
-        result["flip"] = {
-            "direction": flip, "layer": layer, "alpha": flip_alpha, "chosen_on": "select", "reported_on": "test",
-            **_numbers(at(flip, "test", "mean_difference", flip_alpha).iloc[0]),
-            **_numbers(at(flip, "test", "mean_difference", 0.0).iloc[0], "baseline_"),
-            "random_control_draws": len(at(flip, "test", "random")),
-            **(_numbers(at(flip, "test", "random"), "random_control_") if len(at(flip, "test", "random")) else {}),
-            **_numbers(own, "select_"),
-        }
-    return result
 
 
 # ---------------------------------------------------------------- the run folder
@@ -638,45 +413,3 @@ def run_to_dir(
         record.update(best)
     log.info("wrote %s in %.1f s", out, best["seconds"])
     return json.loads(json.dumps(record, default=str))  # the same structure a cached call returns
-
-
-# ---------------------------------------------------------------- tables for notebooks and reports
-
-TABLE_COLUMNS = {"n": "prompts", "cjk_top1_share": "any CJK top-1", "target_script_top1_share": "target-script top-1",
-                 "correct_target_top1_share": "correct target word top-1", "p_target_answer": "p(correct target)",
-                 "p_source_answer": "p(correct source)", "generation_target_share": "generations in target script"}
-
-
-def report_table(best: dict) -> pd.DataFrame:
-    """Return the test-split numbers of best.json as a table: one row per setting (baseline, Δ, each control, flip)."""
-    name, flip = best["direction"], best.get("flip")
-    settings = [(f"{name} baseline (α = 0)", best, "baseline_"),
-                (f"{name} Δ at layer {best['layer']}, α = {best['alpha']:g}", best, ""),
-                (f"{name} random directions, same norm ({best.get('random_control_draws', 0)} draws)", best,
-                 "random_control_"),
-                (f"{name} wrong pair μ_{best['wrong_pair']['towards']} − μ_{best['wrong_pair']['away_from']}, same norm",
-                 best, "wrong_pair_")]
-    if flip:
-        settings += [(f"{flip['direction']} baseline (α = 0)", flip, "baseline_"),
-                     (f"{flip['direction']} −Δ at layer {flip['layer']}, α = {flip['alpha']:g}", flip, ""),
-                     (f"{flip['direction']} random directions, same norm ({flip.get('random_control_draws', 0)} draws)",
-                      flip, "random_control_")]
-    rows = {label: {title: part.get(prefix + key) for key, title in TABLE_COLUMNS.items()}
-            for label, part, prefix in settings if part.get(prefix + "n") is not None}
-    return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def generation_table(generations: pd.DataFrame, direction: str) -> pd.DataFrame:
-    """Return the greedy answers of one direction as concept × setting (``expected`` first)."""
-    shown = generations[generations["direction"] == direction]
-    label = shown["vector"].where(shown["alpha"] == 0, shown["vector"] + " α=" + shown["alpha"].map("{:g}".format))
-    shown = shown.assign(setting=label.where(shown["alpha"] != 0, "baseline"))
-    table = shown.pivot_table(index="concept", columns="setting", values="answer", aggfunc="first")
-    expected = shown.drop_duplicates("concept").set_index("concept")["expected"]
-    return pd.concat([expected, table], axis=1)
-
-
-def read_results(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (summary, generations) of a run folder written by :func:`run_to_dir`."""
-    out = Path(out)
-    return pd.read_csv(out / "summary.csv"), pd.read_csv(out / "generations.csv")

@@ -19,9 +19,10 @@ LAYERS = {
     "core": {
         "errors", "atomic",  # the domain-error base; crash-safe file writes (used by the latent store)
         "adapter", "model", "capture", "tokens", "data", "tasks", "decode", "metrics", "lens",
-        "latents", "latent_shards", "steering", "patching", "checks",
+        "latents", "latent_shards", "prefix", "steering", "steered", "patching", "checks",
     },
-    "pipeline": {"runs", "experiment", "plots", "reproduce", "cli", "steering_sweep", "patch_experiment", "notebook", "__main__"},
+    "pipeline": {"runs", "experiment", "plots", "reproduce", "cli", "steering_sweep", "steering_eval", "steering_report",
+                 "patch_experiment", "notebook", "__main__"},
     "package": {"__init__"},  # the version string only
 }
 KNOWN_UPWARD: set[tuple[str, str]] = set()  # none: every core module imports only core modules

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from conftest import save_model
-from llmlatent import cli, steering, steering_sweep
+from llmlatent import cli, steering, steering_eval, steering_sweep
 from llmlatent.data import DataError
 from llmlatent.errors import OutputFolderError, UsageError
 from llmlatent.steering import SteeringError, SteeringVector
@@ -283,34 +284,99 @@ def test_split_concepts_is_seeded_and_disjoint():
         steering_sweep.split_concepts(["a", "b"], seed=0)
     assert steering_sweep.default_layers(18) == [5, 7, 9, 11, 13, 15]
     assert steering_sweep.default_layers(3) == [1, 2]
-    assert steering_sweep.has_script("云", "zh") and not steering_sweep.has_script("▁облако", "zh")
+    assert steering_eval.has_script("云", "zh") and not steering_eval.has_script("▁облако", "zh")
 
 
 SMALL = dict(layers=[0, 2], alphas=[1.0, 4.0], n_concepts=12, max_new_tokens=3, n_random=2, n_generate=3, n_flip=3,
              batch_size=2, progress=False)
 
 
+def _full_steered(model, prompts, vector, alpha):
+    """Reference: one full forward per setting, steered at the last prompt token; (last block output, own logits)."""
+    from llmlatent.capture import forward_last
+
+    context = vector.apply(model, alpha, "last") if vector is not None else contextlib.nullcontext()
+    with context:
+        latents, logits = forward_last(model, prompts)
+    return latents[:, -1].float(), logits
+
+
 @pytest.mark.parametrize("family", HOOK_FAMILIES)
-def test_prefix_cache_is_cropped_back_and_equals_full_forwards(tiny_models, family):
-    """One prefix cache serves many steered last-token forwards and generations: cropped back, never copied."""
+def test_many_settings_on_one_prefix_equal_full_forwards(tiny_models, family):
+    """Settings tiled over one prefix cache (any rows per forward) equal one full steered forward each; the cache is kept."""
+    from llmlatent import decode, steered
+    from llmlatent.prefix import Prefix
+
+    model = tiny_models[family]
+    vec, other = vector_for(model, layer=1, scale=20.0), vector_for(model, layer=2, scale=12.0, seed=1)
+    settings = [(None, 0.0), (vec, 1.0), (vec, 3.0), (vec, 0.0), (other, -2.0), (vec, 1.0)]
+    reference = [_full_steered(model, PROMPTS, v, a) for v, a in settings]
+    prefix = Prefix.of(model, PROMPTS)
+    length = prefix.width - 1
+    assert prefix.cache is not None and prefix.cache.get_seq_length() == length
+    for max_rows in (1, 2 * len(PROMPTS), 256):  # one setting per forward (cropped), two, all six tiled at once
+        finals = steered.steered_final(model, prefix, settings, max_rows=max_rows)
+        assert finals.shape == (len(settings), len(PROMPTS), model.hidden_size)
+        assert prefix.cache.get_seq_length() == length
+        for final, (want, _) in zip(finals, reference):
+            assert torch.allclose(final, want, atol=1e-4, rtol=1e-4)
+    # decoding the steered residual gives the model's own next-token distribution
+    stats = decode.decode(model.unembedding, finals.reshape(-1, model.hidden_size), k=1, energy=False)
+    own = torch.cat([logits for _, logits in reference])
+    assert torch.equal(stats["top_ids"][:, 0], own.argmax(-1))
+    no_cache = Prefix.of(model, PROMPTS, reuse=False)  # the fallback: whole prompts, tiled
+    assert torch.allclose(steered.steered_final(model, no_cache, settings), finals, atol=1e-4, rtol=1e-4)
+    assert no_hooks(model)
+
+
+@pytest.mark.parametrize("family", HOOK_FAMILIES)
+def test_generations_of_many_settings_equal_one_at_a_time(tiny_models, family):
+    """generate_many on a tiled prefix gives, per setting, what a plain generate (no cache) gives; the prefix is reusable."""
+    from llmlatent import steered
+    from llmlatent.prefix import Prefix
+
     model = tiny_models[family]
     vec = vector_for(model, layer=1, scale=20.0)
+    settings = [(None, 1.0), (vec, 1.0), (vec, 3.0)]
+    plain = [steered.generate(model, PROMPTS, v, a, max_new_tokens=4) for v, a in settings]
     inputs = model.encode(PROMPTS)
-    prefix = steering.prefix_cache(model, inputs)
-    length = inputs["input_ids"].shape[1] - 1
-    assert prefix is not None and prefix.get_seq_length() == length
-    for alpha in (0.0, 1.0, 3.0, 1.0):  # repeated use: a cache that kept the last token would change the later numbers
-        full = steering.last_token_logits(model, inputs, None, vec, alpha)
-        cached = steering.last_token_logits(model, inputs, prefix, vec, alpha)
-        assert prefix.get_seq_length() == length
-        assert torch.allclose(cached, full, atol=1e-4, rtol=1e-4)
-    for alpha in (0.0, 1.0):
-        plain = steering.generate(model, inputs, vec, alpha, max_new_tokens=4)
-        assert steering.generate(model, inputs, vec, alpha, max_new_tokens=4, prefix=prefix) == plain
-        assert prefix.get_seq_length() == length
-    assert steering.generate(model, PROMPTS, vec, 1.0, max_new_tokens=4) == plain  # texts or encoded inputs
+    assert steered.generate(model, inputs, vec, 1.0, max_new_tokens=4) == plain[1]  # texts or encoded inputs
+    prefix = Prefix(model, inputs)
+    for max_rows in (1, 256):
+        assert steered.generate_many(model, prefix, settings, max_new_tokens=4, max_rows=max_rows) == plain
+        assert prefix.cache.get_seq_length() == prefix.width - 1
+    assert steered.generate(model, prefix, vec, 3.0, max_new_tokens=4) == plain[2]
+    with pytest.raises(SteeringError, match="positions=.last. steers the prompt forward"):
+        steered.generate(model, prefix, vec, 1.0, positions="last")
     with pytest.raises(UsageError, match=r"max_new_tokens \(--max-new-tokens\) must be at least 1"):
-        steering.generate(model, PROMPTS, max_new_tokens=0)
+        steered.generate(model, PROMPTS, max_new_tokens=0)
+    assert no_hooks(model)
+
+
+def test_tiled_cache_leaves_the_original_untouched(tiny_models):
+    """tile_cache builds new tensors: the prefix's own cache keeps its rows, length and values."""
+    from llmlatent.prefix import Prefix, tile_cache
+
+    model = tiny_models["gemma3_text"]  # sliding-window layers with past recording
+    prefix = Prefix.of(model, PROMPTS)
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in prefix.cache.layers]
+    tiled = tile_cache(prefix.cache, prefix.rows, 3)
+    assert tiled.layers[0].keys.shape[0] == 3 * prefix.rows
+    assert torch.equal(tiled.layers[0].keys[2 * prefix.rows:], before[0][0])  # copy-major: copy 2 = the rows again
+    tiled.crop(-1)
+    for layer, (keys, values) in zip(prefix.cache.layers, before):
+        assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
+
+
+def test_per_row_deltas_must_match_the_batch(tiny_models):
+    """A per-row delta for another batch size is one clear SteeringError, and the hooks are gone afterwards."""
+    from llmlatent import steering
+
+    model = tiny_models["llama"]
+    vec = vector_for(model, layer=1)
+    with pytest.raises(SteeringError, match="per-row steering deltas for 6 rows, but the batch has 3 rows"):
+        with steering.apply_rows(model, [(vec, 1.0), (vec, 2.0)], rows=3):
+            model.run(model.encode(PROMPTS))
     assert no_hooks(model)
 
 
@@ -555,7 +621,7 @@ def test_ru_to_zh_on_embedded_default(embedded, tmp_path):
     def cjk_share() -> float:
         with torch.no_grad():
             top = embedded.hf(**inputs, logits_to_keep=1).logits[:, -1].argmax(-1).tolist()
-        return sum(steering_sweep.has_script(embedded.tokenizer.decode([t]), "zh") for t in top) / len(top)
+        return sum(steering_eval.has_script(embedded.tokenizer.decode([t]), "zh") for t in top) / len(top)
 
     baseline = cjk_share()
     with vec.apply(embedded, alpha=2.0):
