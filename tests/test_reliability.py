@@ -6,7 +6,10 @@ import json
 import logging
 import math
 import os
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ from llmlatent import atomic, capture, checks, cli, metrics, model, reproduce
 from llmlatent.errors import LlmlatentError, OutputFolderError, UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -101,6 +105,45 @@ def test_orphans_of_killed_runs_are_cleaned_but_not_user_or_live_folders(tmp_pat
     with atomic.atomic_dir(tmp_path / "run") as tmp:
         (tmp / "run.json").write_text("{}")
     assert not orphan.exists() and live.exists() and users.exists()
+
+
+# A writer that enters atomic_dir, writes its result into the temporary folder, says which folder, and blocks until
+# it reads a line on stdin (or is killed).
+BLOCKED_ATOMIC = r"""
+import sys
+from llmlatent import atomic
+with atomic.atomic_dir(sys.argv[1]) as tmp:
+    (tmp / "run.json").write_text(sys.argv[2])
+    print(tmp.name, flush=True)
+    sys.stdin.readline()
+"""
+
+
+def blocked_writer(out: Path, content: str) -> tuple[subprocess.Popen, Path]:
+    """Start a real process blocked inside atomic_dir(out); return it and its temporary folder."""
+    proc = subprocess.Popen([sys.executable, "-c", BLOCKED_ATOMIC, str(out), content], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    name = proc.stdout.readline().strip()
+    assert name.startswith(f".{out.name}-pid{proc.pid}-"), proc.stderr.read() if not name else name
+    return proc, out.parent / name
+
+
+def test_sigkilled_writers_temp_folder_is_removed_by_the_next_run_a_live_ones_is_not(tmp_path):
+    out = tmp_path / "run"
+    killed, orphan = blocked_writer(out, '{"killed": 1}')
+    live, live_tmp = blocked_writer(out, '{"live": 1}')  # started while the first still runs: nothing is removed
+    killed.kill()  # SIGKILL: no finally block runs, the temporary folder stays
+    killed.communicate()
+    assert killed.returncode == -signal.SIGKILL and orphan.is_dir() and live_tmp.is_dir()
+    with atomic.atomic_dir(out) as tmp:  # the next run into the same folder
+        (tmp / "run.json").write_text('{"next": 1}')
+    assert not orphan.exists(), "the SIGKILLed process's temporary folder was left behind"
+    assert live_tmp.is_dir() and (live_tmp / "run.json").read_text() == '{"live": 1}', "a live writer's folder was removed"
+    assert json.loads((out / "run.json").read_text()) == {"next": 1}
+    _, err = live.communicate("go\n", timeout=60)  # the live writer finishes: its result replaces the previous one
+    assert live.returncode == 0, err
+    assert json.loads((out / "run.json").read_text()) == {"live": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 # ---------------------------------------------------------------- errors and the CLI
