@@ -215,6 +215,93 @@ def test_bad_arguments_fail_before_the_model_load(tmp_path, capsys, no_load, arg
     one_line_error(capsys, argv, match)
 
 
+def one_exact_line(capsys, argv: list[str], line: str) -> None:
+    """Run the CLI, assert exit 2 and exactly ``line`` on stderr."""
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == line + "\n"
+
+
+def word_folder(tmp_path: Path, fr: bytes) -> Path:
+    """Return a copy of the bundled en/fr/zh word lists with ``fr.csv`` replaced by ``fr``."""
+    from llmlatent import data
+
+    folder = tmp_path / "words"
+    folder.mkdir()
+    for lang in ("en", "zh"):
+        (folder / f"{lang}.csv").write_bytes((data.words_dir() / f"{lang}.csv").read_bytes())
+    (folder / "fr.csv").write_bytes(fr)
+    return folder
+
+
+HEADER = "concept,word,cloze_masked,cloze_filled\n"
+CAFE = 'café,café,"Un ___.","Un café."\n'
+
+
+@pytest.mark.parametrize("command", ["sweep", "cache"])
+@pytest.mark.parametrize("content, message", [
+    (b"", "{f}: the file is empty; it needs a header row and at least one data row"),
+    ((HEADER + CAFE).encode("cp1252"), "{f}: not UTF-8 text (byte 0xE9 at position {pos}); save it as UTF-8"),
+    ((HEADER + 'cloud,nuage,"Un ___.","Un nuage."\ncloud,brume,"Une ___.","Une brume."\n').encode(),
+     "{f}: concept 'cloud' appears on lines 2, 3 with different rows ('nuage', 'brume'); keep one row per concept"),
+])
+def test_bad_word_csv_fails_before_the_model_load(tmp_path, capsys, no_load, command, content, message):
+    folder = word_folder(tmp_path, content)
+    one_exact_line(capsys, [command, "--words", str(folder), "--out", str(tmp_path / "o")],
+                   "error: " + message.format(f=folder / "fr.csv", pos=content.find(b"\xe9")))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["sweep", "cache"])
+@pytest.mark.parametrize("content, message", [
+    (b"", "{f}: the file is empty; it needs a header row and at least one data row"),
+    ('prompt,out_token_str,latent_token_str\n"Français: ""café"" - ",café,coffee\n'.encode("cp1252"),
+     "{f}: not UTF-8 text (byte 0xE7 at position {pos}); save it as UTF-8"),
+    (b"prompt,out_token_str,latent_token_str\n", "{f}: a header but no data rows"),
+    (b"prompt,answer\nhello,world\n", "{f}: missing column(s) out_token_str, latent_token_str (expected prompt, out_token_str, latent_token_str)"),
+])
+def test_bad_prompt_csv_fails_before_the_model_load(tmp_path, capsys, no_load, command, content, message):
+    (tmp_path / "p.csv").write_bytes(content)
+    one_exact_line(capsys, [command, "--prompts", str(tmp_path / "p.csv"), "--out", str(tmp_path / "o")],
+                   "error: " + message.format(f=tmp_path / "p.csv", pos=content.find(b"\xe7")))
+
+
+def test_cache_into_a_store_with_corrupt_store_json(tmp_path, capsys, no_load):
+    (tmp_path / "s" / "shards").mkdir(parents=True)
+    (tmp_path / "s" / "store.json").write_text('{"format": "llmlatent-lat')
+    from llmlatent.latent_shards import REPAIR_HINT
+
+    one_exact_line(capsys, ["cache", "--out", str(tmp_path / "s")],
+                   f"error: store.json of the latent store {tmp_path / 's'} is not valid JSON; {REPAIR_HINT}")
+    assert (tmp_path / "s" / "store.json").read_text() == '{"format": "llmlatent-lat'  # nothing touched
+
+
+def test_cache_info_on_damaged_stores(tiny_models, tmp_path, capsys):
+    from llmlatent import latents, tasks
+
+    m = tiny_models["llama"]
+    path = tmp_path / "s"
+    latents.collect(m, tasks.build("translation", "fr", "zh", m.tokenizer, n=4), path, shard_size=1, progress=False)
+    arrows = [next((path / "shards" / f"{k:05d}").glob("*.arrow")) for k in range(4)]
+    size = arrows[0].stat().st_size
+    arrows[0].write_bytes(arrows[0].read_bytes()[:-50])  # truncated
+    flipped = bytearray(arrows[1].read_bytes())
+    flipped[len(flipped) // 2] ^= 0xFF  # byte-flipped, same size
+    arrows[1].write_bytes(bytes(flipped))
+    (path / "shards" / "00002" / "shard.json").unlink()
+    rerun = "; rerun the same cache command to recompute it"
+    for extra, problems in (
+        ([], {"0": f"{arrows[0].name} has {size - 50} bytes, expected {size}{rerun}",
+              "1": f"{arrows[1].name} does not match its sha256{rerun}", "2": f"shard.json is missing{rerun}"}),
+        (["--no-verify"], {"0": f"{arrows[0].name} has {size - 50} bytes, expected {size}{rerun}",
+                           "2": f"shard.json is missing{rerun}"}),  # the byte flip needs the sha256
+    ):
+        assert cli.main(["cache-info", str(path), *extra]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["complete"] is False and info["shards_done"] == 4 and info["problems"] == problems
+    with pytest.raises(latents.LatentStoreError, match="corrupt shard 0"):
+        latents.load(path)
+
+
 def test_read_only_parent_is_refused(tmp_path, capsys, no_load, monkeypatch):
     real = os.access
     monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == tmp_path / "ro" else real(p, mode))
