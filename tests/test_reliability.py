@@ -146,6 +146,40 @@ def test_sigkilled_writers_temp_folder_is_removed_by_the_next_run_a_live_ones_is
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+# A writer that is SIGKILLed between atomic_dir's two renames: the previous result moved aside, the new one not in place.
+BETWEEN_RENAMES = r"""
+import os, sys
+from llmlatent import atomic
+real = os.replace
+def replace(src, dst):
+    real(src, dst)
+    if str(dst).endswith("-old"):
+        print("MOVED", flush=True)
+        sys.stdin.readline()
+os.replace = replace
+with atomic.atomic_dir(sys.argv[1]) as tmp:
+    (tmp / "run.json").write_text('{"new": 1}')
+"""
+
+
+def test_previous_result_survives_a_kill_between_the_renames(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text('{"previous": 1}')
+    proc = subprocess.Popen([sys.executable, "-c", BETWEEN_RENAMES, str(out)], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    proc.kill()
+    _, err = proc.communicate()
+    assert line == "MOVED\n", err
+    assert not out.exists() and (tmp_path / f".run-pid{proc.pid}-old").is_dir()
+    with pytest.raises(RuntimeError, match="boom"):  # the next run fails: the previous result must still be there
+        with atomic.atomic_dir(out):
+            raise RuntimeError("boom")
+    assert json.loads((out / "run.json").read_text()) == {"previous": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
 # ---------------------------------------------------------------- errors and the CLI
 
 
