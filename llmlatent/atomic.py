@@ -81,13 +81,18 @@ def _clean_orphans(parent: Path, name: str) -> None:
     """Remove temporary folders ``.NAME-pidN-*`` left beside ``parent/name`` by killed runs (process N is gone).
 
     Only folders of exactly that pattern are touched (a user's ``.NAME-backup`` is not), and never one
-    whose process is still running (a concurrent run writing the same output).
+    whose process is still running (a concurrent run writing the same output). A run killed between
+    its two renames left the previous result as ``.NAME-pidN-old`` and no ``NAME``: it is put back.
     """
     pattern = re.compile(re.escape(f".{name}-pid") + r"(\d+)-")
-    for tmp in parent.iterdir():
+    for tmp in sorted(parent.iterdir()):
         match = pattern.match(tmp.name)
         if match is None or not tmp.is_dir() or tmp.is_symlink() or _alive(int(match.group(1))):
             continue
+        if tmp.name == f"{_tmp_prefix(name, int(match.group(1)))}old" and not (parent / name).exists():
+            with contextlib.suppress(OSError):  # a concurrent run may have put it back first
+                os.replace(tmp, parent / name)
+                continue
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,6 +67,8 @@ def check_prompt_args(args: argparse.Namespace) -> None:
         given = [f"--{k.replace('_', '-')}" for k in ("task", "src", "tgt", "cognate_filter") if getattr(args, k)]
         if given:
             raise UsageError(f"--prompts {args.prompts} already defines the prompts; drop {', '.join(given)} (they would be ignored)")
+        with _quiet(data.log):  # an empty, non-UTF-8 or malformed file fails now; its warnings come with the real read
+            data.read_prompt_file(args.prompts)
         return
     args.task = args.task or "translation"
     args.tgt = args.tgt or "zh"
@@ -73,6 +77,20 @@ def check_prompt_args(args: argparse.Namespace) -> None:
         data.check_lang(args.src)
     if args.task == "translation" and (args.src or "fr") == args.tgt:
         raise data.DataError(f"translation needs two different languages (got {args.tgt}→{args.tgt}); use --task repetition")
+    if args.words:  # empty, non-UTF-8 or duplicate-concept word files fail now, not after the model load
+        with _quiet(data.log):
+            data.read_table(["en", args.src or ("fr" if args.task == "translation" else args.tgt), args.tgt], args.words)
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """Yield with ``logger`` disabled (a check that reads input again later, when its warnings are shown)."""
+    was = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = was
 
 
 def build_prompts(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase) -> PromptSet:

@@ -150,6 +150,7 @@ def collect(
                     out[idx] = _to_storage(latents, dtype)
                     bar.update(len(idx))
                 write_shard(path, config, k, frame, out)
+                log.info("computed shard %d of %s (prompts %d-%d) in process %d", k, path, start, stop - 1, os.getpid())
         if busy:
             log.info("%d shard(s) of %s are being computed by another process; waiting for them", len(busy), path)
         todo = busy

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -387,6 +388,131 @@ def test_second_process_skips_claimed_shards_then_waits(tiny_models, tmp_path):
     worker.join(timeout=120)
     assert not worker.is_alive()
     assert torch.equal(result["store"].latents(), fresh)
+
+
+# A `cache` run whose forward pass first waits (holding its first shard's claim) until the other run also holds
+# one, so that the two really run at once and each meets the other's claim; then a little slower per batch.
+RACING_CLI = r"""
+import os, sys, time
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+import llmlatent.capture as capture
+barrier, real = Path(os.environ["BARRIER"]), capture.forward_last
+def gated(*args):
+    me = barrier / str(os.getpid())
+    if not me.exists():
+        me.touch()
+        deadline = time.monotonic() + 30
+        while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    time.sleep(0.05)
+    return real(*args)
+capture.forward_last = gated
+from llmlatent.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+COMPUTED = re.compile(r"computed shard (\d+) of .* in process (\d+)")
+
+
+def _store_leftovers(path: Path) -> list[str]:
+    """Return the store's entries other than its results and its (free) lock files; assert every lock is free."""
+    from filelock import FileLock
+
+    extra = []
+    for entry in sorted(path.rglob("*")):
+        rel = entry.relative_to(path).as_posix()
+        if rel.endswith(".lock"):
+            lock = FileLock(str(entry))
+            lock.acquire(timeout=0)  # raises Timeout while a process still holds it
+            lock.release()
+        if not re.fullmatch(r"store\.json|store\.lock|shards|shards/\.claim-\d{5}\.lock|shards/\d{5}(/[^./][^/]*)?", rel):
+            extra.append(rel)
+    return extra
+
+
+@pytest.mark.slow
+def test_two_cache_processes_compute_each_shard_once(gpt2_dir, tmp_path):
+    """Two real `cache` processes on one store: each shard computed once in total, the store equals one process's."""
+    out, barrier = tmp_path / "store", tmp_path / "barrier"
+    barrier.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1", BARRIER=str(barrier))
+    cmd = [sys.executable, "-c", RACING_CLI, "-v", *_cache_args(gpt2_dir, out)]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (stdout, stderr) in zip(procs, outputs):
+        assert p.returncode == 0, stderr[-2000:]
+        assert json.loads(stdout.strip().splitlines()[-1])["n_prompts"] == 12
+    computed = {p.pid: [int(k) for k, pid in COMPUTED.findall(err) if int(pid) == p.pid] for p, (_, err) in zip(procs, outputs)}
+    assert all(computed.values()), f"both processes must have computed shards: {computed}"
+    assert sorted(k for ks in computed.values() for k in ks) == list(range(6)), f"a shard computed twice or never: {computed}"
+    assert any("being computed by another process" in err for _, err in outputs)  # the claims were really contended
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        m = model.load(str(gpt2_dir), device="cpu")
+        alone = latents.collect(m, prompt_set(m, n=12), tmp_path / "alone", shard_size=2, batch_size=2, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    both = latents.load(out)
+    assert both.config == alone.config and torch.equal(both.latents(), alone.latents())
+    pd.testing.assert_frame_equal(both.prompts, alone.prompts)
+    assert _store_leftovers(out) == []
+
+
+# A `cache` run that blocks (and is then SIGKILLed) while shard 1 is half-written: its Arrow file is in the
+# temporary folder, its shard.json not yet.
+BLOCKED_WRITER_CLI = r"""
+import sys, time
+import torch
+torch.set_num_threads(1)
+from llmlatent import latent_shards
+real = latent_shards.write_json
+def write_json(path, content):
+    if path.name == "shard.json" and content.get("shard") == 1:
+        print("WRITING", path.parent.name, flush=True)
+        time.sleep(600)
+    return real(path, content)
+latent_shards.write_json = write_json
+from llmlatent.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_store_writer_killed_mid_shard(gpt2_dir, tmp_path, monkeypatch):
+    """SIGKILL inside write_shard: the OS frees the claim, the next run removes the half-written shard and resumes."""
+    from filelock import FileLock
+
+    out = tmp_path / "store"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", BLOCKED_WRITER_CLI, *_cache_args(gpt2_dir, out)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()  # "" if the child died first
+    proc.kill()
+    _, stderr = proc.communicate()
+    assert line.startswith("WRITING .tmp-00001-"), stderr[-2000:]
+    half = out / "shards" / line.split()[1]
+    assert half.is_dir() and list(half.glob("*.arrow")) and not (half / "shard.json").exists()
+    assert (out / "shards" / "00000").is_dir() and not (out / "shards" / "00001").exists()
+    claim = FileLock(str(out / "shards" / ".claim-00001.lock"))
+    claim.acquire(timeout=0)  # the killed holder's claim was released by the operating system
+    claim.release()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        m = model.load(str(gpt2_dir), device="cpu")
+        ps = prompt_set(m, n=12)
+        counted = count_forward(monkeypatch)
+        resumed = latents.collect(m, ps, out, batch_size=2, progress=False)
+        assert sum(counted) == 10  # shard 0 kept, shards 1-5 computed
+        monkeypatch.undo()
+        fresh = latents.collect(m, ps, tmp_path / "fresh", shard_size=2, batch_size=2, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert not half.exists() and torch.equal(resumed.latents(), fresh.latents())
+    assert _store_leftovers(out) == []
 
 
 def test_corrupt_store_json_is_repaired_keeping_good_shards(tiny_models, tmp_path, monkeypatch, capsys):

@@ -6,7 +6,10 @@ import json
 import logging
 import math
 import os
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ from llmlatent import atomic, capture, checks, cli, metrics, model, reproduce
 from llmlatent.errors import LlmlatentError, OutputFolderError, UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -103,6 +107,79 @@ def test_orphans_of_killed_runs_are_cleaned_but_not_user_or_live_folders(tmp_pat
     assert not orphan.exists() and live.exists() and users.exists()
 
 
+# A writer that enters atomic_dir, writes its result into the temporary folder, says which folder, and blocks until
+# it reads a line on stdin (or is killed).
+BLOCKED_ATOMIC = r"""
+import sys
+from llmlatent import atomic
+with atomic.atomic_dir(sys.argv[1]) as tmp:
+    (tmp / "run.json").write_text(sys.argv[2])
+    print(tmp.name, flush=True)
+    sys.stdin.readline()
+"""
+
+
+def blocked_writer(out: Path, content: str) -> tuple[subprocess.Popen, Path]:
+    """Start a real process blocked inside atomic_dir(out); return it and its temporary folder."""
+    proc = subprocess.Popen([sys.executable, "-c", BLOCKED_ATOMIC, str(out), content], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    name = proc.stdout.readline().strip()
+    assert name.startswith(f".{out.name}-pid{proc.pid}-"), proc.stderr.read() if not name else name
+    return proc, out.parent / name
+
+
+def test_sigkilled_writers_temp_folder_is_removed_by_the_next_run_a_live_ones_is_not(tmp_path):
+    out = tmp_path / "run"
+    killed, orphan = blocked_writer(out, '{"killed": 1}')
+    live, live_tmp = blocked_writer(out, '{"live": 1}')  # started while the first still runs: nothing is removed
+    killed.kill()  # SIGKILL: no finally block runs, the temporary folder stays
+    killed.communicate()
+    assert killed.returncode == -signal.SIGKILL and orphan.is_dir() and live_tmp.is_dir()
+    with atomic.atomic_dir(out) as tmp:  # the next run into the same folder
+        (tmp / "run.json").write_text('{"next": 1}')
+    assert not orphan.exists(), "the SIGKILLed process's temporary folder was left behind"
+    assert live_tmp.is_dir() and (live_tmp / "run.json").read_text() == '{"live": 1}', "a live writer's folder was removed"
+    assert json.loads((out / "run.json").read_text()) == {"next": 1}
+    _, err = live.communicate("go\n", timeout=60)  # the live writer finishes: its result replaces the previous one
+    assert live.returncode == 0, err
+    assert json.loads((out / "run.json").read_text()) == {"live": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+# A writer that is SIGKILLed between atomic_dir's two renames: the previous result moved aside, the new one not in place.
+BETWEEN_RENAMES = r"""
+import os, sys
+from llmlatent import atomic
+real = os.replace
+def replace(src, dst):
+    real(src, dst)
+    if str(dst).endswith("-old"):
+        print("MOVED", flush=True)
+        sys.stdin.readline()
+os.replace = replace
+with atomic.atomic_dir(sys.argv[1]) as tmp:
+    (tmp / "run.json").write_text('{"new": 1}')
+"""
+
+
+def test_previous_result_survives_a_kill_between_the_renames(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text('{"previous": 1}')
+    proc = subprocess.Popen([sys.executable, "-c", BETWEEN_RENAMES, str(out)], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    proc.kill()
+    _, err = proc.communicate()
+    assert line == "MOVED\n", err
+    assert not out.exists() and (tmp_path / f".run-pid{proc.pid}-old").is_dir()
+    with pytest.raises(RuntimeError, match="boom"):  # the next run fails: the previous result must still be there
+        with atomic.atomic_dir(out):
+            raise RuntimeError("boom")
+    assert json.loads((out / "run.json").read_text()) == {"previous": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
 # ---------------------------------------------------------------- errors and the CLI
 
 
@@ -170,6 +247,93 @@ def test_bad_arguments_fail_before_the_model_load(tmp_path, capsys, no_load, arg
     if "--out" not in argv and argv[0] in ("sweep", "cache", "steer"):
         argv += ["--out", str(tmp_path / "new")]
     one_line_error(capsys, argv, match)
+
+
+def one_exact_line(capsys, argv: list[str], line: str) -> None:
+    """Run the CLI, assert exit 2 and exactly ``line`` on stderr."""
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == line + "\n"
+
+
+def word_folder(tmp_path: Path, fr: bytes) -> Path:
+    """Return a copy of the bundled en/fr/zh word lists with ``fr.csv`` replaced by ``fr``."""
+    from llmlatent import data
+
+    folder = tmp_path / "words"
+    folder.mkdir()
+    for lang in ("en", "zh"):
+        (folder / f"{lang}.csv").write_bytes((data.words_dir() / f"{lang}.csv").read_bytes())
+    (folder / "fr.csv").write_bytes(fr)
+    return folder
+
+
+HEADER = "concept,word,cloze_masked,cloze_filled\n"
+CAFE = 'café,café,"Un ___.","Un café."\n'
+
+
+@pytest.mark.parametrize("command", ["sweep", "cache"])
+@pytest.mark.parametrize("content, message", [
+    (b"", "{f}: the file is empty; it needs a header row and at least one data row"),
+    ((HEADER + CAFE).encode("cp1252"), "{f}: not UTF-8 text (byte 0xE9 at position {pos}); save it as UTF-8"),
+    ((HEADER + 'cloud,nuage,"Un ___.","Un nuage."\ncloud,brume,"Une ___.","Une brume."\n').encode(),
+     "{f}: concept 'cloud' appears on lines 2, 3 with different rows ('nuage', 'brume'); keep one row per concept"),
+])
+def test_bad_word_csv_fails_before_the_model_load(tmp_path, capsys, no_load, command, content, message):
+    folder = word_folder(tmp_path, content)
+    one_exact_line(capsys, [command, "--words", str(folder), "--out", str(tmp_path / "o")],
+                   "error: " + message.format(f=folder / "fr.csv", pos=content.find(b"\xe9")))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["sweep", "cache"])
+@pytest.mark.parametrize("content, message", [
+    (b"", "{f}: the file is empty; it needs a header row and at least one data row"),
+    ('prompt,out_token_str,latent_token_str\n"Français: ""café"" - ",café,coffee\n'.encode("cp1252"),
+     "{f}: not UTF-8 text (byte 0xE7 at position {pos}); save it as UTF-8"),
+    (b"prompt,out_token_str,latent_token_str\n", "{f}: a header but no data rows"),
+    (b"prompt,answer\nhello,world\n", "{f}: missing column(s) out_token_str, latent_token_str (expected prompt, out_token_str, latent_token_str)"),
+])
+def test_bad_prompt_csv_fails_before_the_model_load(tmp_path, capsys, no_load, command, content, message):
+    (tmp_path / "p.csv").write_bytes(content)
+    one_exact_line(capsys, [command, "--prompts", str(tmp_path / "p.csv"), "--out", str(tmp_path / "o")],
+                   "error: " + message.format(f=tmp_path / "p.csv", pos=content.find(b"\xe7")))
+
+
+def test_cache_into_a_store_with_corrupt_store_json(tmp_path, capsys, no_load):
+    (tmp_path / "s" / "shards").mkdir(parents=True)
+    (tmp_path / "s" / "store.json").write_text('{"format": "llmlatent-lat')
+    from llmlatent.latent_shards import REPAIR_HINT
+
+    one_exact_line(capsys, ["cache", "--out", str(tmp_path / "s")],
+                   f"error: store.json of the latent store {tmp_path / 's'} is not valid JSON; {REPAIR_HINT}")
+    assert (tmp_path / "s" / "store.json").read_text() == '{"format": "llmlatent-lat'  # nothing touched
+
+
+def test_cache_info_on_damaged_stores(tiny_models, tmp_path, capsys):
+    from llmlatent import latents, tasks
+
+    m = tiny_models["llama"]
+    path = tmp_path / "s"
+    latents.collect(m, tasks.build("translation", "fr", "zh", m.tokenizer, n=4), path, shard_size=1, progress=False)
+    arrows = [next((path / "shards" / f"{k:05d}").glob("*.arrow")) for k in range(4)]
+    size = arrows[0].stat().st_size
+    arrows[0].write_bytes(arrows[0].read_bytes()[:-50])  # truncated
+    flipped = bytearray(arrows[1].read_bytes())
+    flipped[len(flipped) // 2] ^= 0xFF  # byte-flipped, same size
+    arrows[1].write_bytes(bytes(flipped))
+    (path / "shards" / "00002" / "shard.json").unlink()
+    rerun = "; rerun the same cache command to recompute it"
+    for extra, problems in (
+        ([], {"0": f"{arrows[0].name} has {size - 50} bytes, expected {size}{rerun}",
+              "1": f"{arrows[1].name} does not match its sha256{rerun}", "2": f"shard.json is missing{rerun}"}),
+        (["--no-verify"], {"0": f"{arrows[0].name} has {size - 50} bytes, expected {size}{rerun}",
+                           "2": f"shard.json is missing{rerun}"}),  # the byte flip needs the sha256
+    ):
+        assert cli.main(["cache-info", str(path), *extra]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["complete"] is False and info["shards_done"] == 4 and info["problems"] == problems
+    with pytest.raises(latents.LatentStoreError, match="corrupt shard 0"):
+        latents.load(path)
 
 
 def test_read_only_parent_is_refused(tmp_path, capsys, no_load, monkeypatch):
