@@ -28,6 +28,7 @@ whitespace-only words never reach a prompt; the builders count them as dropped (
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -125,6 +126,19 @@ def _check_duplicates(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     return frame[~((frame["concept"] != "") & frame["concept"].duplicated())]
 
 
+def word_file(lang: str, directory: str | Path | None = None) -> Path:
+    """Return the word-list file of ``lang`` under ``directory`` (``<lang>.csv`` or ``<lang>/clean.csv``; default the bundled data)."""
+    check_lang(lang)
+    folder = Path(directory) if directory is not None else words_dir()
+    if not folder.is_dir():
+        raise DataError(f"word folder {folder} does not exist or is not a folder")
+    candidates = [folder / f"{lang}.csv", folder / lang / "clean.csv"]
+    path = next((p for p in candidates if p.exists()), None)
+    if path is None:
+        raise DataError(f"no word list for {lang!r} in {folder} (looked for {lang}.csv and {lang}/clean.csv)")
+    return path
+
+
 def read_words(lang: str, directory: str | Path | None = None) -> pd.DataFrame:
     """Return the word list of one language: concept, word, cloze_masked, cloze_filled, cloze_example, cloze_query.
 
@@ -134,15 +148,35 @@ def read_words(lang: str, directory: str | Path | None = None) -> pd.DataFrame:
     stripped; rows whose word or concept is empty stay in the frame with ``word == ""`` (or
     ``concept == ""``) so that the prompt builders count them as dropped. A concept on several
     rows with different content raises a DataError naming the lines.
+    A duplicate-row warning is logged on the first read of a file's content only.
     """
-    check_lang(lang)
-    folder = Path(directory) if directory is not None else words_dir()
-    if not folder.is_dir():
-        raise DataError(f"word folder {folder} does not exist or is not a folder")
-    candidates = [folder / f"{lang}.csv", folder / lang / "clean.csv"]
-    path = next((p for p in candidates if p.exists()), None)
-    if path is None:
-        raise DataError(f"no word list for {lang!r} in {folder} (looked for {lang}.csv and {lang}/clean.csv)")
+    path = word_file(lang, directory)
+    # parsed word lists are kept in memory keyed on the sha256 of the file's bytes (not its name or time
+    # stamp), so an edited file is always parsed again; each call gets its own copy of the frame
+    key = (lang, str(path.resolve()), _sha256(path))
+    if key in _WORDS:
+        return _WORDS[key].copy()
+    frame = _read_words(lang, path)
+    if key[2] is not None and _sha256(path) == key[2]:  # kept only if the file did not change while parsed
+        if len(_WORDS) >= 64:
+            _WORDS.clear()
+        _WORDS[key] = frame.copy()
+    return frame
+
+
+_WORDS: dict[tuple[str, str, str], pd.DataFrame] = {}  # read_words' memory: (lang, file, sha256) -> frame
+
+
+def _sha256(path: Path) -> str | None:
+    """Return the sha256 of a file's bytes, or None if it cannot be read (read_csv then says why)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _read_words(lang: str, path: Path) -> pd.DataFrame:
+    """Return :func:`read_words` of ``path`` (parsed, not memoised)."""
     frame = read_csv(path, "word list")
     if "word_original" in frame.columns or "word_translation" in frame.columns:
         _missing(frame, SEED_COLUMNS, path)

@@ -66,7 +66,9 @@ def _line(src: str, tgt: str, src_word: str, tgt_word: str | None) -> str:
 
 
 def _shots(rng: np.random.Generator, n_rows: int, query: int, k: int) -> list[int]:
-    pool = np.array([i for i in range(n_rows) if i != query])
+    # every row but the query; np.delete gives the same int64 values as the plain list comprehension
+    # ([i for i in range(n_rows) if i != query]), so rng.choice draws exactly the same rows
+    pool = np.delete(np.arange(n_rows), query)
     return [int(i) for i in rng.choice(pool, size=min(k, len(pool)), replace=False)]
 
 
@@ -109,14 +111,18 @@ def build(
     dropped = dict.fromkeys(DROP_REASONS, 0)
     dropped["empty_word"] = int(table.attrs.get("empty_word", 0))
     with_source = task == "translation" and src not in ("en", tgt)
+    # plain lists of the table's columns, read once: the table has a RangeIndex, so row label = list
+    # position, and a list lookup returns the same str as table.loc (per-cell pandas indexing was the
+    # main cost of building a set)
+    col = {name: table[name].tolist() for name in table.columns}
     keep = []
-    for i, row in table.iterrows():
-        en_word, tgt_word, src_word = row["word_en"], row[f"word_{tgt}"], row[f"word_{src}"]
+    for i in range(len(table)):
+        en_word, tgt_word, src_word = col["word_en"][i], col[f"word_{tgt}"][i], col[f"word_{src}"][i]
         target_ids = token_set(tokenizer, tgt_word, strict=strict)
         english_ids = token_set(tokenizer, en_word, strict=strict)
         source_ids = token_set(tokenizer, src_word, strict=strict) if with_source else None
         reason = None
-        if task == "cloze" and row[f"cloze_{tgt}"].count(MASK) != 1:
+        if task == "cloze" and col[f"cloze_{tgt}"][i].count(MASK) != 1:
             reason = "no_cloze_mask"
         elif tgt != "en" and en_word.lower() in tgt_word.lower():
             reason = "english_in_target"
@@ -142,25 +148,26 @@ def build(
         notes.append(f"asked for n={n} prompts but only {len(keep)} pass the filters; using all {len(keep)}")
         log.warning(notes[-1])
     records = []
+    src_words, tgt_words = col[f"word_{src}"], col[f"word_{tgt}"]
     for pid, (i, target_ids, english_ids, source_ids) in enumerate(keep):
-        row = table.loc[i]
         shots = _shots(rng, len(table), i, n_shots)
         if task == "cloze":
             # examples: filled lines of other concepts; query: the masked line cut where the answer starts
-            text = "".join(f'{table.loc[j, f"cloze_example_{tgt}"]}\n' for j in shots) + row[f"cloze_query_{tgt}"]
+            examples = col[f"cloze_example_{tgt}"]
+            text = "".join(f"{examples[j]}\n" for j in shots) + col[f"cloze_query_{tgt}"][i]
         else:
-            text = "".join(_line(src, tgt, table.loc[j, f"word_{src}"], table.loc[j, f"word_{tgt}"]) for j in shots)
-            text += _line(src, tgt, row[f"word_{src}"], None)
+            text = "".join(_line(src, tgt, src_words[j], tgt_words[j]) for j in shots)
+            text += _line(src, tgt, src_words[i], None)
         records.append(
             {
                 "prompt_id": pid,
                 "task": task,
                 "src": src,
                 "tgt": tgt,
-                "concept": row["concept"],
-                "src_word": row[f"word_{src}"],
-                "tgt_word": row[f"word_{tgt}"],
-                "en_word": row["word_en"],
+                "concept": col["concept"][i],
+                "src_word": src_words[i],
+                "tgt_word": tgt_words[i],
+                "en_word": col["word_en"][i],
                 "prompt": text,
                 "target_ids": target_ids,
                 "english_ids": english_ids,

@@ -27,7 +27,7 @@ earlier versions of this package; on the paper's vocabularies it adds nothing ne
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -66,6 +66,9 @@ class VocabInfo:
     byte_level: bool
     byte_fallback: bool
     special: frozenset = frozenset()  # ids of special tokens (never in a set)
+    # token_set's answers for this tokenizer: (stripped word, strict, own_first_token) -> sorted ids. It lives
+    # as long as this VocabInfo (cached on the tokenizer object), so it never outlives the vocabulary it read
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def vocab_info(tokenizer: PreTrainedTokenizerBase) -> VocabInfo:
@@ -122,6 +125,16 @@ def token_set(tokenizer: PreTrainedTokenizerBase, word: str, *, strict: bool = F
     if not word:
         return []
     info = vocab_info(tokenizer)
+    key = (word, strict, own_first_token)
+    if key not in info.memo:
+        if len(info.memo) >= 100_000:  # bound the memory of a long session with many custom words
+            info.memo.clear()
+        info.memo[key] = tuple(_token_set(tokenizer, info, word, strict, own_first_token))
+    return list(info.memo[key])  # a new list each call: callers may keep or change it
+
+
+def _token_set(tokenizer: PreTrainedTokenizerBase, info: VocabInfo, word: str, strict: bool, own_first_token: bool) -> list[int]:
+    """Return :func:`token_set` of a stripped, non-empty ``word`` (computed, not memoised)."""
     alphabetic_strict = strict and is_alphabetic(word) and len(word) >= 2
     min_chars = 2 if alphabetic_strict else 1
     pieces = [word[:i] for i in range(min_chars, len(word) + 1)]
