@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 
     from .model import Model
 
+# bytes of tiled KV cache one forward may build: copies of a large model's cache (e.g. 7B, ~40 MB per
+# 75-token row in bf16) would otherwise outgrow the memory the model leaves; small models hit max_rows first
+TILE_BYTES = 1 << 30
+
 Intervention = Callable[[dict], contextlib.AbstractContextManager]  # forward kwargs → hooks for that forward
 
 
@@ -121,6 +125,9 @@ class Prefix:
         self.model, self.inputs = model, dict(inputs)
         self.rows, self.width = int(inputs["input_ids"].shape[0]), int(inputs["input_ids"].shape[1])
         self.cache = prefix_cache(model, self.inputs) if reuse else None
+        tensors = [t for layer in getattr(self.cache, "layers", []) for t in (getattr(layer, "keys", None),
+                                                                              getattr(layer, "values", None))]
+        self.row_bytes = sum(t.nbytes for t in tensors if isinstance(t, torch.Tensor)) // max(1, self.rows)
 
     @classmethod
     def of(cls, model: Model, prompts: list[str], reuse: bool = True) -> Prefix:
@@ -176,6 +183,8 @@ class Prefix:
                 model.run(batch, logits_to_keep=no_logits())
         return captured[0].float()
 
-    def copies_per_forward(self, wanted: int, max_rows: int) -> int:
-        """Return how many copies of the rows one forward runs: as many as ``wanted``, at most ``max_rows`` rows."""
-        return max(1, min(int(wanted), int(max_rows) // max(1, self.rows)))
+    def copies_per_forward(self, wanted: int, max_rows: int, max_bytes: int = TILE_BYTES) -> int:
+        """Return how many copies of the rows one forward runs: up to ``wanted``, ≤ ``max_rows`` rows, ≤ ``max_bytes`` of tiled cache."""
+        by_rows = int(max_rows) // max(1, self.rows)
+        by_bytes = int(max_bytes) // max(1, self.row_bytes * self.rows)
+        return max(1, min(int(wanted), by_rows, by_bytes))
