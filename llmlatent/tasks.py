@@ -124,8 +124,8 @@ def build(
         reason = None
         if task == "cloze" and col[f"cloze_{tgt}"][i].count(MASK) != 1:
             reason = "no_cloze_mask"
-        elif tgt != "en" and en_word.lower() in tgt_word.lower():
-            reason = "english_in_target"
+        elif task != "cloze" and tgt != "en" and en_word.lower() in tgt_word.lower():
+            reason = "english_in_target"  # the paper's Translation notebook (also repetition); Cloze.ipynb has no such filter
         elif not target_ids:
             reason = "empty_target_set"
         elif not english_ids:

@@ -93,7 +93,7 @@ def reference_build(task: str, src: str, tgt: str, tok, seed: int, n: int | None
         source = token_set(tok, row[f"word_{src}"]) if with_source else None
         if task == "cloze" and row[f"cloze_{tgt}"].count(MASK) != 1:
             dropped["no_cloze_mask"] += 1
-        elif tgt != "en" and row["word_en"].lower() in row[f"word_{tgt}"].lower():
+        elif task != "cloze" and tgt != "en" and row["word_en"].lower() in row[f"word_{tgt}"].lower():
             dropped["english_in_target"] += 1
         elif not target:
             dropped["empty_target_set"] += 1

@@ -113,3 +113,16 @@ def test_seed_layout_word_csv_and_prompt_file(spm_tokenizer, tmp_path):
     with pytest.raises(data.DataError, match="missing column.*latent_token_str"):
         pd.DataFrame({"prompt": ["x"], "out_token_str": ["y"]}).to_csv(tmp_path / "bad.csv", index=False)
         tasks.from_prompt_file(tmp_path / "bad.csv", spm_tokenizer)
+
+
+def test_english_inside_target_filter_is_for_translation_only(spm_tokenizer, tmp_path):
+    """The paper's Translation notebook drops 'English word inside the target word'; its Cloze notebook does not."""
+    rows = {"en": ["at", "dog", "sun"], "fr": ["chat", "chien", "soleil"], "de": ["Katze", "Hund", "Sonne"]}
+    for lang, words in rows.items():
+        pd.DataFrame({"concept": rows["en"], "word": words, "cloze_masked": ['Un "___".'] * 3,
+                      "cloze_filled": [f'Un "{w}".' for w in words]}).to_csv(tmp_path / f"{lang}.csv", index=False)
+    translation = tasks.build("translation", "de", "fr", spm_tokenizer, words_dir=tmp_path)
+    cloze = tasks.build("cloze", "fr", "fr", spm_tokenizer, words_dir=tmp_path)
+    assert translation.dropped["english_in_target"] == 1 and "at" not in set(translation.df["concept"])
+    at = cloze.df.set_index("concept").loc["at"]  # kept: 'at' is inside 'chat', but no token is shared
+    assert not set(at["target_ids"]) & set(at["english_ids"]) and cloze.dropped["english_in_target"] == 0
