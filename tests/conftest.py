@@ -155,3 +155,40 @@ def embedded():
     from llmlatent import model
 
     return model.load()
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run the notebook tests last: their notebooks run in the background meanwhile (tests/test_notebooks.py)."""
+    late = [item for item in items if getattr(item, "originalname", None) == "test_notebook_runs"]
+    if late:
+        items[:] = [item for item in items if getattr(item, "originalname", None) != "test_notebook_runs"] + late
+
+
+def pytest_collection_finish(session):
+    """Start the selected notebooks in the background now, beside the rest of the suite (one core, one at a time)."""
+    if not any(getattr(item, "originalname", None) == "test_notebook_runs" for item in session.items):
+        return
+    import tempfile
+
+    import test_notebooks
+
+    root = Path(tempfile.mkdtemp(prefix="llmlatent-notebooks-"))
+    session.config.stash[test_notebooks.RUNNER] = test_notebooks.start_background(session.items, root)
+    session.config.stash[_NOTEBOOK_ROOT] = root
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop background notebooks still running (a session cut short) and remove their output folder (outside the repo)."""
+    import shutil
+
+    import test_notebooks
+
+    runner = session.config.stash.get(test_notebooks.RUNNER, None)
+    if runner is not None:
+        runner.stop()
+    root = session.config.stash.get(_NOTEBOOK_ROOT, None)
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+_NOTEBOOK_ROOT = pytest.StashKey[Path]()

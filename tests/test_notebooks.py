@@ -6,19 +6,24 @@ cwd = notebooks/, like a user running them. Run only these with ``pytest -m note
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import queue
 import re
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import nbformat
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+RUNNER = pytest.StashKey["Runner | None"]()  # set by tests/conftest.py when collection ends
 
 # Small parameters per notebook; "{tmp}" is replaced by the test's tmp_path.
 SMALL: dict[str, dict] = {
@@ -74,76 +79,131 @@ def _this_python(spec_argv0: str) -> bool:
     return spec_argv0 in bare or os.path.abspath(spec_argv0) == os.path.abspath(sys.executable)
 
 
-@pytest.fixture(scope="session")
-def kernel_name(tmp_path_factory):
-    """Return a kernel name whose spec runs this interpreter (the venv), installing one into a temp dir if needed."""
-    pytest.importorskip("papermill")
-    pytest.importorskip("ipykernel")
+def ensure_kernel(prefix: Path) -> str:
+    """Return a kernel name whose spec runs this interpreter (the venv), installing one under ``prefix`` if needed.
+
+    An installed spec is found through JUPYTER_PATH, set for the rest of this test session.
+    """
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     try:
         if _this_python(KernelSpecManager().get_kernel_spec("python3").argv[0]):
-            yield "python3"
-            return
+            return "python3"
     except NoSuchKernel:
         pass
     from ipykernel.kernelspec import install
 
-    prefix = tmp_path_factory.mktemp("jupyter")
     install(prefix=str(prefix), kernel_name="python3")  # argv[0] = sys.executable
-    old = os.environ.get("JUPYTER_PATH")
-    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(prefix / "share" / "jupyter"), old]))
-    try:
-        assert _this_python(KernelSpecManager().get_kernel_spec("python3").argv[0])
-        yield "python3"
-    finally:
-        if old is None:
-            os.environ.pop("JUPYTER_PATH", None)
-        else:
-            os.environ["JUPYTER_PATH"] = old
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(prefix / "share" / "jupyter"),
+                                                               os.environ.get("JUPYTER_PATH")]))
+    assert _this_python(KernelSpecManager().get_kernel_spec("python3").argv[0])
+    return "python3"
 
 
 def _fill(value: object, tmp: Path) -> object:
     return value.replace("{tmp}", str(tmp)) if isinstance(value, str) else value
 
 
-def _run_notebook(path: Path, out_dir: Path, kernel_name: str, threads: int) -> tuple[Path, float, str]:
+def _run_notebook(path: Path, out_dir: Path, kernel_name: str, threads: int,
+                  running: set | None = None) -> tuple[Path, float, str]:
     """Return (executed notebook, seconds, stderr tail) after running ``path`` with its SMALL parameters in a subprocess."""
     parameters = {k: _fill(v, out_dir) for k, v in SMALL[path.name].items()}
     out = out_dir / path.name
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     started = time.perf_counter()
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "papermill", str(path), str(out), "-y", json.dumps(parameters), "--cwd", str(NOTEBOOKS),
          "-k", kernel_name, "--no-progress-bar", "--execution-timeout", "900"],
-        capture_output=True, text=True, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
     )
-    return out, time.perf_counter() - started, proc.stderr[-2000:]
+    if running is not None:
+        running.add(proc)
+    try:
+        _, stderr = proc.communicate()
+    finally:
+        if running is not None:
+            running.discard(proc)
+    return out, time.perf_counter() - started, stderr[-2000:]
+
+
+class Runner:
+    """Runs the selected notebooks in the background, each in its own papermill process and kernel.
+
+    Started when collection ends (``tests/conftest.py``) with one worker thread and one compute thread,
+    so the notebooks use one core while the rest of the suite (mostly one thread) uses the other. The
+    notebook tests run last; when the first of them waits, a second worker joins, so the notebooks
+    still left run two at a time.
+    """
+
+    def __init__(self, paths: list[Path], root: Path) -> None:
+        self.root, self.kernel = root, None
+        self.todo: queue.Queue[Path] = queue.Queue()
+        for path in paths:
+            self.todo.put(path)
+        self.futures: dict[str, Future] = {path.name: Future() for path in paths}
+        self.workers: list[threading.Thread] = []
+        self.running: set[subprocess.Popen] = set()
+
+    def stop(self) -> None:
+        """Drop the notebooks not started yet and end the running ones (a session that stops early)."""
+        while not self.todo.empty():
+            self.todo.get_nowait()
+        for proc in list(self.running):
+            proc.kill()
+        for worker in self.workers:
+            worker.join(timeout=30)
+
+    def add_worker(self) -> None:
+        """Start one more worker thread (each takes the next notebook from the queue)."""
+        worker = threading.Thread(target=self._work, daemon=True)
+        worker.start()
+        self.workers.append(worker)
+
+    def _work(self) -> None:
+        while True:
+            try:
+                path = self.todo.get_nowait()
+            except queue.Empty:
+                return
+            future = self.futures[path.name]
+            try:
+                out_dir = self.root / path.stem
+                out_dir.mkdir(parents=True, exist_ok=True)
+                future.set_result(_run_notebook(path, out_dir, self.kernel, threads=1, running=self.running))
+            except BaseException as exc:  # reported by that notebook's test
+                future.set_exception(exc)
+
+
+def start_background(items: list[pytest.Item], root: Path) -> Runner | None:
+    """Return a started :class:`Runner` for the notebooks among ``items`` (None when none is selected)."""
+    paths = [item.callspec.params["path"] for item in items
+             if getattr(item, "originalname", None) == "test_notebook_runs" and hasattr(item, "callspec")]
+    if not paths or importlib.util.find_spec("papermill") is None or importlib.util.find_spec("ipykernel") is None:
+        return None
+    runner = Runner(paths, root)
+    runner.kernel = ensure_kernel(root / "jupyter")  # here, not in a worker: imports are not thread-safe
+    runner.add_worker()
+    return runner
 
 
 @pytest.fixture(scope="session")
-def notebook_runs(request, kernel_name, tmp_path_factory):
-    """Return {notebook name: future of _run_notebook} for the notebooks this session selected, run concurrently.
-
-    Each notebook starts its own kernel, imports torch and loads the model, mostly on one core; running two at
-    once (with one compute thread each on a 2-core machine) overlaps those phases instead of idling a core.
-    """
-    selected = [item.callspec.params["path"] for item in request.session.items
-                if item.originalname == "test_notebook_runs" and hasattr(item, "callspec")]
-    workers = max(1, min(len(selected), 4, (os.cpu_count() or 1)))
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    pool = ThreadPoolExecutor(max_workers=workers)
-    runs = {p.name: pool.submit(_run_notebook, p, tmp_path_factory.mktemp(p.stem), kernel_name, threads)
-            for p in selected}
-    yield runs
-    pool.shutdown(wait=True, cancel_futures=True)
+def notebook_runs(request):
+    """Return {notebook name: future of _run_notebook}: the background runner's, with a second worker added now."""
+    pytest.importorskip("papermill")
+    pytest.importorskip("ipykernel")
+    runner = request.config.stash.get(RUNNER, None)
+    if runner is None:  # collected without the conftest hook (e.g. run from another rootdir)
+        runner = start_background(request.session.items, Path(tempfile.mkdtemp(prefix="llmlatent-notebooks-")))
+    if (os.cpu_count() or 1) > 1:
+        runner.add_worker()
+    return runner.futures
 
 
 @pytest.mark.notebooks
 @pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.stem)
 def test_notebook_runs(path, notebook_runs):
     out, seconds, stderr = notebook_runs[path.name].result()
-    print(f"\n{path.name}: {seconds:.0f} s (run concurrently with other notebooks)")
+    print(f"\n{path.name}: {seconds:.0f} s (run in the background, beside other tests)")
     if not out.exists():
         pytest.fail(f"{path.name}: papermill wrote no output notebook: {stderr}", pytrace=False)
     executed = nbformat.read(out, as_version=4)
