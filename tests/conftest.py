@@ -192,3 +192,18 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 _NOTEBOOK_ROOT = pytest.StashKey[Path]()
+
+
+@pytest.fixture(autouse=True)
+def _share_cores_with_background_notebooks(request):
+    """While notebooks run in the background (one core), a test computes on one thread: two threads would
+    oversubscribe the 2-core machine. Once they are done, tests get every core back."""
+    import test_notebooks
+
+    runner = request.config.stash.get(test_notebooks.RUNNER, None)
+    busy = runner is not None and not all(f.done() for f in runner.futures.values())
+    threads = torch.get_num_threads()
+    if busy and threads > 1:
+        torch.set_num_threads(threads - 1)
+    yield
+    torch.set_num_threads(threads)
