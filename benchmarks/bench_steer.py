@@ -7,7 +7,8 @@ prompts; (b) ``steering_sweep.sweep(model)`` with its defaults (fit latents, pre
 select grid, the test-split controls, the flip direction, greedy generations: the whole call).
 Prints the median seconds and sweep / Σ(configurations × bare forward) (target ≤ 1.3×), the sweep's
 own phase timings, and checks that the sweep's α = 0 baseline equals the bare forward's next-token
-probabilities (the cropped prefix-cache path changes nothing).
+probabilities (the prefix-cache path, many settings per forward, decoded by the streamed unembedding,
+changes nothing beyond float32 rounding).
 
     python benchmarks/bench_steer.py --json results/bench_steer.json
 """
