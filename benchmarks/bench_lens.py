@@ -53,7 +53,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llmlatent import lens, tasks  # noqa: E402
+from llmlatent import capture, lens, tasks  # noqa: E402
 from llmlatent import model as model_mod  # noqa: E402
 from llmlatent.metrics import LOG2  # noqa: E402
 
@@ -172,7 +172,7 @@ def sync(model: model_mod.Model) -> None:
 def bare_forward(model: model_mod.Model, texts: list[str], batch_size: int) -> None:
     """Run the floor: batched forwards with last-position logits only, in the sweep's length order."""
     with torch.inference_mode():
-        for idx in lens._batched(lens.length_order(model, texts), batch_size):
+        for idx in capture.batched(capture.length_order(model, texts), batch_size):
             model.hf(**model.encode([texts[i] for i in idx]), logits_to_keep=1, use_cache=False)
     sync(model)
 
@@ -198,7 +198,7 @@ def seed_style(model: model_mod.Model, frame: pd.DataFrame) -> pd.DataFrame:
         enc = model.tokenizer(row.prompt, return_tensors="pt")
         enc = {key: value.to(model.device) for key, value in enc.items()}
         raw: list[torch.Tensor] = []
-        handle = last_block.register_forward_hook(lambda _m, _a, out: raw.append(lens.block_output(out)))
+        handle = last_block.register_forward_hook(lambda _m, _a, out: raw.append(capture.block_output(out)))
         try:
             with torch.inference_mode():
                 out = model.hf(**enc, output_hidden_states=True, use_cache=False)
@@ -330,8 +330,8 @@ def one_pass(model: model_mod.Model, frame: pd.DataFrame, seed_frame: pd.DataFra
         return {"bare": t_bare, "sweep": t_sweep, "seed": t_seed}, rows, seed_rows
     spent = {"bare": 0.0, "sweep": 0.0, "seed": 0.0}
     parts, seed_parts = [], []
-    order = lens.length_order(model, frame["prompt"].tolist())
-    for i, idx in enumerate(lens._batched(order, batch_size)):
+    order = capture.length_order(model, frame["prompt"].tolist())
+    for i, idx in enumerate(capture.batched(order, batch_size)):
         sub = frame.iloc[idx]
         steps = ["bare", "sweep"] if (i % 2 == 0) != flip else ["sweep", "bare"]
         for step in steps:

@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_lens  # noqa: E402
 
-from llmlatent import decode, patch_experiment, patching, tasks  # noqa: E402
+from llmlatent import decode, patching, tasks  # noqa: E402
+from llmlatent.experiments import patching as patch_experiment
 from llmlatent import model as model_mod  # noqa: E402
 
 TARGETS = {"patch_over_bare": 2.5, "naive_over_patch": 5.0}

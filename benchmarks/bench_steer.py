@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_lens  # noqa: E402
 
-from llmlatent import steering_sweep, tasks  # noqa: E402
+from llmlatent import tasks  # noqa: E402
+from llmlatent.experiments.steering import demo as steering_sweep
 from llmlatent import model as model_mod  # noqa: E402
 
 TARGET = 1.3

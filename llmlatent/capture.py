@@ -66,7 +66,7 @@ def forward_last(model: Model, prompts: Sequence[str]) -> tuple[torch.Tensor, to
     return torch.stack([c.to(captured[0].device) for c in captured], dim=1), logits.float()
 
 
-def _batched(order: list[int], batch_size: int) -> Iterator[list[int]]:
+def batched(order: list[int], batch_size: int) -> Iterator[list[int]]:
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]
 

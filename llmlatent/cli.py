@@ -132,7 +132,7 @@ def cmd_lens(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run the per-layer lens sweep and write rows.csv, summary.csv, figures and run.json."""
-    from . import experiment
+    from llmlatent.experiments import sweep as experiment
     from .atomic import check_output_dir
 
     started = time.perf_counter()
@@ -149,7 +149,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Run every experiment and re-render every figure; print the total time."""
-    from . import checks, reproduce
+    from llmlatent import checks
+    from llmlatent.experiments import reproduce
 
     checks.count(args.n, "n", optional=True)
     checks.count(args.batch_size, "batch_size")
@@ -166,7 +167,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     """Collect last-token latents into a resumable latent store; data-parallel under torchrun (RANK/WORLD_SIZE)."""
     import os
 
-    from . import latents
+    from llmlatent import latents
 
     started = time.perf_counter()
     latents.check_dtype(args.dtype_store)
@@ -203,7 +204,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def cmd_cache_info(args: argparse.Namespace) -> int:
     """Print a latent store's model, counts, layers, dtype and size on disk (JSON)."""
-    from . import latents
+    from llmlatent import latents
 
     print(json.dumps(latents.info(args.dir, verify=args.verify), indent=1, ensure_ascii=False))
     return 0
@@ -221,7 +222,8 @@ def _numbers(text: list[str], kind: type) -> list | None:
 
 def cmd_steer(args: argparse.Namespace) -> int:
     """Run the language-steering demo (fit Δ, choose layer × α on the select split, report on test) into --out."""
-    from . import latents, steering_sweep
+    from llmlatent import latents
+    from llmlatent.experiments.steering import demo as steering_sweep
     from .atomic import check_output_dir
 
     settings = steering_sweep.check_settings(  # every bad value is answered here, before the model loads
@@ -243,7 +245,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
 def cmd_patch(args: argparse.Namespace) -> int:
     """Run both activation-patching experiments (language before concept; mean over languages) into --out."""
-    from . import patch_experiment
+    from llmlatent.experiments import patching as patch_experiment
     from .atomic import check_output_dir
 
     donor = patch_experiment.parse_spec(args.donor, "--donor")

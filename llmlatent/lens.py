@@ -19,15 +19,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapter import Unembedding
-from .capture import _batched, block_output, capture_last, forward_last, last_positions, length_batches, length_order  # noqa: F401  (re-exported)
-from .decode import decode  # noqa: F401  (also public here as lens.decode)
+from .capture import capture_last, forward_last, length_batches
+from .decode import decode
 from .model import Model
 from .tasks import SET_COLUMNS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from .latents import LatentStore
+    from llmlatent.latents import LatentStore
     from .tasks import PromptSet
 
 log = logging.getLogger(__name__)

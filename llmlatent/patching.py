@@ -32,13 +32,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checks
-from .capture import _batched, block_output, capture_last, forward_last, length_order
+from .capture import batched, block_output, capture_last, forward_last, length_order
 from .errors import LlmlatentError
 from .model import Model
 from .prefix import Prefix, check_left_padded, no_logits
 
 if TYPE_CHECKING:
-    from .latents import LatentStore
+    from llmlatent.latents import LatentStore
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def patch(model: Model, receiver_prompts: Sequence[str], donor_latents: torch.Te
 def donor_latents(model: Model, prompts: Sequence[str], *, batch_size: int = 16) -> torch.Tensor:
     """Return the live-captured last-token latents [N, layers, hidden] (float32) of donor prompts, in order."""
     out = torch.empty(len(prompts), model.n_layers, model.hidden_size)
-    for idx in _batched(length_order(model, prompts), batch_size):
+    for idx in batched(length_order(model, prompts), batch_size):
         latents, _ = forward_last(model, [prompts[i] for i in idx])
         out[idx] = latents.float().cpu()
     return out
@@ -228,7 +228,7 @@ def sweep_many(
     unpatched = torch.empty(n, hidden)
     bar = tqdm(total=n, desc="patching", unit="prompt", disable=not progress)
     with torch.inference_mode():
-        for idx in _batched(length_order(model, receiver_prompts), batch_size):
+        for idx in batched(length_order(model, receiver_prompts), batch_size):
             prefix = Prefix.of(model, [receiver_prompts[i] for i in idx])
             unpatched[idx] = prefix.final().cpu()
             step = prefix.copies_per_forward(len(layers), max_rows)
@@ -256,7 +256,7 @@ def sweep_naive(model: Model, receiver_prompts: Sequence[str], donor: torch.Tens
     """Return what :func:`sweep` returns by one full patched forward per layer (the slow reference path)."""
     layers = list(range(model.n_layers)) if layers is None else list(layers)
     out = torch.empty(len(receiver_prompts), len(layers), model.hidden_size)
-    for idx in _batched(length_order(model, receiver_prompts), batch_size):
+    for idx in batched(length_order(model, receiver_prompts), batch_size):
         texts = [receiver_prompts[i] for i in idx]
         for k, ell in enumerate(layers):
             out[idx, k] = patch(model, texts, donor[idx], ell, window=window)[:, -1]

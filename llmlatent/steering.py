@@ -31,7 +31,7 @@ from .capture import block_output, last_positions
 from .errors import LlmlatentError
 
 if TYPE_CHECKING:
-    from .latents import LatentStore
+    from llmlatent.latents import LatentStore
     from .model import Model
     from .tasks import PromptSet
 
@@ -369,7 +369,7 @@ def collect_pair(
     batch_size: int = 16, dtype: str = "float32", progress: bool = False,
 ) -> tuple[LatentStore, LatentStore]:
     """Return (target store, source store) collected from two prompt sets into ``path``/target and ``path``/source."""
-    from . import latents
+    from llmlatent import latents
 
     path = Path(path)
     target = latents.collect(model, target_prompts, path / "target", batch_size=batch_size, dtype=dtype, progress=progress)

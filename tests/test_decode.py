@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llmlatent import decode as decode_module
-from llmlatent import lens
+from llmlatent import capture, lens
 from llmlatent.adapter import Unembedding
 
 
@@ -47,11 +47,11 @@ def test_sliced_decode_equals_full_softmax(tiny_models, monkeypatch, family, k):
     # slices would mean 8,192 Python-level steps per decode (minutes) for no extra coverage: there, 9 slices
     width = 32 if vocab <= 1024 else vocab // 8 - 5  # not a divisor: the last slice is a short one
     force_slices(monkeypatch, width)
-    latents, _ = lens.forward_last(model, ['Français: "nuage" - 中文: "', "A cloud", "Ein"])
+    latents, _ = capture.forward_last(model, ['Français: "nuage" - 中文: "', "A cloud", "Ein"])
     rows = latents.reshape(-1, latents.shape[-1])
     assert rows.shape[0] >= 8  # so that the forced width applies
     target = sorted({5, 40, 77, width + 3, 2 * width + 7, vocab - 1})  # ids in different slices, incl. the last
-    stats = lens.decode(model.unembedding, rows, {"target": [target] * rows.shape[0]}, k=k)
+    stats = decode_module.decode(model.unembedding, rows, {"target": [target] * rows.shape[0]}, k=k)
     check(stats, reference(model.unembedding, rows), target, k)
 
 
@@ -62,7 +62,7 @@ def test_sliced_decode_with_head_bias(many_slices, k):
     torch.nn.init.normal_(head.bias, std=3.0)  # large enough to move the argmax
     unembedding = Unembedding(torch.nn.LayerNorm(16), head)
     rows = torch.randn(7, 16) * 4
-    stats = lens.decode(unembedding, rows, {"target": [[1, 150, 299]] * 7}, k=k, energy=False)
+    stats = decode_module.decode(unembedding, rows, {"target": [[1, 150, 299]] * 7}, k=k, energy=False)
     check(stats, reference(unembedding, rows), [1, 150, 299], k)
 
 
@@ -82,7 +82,7 @@ def test_unsliceable_head_is_decoded_whole(tiny_models):
     wrapped = Unembedding(base.final_norm, Wrapped(base.head), base.softcap)
     assert not decode_module._sliceable(wrapped.head)
     rows = torch.randn(5, base.weight.shape[1]) * 3
-    stats = lens.decode(wrapped, rows, {"target": [[3, 4]] * 5}, k=2, energy=False)
+    stats = decode_module.decode(wrapped, rows, {"target": [[3, 4]] * 5}, k=2, energy=False)
     check(stats, reference(base, rows), [3, 4], 2)
 
 

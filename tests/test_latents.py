@@ -76,7 +76,7 @@ def test_collect_load_round_trip(tiny_models, tmp_path, monkeypatch):
     everything = store.latents()
     assert everything.shape == (6, 3, 64) and everything.dtype == torch.float32
     for i, prompt in enumerate(ps.prompts):
-        alone, _ = lens.forward_last(m, [prompt])
+        alone, _ = capture.forward_last(m, [prompt])
         assert torch.allclose(everything[i], alone[0], atol=1e-5)
     assert torch.equal(store.latents(1), everything[:, 1])
     assert torch.equal(store.latents(-1), everything[:, 2])
@@ -467,7 +467,7 @@ BLOCKED_WRITER_CLI = r"""
 import sys, time
 import torch
 torch.set_num_threads(1)
-from llmlatent import latent_shards
+from llmlatent.latents import format as latent_shards
 real = latent_shards.write_json
 def write_json(path, content):
     if path.name == "shard.json" and content.get("shard") == 1:

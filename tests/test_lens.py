@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import FAMILIES
-from llmlatent import lens
+from llmlatent import capture, lens
+from llmlatent.decode import decode as decode_stats
 
 PROMPTS = [
     'Français: "fleur" - 中文: "花"\nFrançais: "nuage" - 中文: "',
@@ -92,7 +93,7 @@ def test_hidden_states_last_entry_is_normalised(tiny_models, family):
     """The adapter knows hidden_states[-1] is already normalised; block outputs are raw elsewhere."""
     model = tiny_models[family]
     enc = model.tokenizer(PROMPTS[0], return_tensors="pt")
-    latents, _ = lens.forward_last(model, [PROMPTS[0]])
+    latents, _ = capture.forward_last(model, [PROMPTS[0]])
     with torch.no_grad():
         hs = model.hf(**enc, output_hidden_states=True).hidden_states
     assert len(hs) == model.n_layers + 1
@@ -107,7 +108,7 @@ def test_hidden_states_last_entry_is_normalised(tiny_models, family):
 def test_gemma2_softcap_is_applied(tiny_models):
     model = tiny_models["gemma2"]
     assert model.unembedding.softcap == 5.0
-    latents, logits = lens.forward_last(model, PROMPTS[:1])
+    latents, logits = capture.forward_last(model, PROMPTS[:1])
     raw = model.unembedding.head(model.unembedding.final_norm(latents[0, -1]))
     assert raw.abs().max() > 5.0  # the cap bites
     assert torch.allclose(model.unembedding(latents[0, -1]), logits[0], atol=1e-5)
@@ -115,11 +116,11 @@ def test_gemma2_softcap_is_applied(tiny_models):
 
 def test_decode_set_probabilities_and_entropy(tiny_models):
     model = tiny_models["llama"]
-    latents, _ = lens.forward_last(model, PROMPTS[:2])
+    latents, _ = capture.forward_last(model, PROMPTS[:2])
     rows = latents.reshape(-1, latents.shape[-1])
     n = rows.shape[0]
     sets = {"target": [[5, 9, 11]] * n, "source": [None] * n}
-    stats = lens.decode(model.unembedding, rows, sets, k=3)
+    stats = decode_stats(model.unembedding, rows, sets, k=3)
     # float64 reference: a float32 softmax over 262k tokens is itself off by ~3e-4 bits of entropy
     p = model.unembedding(rows).double().softmax(-1)
     assert torch.allclose(stats["p_target"], p[:, [5, 9, 11]].sum(-1), atol=1e-6)

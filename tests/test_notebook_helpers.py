@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from conftest import save_model
-from llmlatent import experiment, lens, metrics, notebook, tasks
+from llmlatent import lens, metrics, notebook, tasks
+from llmlatent.experiments import sweep as experiment
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -147,7 +147,7 @@ def test_from_store(tiny_models, tmp_path):
 
 
 def test_experiment_folder_is_complete_seeded_and_cached(tiny_models, tmp_path):
-    from llmlatent import patch_experiment as pe
+    from llmlatent.experiments import patching as pe
 
     model = tiny_models["gemma3_text"]
     kwargs = dict(donor=("de", "fr"), receiver=("ru", "zh"), mean_over=("de", "en", "zh"), n=3, seed=4, layers=[0, 2],
@@ -176,7 +176,7 @@ def test_experiment_folder_is_complete_seeded_and_cached(tiny_models, tmp_path):
 
 def test_experiment_bad_settings_fail_before_any_work(tmp_path, monkeypatch):
     from llmlatent import cli
-    from llmlatent import patch_experiment as pe
+    from llmlatent.experiments import patching as pe
 
     def no_model(_args):
         raise AssertionError("bad settings must be rejected before the model is loaded")
@@ -197,7 +197,7 @@ def test_experiment_bad_settings_fail_before_any_work(tmp_path, monkeypatch):
 
 
 def test_reproduce_step_writes_figures_and_reuses_its_run(tiny_models, tmp_path):
-    from llmlatent import reproduce
+    from llmlatent.experiments import reproduce
 
     model = tiny_models["llama"]
     out, figures = tmp_path / "results" / "patching_de-fr_into_ru-zh", tmp_path / "figures"

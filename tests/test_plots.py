@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from llmlatent import plots  # noqa: E402
+from llmlatent.experiments import plots  # noqa: E402
 
 
 def _summary(n_layers: int = 4) -> pd.DataFrame:
@@ -28,10 +28,10 @@ def _summary(n_layers: int = 4) -> pd.DataFrame:
 
 
 def test_import_changes_no_global_setting():
-    code = ("import matplotlib; before = dict(matplotlib.rcParams); import llmlatent.plots; "
+    code = ("import matplotlib; before = dict(matplotlib.rcParams); import llmlatent.experiments.plots; "
             "print(sorted(k for k, v in matplotlib.rcParams.items() if before[k] != v))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(Path(plots.__file__).parent.parent)})
+                         env={**os.environ, "PYTHONPATH": str(Path(plots.__file__).parents[2])})
     assert out.stdout.strip() == "[]", f"plots changed global settings on import: {out.stdout}"
     before = {k: v for k, v in matplotlib.rcParams.items()}
     fig = plots.probability_figure(_summary(), {"src": "fr", "tgt": "zh"}, "中文 title")  # builders use the style locally

@@ -12,7 +12,8 @@ import pytest  # noqa: E402
 
 import torch  # noqa: E402
 
-from llmlatent import capture, lens, plots  # noqa: E402
+from llmlatent import capture, lens  # noqa: E402
+from llmlatent.experiments import plots
 from llmlatent.decode import decode  # noqa: E402
 
 PROMPT = 'Français: "fleur" - 中文: "花"\nFrançais: "nuage" - 中文: "'

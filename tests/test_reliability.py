@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from conftest import save_model
-from llmlatent import atomic, capture, checks, cli, metrics, model, reproduce
+from llmlatent import atomic, capture, checks, cli, metrics, model
+from llmlatent.experiments import reproduce
 from llmlatent.errors import LlmlatentError, OutputFolderError, UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -302,7 +303,7 @@ def test_bad_prompt_csv_fails_before_the_model_load(tmp_path, capsys, no_load, c
 def test_cache_into_a_store_with_corrupt_store_json(tmp_path, capsys, no_load):
     (tmp_path / "s" / "shards").mkdir(parents=True)
     (tmp_path / "s" / "store.json").write_text('{"format": "llmlatent-lat')
-    from llmlatent.latent_shards import REPAIR_HINT
+    from llmlatent.latents.format import REPAIR_HINT
 
     one_exact_line(capsys, ["cache", "--out", str(tmp_path / "s")],
                    f"error: store.json of the latent store {tmp_path / 's'} is not valid JSON; {REPAIR_HINT}")

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from conftest import save_model
-from llmlatent import cli, reproduce
+from llmlatent import cli
+from llmlatent.experiments import reproduce
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from llmlatent import experiment, plots, reproduce, runs, tasks
+from llmlatent import tasks
+from llmlatent.experiments import sweep as experiment
+from llmlatent.experiments import plots
+from llmlatent.experiments import reproduce
+from llmlatent.experiments import runs
 from llmlatent.data import words_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from conftest import save_model
-from llmlatent import cli, steering, steering_eval, steering_sweep
+from llmlatent import cli, steering
+from llmlatent.experiments.steering import evaluate as steering_eval
+from llmlatent.experiments.steering import demo as steering_sweep
 from llmlatent.data import DataError
 from llmlatent.errors import OutputFolderError, UsageError
 from llmlatent.steering import SteeringError, SteeringVector
@@ -498,7 +500,7 @@ def test_fit_latents_come_from_a_store_that_holds_them(tiny_models, tmp_path):
 
 
 def test_reproduce_steering_step_passes_settings_and_reuses_by_key(tiny_models, tiny_result, tmp_path, monkeypatch):
-    from llmlatent import reproduce
+    from llmlatent.experiments import reproduce
 
     model = tiny_models["gemma3_text"]
     calls = []
@@ -529,7 +531,7 @@ def test_cached_run_recomputes_when_any_setting_changes(tiny_models, tiny_result
         return result
 
     monkeypatch.setattr(steering_sweep, "sweep", fake_sweep)
-    from llmlatent import plots
+    from llmlatent.experiments import plots
 
     monkeypatch.setattr(plots, "save", lambda fig, stem: [])  # figures are not what this test is about
     first = steering_sweep.run_to_dir(model, out, **base)
@@ -541,7 +543,7 @@ def test_cached_run_recomputes_when_any_setting_changes(tiny_models, tiny_result
     from llmlatent.data import LANGS
 
     for lang in LANGS:  # the bundled word files, one row fewer: another words digest
-        src = Path(steering_sweep.__file__).parent.parent / "data" / "langs" / f"{lang}.csv"
+        src = Path(steering.__file__).parent.parent / "data" / "langs" / f"{lang}.csv"
         lines = src.read_text(encoding="utf-8").splitlines(keepends=True)
         (words / f"{lang}.csv").write_text("".join(lines[:-1]), encoding="utf-8")
     changes = [{"seed": 2}, {"n_concepts": 9}, {"layers": [1]}, {"alphas": [2.0]}, {"max_new_tokens": 2},

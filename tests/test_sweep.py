@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from llmlatent import cli, experiment, lens, metrics, tasks
+from llmlatent import cli, lens, metrics, tasks
+from llmlatent.experiments import sweep as experiment
 
 
 @pytest.fixture(scope="module")

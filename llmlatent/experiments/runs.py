@@ -15,8 +15,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from .atomic import atomic_dir
-from .latent_shards import file_sha256
+from llmlatent.atomic import atomic_dir
+from llmlatent.latents.format import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,9 @@ def cache_key(kind: str, fingerprint: Mapping, settings: Mapping) -> dict:
     by hub id and by local path share results. ``settings`` must hold every value that changes the result
     (seed, n, layers, alphas, word-file digest, prompt-file digest …); it must be JSON-serialisable.
     """
-    from . import __version__
+    from llmlatent import __version__
 
-    from .adapter import IDENTITY_KEYS, Fingerprint
+    from llmlatent.adapter import IDENTITY_KEYS, Fingerprint
 
     fp = Fingerprint.of(fingerprint).to_dict()
     model = {k: fp[k] for k in IDENTITY_KEYS}

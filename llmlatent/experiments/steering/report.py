@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .adapter import Fingerprint
-from .steering_eval import GROUP, has_script
+from llmlatent.adapter import Fingerprint
+from llmlatent.experiments.steering.evaluate import GROUP, has_script
 
 if TYPE_CHECKING:
-    from .model import Model
+    from llmlatent.model import Model
 
 SHARES = ("cjk_top1_share", "target_script_top1_share", "source_script_top1_share", "correct_target_top1_share",
           "correct_source_top1_share")

@@ -30,9 +30,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import capture
-from .errors import UsageError
-from .latent_shards import (  # noqa: F401 - errors and constants re-exported for users
+from llmlatent import capture
+from llmlatent.errors import UsageError
+from llmlatent.latents.format import (
     DEFAULT_SHARD_SIZE,
     STORAGE,
     SET_COLUMNS,
@@ -55,9 +55,9 @@ from .latent_shards import (  # noqa: F401 - errors and constants re-exported fo
 )
 
 if TYPE_CHECKING:
-    from .adapter import Unembedding
-    from .model import Model
-    from .tasks import PromptSet
+    from llmlatent.adapter import Unembedding
+    from llmlatent.model import Model
+    from llmlatent.tasks import PromptSet
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def collect(
     computed under a claim (a lock file), so a second process on the same store works on other shards
     or waits. ``repair=True`` rebuilds an unreadable store.json, keeping every shard that still verifies.
     """
-    from . import checks
+    from llmlatent import checks
 
     dtype = check_dtype(dtype)
     checks.count(batch_size, "batch_size")
@@ -277,7 +277,7 @@ class LatentStore:
 
     def check(self, unembedding_or_model: Unembedding | Model) -> None:
         """Return None if a Model or Unembedding is the one these latents came from; raise FingerprintMismatch otherwise."""
-        from .adapter import Unembedding
+        from llmlatent.adapter import Unembedding
 
         obj = unembedding_or_model
         if isinstance(obj, Unembedding):

@@ -12,14 +12,15 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from . import __version__, runs
-from .atomic import check_output_dir
-from .tasks import SET_COLUMNS
+from llmlatent import __version__
+from llmlatent.experiments import runs
+from llmlatent.atomic import check_output_dir
+from llmlatent.tasks import SET_COLUMNS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-    from .model import Model
-    from .tasks import PromptSet
+    from llmlatent.model import Model
+    from llmlatent.tasks import PromptSet
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ def sweep_to_dir(
     """
     import matplotlib.pyplot as plt
 
-    from . import checks, lens, metrics, plots
+    from llmlatent import checks, lens, metrics
+    from llmlatent.experiments import plots
 
     check_output_dir(out, "run.json")
     checks.count(batch_size, "batch_size")
@@ -189,7 +191,7 @@ def compare_variants(
     Each variant is :func:`llmlatent.tasks.build` with extra options (default :func:`variants_for`), swept
     with the same ``seed`` and summarised; draw the curves with :func:`llmlatent.plots.variants_figure`.
     """
-    from . import lens, metrics, tasks
+    from llmlatent import lens, metrics, tasks
 
     records, summaries = [], {}
     for label, options in (variants_for(task, src, tgt) if variants is None else variants).items():

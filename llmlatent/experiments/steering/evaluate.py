@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .decode import decode
-from .prefix import Prefix
-from .steered import generate_many, steered_final
+from llmlatent.decode import decode
+from llmlatent.prefix import Prefix
+from llmlatent.steered import generate_many, steered_final
 if TYPE_CHECKING:
-    from .model import Model
-    from .steering import SteeringVector
+    from llmlatent.model import Model
+    from llmlatent.steering import SteeringVector
 
 CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
 SCRIPTS = {"zh": CJK, "ru": re.compile("[\u0400-\u04ff]"), "en": re.compile("[A-Za-z]"),

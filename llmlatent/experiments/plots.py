@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .data import DISPLAY
+from llmlatent.data import DISPLAY
 
 P = ParamSpec("P")
 R = TypeVar("R")

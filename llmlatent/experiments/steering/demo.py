@@ -36,16 +36,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import tasks
-from .adapter import same_model
-from .data import LANGS, DataError, check_lang
-from .steering import SteeringError, SteeringVector, check_alpha, check_count, check_layer, mean_difference
-from .steering_eval import GROUP, Batch, Evaluator, batches, generations
-from .steering_report import best_json, pick, summarize
+from llmlatent import tasks
+from llmlatent.adapter import same_model
+from llmlatent.data import LANGS, DataError, check_lang
+from llmlatent.steering import SteeringError, SteeringVector, check_alpha, check_count, check_layer, mean_difference
+from llmlatent.experiments.steering.evaluate import GROUP, Batch, Evaluator, batches, generations
+from llmlatent.experiments.steering.report import best_json, pick, summarize
 
 if TYPE_CHECKING:
-    from .latents import LatentStore
-    from .model import Model
+    from llmlatent.latents import LatentStore
+    from llmlatent.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def fit_stores(
     forward pass); otherwise the fit prompts are collected (float32) into ``store_dir``, in a folder
     named by their digest, so a later run with the same prompts resumes it instead of recomputing.
     """
-    from . import latents
+    from llmlatent import latents
 
     out, info = {}, {}
     for lang, frame in frames.items():
@@ -361,7 +361,7 @@ def sweep(
 
 def cache_settings(model: Model, settings: dict, words_dir: str | Path | None, reuse_stores: Sequence[LatentStore]) -> dict:
     """Return every setting that changes a sweep's result, for :func:`llmlatent.runs.cache_key`."""
-    from .runs import words_digest
+    from llmlatent.experiments.runs import words_digest
 
     s = dict(settings)
     if s["layers"] is None:
@@ -386,8 +386,9 @@ def run_to_dir(
     """
     import matplotlib.pyplot as plt
 
-    from . import plots, runs
-    from .atomic import check_output_dir
+    from llmlatent.experiments import plots
+    from llmlatent.experiments import runs
+    from llmlatent.atomic import check_output_dir
 
     settings = check_settings(**kwargs)
     check_output_dir(out, "best.json")

@@ -17,13 +17,16 @@ from typing import TYPE_CHECKING
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from . import experiment, lens, plots, runs, tasks
-from .adapter import same_model
-from .data import LANGS
+from llmlatent import lens, tasks
+from llmlatent.experiments import sweep as experiment
+from llmlatent.experiments import plots
+from llmlatent.experiments import runs
+from llmlatent.adapter import same_model
+from llmlatent.data import LANGS
 
 if TYPE_CHECKING:
-    from .latents import LatentStore
-    from .model import Model
+    from llmlatent.latents import LatentStore
+    from llmlatent.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +103,7 @@ def grid_figures(results: Path, figures: Path, model_name: str) -> list[Path]:
 
 def latent_step(m: Model, path: Path, *, n: int | None, seed: int, batch_size: int, force: bool) -> LatentStore:
     """Return the fr→zh latent store at ``path``, collecting it unless an identical one is already there."""
-    from . import latents
+    from llmlatent import latents
 
     prompts = tasks.build("translation", "fr", "zh", m.tokenizer, n=n, seed=seed)
     if path.exists() and not force:
@@ -127,7 +130,7 @@ def steering_step(m: Model, out: Path, figures: Path, *, n: int | None = None, s
     test (default: the demo's own). ``reuse_stores`` (e.g. the fr→zh latent store) supply fit latents
     without new forwards when they hold the same prompts.
     """
-    from . import steering_sweep
+    from llmlatent.experiments.steering import demo as steering_sweep
 
     log.info("steering demo ru→zh (via fr) into %s", out)
     n_concepts = steering_sweep.DEFAULT_N_CONCEPTS if n is None else n
@@ -146,7 +149,7 @@ def patching_step(m: Model, out: Path, figures: Path, *, n: int | None, seed: in
 
     ``out`` sits directly under results/ (not results/<task>/<pair>/, which pivot_table reads as lens sweeps).
     """
-    from . import patch_experiment
+    from llmlatent.experiments import patching as patch_experiment
 
     record = patch_experiment.run_to_dir(m, out, force=force, donor=("de", "fr"), receiver=("ru", "zh"),
                                          mean_over=("de", "fr", "ru", "en"), n=n or PATCH_PAIRS, seed=seed, batch_size=32)
@@ -172,7 +175,7 @@ def run_all(
     ``load_kwargs`` are passed to :func:`llmlatent.model.load` (dtype, device, device_map, trust_remote_code),
     so a large model's reproduction goes through here as well.
     """
-    from . import model as model_mod
+    from llmlatent import model as model_mod
 
     started = time.perf_counter()
     results, figures = Path(results), Path(figures)

@@ -20,13 +20,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .atomic import atomic_file, make_temp_dir
-from .tasks import SET_COLUMNS as _SETS
-from .errors import LlmlatentError, UsageError
+from llmlatent.atomic import atomic_file, make_temp_dir
+from llmlatent.tasks import SET_COLUMNS as _SETS
+from llmlatent.errors import LlmlatentError, UsageError
 
 if TYPE_CHECKING:
-    from .model import Model
-    from .tasks import PromptSet
+    from llmlatent.model import Model
+    from llmlatent.tasks import PromptSet
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +176,8 @@ def check_store_dir(path: str | os.PathLike, *, shard_size: int | None = None, r
     ``repair``). Refused with one line: a file, an unrelated non-empty folder, ``.``/a parent of the
     working directory/``$HOME``, an unwritable parent, ``shard_size`` < 1.
     """
-    from . import checks
-    from .atomic import check_output_dir
+    from llmlatent import checks
+    from llmlatent.atomic import check_output_dir
 
     checks.count(shard_size, "shard_size", optional=True)
     path = Path(path)

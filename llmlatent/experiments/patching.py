@@ -30,12 +30,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import decode, patching, tasks
-from .data import check_lang
-from .errors import UsageError
+from llmlatent import decode, patching, tasks
+from llmlatent.data import check_lang
+from llmlatent.errors import UsageError
 
 if TYPE_CHECKING:
-    from .model import Model
+    from llmlatent.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def _latents(model: Model, frame: pd.DataFrame, concepts: list[str], spec: tuple
     """Return the donor latents of ``concepts`` under one prompt set: live, or from (resumable) latent stores."""
     if store_dir is None:
         return patching.donor_latents(model, frame.loc[concepts, "prompt"].tolist(), batch_size=batch_size)
-    from . import latents
+    from llmlatent import latents
 
     prompts = tasks.PromptSet(frame.reset_index(), meta={"task": "translation", "src": spec[0], "tgt": spec[1]})
     store = latents.collect(model, prompts, Path(store_dir) / f"translation-{spec[0]}-{spec[1]}", batch_size=batch_size,
@@ -207,7 +207,7 @@ def decode_rows(model: Model, result: patching.SweepLatents, pairs: list[tuple[s
 
 def summarize(rows: pd.DataFrame, *, ci: str = "normal", seed: int = 0) -> pd.DataFrame:
     """Return per (condition, layer) the mean and 95% interval of every metric (``<metric>_mean/_lo/_hi``) and n."""
-    from .metrics import interval
+    from llmlatent.metrics import interval
 
     out = []
     for (condition, layer), group in rows.groupby(["condition", "layer"], sort=False, dropna=False):
@@ -255,10 +255,10 @@ def run_to_dir(model: Model, out: str | Path, *, force: bool = True, ci: str = "
     """
     import matplotlib.pyplot as plt
 
-    from . import plots
-    from .atomic import check_output_dir
-    from .experiment import versions
-    from .runs import cache_key, cached, words_digest, write_run
+    from llmlatent.experiments import plots
+    from llmlatent.atomic import check_output_dir
+    from llmlatent.experiments.sweep import versions
+    from llmlatent.experiments.runs import cache_key, cached, words_digest, write_run
 
     started = time.perf_counter()
     check_output_dir(out, "run.json")

@@ -1,0 +1,1 @@
+"""The language-steering experiments: ``demo`` (one pair, held-out (layer, α)), ``evaluate`` and ``report``."""
