@@ -47,8 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--dtype", default="float16", help="storage dtype of the cache (default float16)")
     parser.add_argument("--with-bare", action="store_true", help="also time the bare batched forward")
-    parser.add_argument("--interleave", choices=["chunk", "pass"], default="chunk",
-                        help="alternate the methods chunk by chunk (default; robust to load changes) or whole passes")
+    parser.add_argument(
+        "--interleave",
+        choices=["chunk", "pass"],
+        default="chunk",
+        help="alternate the methods chunk by chunk (default; robust to load changes) or whole passes",
+    )
     parser.add_argument("--chunk", type=int, default=64, help="prompts per alternation (default 64 = one cache shard)")
     args = parser.parse_args(argv)
     bench_lens.prepare(args)
@@ -71,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, list[float]] = {"sweep": [], "collect": []} | ({"bare": []} if args.with_bare else {})
     loads = [os.getloadavg()[0]]
     chunk = len(prompts) if args.interleave == "pass" else args.chunk
-    pieces = [tasks.PromptSet(prompts.df.iloc[i:i + chunk].reset_index(drop=True), meta=dict(prompts.meta))
-              for i in range(0, len(prompts), chunk)]
+    pieces = [
+        tasks.PromptSet(prompts.df.iloc[i : i + chunk].reset_index(drop=True), meta=dict(prompts.meta))
+        for i in range(0, len(prompts), chunk)
+    ]
     cached_parts, live_parts, from_cache, size = [], [], 0.0, 0
     try:
         for r in range(args.repeats):
@@ -101,29 +107,45 @@ def main(argv: list[str] | None = None) -> int:
             for key, value in spent.items():
                 times[key].append(value)
             loads.append(os.getloadavg()[0])
-            print(f"repeat {r + 1}/{args.repeats}: " + "  ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items())
-                  + f"  (collect/sweep {times['collect'][-1] / times['sweep'][-1]:.3f})  load {loads[-1]:.1f}", flush=True)
+            print(
+                f"repeat {r + 1}/{args.repeats}: "
+                + "  ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items())
+                + f"  (collect/sweep {times['collect'][-1] / times['sweep'][-1]:.3f})  load {loads[-1]:.1f}",
+                flush=True,
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rows, cached = pd.concat(live_parts, ignore_index=True), pd.concat(cached_parts, ignore_index=True)
     numeric = ["p_target", "p_english", "p_source", "entropy"]
     merged = cached.merge(rows, on=["prompt_id", "layer"], suffixes=("_cache", ""))
-    diffs = {c: float(np.nanmax(np.abs(merged[c].to_numpy(float) - merged[f"{c}_cache"].to_numpy(float))))
-             for c in numeric if merged[c].notna().any()}
+    diffs = {
+        c: float(np.nanmax(np.abs(merged[c].to_numpy(float) - merged[f"{c}_cache"].to_numpy(float))))
+        for c in numeric
+        if merged[c].notna().any()
+    }
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
         **bench_lens.environment(model),
         "command": "python benchmarks/bench_cache.py " + " ".join(argv),
-        "model": model.name, "n": len(prompts), "batch_size": args.batch_size, "repeats": args.repeats,
+        "model": model.name,
+        "n": len(prompts),
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
         "cache_dtype": args.dtype,
-        "sweep_seconds": med["sweep"], "collect_seconds": med["collect"],
-        "collect_over_sweep": med["collect"] / med["sweep"], "target": TARGET,
+        "sweep_seconds": med["sweep"],
+        "collect_seconds": med["collect"],
+        "collect_over_sweep": med["collect"] / med["sweep"],
+        "target": TARGET,
         "target_ok": med["collect"] / med["sweep"] <= TARGET,
-        "from_latents_seconds": from_cache, "from_latents_over_sweep": from_cache / med["sweep"],
-        "store_bytes": size, "cache_vs_live_max_abs_diff": diffs,
-        "interleave": args.interleave, "chunk": chunk,
+        "from_latents_seconds": from_cache,
+        "from_latents_over_sweep": from_cache / med["sweep"],
+        "store_bytes": size,
+        "cache_vs_live_max_abs_diff": diffs,
+        "interleave": args.interleave,
+        "chunk": chunk,
         "collect_over_sweep_per_repeat": [c / s for c, s in zip(times["collect"], times["sweep"])],
-        "runs": times, "load_average_1min": loads,
+        "runs": times,
+        "load_average_1min": loads,
     }
     if args.with_bare:
         result["bare_seconds"] = med["bare"]
@@ -132,11 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.with_bare:
         print(f"bare forward        {med['bare']:8.2f} s")
     print(f"lens.sweep          {med['sweep']:8.2f} s   (median of {args.repeats})")
-    print(f"latents.collect     {med['collect']:8.2f} s   collect/sweep = {result['collect_over_sweep']:.3f}"
-          f" (target <= {TARGET}) -> {'OK' if result['target_ok'] else 'MISSED'}")
-    print(f"lens.from_latents   {from_cache:8.2f} s   (no forward pass; {result['from_latents_over_sweep']:.2f}x the sweep)")
-    print(f"store {size / 2**20:.1f} MiB; cache vs live max |diff|: "
-          + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    print(
+        f"latents.collect     {med['collect']:8.2f} s   collect/sweep = {result['collect_over_sweep']:.3f}"
+        f" (target <= {TARGET}) -> {'OK' if result['target_ok'] else 'MISSED'}"
+    )
+    print(
+        f"lens.from_latents   {from_cache:8.2f} s   (no forward pass; {result['from_latents_over_sweep']:.2f}x the sweep)"
+    )
+    print(
+        f"store {size / 2**20:.1f} MiB; cache vs live max |diff|: "
+        + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items())
+    )
     print(f"load average (1 min) during the runs: {', '.join(f'{x:.1f}' for x in loads)}")
     bench_lens.write_json(args.json, result)
     return 0

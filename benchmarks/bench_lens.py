@@ -62,10 +62,26 @@ METRICS = ("p_target", "p_english", "entropy")
 # one-prompt forwards differ by float rounding only; bfloat16 rounds activations to 8 mantissa bits
 PARITY_TOL = {torch.float32: 1e-4, torch.float64: 1e-6, torch.bfloat16: 5e-2, torch.float16: 5e-2}
 SYNTHETIC = {
-    "llama2-7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                      intermediate_size=11008, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5),
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                 intermediate_size=128, vocab_size=32000, max_position_embeddings=256, rms_norm_eps=1e-5),
+    "llama2-7b": dict(
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        intermediate_size=11008,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=128,
+        vocab_size=32000,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+    ),
 }
 
 
@@ -89,8 +105,8 @@ class IdTokenizer:
         ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.int64)
         mask = torch.zeros((len(rows), width), dtype=torch.int64)
         for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
+            ids[i, width - len(r) :] = torch.tensor(r)
+            mask[i, width - len(r) :] = 1
         return {"input_ids": ids, "attention_mask": mask}
 
     def decode(self, ids) -> str:  # noqa: ANN001
@@ -119,7 +135,9 @@ def synthetic_prompts(vocab: int, n: int, seed: int = 0, lengths: tuple[int, int
         ids = rng.integers(3, vocab, size=int(rng.integers(lengths[0], lengths[1] + 1)))
         target = sorted({int(t) for t in rng.integers(3, vocab, size=int(rng.integers(1, 4)))})
         english = sorted({int(t) for t in rng.integers(3, vocab, size=int(rng.integers(1, 4)))} - set(target)) or [3]
-        records.append({"prompt_id": i, "prompt": " ".join(map(str, ids)), "target_ids": target, "english_ids": english})
+        records.append(
+            {"prompt_id": i, "prompt": " ".join(map(str, ids)), "target_ids": target, "english_ids": english}
+        )
     return pd.DataFrame(records)
 
 
@@ -212,13 +230,15 @@ def seed_style(model: model_mod.Model, frame: pd.DataFrame) -> pd.DataFrame:
                 torch.softmax(logits, dim=-1)  # every position's distribution, as the seed computed it
                 lp = torch.log_softmax(logits[-1].double(), dim=-1)
                 p = lp.exp()
-                records.append({
-                    "prompt_id": row.prompt_id,
-                    "layer": layer,
-                    "p_target": float(p[list(row.target_ids)].sum()),
-                    "p_english": float(p[list(row.english_ids)].sum()),
-                    "entropy": float(-(p * lp).sum() / LOG2),
-                })
+                records.append(
+                    {
+                        "prompt_id": row.prompt_id,
+                        "layer": layer,
+                        "p_target": float(p[list(row.target_ids)].sum()),
+                        "p_english": float(p[list(row.english_ids)].sum()),
+                        "entropy": float(-(p * lp).sum() / LOG2),
+                    }
+                )
         sync(model)
     return pd.DataFrame(records)
 
@@ -262,7 +282,9 @@ def memory_child(args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         run_sweep(model, frame, args.batch_size)
-        result.update(kind="cuda_max_memory_allocated", before_bytes=before, peak_bytes=torch.cuda.max_memory_allocated())
+        result.update(
+            kind="cuda_max_memory_allocated", before_bytes=before, peak_bytes=torch.cuda.max_memory_allocated()
+        )
         return result
     before = _status_kib("VmRSS") * 1024
     try:  # "5" resets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0), so loading is not counted
@@ -300,8 +322,14 @@ def environment(model: model_mod.Model) -> dict:
     if model.device.type == "cuda":
         device = torch.cuda.get_device_name(model.device)
     else:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), platform.processor())
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
         device = f"cpu: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
     return {
         "device": device,
@@ -309,13 +337,14 @@ def environment(model: model_mod.Model) -> dict:
         "cuda": torch.version.cuda if model.device.type == "cuda" else None,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
     }
 
 
-def one_pass(model: model_mod.Model, frame: pd.DataFrame, seed_frame: pd.DataFrame, batch_size: int,
-             interleave: str, flip: bool) -> tuple[dict[str, float], pd.DataFrame, pd.DataFrame]:
+def one_pass(
+    model: model_mod.Model, frame: pd.DataFrame, seed_frame: pd.DataFrame, batch_size: int, interleave: str, flip: bool
+) -> tuple[dict[str, float], pd.DataFrame, pd.DataFrame]:
     """Return (seconds per method, sweep rows, seed-style rows) of one pass over all prompts.
 
     ``interleave="batch"``: the sweep's length-ordered batches one at a time, each timed as a bare
@@ -346,14 +375,23 @@ def one_pass(model: model_mod.Model, frame: pd.DataFrame, seed_frame: pd.DataFra
             spent["seed"] += t
             seed_parts.append(part)
     if len(seed_parts) < len(seed_frame):  # more seed prompts than batches
-        t, part = timed(seed_style, model, seed_frame.iloc[len(seed_parts):])
+        t, part = timed(seed_style, model, seed_frame.iloc[len(seed_parts) :])
         spent["seed"] += t
         seed_parts.append(part)
     return spent, pd.concat(parts, ignore_index=True), pd.concat(seed_parts, ignore_index=True)
 
 
-def benchmark(model: model_mod.Model, frame: pd.DataFrame, *, batch_size: int, repeats: int, seed_n: int,
-              warmup: bool = True, interleave: str = "batch", log=print) -> dict:  # noqa: ANN001
+def benchmark(
+    model: model_mod.Model,
+    frame: pd.DataFrame,
+    *,
+    batch_size: int,
+    repeats: int,
+    seed_n: int,
+    warmup: bool = True,
+    interleave: str = "batch",
+    log=print,
+) -> dict:  # noqa: ANN001
     """Return the timings, ratios and parity of bare / sweep / seed-style runs, alternating ``repeats`` times."""
     seed_frame = frame.iloc[: max(1, min(seed_n, len(frame)))]
     # warm-up: one batch each (also builds the energy Gram matrix, cached on the unembedding)
@@ -370,9 +408,11 @@ def benchmark(model: model_mod.Model, frame: pd.DataFrame, *, batch_size: int, r
         for key, value in spent.items():
             times[key].append(value)
         loads.append(os.getloadavg()[0])
-        log(f"repeat {r + 1}/{repeats}: bare {times['bare'][-1]:.2f}s  sweep {times['sweep'][-1]:.2f}s  "
+        log(
+            f"repeat {r + 1}/{repeats}: bare {times['bare'][-1]:.2f}s  sweep {times['sweep'][-1]:.2f}s  "
             f"(x{times['sweep'][-1] / times['bare'][-1]:.3f})  seed {times['seed'][-1]:.2f}s ({len(seed_frame)} prompts)"
-            f"  load {loads[-1]:.1f}")
+            f"  load {loads[-1]:.1f}"
+        )
     diffs = parity(rows, seed_rows)
     tol = PARITY_TOL.get(model.unembedding.head.weight.dtype, 1e-4)
     bare, sweep = statistics.median(times["bare"]), statistics.median(times["sweep"])
@@ -413,10 +453,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pair", default="fr-zh", help="translation pair src-tgt (default fr-zh)")
     parser.add_argument("--n", type=int, default=None, help="number of prompts (default: all; synthetic: 256)")
     parser.add_argument("--batch-size", type=int, default=None, help="default 16 (synthetic: 64)")
-    parser.add_argument("--seed-n", type=int, default=4, help="prompts for the (slow) seed-style baseline; time extrapolated")
+    parser.add_argument(
+        "--seed-n", type=int, default=4, help="prompts for the (slow) seed-style baseline; time extrapolated"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--interleave", choices=["batch", "pass"], default="batch",
-                        help="alternate the methods batch by batch (default; robust to load changes) or whole passes")
+    parser.add_argument(
+        "--interleave",
+        choices=["batch", "pass"],
+        default="batch",
+        help="alternate the methods batch by batch (default; robust to load changes) or whole passes",
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: float32 on CPU, bfloat16 on GPU)")
     parser.add_argument("--synthetic", choices=["llama2-7b"], default=None, help="random-weight model of this shape")
@@ -436,11 +482,23 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     model, frame = setup(args)
-    print(f"model {model.name}: {model.n_layers} layers, loaded in {time.perf_counter() - started:.1f}s; "
-          f"{len(frame)} prompts, batch {args.batch_size}", flush=True)
+    print(
+        f"model {model.name}: {model.n_layers} layers, loaded in {time.perf_counter() - started:.1f}s; "
+        f"{len(frame)} prompts, batch {args.batch_size}",
+        flush=True,
+    )
     result = {**environment(model), "command": "python benchmarks/bench_lens.py " + " ".join(argv)}
-    result.update(benchmark(model, frame, batch_size=args.batch_size, repeats=args.repeats, seed_n=args.seed_n,
-                            interleave=args.interleave, log=lambda msg: print(msg, flush=True)))
+    result.update(
+        benchmark(
+            model,
+            frame,
+            batch_size=args.batch_size,
+            repeats=args.repeats,
+            seed_n=args.seed_n,
+            interleave=args.interleave,
+            log=lambda msg: print(msg, flush=True),
+        )
+    )
     size = model_bytes(model)
     result["model_bytes"] = size
     if not args.no_memory:
@@ -454,30 +512,40 @@ def main(argv: list[str] | None = None) -> int:
         else:  # the CPU analogue: the weights plus what the sweep adds to the process's resident memory
             peak = size + mem["peak_bytes"] - mem["before_bytes"]
             result["process_peak_rss_bytes"] = mem["peak_bytes"]
-        result.update({
-            "memory_kind": mem["kind"],
-            "memory_before_sweep_bytes": mem["before_bytes"],
-            "sweep_added_bytes": mem["peak_bytes"] - mem["before_bytes"],
-            "sweep_peak_memory_bytes": peak,
-            "memory_target_bytes": size + 2**30,
-            "memory_ok": peak <= size + 2**30,
-        })
+        result.update(
+            {
+                "memory_kind": mem["kind"],
+                "memory_before_sweep_bytes": mem["before_bytes"],
+                "sweep_added_bytes": mem["peak_bytes"] - mem["before_bytes"],
+                "sweep_peak_memory_bytes": peak,
+                "memory_target_bytes": size + 2**30,
+                "memory_ok": peak <= size + 2**30,
+            }
+        )
     gib = 2**30
     print(f"\nbare forward  {result['bare_seconds']:9.2f} s   (median of {args.repeats})")
-    print(f"lens.sweep    {result['sweep_seconds']:9.2f} s   sweep/bare = {result['sweep_over_bare']:.3f}"
-          f"   (throughput {result['sweep_throughput_over_bare']:.3f}x the bare forward's)")
+    print(
+        f"lens.sweep    {result['sweep_seconds']:9.2f} s   sweep/bare = {result['sweep_over_bare']:.3f}"
+        f"   (throughput {result['sweep_throughput_over_bare']:.3f}x the bare forward's)"
+    )
     extra = f" (extrapolated from {result['seed_prompts']} prompts)" if result["seed_extrapolated"] else ""
     print(f"seed-style    {result['seed_seconds']:9.2f} s{extra}   seed/sweep = {result['seed_over_sweep']:.1f}")
-    print(f"parity max |diff| {result['parity_max_abs_diff']:.2e} "
-          f"({', '.join(f'{k} {v:.1e}' for k, v in result['parity_by_metric'].items())})"
-          f" -> {'OK' if result['parity_ok'] else 'FAIL'} (tol {result['parity_tolerance']:g})")
+    print(
+        f"parity max |diff| {result['parity_max_abs_diff']:.2e} "
+        f"({', '.join(f'{k} {v:.1e}' for k, v in result['parity_by_metric'].items())})"
+        f" -> {'OK' if result['parity_ok'] else 'FAIL'} (tol {result['parity_tolerance']:g})"
+    )
     if "sweep_peak_memory_bytes" in result:
-        print(f"peak memory of the sweep {result['sweep_peak_memory_bytes'] / gib:.2f} GiB = model {size / gib:.2f} GiB"
-              f" + {result['sweep_added_bytes'] / gib:.2f} GiB added by the sweep ({result['memory_kind']});"
-              f" target <= {result['memory_target_bytes'] / gib:.2f} GiB -> {'OK' if result['memory_ok'] else 'MISSED'}")
+        print(
+            f"peak memory of the sweep {result['sweep_peak_memory_bytes'] / gib:.2f} GiB = model {size / gib:.2f} GiB"
+            f" + {result['sweep_added_bytes'] / gib:.2f} GiB added by the sweep ({result['memory_kind']});"
+            f" target <= {result['memory_target_bytes'] / gib:.2f} GiB -> {'OK' if result['memory_ok'] else 'MISSED'}"
+        )
         if "process_peak_rss_bytes" in result:
-            print(f"  whole-process peak RSS {result['process_peak_rss_bytes'] / gib:.2f} GiB (also counts the interpreter,"
-                  f" libraries and tokenizer: {result['memory_before_sweep_bytes'] / gib:.2f} GiB resident before the sweep)")
+            print(
+                f"  whole-process peak RSS {result['process_peak_rss_bytes'] / gib:.2f} GiB (also counts the interpreter,"
+                f" libraries and tokenizer: {result['memory_before_sweep_bytes'] / gib:.2f} GiB resident before the sweep)"
+            )
     print(f"load average (1 min) during the runs: {', '.join(f'{x:.1f}' for x in result['load_average_1min'])}")
     write_json(args.json, result)
     return 0 if result["parity_ok"] else 1

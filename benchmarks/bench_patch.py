@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bench_lens  # noqa: E402
 
 from llmlatent import decode, patching, tasks  # noqa: E402
-from llmlatent.experiments import patching as patch_experiment
 from llmlatent import model as model_mod  # noqa: E402
+from llmlatent.experiments import patching as patch_experiment
 
 TARGETS = {"patch_over_bare": 2.5, "naive_over_patch": 5.0}
 PARITY_REL_TOL = 1e-5  # relative difference of final latents (float32 rounding of batched vs one-token attention)
@@ -53,22 +53,34 @@ def setup(args: argparse.Namespace) -> tuple[model_mod.Model, list[str], list[st
         vocab = model.unembedding.vocab_size
         frame = bench_lens.synthetic_prompts(vocab, 2 * args.n, seed=args.seed)
         rng = np.random.default_rng(args.seed)
-        sets = {name: [sorted({int(t) for t in rng.integers(3, vocab, size=2)}) for _ in range(args.n)]
-                for name in patch_experiment.SETS}
-        return model, frame["prompt"][: args.n].tolist(), frame["prompt"][args.n:].tolist(), sets
+        sets = {
+            name: [sorted({int(t) for t in rng.integers(3, vocab, size=2)}) for _ in range(args.n)]
+            for name in patch_experiment.SETS
+        }
+        return model, frame["prompt"][: args.n].tolist(), frame["prompt"][args.n :].tolist(), sets
     model = model_mod.load(args.model)
     donor, receiver = patch_experiment.parse_spec(args.donor), patch_experiment.parse_spec(args.receiver, "--receiver")
-    frames = {spec: tasks.build("translation", *spec, model.tokenizer, seed=args.seed).df.set_index("concept")
-              for spec in (donor, receiver)}
+    frames = {
+        spec: tasks.build("translation", *spec, model.tokenizer, seed=args.seed).df.set_index("concept")
+        for spec in (donor, receiver)
+    }
     pool = sorted(set(frames[donor].index) & set(frames[receiver].index))
     ld, lr = frames[donor]["target_ids"].map(list).to_dict(), frames[receiver]["target_ids"].map(list).to_dict()
     pairs, _ = patch_experiment.make_pairs(pool, ld, lr, args.n, args.seed)
     if len(pairs) < args.n:  # more pairs than concepts: reuse receivers with the next donors
         pairs = [pairs[i % len(pairs)] for i in range(args.n)]
-    sets = {"cd_lr": [lr[d] for d, _ in pairs], "cd_ld": [ld[d] for d, _ in pairs],
-            "cr_lr": [lr[r] for _, r in pairs], "cr_ld": [ld[r] for _, r in pairs]}
-    return (model, frames[receiver].loc[[r for _, r in pairs], "prompt"].tolist(),
-            frames[donor].loc[[d for d, _ in pairs], "prompt"].tolist(), sets)
+    sets = {
+        "cd_lr": [lr[d] for d, _ in pairs],
+        "cd_ld": [ld[d] for d, _ in pairs],
+        "cr_lr": [lr[r] for _, r in pairs],
+        "cr_ld": [ld[r] for _, r in pairs],
+    }
+    return (
+        model,
+        frames[receiver].loc[[r for _, r in pairs], "prompt"].tolist(),
+        frames[donor].loc[[d for d, _ in pairs], "prompt"].tolist(),
+        sets,
+    )
 
 
 def decoded(model: model_mod.Model, finals: torch.Tensor, sets: dict[str, list]) -> dict[str, torch.Tensor]:
@@ -94,8 +106,17 @@ def run_naive(model: model_mod.Model, receivers: list[str], donor: torch.Tensor,
     return finals, stats
 
 
-def benchmark(model: model_mod.Model, receivers: list[str], donors: list[str], sets: dict, *, batch_size: int,
-              repeats: int, naive_n: int, log: object = print) -> dict:
+def benchmark(
+    model: model_mod.Model,
+    receivers: list[str],
+    donors: list[str],
+    sets: dict,
+    *,
+    batch_size: int,
+    repeats: int,
+    naive_n: int,
+    log: object = print,
+) -> dict:
     """Return medians, ratios and parity of bare forward, patch sweep and naive sweep (alternating, one process)."""
     t_donor, donor = bench_lens.timed(lambda: patching.donor_latents(model, donors, batch_size=batch_size))
     naive_n = min(naive_n, len(receivers))
@@ -111,20 +132,35 @@ def benchmark(model: model_mod.Model, receivers: list[str], donors: list[str], s
         t, naive = bench_lens.timed(run_naive, model, receivers[:naive_n], donor[:naive_n], small, batch_size)
         times["naive"].append(t * len(receivers) / naive_n)  # extrapolated per pair to all pairs
         loads.append(os.getloadavg()[0])
-        log(f"repeat {r + 1}/{repeats}: " + "  ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()) + f"  load {loads[-1]:.1f}")
+        log(
+            f"repeat {r + 1}/{repeats}: "
+            + "  ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items())
+            + f"  load {loads[-1]:.1f}"
+        )
     med = {k: statistics.median(v) for k, v in times.items()}
     (fast, fast_stats), (naive, naive_stats) = fast, naive
     rel = float(((fast[:naive_n] - naive).norm(dim=-1) / fast[:naive_n].norm(dim=-1).clamp_min(1e-30)).max())
     rows = naive_n * model.n_layers  # the fast path's first naive_n pairs are its first rows (pair-major)
     p_diff = max(float((fast_stats[f"p_{name}"][:rows] - naive_stats[f"p_{name}"]).abs().max()) for name in sets)
     return {
-        "n_pairs": len(receivers), "n_layers": model.n_layers, "batch_size": batch_size, "repeats": repeats,
-        "naive_n": naive_n, "donor_latents_seconds": t_donor,
-        "bare_seconds": med["bare"], "patch_seconds": med["patch"], "naive_seconds_extrapolated": med["naive"],
-        "patch_over_bare": med["patch"] / med["bare"], "naive_over_patch": med["naive"] / med["patch"],
-        "targets": TARGETS, "parity_max_rel_diff": rel, "parity_max_abs_diff": float((fast[:naive_n] - naive).abs().max()),
-        "parity_max_p_diff": p_diff, "parity_ok": rel <= PARITY_REL_TOL and p_diff <= PARITY_P_TOL,
-        "runs": times, "load_average_1min": loads,
+        "n_pairs": len(receivers),
+        "n_layers": model.n_layers,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "naive_n": naive_n,
+        "donor_latents_seconds": t_donor,
+        "bare_seconds": med["bare"],
+        "patch_seconds": med["patch"],
+        "naive_seconds_extrapolated": med["naive"],
+        "patch_over_bare": med["patch"] / med["bare"],
+        "naive_over_patch": med["naive"] / med["patch"],
+        "targets": TARGETS,
+        "parity_max_rel_diff": rel,
+        "parity_max_abs_diff": float((fast[:naive_n] - naive).abs().max()),
+        "parity_max_p_diff": p_diff,
+        "parity_ok": rel <= PARITY_REL_TOL and p_diff <= PARITY_P_TOL,
+        "runs": times,
+        "load_average_1min": loads,
     }
 
 
@@ -143,20 +179,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     bench_lens.prepare(args)
     model, receivers, donors, sets = setup(args)
-    print(f"model {model.name}; {len(receivers)} pairs; {model.n_layers} layers; threads {torch.get_num_threads()}", flush=True)
+    print(
+        f"model {model.name}; {len(receivers)} pairs; {model.n_layers} layers; threads {torch.get_num_threads()}",
+        flush=True,
+    )
     bench_lens.bare_forward(model, receivers[:4], args.batch_size)  # warm-up
-    out = benchmark(model, receivers, donors, sets, batch_size=args.batch_size, repeats=args.repeats, naive_n=args.naive_n)
+    out = benchmark(
+        model, receivers, donors, sets, batch_size=args.batch_size, repeats=args.repeats, naive_n=args.naive_n
+    )
     out = {**bench_lens.environment(model), "command": "python benchmarks/bench_patch.py " + " ".join(argv), **out}
     print()
     print(f"bare forward (receivers)   {out['bare_seconds']:8.2f} s")
-    print(f"patch sweep + decode       {out['patch_seconds']:8.2f} s   patch / bare = {out['patch_over_bare']:.2f} "
-          f"(target <= {TARGETS['patch_over_bare']}) -> {'OK' if out['patch_over_bare'] <= TARGETS['patch_over_bare'] else 'MISSED'}")
-    print(f"naive sweep + decode       {out['naive_seconds_extrapolated']:8.2f} s   naive / patch = {out['naive_over_patch']:.2f} "
-          f"(target >= {TARGETS['naive_over_patch']}) -> {'OK' if out['naive_over_patch'] >= TARGETS['naive_over_patch'] else 'MISSED'}"
-          f"  ({out['naive_n']} pairs, extrapolated)")
+    print(
+        f"patch sweep + decode       {out['patch_seconds']:8.2f} s   patch / bare = {out['patch_over_bare']:.2f} "
+        f"(target <= {TARGETS['patch_over_bare']}) -> {'OK' if out['patch_over_bare'] <= TARGETS['patch_over_bare'] else 'MISSED'}"
+    )
+    print(
+        f"naive sweep + decode       {out['naive_seconds_extrapolated']:8.2f} s   naive / patch = {out['naive_over_patch']:.2f} "
+        f"(target >= {TARGETS['naive_over_patch']}) -> {'OK' if out['naive_over_patch'] >= TARGETS['naive_over_patch'] else 'MISSED'}"
+        f"  ({out['naive_n']} pairs, extrapolated)"
+    )
     print(f"donor latents (once)       {out['donor_latents_seconds']:8.2f} s")
-    print(f"parity patch vs naive: max relative |Δ| {out['parity_max_rel_diff']:.1e} (absolute {out['parity_max_abs_diff']:.1e}), "
-          f"token-set probabilities {out['parity_max_p_diff']:.1e} -> {'OK' if out['parity_ok'] else 'FAILED'}")
+    print(
+        f"parity patch vs naive: max relative |Δ| {out['parity_max_rel_diff']:.1e} (absolute {out['parity_max_abs_diff']:.1e}), "
+        f"token-set probabilities {out['parity_max_p_diff']:.1e} -> {'OK' if out['parity_ok'] else 'FAILED'}"
+    )
     print(f"load average (1 min): {', '.join(f'{x:.1f}' for x in out['load_average_1min'])}")
     bench_lens.write_json(args.json, out)
     return 0 if out["parity_ok"] else 1

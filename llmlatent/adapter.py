@@ -44,13 +44,21 @@ class Fingerprint(Mapping):
         """Return ``value`` as a Fingerprint (from a stored JSON dict or a Fingerprint)."""
         if isinstance(value, Fingerprint):
             return value
-        return cls(model=str(value.get("model", "")), n_layers=int(value["n_layers"]),
-                   hidden_size=int(value["hidden_size"]), unembedding_sha256=str(value["unembedding_sha256"]))
+        return cls(
+            model=str(value.get("model", "")),
+            n_layers=int(value["n_layers"]),
+            hidden_size=int(value["hidden_size"]),
+            unembedding_sha256=str(value["unembedding_sha256"]),
+        )
 
     def to_dict(self) -> dict:
         """Return the JSON-able dict form (as stored in run.json, store.json, vector metadata)."""
-        return {"model": self.model, "n_layers": self.n_layers, "hidden_size": self.hidden_size,
-                "unembedding_sha256": self.unembedding_sha256}
+        return {
+            "model": self.model,
+            "n_layers": self.n_layers,
+            "hidden_size": self.hidden_size,
+            "unembedding_sha256": self.unembedding_sha256,
+        }
 
     def __eq__(self, other: object) -> bool:
         """Return True when ``other`` (a Fingerprint or its dict form) has the same four fields."""

@@ -42,9 +42,13 @@ def check_output_dir(out: str | Path, marker: str | tuple[str, ...]) -> Path:
     markers = (marker,) if isinstance(marker, str) else tuple(marker)
     reason = _protected(out)
     if reason:
-        raise OutputFolderError(f"refusing to write results into {out}: {reason}; pass a new folder such as {out / 'run'}")
+        raise OutputFolderError(
+            f"refusing to write results into {out}: {reason}; pass a new folder such as {out / 'run'}"
+        )
     if out.exists() and not out.is_dir():
-        raise OutputFolderError(f"output folder {out} is an existing file; pass a folder path (it is created if missing)")
+        raise OutputFolderError(
+            f"output folder {out} is an existing file; pass a folder path (it is created if missing)"
+        )
     if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in markers):
         raise OutputFolderError(
             f"output folder {out} is not empty and holds no previous result ({' or '.join(markers)}); "

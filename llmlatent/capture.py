@@ -28,8 +28,11 @@ def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def capture_last(model: Model, last: torch.Tensor, blocks: Sequence[torch.nn.Module] | None = None,
-                 ) -> Iterator[list[torch.Tensor]]:
+def capture_last(
+    model: Model,
+    last: torch.Tensor,
+    blocks: Sequence[torch.nn.Module] | None = None,
+) -> Iterator[list[torch.Tensor]]:
     """Yield a list that fills, during one forward, with each block's output at rows' ``last`` index.
 
     ``last`` is [B] (one position per row: captures are [B, hidden]) or [B, P] (P positions per row: [B, P, hidden]).
@@ -82,8 +85,9 @@ def length_order(model: Model, prompts: Sequence[str]) -> list[int]:
 MAX_PADDING_RATIO = 2.0
 
 
-def length_batches(model: Model, prompts: Sequence[str], batch_size: int,
-                   max_padding_ratio: float = MAX_PADDING_RATIO) -> list[list[int]]:
+def length_batches(
+    model: Model, prompts: Sequence[str], batch_size: int, max_padding_ratio: float = MAX_PADDING_RATIO
+) -> list[list[int]]:
     """Return batches of prompt indices: sorted by token length, ≤ ``batch_size`` each, split where padding would dominate.
 
     A batch also ends before the next (longer) prompt when ``rows × its length`` would exceed

@@ -18,8 +18,15 @@ def _label(name: str, flag: str | None) -> str:
     return f"{name} ({flag})" if flag.lstrip("-") != name else flag
 
 
-def count(value: int | None, name: str, *, minimum: int = 1, maximum: int | None = None, flag: str | None = None,
-          optional: bool = False) -> int | None:
+def count(
+    value: int | None,
+    name: str,
+    *,
+    minimum: int = 1,
+    maximum: int | None = None,
+    flag: str | None = None,
+    optional: bool = False,
+) -> int | None:
     """Return ``value`` as an int after checking ``minimum ≤ value ≤ maximum`` (None allowed when ``optional``)."""
     if value is None and optional:
         return None

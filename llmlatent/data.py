@@ -35,6 +35,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
+
 from .errors import LlmlatentError
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,9 @@ def read_csv(path: str | Path, what: str = "CSV file") -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02X} at position {exc.start}); "
-                        "save it as UTF-8") from None
+        raise DataError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02X} at position {exc.start}); save it as UTF-8"
+        ) from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty; it needs a header row and at least one data row") from None
     except pd.errors.ParserError as exc:
@@ -120,8 +122,10 @@ def _check_duplicates(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
         lines = ", ".join(str(i + 2) for i in rows.index)  # line 1 is the header
         if rows["word"].nunique() > 1 or rows["cloze_example"].nunique() > 1:
             words = ", ".join(repr(w) for w in rows["word"])
-            raise DataError(f"{path}: concept {concept!r} appears on lines {lines} with different rows ({words}); "
-                            "keep one row per concept")
+            raise DataError(
+                f"{path}: concept {concept!r} appears on lines {lines} with different rows ({words}); "
+                "keep one row per concept"
+            )
         log.warning("%s: concept %r repeated on lines %s (identical rows); using it once", path, concept, lines)
     return frame[~((frame["concept"] != "") & frame["concept"].duplicated())]
 
@@ -218,8 +222,14 @@ def read_table(langs: list[str], directory: str | Path | None = None) -> pd.Data
         unnamed += int((words["concept"] == "").sum())
         words = words[words["concept"] != ""]
         empty |= set(words.loc[words["word"] == "", "concept"])
-        words = words.rename(columns={"word": f"word_{lang}", "cloze_masked": f"cloze_{lang}",
-                                      "cloze_example": f"cloze_example_{lang}", "cloze_query": f"cloze_query_{lang}"})
+        words = words.rename(
+            columns={
+                "word": f"word_{lang}",
+                "cloze_masked": f"cloze_{lang}",
+                "cloze_example": f"cloze_example_{lang}",
+                "cloze_query": f"cloze_query_{lang}",
+            }
+        )
         words = words[["concept", f"word_{lang}", f"cloze_{lang}", f"cloze_example_{lang}", f"cloze_query_{lang}"]]
         table = words if table is None else table.merge(words, on="concept", how="inner")
     present = set(table["concept"])

@@ -84,7 +84,11 @@ def _decode_block(
     shift = total = weighted = top_v = top_i = None
     for v0 in range(0, vocab, width):
         if not sliced:
-            z = (head(x.to(head.weight.dtype)) if parts is None else nn.functional.linear(x, weight, parts.bias)).float().T
+            z = (
+                (head(x.to(head.weight.dtype)) if parts is None else nn.functional.linear(x, weight, parts.bias))
+                .float()
+                .T
+            )
         else:
             w = weight[v0 : v0 + width]
             if w.dtype == torch.float32 and bias is None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from llmlatent.latents import LatentStore
+
     from .tasks import PromptSet
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,9 @@ def top_tokens_wide(table: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
-def stats_frame(prompt_ids: Sequence, n_layers: int, stats: dict[str, torch.Tensor],
-                tokenizer: PreTrainedTokenizerBase) -> pd.DataFrame:
+def stats_frame(
+    prompt_ids: Sequence, n_layers: int, stats: dict[str, torch.Tensor], tokenizer: PreTrainedTokenizerBase
+) -> pd.DataFrame:
     """Return the tidy (prompt, layer) frame for decoded statistics of rows ordered prompt-major."""
     top = stats["top_ids"][:, 0].tolist()
     vocab = {tid: tokenizer.decode([tid]) for tid in set(top)}
@@ -106,13 +108,16 @@ def row_sets(prompts: pd.DataFrame, n_layers: int) -> dict[str, list]:
     sets = {}
     for name, column in SET_COLUMNS.items():
         if column in prompts:
-            values = [None if v is None or (isinstance(v, float) and math.isnan(v)) else list(v) for v in prompts[column]]
+            values = [
+                None if v is None or (isinstance(v, float) and math.isnan(v)) else list(v) for v in prompts[column]
+            ]
             sets[name] = [v for v in values for _ in range(n_layers)]
     return sets
 
 
-def decode_frame(unembedding: Unembedding, latents: torch.Tensor, prompts: pd.DataFrame,
-                 tokenizer: PreTrainedTokenizerBase) -> pd.DataFrame:
+def decode_frame(
+    unembedding: Unembedding, latents: torch.Tensor, prompts: pd.DataFrame, tokenizer: PreTrainedTokenizerBase
+) -> pd.DataFrame:
     """Return the tidy lens rows (prompt × layer) of ``latents`` [prompts, layers, hidden] for the ``prompts`` rows."""
     n_layers = latents.shape[1]
     stats = decode(unembedding, latents.reshape(-1, latents.shape[-1]), row_sets(prompts, n_layers))
@@ -160,7 +165,9 @@ def sweep(
     if pending:
         flush()
     bar.close()
-    rows = pd.concat(parts, ignore_index=True)  # in length order; back to the prompts' order (stable: layers stay sorted)
+    rows = pd.concat(
+        parts, ignore_index=True
+    )  # in length order; back to the prompts' order (stable: layers stay sorted)
     position = np.repeat(np.asarray(order), model.n_layers)
     return rows.iloc[np.argsort(position, kind="stable")].reset_index(drop=True)
 
@@ -191,7 +198,9 @@ def from_latents(
     bar = tqdm(total=len(store), desc="lens from latents", unit="prompt", disable=not progress)
     for start in range(0, len(store), batch_size):
         stop = min(len(store), start + batch_size)
-        parts.append(decode_frame(unembedding, store.latents(rows=slice(start, stop)), frame.iloc[start:stop], tokenizer))
+        parts.append(
+            decode_frame(unembedding, store.latents(rows=slice(start, stop)), frame.iloc[start:stop], tokenizer)
+        )
         bar.update(stop - start)
     bar.close()
     return pd.concat(parts, ignore_index=True)
@@ -225,8 +234,15 @@ def top_tokens_positions(model: Model, prompt: str, positions: int = 8, k: int =
             row = layer * keep + j
             for rank in range(k):
                 tid = int(stats["top_ids"][row, rank])
-                rows.append({
-                    "layer": layer, "position": first + j, "input_token": names[ids[j]], "rank": rank + 1,
-                    "token_id": tid, "top_token": names[tid], "prob": float(stats["top_probs"][row, rank]),
-                })
+                rows.append(
+                    {
+                        "layer": layer,
+                        "position": first + j,
+                        "input_token": names[ids[j]],
+                        "rank": rank + 1,
+                        "token_id": tid,
+                        "top_token": names[tid],
+                        "prob": float(stats["top_probs"][row, rank]),
+                    }
+                )
     return pd.DataFrame(rows)

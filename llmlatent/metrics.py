@@ -67,8 +67,14 @@ def _bootstrap_ci(values: np.ndarray, seed: int, n_resamples: int) -> tuple[floa
     if np.all(values == values[0]):  # no spread: every resample has the same mean
         mean = float(values[0])
         return (mean, mean, mean)
-    res = bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=n_resamples,
-                    random_state=np.random.default_rng(seed), method="percentile")
+    res = bootstrap(
+        (values,),
+        np.mean,
+        confidence_level=0.95,
+        n_resamples=n_resamples,
+        random_state=np.random.default_rng(seed),
+        method="percentile",
+    )
     return (float(values.mean()), float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
@@ -84,26 +90,35 @@ def summarize(rows: pd.DataFrame, *, ci: str = "normal", seed: int = 0, n_resamp
         raise UsageError(f"ci must be 'normal' or 'bootstrap' (--ci), not {ci!r}")
     n_prompts = int(rows["prompt_id"].nunique()) if len(rows) else 0
     if n_prompts < MIN_N_INTERVAL:
-        log.warning("only %d prompt(s): the 95%% intervals are %s", n_prompts,
-                    "undefined (NaN)" if n_prompts < 2 else f"unreliable below {MIN_N_INTERVAL} prompts")
+        log.warning(
+            "only %d prompt(s): the 95%% intervals are %s",
+            n_prompts,
+            "undefined (NaN)" if n_prompts < 2 else f"unreliable below {MIN_N_INTERVAL} prompts",
+        )
     out = []
     for layer, group in rows.groupby("layer", sort=True):
         record: dict[str, float | int] = {"layer": int(layer), "n": int(group["prompt_id"].nunique())}
         for col in ("p_target", "p_english", "p_source"):
             values = group[col].to_numpy(dtype=np.float64) if col in group else np.array([math.nan])
-            mean, lo, hi = _normal_ci(values) if ci == "normal" else _bootstrap_ci(values, seed + int(layer), n_resamples)
+            mean, lo, hi = (
+                _normal_ci(values) if ci == "normal" else _bootstrap_ci(values, seed + int(layer), n_resamples)
+            )
             if ci == "normal" and col in PROBABILITIES:  # a probability's interval cannot leave [0, 1] (NaN stays NaN)
                 lo, hi = float(np.clip(lo, 0.0, 1.0)), float(np.clip(hi, 0.0, 1.0))
             record.update({f"{col}_mean": mean, f"{col}_lo": lo, f"{col}_hi": hi})
         for col in ("entropy", "energy"):
             values = group[col].to_numpy(dtype=np.float64)
-            mean, lo, hi = _normal_ci(values) if ci == "normal" else _bootstrap_ci(values, seed + int(layer), n_resamples)
+            mean, lo, hi = (
+                _normal_ci(values) if ci == "normal" else _bootstrap_ci(values, seed + int(layer), n_resamples)
+            )
             record.update({f"{col}_mean": mean, f"{col}_lo": lo, f"{col}_hi": hi})
         out.append(record)
     return pd.DataFrame(out)
 
 
-def interval(values: np.ndarray, *, ci: str = "normal", seed: int = 0, n_resamples: int = 2000) -> tuple[float, float, float]:
+def interval(
+    values: np.ndarray, *, ci: str = "normal", seed: int = 0, n_resamples: int = 2000
+) -> tuple[float, float, float]:
     """Return (mean, low, high) of the 95% interval of ``values`` (NaN ignored): normal approximation or percentile bootstrap."""
     if ci not in ("normal", "bootstrap"):
         raise ValueError(f"ci must be 'normal' or 'bootstrap', not {ci!r}")

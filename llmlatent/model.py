@@ -112,7 +112,9 @@ def check_device(device: str | torch.device) -> torch.device:
                 f"--device {device}: CUDA is not available (this torch is a CPU build or no GPU is visible); use --device cpu"
             )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ModelLoadError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible (cuda:0 …)")
+            raise ModelLoadError(
+                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible (cuda:0 …)"
+            )
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ModelLoadError(f"--device {device}: MPS is not available on this machine; use --device cpu")
     return dev
@@ -157,8 +159,12 @@ class Model:
 
         The one source of a model's identity; compare with ``same_model``, store ``.to_dict()`` in JSON.
         """
-        return Fingerprint(model=self.name, n_layers=self.n_layers, hidden_size=self.hidden_size,
-                           unembedding_sha256=self.unembedding.fingerprint())
+        return Fingerprint(
+            model=self.name,
+            n_layers=self.n_layers,
+            hidden_size=self.hidden_size,
+            unembedding_sha256=self.unembedding.fingerprint(),
+        )
 
     def run(self, inputs: dict, **kwargs: object) -> object:
         """Return ``hf(**inputs, **kwargs)``, retried without ``logits_to_keep`` for (remote-code) models that lack it."""
@@ -204,9 +210,13 @@ def _config(path: str, name: str, trust_remote_code: bool) -> tuple[object, str 
     token = os.environ.get("HF_TOKEN") or None
     folder = Path(path)
     if folder.is_file():
-        raise ModelLoadError(f"model {name!r} is a file; pass the model folder (with config.json and the weights) or a hub id")
+        raise ModelLoadError(
+            f"model {name!r} is a file; pass the model folder (with config.json and the weights) or a hub id"
+        )
     if folder.is_dir() and not (folder / "config.json").is_file():
-        raise ModelLoadError(f"model folder {folder} has no config.json; pass a folder written by save_pretrained, or a hub id")
+        raise ModelLoadError(
+            f"model folder {folder} has no config.json; pass a folder written by save_pretrained, or a hub id"
+        )
     try:
         return AutoConfig.from_pretrained(path, token=token, trust_remote_code=trust_remote_code), token
     except (OSError, ValueError) as exc:
@@ -287,7 +297,9 @@ def load(
 
 def _has_weights(folder: Path) -> bool:
     """Return True when a model folder holds any weight file transformers can load."""
-    return any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json")) or any(folder.glob("*.bin"))
+    return (
+        any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json")) or any(folder.glob("*.bin"))
+    )
 
 
 def is_causal(hf: torch.nn.Module) -> bool:
@@ -382,7 +394,9 @@ def load_unembedding(
         fallbacks = (f"{module_names[id(embed)]}.weight",) if sub == "head" and leaf == "weight" and tied else ()
         found = _find_key(wanted, weight_map, fallbacks)
         if found is None:
-            raise ModelLoadError(f"cannot find {wanted!r} (the {sub.replace('_', ' ')}) in the safetensors files of {name!r}")
+            raise ModelLoadError(
+                f"cannot find {wanted!r} (the {sub.replace('_', ' ')}) in the safetensors files of {name!r}"
+            )
         plan.setdefault(weight_map[found], []).append((key, found))
     del hf
     unembedding.to(dtype).to_empty(device=device)
@@ -393,7 +407,9 @@ def load_unembedding(
                 for key, found in pairs:
                     tensor = fh.get_tensor(found)
                     if tuple(tensor.shape) != tuple(targets[key].shape):
-                        raise ModelLoadError(f"{found} in {name!r} has shape {tuple(tensor.shape)}, expected {tuple(targets[key].shape)}")
+                        raise ModelLoadError(
+                            f"{found} in {name!r} has shape {tuple(tensor.shape)}, expected {tuple(targets[key].shape)}"
+                        )
                     targets[key].copy_(tensor)
     unembedding.eval().requires_grad_(False)
     unembedding.name = name

@@ -25,8 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from typing import NamedTuple
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -74,8 +73,9 @@ def _check_latents(model: Model, latents: torch.Tensor, n_prompts: int, name: st
 
 
 @contextlib.contextmanager
-def overwrite_last(model: Model, latents: Mapping[int, torch.Tensor],
-                   rows: Mapping[int, torch.Tensor] | None = None) -> Iterator[None]:
+def overwrite_last(
+    model: Model, latents: Mapping[int, torch.Tensor], rows: Mapping[int, torch.Tensor] | None = None
+) -> Iterator[None]:
     """Yield while forward hooks overwrite the last column of block ``b``'s output with ``latents[b]`` [B, hidden].
 
     The last column is the last prompt token of every row under left padding (and the only column of a
@@ -83,6 +83,7 @@ def overwrite_last(model: Model, latents: Mapping[int, torch.Tensor],
     those rows. The block's output tensor is replaced by a patched copy; hooks are removed when the
     block exits, also after an exception.
     """
+
     def make(values: torch.Tensor, mask: torch.Tensor | None) -> object:
         def hook(_module: torch.nn.Module, _args: object, output: object) -> object:
             h = block_output(output).clone()
@@ -93,6 +94,7 @@ def overwrite_last(model: Model, latents: Mapping[int, torch.Tensor],
                 keep = mask.to(h.device)
                 h[keep, -1] = new[keep]
             return (h, *output[1:]) if isinstance(output, tuple) else h
+
         return hook
 
     blocks = model.adapter.blocks
@@ -124,8 +126,9 @@ def _encode(model: Model, prompts: Sequence[str]) -> dict:
     return inputs
 
 
-def patch(model: Model, receiver_prompts: Sequence[str], donor_latents: torch.Tensor, layer: int, *,
-          window: int = 1) -> torch.Tensor:
+def patch(
+    model: Model, receiver_prompts: Sequence[str], donor_latents: torch.Tensor, layer: int, *, window: int = 1
+) -> torch.Tensor:
     """Return the patched run's residual after every block at the last token [B, layers, hidden] (float32).
 
     One full forward of the receiver prompts in which the last token's residual after blocks
@@ -160,8 +163,10 @@ def from_store(store: LatentStore, concepts: Sequence[str], model: Model | None 
     index = {c: i for i, c in enumerate(store.prompts["concept"])}
     missing = [c for c in concepts if c not in index]
     if missing:
-        raise PatchError(f"the latent store {store.path} has no prompt for {len(missing)} concept(s), e.g. {missing[0]!r}; "
-                         "collect it with the same prompt settings")
+        raise PatchError(
+            f"the latent store {store.path} has no prompt for {len(missing)} concept(s), e.g. {missing[0]!r}; "
+            "collect it with the same prompt settings"
+        )
     rows = torch.tensor([index[c] for c in concepts])
     return store.latents()[rows]
 
@@ -184,8 +189,13 @@ class SweepLatents(NamedTuple):
     layers: list[int]
 
 
-def _layer_settings(layers: Sequence[int], window: int, n_layers: int, donor: torch.Tensor, rows: int,
-                    ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+def _layer_settings(
+    layers: Sequence[int],
+    window: int,
+    n_layers: int,
+    donor: torch.Tensor,
+    rows: int,
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """Return (block → donor values, block → row mask) that patch copy j of ``rows`` receivers at ``layers[j]``."""
     values, masks = {}, {}
     for j, ell in enumerate(layers):
@@ -193,7 +203,7 @@ def _layer_settings(layers: Sequence[int], window: int, n_layers: int, donor: to
             if b not in values:
                 values[b] = donor[:, b].repeat(len(layers), 1)
                 masks[b] = torch.zeros(len(layers) * rows, dtype=torch.bool)
-            masks[b][j * rows:(j + 1) * rows] = True
+            masks[b][j * rows : (j + 1) * rows] = True
     return values, masks
 
 
@@ -235,24 +245,41 @@ def sweep_many(
             for name, latents in donors.items():
                 rows = latents[idx]
                 for start in range(0, len(layers), step):
-                    part = layers[start:start + step]
+                    part = layers[start : start + step]
                     values, masks = _layer_settings(part, window, model.n_layers, rows, len(idx))
                     final = prefix.final(len(part), lambda _batch: overwrite_last(model, values, masks))
-                    patched[name][idx, start:start + len(part)] = final.reshape(len(part), len(idx), -1).transpose(0, 1).cpu()
+                    patched[name][idx, start : start + len(part)] = (
+                        final.reshape(len(part), len(idx), -1).transpose(0, 1).cpu()
+                    )
             bar.update(len(idx))
     bar.close()
     return SweepLatents(patched, unpatched, layers)
 
 
-def sweep(model: Model, receiver_prompts: Sequence[str], donor: torch.Tensor, *, layers: Sequence[int] | None = None,
-          window: int = 1, batch_size: int = 16) -> torch.Tensor:
+def sweep(
+    model: Model,
+    receiver_prompts: Sequence[str],
+    donor: torch.Tensor,
+    *,
+    layers: Sequence[int] | None = None,
+    window: int = 1,
+    batch_size: int = 16,
+) -> torch.Tensor:
     """Return the final last-token latents [N, len(layers), hidden] of receivers patched at each layer (KV-prefix fast path)."""
-    return sweep_many(model, receiver_prompts, {"donor": donor}, layers=layers, window=window,
-                      batch_size=batch_size).patched["donor"]
+    return sweep_many(
+        model, receiver_prompts, {"donor": donor}, layers=layers, window=window, batch_size=batch_size
+    ).patched["donor"]
 
 
-def sweep_naive(model: Model, receiver_prompts: Sequence[str], donor: torch.Tensor, *,
-                layers: Sequence[int] | None = None, window: int = 1, batch_size: int = 16) -> torch.Tensor:
+def sweep_naive(
+    model: Model,
+    receiver_prompts: Sequence[str],
+    donor: torch.Tensor,
+    *,
+    layers: Sequence[int] | None = None,
+    window: int = 1,
+    batch_size: int = 16,
+) -> torch.Tensor:
     """Return what :func:`sweep` returns by one full patched forward per layer (the slow reference path)."""
     layers = list(range(model.n_layers)) if layers is None else list(layers)
     out = torch.empty(len(receiver_prompts), len(layers), model.hidden_size)

@@ -78,7 +78,11 @@ def prefix_cache(model: Model, inputs: Mapping[str, torch.Tensor]) -> Cache | No
     with torch.inference_mode():
         out = model.run(head, use_cache=True, logits_to_keep=no_logits())
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    if cache is None or not callable(getattr(cache, "crop", None)) or not callable(getattr(cache, "get_seq_length", None)):
+    if (
+        cache is None
+        or not callable(getattr(cache, "crop", None))
+        or not callable(getattr(cache, "get_seq_length", None))
+    ):
         return None
     if callable(getattr(cache, "activate_past_recording", None)):
         cache.activate_past_recording()
@@ -125,8 +129,11 @@ class Prefix:
         self.model, self.inputs = model, dict(inputs)
         self.rows, self.width = int(inputs["input_ids"].shape[0]), int(inputs["input_ids"].shape[1])
         self.cache = prefix_cache(model, self.inputs) if reuse else None
-        tensors = [t for layer in getattr(self.cache, "layers", []) for t in (getattr(layer, "keys", None),
-                                                                              getattr(layer, "values", None))]
+        tensors = [
+            t
+            for layer in getattr(self.cache, "layers", [])
+            for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+        ]
         self.row_bytes = sum(t.nbytes for t in tensors if isinstance(t, torch.Tensor)) // max(1, self.rows)
 
     @classmethod

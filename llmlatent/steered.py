@@ -22,11 +22,17 @@ if TYPE_CHECKING:
     from .model import Model
 
 
-def _intervention(model: Model, settings: Sequence[Setting], rows: int) -> Callable[[dict], contextlib.AbstractContextManager]:
+def _intervention(
+    model: Model, settings: Sequence[Setting], rows: int
+) -> Callable[[dict], contextlib.AbstractContextManager]:
     """Return the hooks for one forward of ``settings`` × ``rows``: the fed last token only, or the prompts' last position."""
+
     def hooks(batch: dict) -> contextlib.AbstractContextManager:
-        only_last = batch["input_ids"].shape[1] == 1 or not (batch.get("cache") is None and batch.get("past_key_values") is None)
+        only_last = batch["input_ids"].shape[1] == 1 or not (
+            batch.get("cache") is None and batch.get("past_key_values") is None
+        )
         return apply_rows(model, settings, rows, "all" if only_last else "last")
+
     return hooks
 
 
@@ -42,15 +48,20 @@ def steered_final(model: Model, prefix: Prefix, settings: Sequence[Setting], *, 
     parts = []
     step = prefix.copies_per_forward(len(settings), max_rows)
     for start in range(0, len(settings), step):
-        part = settings[start:start + step]
+        part = settings[start : start + step]
         final = prefix.final(len(part), _intervention(model, part, prefix.rows))
         parts.append(final.reshape(len(part), prefix.rows, -1).cpu())
     return torch.cat(parts)
 
 
 def generate_many(
-    model: Model, prompts: Sequence[str] | Mapping[str, torch.Tensor] | Prefix, settings: Sequence[Setting], *,
-    max_new_tokens: int = 8, positions: str = "generated", max_rows: int = 256,
+    model: Model,
+    prompts: Sequence[str] | Mapping[str, torch.Tensor] | Prefix,
+    settings: Sequence[Setting],
+    *,
+    max_new_tokens: int = 8,
+    positions: str = "generated",
+    max_rows: int = 256,
 ) -> list[list[str]]:
     """Return, per setting, the greedy continuations (decoded, special tokens skipped) of every prompt.
 
@@ -71,22 +82,32 @@ def generate_many(
     settings, tok, out = list(settings), model.tokenizer, []
     step = prefix.copies_per_forward(len(settings), max_rows)
     for start in range(0, len(settings), step):
-        part = settings[start:start + step]
+        part = settings[start : start + step]
         with prefix.cached(len(part)) as cache, torch.inference_mode():
             kwargs = {k: v.repeat(len(part), 1) for k, v in prefix.inputs.items() if k != "position_ids"}
             if cache is not None:
                 kwargs[cache_kwarg(model)] = cache
             with apply_rows(model, part, prefix.rows, positions):
-                ids = model.hf.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                        pad_token_id=tok.pad_token_id)
-        texts = [tok.decode(row, skip_special_tokens=True) for row in ids[:, prefix.width:]]
-        out += [texts[j * prefix.rows:(j + 1) * prefix.rows] for j in range(len(part))]
+                ids = model.hf.generate(
+                    **kwargs,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    use_cache=True,
+                    pad_token_id=tok.pad_token_id,
+                )
+        texts = [tok.decode(row, skip_special_tokens=True) for row in ids[:, prefix.width :]]
+        out += [texts[j * prefix.rows : (j + 1) * prefix.rows] for j in range(len(part))]
     return out
 
 
 def generate(
-    model: Model, prompts: Sequence[str] | Mapping[str, torch.Tensor] | Prefix, vector: SteeringVector | None = None,
-    alpha: float = 1.0, *, max_new_tokens: int = 8, positions: str = "generated",
+    model: Model,
+    prompts: Sequence[str] | Mapping[str, torch.Tensor] | Prefix,
+    vector: SteeringVector | None = None,
+    alpha: float = 1.0,
+    *,
+    max_new_tokens: int = 8,
+    positions: str = "generated",
 ) -> list[str]:
     """Return the greedy continuations (decoded, special tokens skipped) of ``prompts``, steered by ``alpha · vector``.
 

@@ -32,6 +32,7 @@ from .errors import LlmlatentError
 
 if TYPE_CHECKING:
     from llmlatent.latents import LatentStore
+
     from .model import Model
     from .tasks import PromptSet
 
@@ -149,8 +150,11 @@ class SteeringVector:
         fp_b = _fingerprint(other.meta.get("fingerprint"), "the right vector")
         if fp_a and fp_b and not fp_a.same_model(fp_b):  # the one definition: hash, layers, width (not the name)
             raise SteeringError(f"cannot add vectors from different models ({fp_a.describe()} vs {fp_b.describe()})")
-        meta = {"method": "sum", "fingerprint": self.meta.get("fingerprint") or other.meta.get("fingerprint"),
-                "parts": [self.meta, other.meta]}
+        meta = {
+            "method": "sum",
+            "fingerprint": self.meta.get("fingerprint") or other.meta.get("fingerprint"),
+            "parts": [self.meta, other.meta],
+        }
         return SteeringVector(self.layer, self.vector + other.vector, meta)
 
     def __sub__(self, other: SteeringVector) -> SteeringVector:
@@ -162,8 +166,12 @@ class SteeringVector:
         """Return a random direction with the same norm and layer (a control), seeded."""
         gen = torch.Generator().manual_seed(int(seed))
         direction = torch.randn(self.hidden_size, generator=gen)
-        meta = {"method": "random", "seed": int(seed), "norm_of": self.meta.get("method"),
-                "fingerprint": self.meta.get("fingerprint")}
+        meta = {
+            "method": "random",
+            "seed": int(seed),
+            "norm_of": self.meta.get("method"),
+            "fingerprint": self.meta.get("fingerprint"),
+        }
         return SteeringVector(self.layer, direction / direction.norm() * self.norm, meta)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -365,21 +373,37 @@ def mean_difference(
 
 
 def collect_pair(
-    model: Model, target_prompts: PromptSet, source_prompts: PromptSet, path: str | os.PathLike, *,
-    batch_size: int = 16, dtype: str = "float32", progress: bool = False,
+    model: Model,
+    target_prompts: PromptSet,
+    source_prompts: PromptSet,
+    path: str | os.PathLike,
+    *,
+    batch_size: int = 16,
+    dtype: str = "float32",
+    progress: bool = False,
 ) -> tuple[LatentStore, LatentStore]:
     """Return (target store, source store) collected from two prompt sets into ``path``/target and ``path``/source."""
     from llmlatent import latents
 
     path = Path(path)
-    target = latents.collect(model, target_prompts, path / "target", batch_size=batch_size, dtype=dtype, progress=progress)
-    source = latents.collect(model, source_prompts, path / "source", batch_size=batch_size, dtype=dtype, progress=progress)
+    target = latents.collect(
+        model, target_prompts, path / "target", batch_size=batch_size, dtype=dtype, progress=progress
+    )
+    source = latents.collect(
+        model, source_prompts, path / "source", batch_size=batch_size, dtype=dtype, progress=progress
+    )
     return target, source
 
 
 def from_prompts(
-    model: Model, target_prompts: PromptSet, source_prompts: PromptSet, path: str | os.PathLike, *,
-    layers: Collection[int] | None = None, concepts: Collection[str] | None = None, batch_size: int = 16,
+    model: Model,
+    target_prompts: PromptSet,
+    source_prompts: PromptSet,
+    path: str | os.PathLike,
+    *,
+    layers: Collection[int] | None = None,
+    concepts: Collection[str] | None = None,
+    batch_size: int = 16,
 ) -> dict[int, SteeringVector]:
     """Return layer → mean-difference vector (target − source), collecting both latent stores under ``path``."""
     target, source = collect_pair(model, target_prompts, source_prompts, path, batch_size=batch_size)
@@ -393,7 +417,9 @@ Setting = tuple["SteeringVector | None", float]  # (vector, α); None or α = 0:
 
 
 @contextlib.contextmanager
-def apply_rows(model: Model, settings: Sequence[Setting], rows: int, positions: str = "all") -> Iterator[list[SteeringHook]]:
+def apply_rows(
+    model: Model, settings: Sequence[Setting], rows: int, positions: str = "all"
+) -> Iterator[list[SteeringHook]]:
     """Yield while setting j adds its ``α · vector`` to rows j·rows … (j+1)·rows − 1 of the batch (copy-major).
 
     One :class:`SteeringHook` per layer used, holding a [len(settings) · rows, hidden] delta whose other
@@ -406,7 +432,7 @@ def apply_rows(model: Model, settings: Sequence[Setting], rows: int, positions: 
             continue
         vector.check_shape(model)
         delta = deltas.setdefault(vector.layer, torch.zeros(len(settings) * rows, model.hidden_size))
-        delta[j * rows:(j + 1) * rows] += vector.vector * float(alpha)  # the same float32 product as apply()
+        delta[j * rows : (j + 1) * rows] += vector.vector * float(alpha)  # the same float32 product as apply()
     hooks: list[SteeringHook] = []
     try:
         for layer, delta in deltas.items():

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .data import ANSWER, DISPLAY, LANGS, MASK, DataError, check_lang, read_prompt_file, read_table
+from .data import DISPLAY, LANGS, MASK, DataError, check_lang, read_prompt_file, read_table
 from .tokens import token_set
 
 if TYPE_CHECKING:
@@ -102,7 +102,9 @@ def build(
         src = tgt
     check_lang(src)
     if task == "translation" and src == tgt:
-        raise DataError(f"translation needs two different languages (got {src}→{tgt}); use task='repetition' for src = tgt")
+        raise DataError(
+            f"translation needs two different languages (got {src}→{tgt}); use task='repetition' for src = tgt"
+        )
     if task == "repetition" and src != tgt:
         raise DataError(f"repetition uses one language (got {src}→{tgt}); use task='translation' or pass src = tgt")
     n_shots = (2 if task == "cloze" else 4) if n_shots is None else n_shots
@@ -139,7 +141,9 @@ def build(
             continue
         keep.append((i, target_ids, english_ids, source_ids))
     if not keep:
-        raise DataError(f"all {len(table) + dropped['empty_word']} concepts were filtered out for {task} {src}→{tgt}: {dropped}")
+        raise DataError(
+            f"all {len(table) + dropped['empty_word']} concepts were filtered out for {task} {src}→{tgt}: {dropped}"
+        )
     notes = []
     if n is not None and n < len(keep):
         chosen = sorted(rng.choice(len(keep), size=n, replace=False).tolist())
@@ -175,8 +179,15 @@ def build(
             }
         )
     meta = {
-        "task": task, "src": src, "tgt": tgt, "seed": seed, "strict": strict, "cognate_filter": cognate_filter,
-        "n_requested": n, "n_concepts": len(table) + dropped["empty_word"], "n_shots": n_shots,
+        "task": task,
+        "src": src,
+        "tgt": tgt,
+        "seed": seed,
+        "strict": strict,
+        "cognate_filter": cognate_filter,
+        "n_requested": n,
+        "n_concepts": len(table) + dropped["empty_word"],
+        "n_shots": n_shots,
     }
     return PromptSet(pd.DataFrame(records), dropped, meta, notes)
 
@@ -198,6 +209,7 @@ def custom(
     or whitespace only, and words whose token set is empty, are dropped and counted in ``.dropped``.
     Lists of different lengths raise a DataError.
     """
+
     def as_list(value: str | list[str] | None, name: str) -> list[str] | None:
         if value is None:
             return None
@@ -207,7 +219,10 @@ def custom(
         return value
 
     prompts = as_list(prompts, "prompts")
-    columns = {"target_words": as_list(target_words, "target_words"), "english_words": as_list(english_words, "english_words")}
+    columns = {
+        "target_words": as_list(target_words, "target_words"),
+        "english_words": as_list(english_words, "english_words"),
+    }
     if source_words is not None:
         columns["source_words"] = as_list(source_words, "source_words")
     for name, values in columns.items():
@@ -224,7 +239,9 @@ def custom(
             continue
         target_ids = token_set(tokenizer, tgt_word, strict=strict, own_first_token=own_first_token)
         english_ids = token_set(tokenizer, en_word, strict=strict, own_first_token=own_first_token)
-        source_ids = token_set(tokenizer, src_word, strict=strict, own_first_token=own_first_token) if src_word else None
+        source_ids = (
+            token_set(tokenizer, src_word, strict=strict, own_first_token=own_first_token) if src_word else None
+        )
         if not target_ids:
             dropped["empty_target_set"] += 1
             continue
@@ -233,9 +250,18 @@ def custom(
             continue
         records.append(
             {
-                "prompt_id": len(records), "task": "custom", "src": "", "tgt": "", "concept": en_word.strip(),
-                "src_word": (src_word or "").strip(), "tgt_word": tgt_word.strip(), "en_word": en_word.strip(),
-                "prompt": prompt, "target_ids": target_ids, "english_ids": english_ids, "source_ids": source_ids or None,
+                "prompt_id": len(records),
+                "task": "custom",
+                "src": "",
+                "tgt": "",
+                "concept": en_word.strip(),
+                "src_word": (src_word or "").strip(),
+                "tgt_word": tgt_word.strip(),
+                "en_word": en_word.strip(),
+                "prompt": prompt,
+                "target_ids": target_ids,
+                "english_ids": english_ids,
+                "source_ids": source_ids or None,
             }
         )
     if not records:
@@ -244,7 +270,9 @@ def custom(
     return PromptSet(pd.DataFrame(records), dropped, meta)
 
 
-def from_prompt_file(path: str | Path, tokenizer: PreTrainedTokenizerBase, *, strict: bool = False, n: int | None = None, seed: int = 0) -> PromptSet:
+def from_prompt_file(
+    path: str | Path, tokenizer: PreTrainedTokenizerBase, *, strict: bool = False, n: int | None = None, seed: int = 0
+) -> PromptSet:
     """Return a :class:`PromptSet` replaying a saved prompt dataset in the seed repository's layout.
 
     Token sets come from ``out_token_str`` (target), ``latent_token_str`` (English) and the optional
@@ -259,8 +287,14 @@ def from_prompt_file(path: str | Path, tokenizer: PreTrainedTokenizerBase, *, st
         frame = frame.iloc[sorted(np.random.default_rng(seed).choice(len(frame), size=n, replace=False).tolist())]
     sources = frame["in_token_str"].tolist() if "in_token_str" in frame.columns else None
     try:
-        ps = custom(frame["prompt"].tolist(), frame["out_token_str"].tolist(), frame["latent_token_str"].tolist(), sources,
-                    tokenizer=tokenizer, strict=strict)
+        ps = custom(
+            frame["prompt"].tolist(),
+            frame["out_token_str"].tolist(),
+            frame["latent_token_str"].tolist(),
+            sources,
+            tokenizer=tokenizer,
+            strict=strict,
+        )
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from None
     ps.dropped["empty_prompt"] += empty

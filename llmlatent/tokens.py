@@ -41,7 +41,9 @@ BPE_MARKER = "Ġ"
 @lru_cache(maxsize=1)
 def byte_to_unicode() -> dict[int, str]:
     """Return GPT-2's reversible byte → printable character map used by byte-level BPE vocabularies."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     mapping = {b: chr(b) for b in printable}
     extra = 0
     for b in range(256):
@@ -84,8 +86,13 @@ def vocab_info(tokenizer: PreTrainedTokenizerBase) -> VocabInfo:
     for token_id, added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
         if getattr(added, "special", False):
             special.add(int(token_id))
-    info = VocabInfo(vocab=vocab, marker=marker, byte_level=marker == BPE_MARKER, byte_fallback="<0xE4>" in vocab,
-                     special=frozenset(special))
+    info = VocabInfo(
+        vocab=vocab,
+        marker=marker,
+        byte_level=marker == BPE_MARKER,
+        byte_fallback="<0xE4>" in vocab,
+        special=frozenset(special),
+    )
     try:
         tokenizer._llmlatent_vocab_info = info
     except AttributeError:  # pragma: no cover - tokenizers that forbid new attributes
@@ -114,7 +121,9 @@ def _counts(tokenizer: PreTrainedTokenizerBase, info: VocabInfo, token_id: int) 
     return bool(text.replace(SPM_MARKER, " ").strip())
 
 
-def token_set(tokenizer: PreTrainedTokenizerBase, word: str, *, strict: bool = False, own_first_token: bool = False) -> list[int]:
+def token_set(
+    tokenizer: PreTrainedTokenizerBase, word: str, *, strict: bool = False, own_first_token: bool = False
+) -> list[int]:
     """Return the sorted token ids that start ``word`` under the paper's rule (see the module docstring).
 
     ``strict``: for alphabetic words only prefixes of at least two characters and no first-byte
@@ -133,7 +142,9 @@ def token_set(tokenizer: PreTrainedTokenizerBase, word: str, *, strict: bool = F
     return list(info.memo[key])  # a new list each call: callers may keep or change it
 
 
-def _token_set(tokenizer: PreTrainedTokenizerBase, info: VocabInfo, word: str, strict: bool, own_first_token: bool) -> list[int]:
+def _token_set(
+    tokenizer: PreTrainedTokenizerBase, info: VocabInfo, word: str, strict: bool, own_first_token: bool
+) -> list[int]:
     """Return :func:`token_set` of a stripped, non-empty ``word`` (computed, not memoised)."""
     alphabetic_strict = strict and is_alphabetic(word) and len(word) >= 2
     min_chars = 2 if alphabetic_strict else 1

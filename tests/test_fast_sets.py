@@ -74,7 +74,12 @@ def test_token_sets_match_a_full_vocabulary_scan(real_tokenizer, name):
     expected = reference_sets(tok, MARKERS[name], words)
     for word in words:
         first = token_set(tok, word)
-        assert first == expected[word], (name, word, tok.convert_ids_to_tokens(first), tok.convert_ids_to_tokens(expected[word]))
+        assert first == expected[word], (
+            name,
+            word,
+            tok.convert_ids_to_tokens(first),
+            tok.convert_ids_to_tokens(expected[word]),
+        )
         first.append(-1)  # a caller changing its list must not change the memoised answer
         assert token_set(tok, word) == expected[word], (name, word)
 
@@ -110,21 +115,45 @@ def reference_build(task: str, src: str, tgt: str, tok, seed: int, n: int | None
         pool = np.array([j for j in range(len(table)) if j != i])
         shots = [int(j) for j in rng.choice(pool, size=min(2 if task == "cloze" else 4, len(pool)), replace=False)]
         if task == "cloze":
-            text = "".join(table.loc[j, f"cloze_example_{tgt}"] + "\n" for j in shots) + table.loc[i, f"cloze_query_{tgt}"]
+            text = (
+                "".join(table.loc[j, f"cloze_example_{tgt}"] + "\n" for j in shots) + table.loc[i, f"cloze_query_{tgt}"]
+            )
         else:
-            text = "".join(f'{DISPLAY[src]}: "{table.loc[j, f"word_{src}"]}" - {DISPLAY[tgt]}: "{table.loc[j, f"word_{tgt}"]}"\n'
-                           for j in shots)
+            text = "".join(
+                f'{DISPLAY[src]}: "{table.loc[j, f"word_{src}"]}" - {DISPLAY[tgt]}: "{table.loc[j, f"word_{tgt}"]}"\n'
+                for j in shots
+            )
             text += f'{DISPLAY[src]}: "{table.loc[i, f"word_{src}"]}" - {DISPLAY[tgt]}: "'
         row = table.loc[i]
-        records.append({"prompt_id": pid, "task": task, "src": src, "tgt": tgt, "concept": row["concept"],
-                        "src_word": row[f"word_{src}"], "tgt_word": row[f"word_{tgt}"], "en_word": row["word_en"],
-                        "prompt": text, "target_ids": target, "english_ids": english, "source_ids": source})
+        records.append(
+            {
+                "prompt_id": pid,
+                "task": task,
+                "src": src,
+                "tgt": tgt,
+                "concept": row["concept"],
+                "src_word": row[f"word_{src}"],
+                "tgt_word": row[f"word_{tgt}"],
+                "en_word": row["word_en"],
+                "prompt": text,
+                "target_ids": target,
+                "english_ids": english,
+                "source_ids": source,
+            }
+        )
     return pd.DataFrame(records), dropped
 
 
 @pytest.mark.parametrize("name", ["gemma3", "llama2"])
-@pytest.mark.parametrize("spec", [("translation", "fr", "zh", 0, None), ("translation", "ru", "en", 1, 40),
-                                  ("repetition", "de", "de", 2, None), ("cloze", "zh", "zh", 0, None)])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ("translation", "fr", "zh", 0, None),
+        ("translation", "ru", "en", 1, 40),
+        ("repetition", "de", "de", 2, None),
+        ("cloze", "zh", "zh", 0, None),
+    ],
+)
 def test_prompt_sets_match_the_plain_pandas_builder(real_tokenizer, name, spec):
     tok = real_tokenizer(name)
     task, src, tgt, seed, n = spec
@@ -138,11 +167,15 @@ def test_prompt_sets_match_the_plain_pandas_builder(real_tokenizer, name, spec):
 def test_word_files_are_read_again_when_their_bytes_change(tmp_path):
     folder = tmp_path / "langs"
     folder.mkdir()
-    (folder / "en.csv").write_text("concept,word,cloze_masked,cloze_filled\ncloud,cloud,A ___ floats.,A cloud floats.\n",
-                                   encoding="utf-8")
+    (folder / "en.csv").write_text(
+        "concept,word,cloze_masked,cloze_filled\ncloud,cloud,A ___ floats.,A cloud floats.\n", encoding="utf-8"
+    )
     first = data.read_words("en", folder)
     first.loc[0, "word"] = "changed by the caller"  # each call gets its own frame
     assert data.read_words("en", folder)["word"].tolist() == ["cloud"]
-    (folder / "en.csv").write_text("concept,word,cloze_masked,cloze_filled\ncloud,cloud,A ___ floats.,A cloud floats.\n"
-                                   "book,book,You read a ___.,You read a book.\n", encoding="utf-8")
+    (folder / "en.csv").write_text(
+        "concept,word,cloze_masked,cloze_filled\ncloud,cloud,A ___ floats.,A cloud floats.\n"
+        "book,book,You read a ___.,You read a book.\n",
+        encoding="utf-8",
+    )
     assert data.read_words("en", folder)["word"].tolist() == ["cloud", "book"]

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from conftest import FAMILIES, save_model
+
 from llmlatent import capture, latents, lens, model, tasks
 from llmlatent.cli import main
 from llmlatent.errors import UsageError
@@ -41,7 +41,9 @@ def differences(live: pd.DataFrame, cached: pd.DataFrame) -> dict[str, float]:
 def assert_float16_agreement(live: pd.DataFrame, cached: pd.DataFrame, min_top_agreement: float) -> dict[str, float]:
     """Assert a float16 cache's frame is within FLOAT16_TOL of the live sweep; return the differences."""
     diff = differences(live, cached)
-    assert all(diff[c] <= FLOAT16_TOL[c] for c in diff), f"lens from the float16 cache differs from the live sweep: {diff}"
+    assert all(diff[c] <= FLOAT16_TOL[c] for c in diff), (
+        f"lens from the float16 cache differs from the live sweep: {diff}"
+    )
     assert (live["top_token"] == cached["top_token"]).mean() >= min_top_agreement
     return diff
 
@@ -126,7 +128,6 @@ def test_lens_from_cache_equals_live_sweep(tiny_models, tmp_path, family):
 )
 def test_load_unembedding_reads_only_norm_and_head(tiny_models, bpe_tokenizer, tmp_path, monkeypatch, family, keys):
     import safetensors
-
     from conftest import build_tiny
 
     m = tiny_models["gpt2"] if family == "gpt2" else build_tiny(family, bpe_tokenizer)  # small vocabulary: fast to save
@@ -160,8 +161,9 @@ def test_load_unembedding_reads_only_norm_and_head(tiny_models, bpe_tokenizer, t
     ps = prompt_set(m, n=4)
     store = latents.collect(m, ps, tmp_path / "s", progress=False)
     store.check(unembedding)
-    pd.testing.assert_frame_equal(lens.from_latents(store, unembedding, progress=False),
-                                  lens.from_latents(store, m, progress=False))
+    pd.testing.assert_frame_equal(
+        lens.from_latents(store, unembedding, progress=False), lens.from_latents(store, m, progress=False)
+    )
 
 
 def test_load_unembedding_without_safetensors(tmp_path, tiny_models):
@@ -251,23 +253,62 @@ def test_corrupt_partial_and_missing_shards(tiny_models, tmp_path, monkeypatch):
 
 def test_cli_cache_and_cache_info(gpt2_dir, tmp_path, capsys):
     out = tmp_path / "store"
-    args = ["cache", "--task", "translation", "--src", "fr", "--tgt", "zh", "--n", "5", "--model", str(gpt2_dir),
-            "--device", "cpu", "--out", str(out)]
+    args = [
+        "cache",
+        "--task",
+        "translation",
+        "--src",
+        "fr",
+        "--tgt",
+        "zh",
+        "--n",
+        "5",
+        "--model",
+        str(gpt2_dir),
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["n_prompts"] == 5 and printed["size_bytes"] > 5 * 3 * 64 * 2
     assert main(["cache-info", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["model"] == str(gpt2_dir) and info["complete"] and info["dtype"] == "float16"
-    assert (info["n_prompts"], info["n_layers"], info["hidden_size"], info["latent_bytes_per_prompt"]) == (5, 3, 64, 3 * 64 * 2)
+    assert (info["n_prompts"], info["n_layers"], info["hidden_size"], info["latent_bytes_per_prompt"]) == (
+        5,
+        3,
+        64,
+        3 * 64 * 2,
+    )
     assert main(["cache-info", str(tmp_path)]) == 2
     assert "is not a latent store" in capsys.readouterr().err
 
 
 def _cache_args(model_dir: Path, out: Path) -> list[str]:
     # --n-prompts, not --n: torchrun's own parser rejects --n as an ambiguous abbreviation of its options
-    return ["cache", "--task", "translation", "--src", "fr", "--tgt", "zh", "--n-prompts", "12", "--model", str(model_dir),
-            "--device", "cpu", "--shard-size", "2", "--batch-size", "2", "--out", str(out)]
+    return [
+        "cache",
+        "--task",
+        "translation",
+        "--src",
+        "fr",
+        "--tgt",
+        "zh",
+        "--n-prompts",
+        "12",
+        "--model",
+        str(model_dir),
+        "--device",
+        "cpu",
+        "--shard-size",
+        "2",
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+    ]
 
 
 def _finished(out: Path) -> int:
@@ -282,15 +323,21 @@ def test_killed_run_resumes_to_identical_content(gpt2_dir, tmp_path, monkeypatch
         "def slow(*args):\n    time.sleep(0.5)\n    return real(*args)\n"
         "L.forward_last = slow\nfrom llmlatent.cli import main\nraise SystemExit(main(sys.argv[1:]))\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", slow_cli, *_cache_args(gpt2_dir, out)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", slow_cli, *_cache_args(gpt2_dir, out)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while _finished(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.kill()
     proc.wait()
     done = _finished(out)
-    assert 2 <= done < 6, f"expected a part-way kill, {done} of 6 shards finished ({proc.stderr.read().decode()[-500:]})"
+    assert 2 <= done < 6, (
+        f"expected a part-way kill, {done} of 6 shards finished ({proc.stderr.read().decode()[-500:]})"
+    )
     m = model.load(str(gpt2_dir), device="cpu")
     ps = prompt_set(m, n=12)
     counted = count_forward(monkeypatch)
@@ -307,8 +354,17 @@ def test_killed_run_resumes_to_identical_content(gpt2_dir, tmp_path, monkeypatch
 @pytest.mark.slow
 def test_torchrun_two_processes_equal_one(gpt2_dir, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "llmlatent",
-           *_cache_args(gpt2_dir, out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "llmlatent",
+        *_cache_args(gpt2_dir, out),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -426,7 +482,9 @@ def _store_leftovers(path: Path) -> list[str]:
             lock = FileLock(str(entry))
             lock.acquire(timeout=0)  # raises Timeout while a process still holds it
             lock.release()
-        if not re.fullmatch(r"store\.json|store\.lock|shards|shards/\.claim-\d{5}\.lock|shards/\d{5}(/[^./][^/]*)?", rel):
+        if not re.fullmatch(
+            r"store\.json|store\.lock|shards|shards/\.claim-\d{5}\.lock|shards/\d{5}(/[^./][^/]*)?", rel
+        ):
             extra.append(rel)
     return extra
 
@@ -438,15 +496,21 @@ def test_two_cache_processes_compute_each_shard_once(gpt2_dir, tmp_path):
     barrier.mkdir()
     env = dict(os.environ, OMP_NUM_THREADS="1", BARRIER=str(barrier))
     cmd = [sys.executable, "-c", RACING_CLI, "-v", *_cache_args(gpt2_dir, out)]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (stdout, stderr) in zip(procs, outputs):
         assert p.returncode == 0, stderr[-2000:]
         assert json.loads(stdout.strip().splitlines()[-1])["n_prompts"] == 12
-    computed = {p.pid: [int(k) for k, pid in COMPUTED.findall(err) if int(pid) == p.pid] for p, (_, err) in zip(procs, outputs)}
+    computed = {
+        p.pid: [int(k) for k, pid in COMPUTED.findall(err) if int(pid) == p.pid] for p, (_, err) in zip(procs, outputs)
+    }
     assert all(computed.values()), f"both processes must have computed shards: {computed}"
-    assert sorted(k for ks in computed.values() for k in ks) == list(range(6)), f"a shard computed twice or never: {computed}"
+    assert sorted(k for ks in computed.values() for k in ks) == list(range(6)), (
+        f"a shard computed twice or never: {computed}"
+    )
     assert any("being computed by another process" in err for _, err in outputs)  # the claims were really contended
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -487,8 +551,14 @@ def test_store_writer_killed_mid_shard(gpt2_dir, tmp_path, monkeypatch):
 
     out = tmp_path / "store"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-c", BLOCKED_WRITER_CLI, *_cache_args(gpt2_dir, out)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BLOCKED_WRITER_CLI, *_cache_args(gpt2_dir, out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()  # "" if the child died first
     proc.kill()
     _, stderr = proc.communicate()

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import FAMILIES
+
 from llmlatent import capture, lens
 from llmlatent.decode import decode as decode_stats
 
@@ -31,8 +31,10 @@ def own_next_token_probs(model, prompt: str) -> torch.Tensor:
 def slow_lens_probs(model, prompt: str) -> torch.Tensor:
     """Independent path: hooks keep full block outputs, one prompt, final norm + head written out by hand."""
     outputs = []
-    handles = [b.register_forward_hook(lambda m, a, o: outputs.append(o[0] if isinstance(o, tuple) else o))
-               for b in model.adapter.blocks]
+    handles = [
+        b.register_forward_hook(lambda m, a, o: outputs.append(o[0] if isinstance(o, tuple) else o))
+        for b in model.adapter.blocks
+    ]
     enc = model.tokenizer(prompt, return_tensors="pt")
     try:
         with torch.no_grad():

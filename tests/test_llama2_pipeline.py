@@ -24,9 +24,18 @@ def llama2_folder(real_tokenizer, tmp_path_factory):
 
     tok = real_tokenizer("llama2")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                         bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
     hf = LlamaForCausalLM(config).eval()
     folder = tmp_path_factory.mktemp("tiny-llama2")
     hf.save_pretrained(folder)
@@ -45,8 +54,32 @@ def token_lists(frame: pd.DataFrame, column: str) -> list[list[str]]:
 def test_sweep_cache_and_steer_on_a_llama2_shaped_model(llama2_folder, tmp_path):
     model = str(llama2_folder)
     common = ("--model", model, "--batch-size", "8")
-    run("sweep", *common, "--task", "translation", "--src", "fr", "--tgt", "zh", "--n", "6", "--out", str(tmp_path / "bundled"))
-    run("sweep", *common, "--task", "cloze", "--tgt", "de", "--words", str(DATA / "seed_langs"), "--out", str(tmp_path / "cloze"))
+    run(
+        "sweep",
+        *common,
+        "--task",
+        "translation",
+        "--src",
+        "fr",
+        "--tgt",
+        "zh",
+        "--n",
+        "6",
+        "--out",
+        str(tmp_path / "bundled"),
+    )
+    run(
+        "sweep",
+        *common,
+        "--task",
+        "cloze",
+        "--tgt",
+        "de",
+        "--words",
+        str(DATA / "seed_langs"),
+        "--out",
+        str(tmp_path / "cloze"),
+    )
     run("sweep", *common, "--prompts", str(DATA / "seed_prompts.csv"), "--out", str(tmp_path / "file"))
     for name, n in (("bundled", 6), ("file", 6)):
         record = json.loads((tmp_path / name / "run.json").read_text())
@@ -65,13 +98,46 @@ def test_sweep_cache_and_steer_on_a_llama2_shaped_model(llama2_folder, tmp_path)
     for prompt, word in zip(cloze["prompt"], cloze["tgt_word"]):
         assert f'"{word}"' not in prompt  # the query does not contain its own answer
 
-    run("cache", *common, "--task", "translation", "--src", "fr", "--tgt", "zh", "--n", "6", "--out", str(tmp_path / "store"))
+    run(
+        "cache",
+        *common,
+        "--task",
+        "translation",
+        "--src",
+        "fr",
+        "--tgt",
+        "zh",
+        "--n",
+        "6",
+        "--out",
+        str(tmp_path / "store"),
+    )
     from llmlatent import latents
 
     info = latents.info(tmp_path / "store")
     assert info["n_prompts"] == 6 and info["complete"]
 
-    run("steer", "--model", model, "--n-concepts", "12", "--layers", "1", "--alphas", "1", "--generate", "2", "--random", "1",
-        "--no-flip", "--max-new-tokens", "2", "--batch-size", "8", "--out", str(tmp_path / "steer"))
+    run(
+        "steer",
+        "--model",
+        model,
+        "--n-concepts",
+        "12",
+        "--layers",
+        "1",
+        "--alphas",
+        "1",
+        "--generate",
+        "2",
+        "--random",
+        "1",
+        "--no-flip",
+        "--max-new-tokens",
+        "2",
+        "--batch-size",
+        "8",
+        "--out",
+        str(tmp_path / "steer"),
+    )
     best = json.loads((tmp_path / "steer" / "best.json").read_text())
     assert best["layer"] == 1 and best["alpha"] == 1

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import save_model
+
 from llmlatent import model
 from llmlatent.adapter import AdapterError, adapter_for
 
@@ -41,8 +41,9 @@ def test_unknown_model_path_gives_one_clear_error(tmp_path):
 def test_non_causal_model_is_rejected(tmp_path):
     from transformers import BertConfig, BertModel
 
-    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32)).save_pretrained(tmp_path)
+    BertModel(
+        BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(tmp_path)
     with pytest.raises(model.ModelLoadError, match="not a causal"):
         model.load(str(tmp_path))
 

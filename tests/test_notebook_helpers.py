@@ -6,8 +6,8 @@ import logging
 
 import pandas as pd
 import pytest
-
 from conftest import save_model
+
 from llmlatent import lens, metrics, notebook, tasks
 from llmlatent.experiments import sweep as experiment
 
@@ -16,8 +16,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_compare_variants_equals_separate_sweeps(tiny_models, spm_tokenizer):
     model = tiny_models["llama"]
-    table, curves = experiment.compare_variants(model, "translation", "fr", "zh", n=3, seed=2, batch_size=2,
-                                                variants={"default": {}, "strict": {"strict": True}})
+    table, curves = experiment.compare_variants(
+        model,
+        "translation",
+        "fr",
+        "zh",
+        n=3,
+        seed=2,
+        batch_size=2,
+        variants={"default": {}, "strict": {"strict": True}},
+    )
     assert table["variant"].tolist() == ["default", "strict"] == list(curves)
     strict = tasks.build("translation", "fr", "zh", spm_tokenizer, n=3, seed=2, strict=True)
     expected = metrics.summarize(lens.sweep(model, strict, seed=2, progress=False))
@@ -38,7 +46,12 @@ def test_pivot_examples(tiny_models, spm_tokenizer):
     rows = lens.sweep(tiny_models["llama"], prompts, progress=False)
     rows.insert(1, "concept", rows["prompt_id"].map(dict(zip(prompts.df["prompt_id"], prompts.df["concept"]))))
     view = experiment.pivot_examples(rows, prompts.df, layer=1)
-    assert len(view) == 3 and list(view.columns)[3:] == ["top_token_layer1", "p_english", "top_token_last", "p_target_last"]
+    assert len(view) == 3 and list(view.columns)[3:] == [
+        "top_token_layer1",
+        "p_english",
+        "top_token_last",
+        "p_target_last",
+    ]
     assert view["p_english"].tolist() == rows[rows["layer"] == 1]["p_english"].tolist()
 
 

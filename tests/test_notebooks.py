@@ -32,10 +32,23 @@ SMALL: dict[str, dict] = {
     "03_repetition.ipynb": {"n": 6, "out_dir": "{tmp}/03", "compare_filters": True},  # the variants cell, cheaply
     "04_cloze.ipynb": {"n": 6, "out_dir": "{tmp}/04"},
     "05_latents.ipynb": {"n": 6, "cache_dir": "{tmp}/05"},
-    "06_steering_ru_zh.ipynb": {"n_concepts": 6, "layers": [6], "alphas": [4.0], "n_random": 1, "flip": False, "n_examples": 2,
-                                "max_new_tokens": 3, "out_dir": "{tmp}/06", "latents_dir": "{tmp}/06_latents"},
-    "07_paper_figures.ipynb": {"results_dir": "{tmp}/results", "figures_dir": "{tmp}/figures", "n_if_missing": 3,
-                               "langs": ["en", "zh"]},
+    "06_steering_ru_zh.ipynb": {
+        "n_concepts": 6,
+        "layers": [6],
+        "alphas": [4.0],
+        "n_random": 1,
+        "flip": False,
+        "n_examples": 2,
+        "max_new_tokens": 3,
+        "out_dir": "{tmp}/06",
+        "latents_dir": "{tmp}/06_latents",
+    },
+    "07_paper_figures.ipynb": {
+        "results_dir": "{tmp}/results",
+        "figures_dir": "{tmp}/figures",
+        "n_if_missing": 3,
+        "langs": ["en", "zh"],
+    },
     "08_patching.ipynb": {"n": 3, "layers": [4, 12, 17], "mean_over": ["de", "en"], "out_dir": "{tmp}/08"},
 }
 
@@ -94,8 +107,9 @@ def ensure_kernel(prefix: Path) -> str:
     from ipykernel.kernelspec import install
 
     install(prefix=str(prefix), kernel_name="python3")  # argv[0] = sys.executable
-    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(prefix / "share" / "jupyter"),
-                                                               os.environ.get("JUPYTER_PATH")]))
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(
+        filter(None, [str(prefix / "share" / "jupyter"), os.environ.get("JUPYTER_PATH")])
+    )
     assert _this_python(KernelSpecManager().get_kernel_spec("python3").argv[0])
     return "python3"
 
@@ -109,8 +123,9 @@ def _fill(value: object, tmp: Path) -> object:
 NOTEBOOK_TIMEOUT = 420
 
 
-def _run_notebook(path: Path, out_dir: Path, kernel_name: str, threads: int,
-                  running: set | None = None, attempts: int = 2) -> tuple[Path, float, str]:
+def _run_notebook(
+    path: Path, out_dir: Path, kernel_name: str, threads: int, running: set | None = None, attempts: int = 2
+) -> tuple[Path, float, str]:
     """Return (executed notebook, seconds, stderr tail) after running ``path`` with its SMALL parameters in a subprocess."""
     parameters = {k: _fill(v, out_dir) for k, v in SMALL[path.name].items()}
     out = out_dir / path.name
@@ -118,9 +133,26 @@ def _run_notebook(path: Path, out_dir: Path, kernel_name: str, threads: int,
     started = time.perf_counter()
     for attempt in range(attempts):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "papermill", str(path), str(out), "-y", json.dumps(parameters), "--cwd",
-             str(NOTEBOOKS), "-k", kernel_name, "--no-progress-bar", "--execution-timeout", "900"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+            [
+                sys.executable,
+                "-m",
+                "papermill",
+                str(path),
+                str(out),
+                "-y",
+                json.dumps(parameters),
+                "--cwd",
+                str(NOTEBOOKS),
+                "-k",
+                kernel_name,
+                "--no-progress-bar",
+                "--execution-timeout",
+                "900",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         if running is not None:
             running.add(proc)
@@ -189,8 +221,11 @@ class Runner:
 
 def start_background(items: list[pytest.Item], root: Path) -> Runner | None:
     """Return a started :class:`Runner` for the notebooks among ``items`` (None when none is selected)."""
-    paths = [item.callspec.params["path"] for item in items
-             if getattr(item, "originalname", None) == "test_notebook_runs" and hasattr(item, "callspec")]
+    paths = [
+        item.callspec.params["path"]
+        for item in items
+        if getattr(item, "originalname", None) == "test_notebook_runs" and hasattr(item, "callspec")
+    ]
     if not paths or importlib.util.find_spec("papermill") is None or importlib.util.find_spec("ipykernel") is None:
         return None
     runner = Runner(paths, root)
@@ -220,8 +255,13 @@ def test_notebook_runs(path, notebook_runs):
     if not out.exists():
         pytest.fail(f"{path.name}: papermill wrote no output notebook: {stderr}", pytrace=False)
     executed = nbformat.read(out, as_version=4)
-    errors = [(c.execution_count, o) for c in executed.cells if c.cell_type == "code" for o in c.outputs
-              if o.output_type == "error"]
+    errors = [
+        (c.execution_count, o)
+        for c in executed.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type == "error"
+    ]
     if errors:  # one readable line: which cell, which error
         count, error = errors[0]
         pytest.fail(f"{path.name}: cell {count} raised {error.ename}: {error.evalue}", pytrace=False)

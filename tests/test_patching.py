@@ -7,13 +7,17 @@ import json
 import pytest
 import torch
 
-from llmlatent import capture, decode, lens, patching, tasks
+from llmlatent import capture, decode, patching, tasks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAMILIES = ("llama", "gemma3_text", "gemma2", "gpt2")  # rotary + sliding window + soft-capping + learned positions
-TEXTS = ["Paris", 'Français: "fleur" - 中文: "花"\nFrançais: "nuage" - 中文: "', "A cloud, a mountain, a bag",
-         "Книга лежит на столе. 书在桌子上。 A cloud, a mountain, a bag, a river, water, bread."]
+TEXTS = [
+    "Paris",
+    'Français: "fleur" - 中文: "花"\nFrançais: "nuage" - 中文: "',
+    "A cloud, a mountain, a bag",
+    "Книга лежит на столе. 书在桌子上。 A cloud, a mountain, a bag, a river, water, bread.",
+]
 
 
 def prompts(model):
@@ -57,7 +61,9 @@ def test_last_block_gives_the_donor_distribution(tiny_models, family):
     donor = patching.donor_latents(model, donors)
     final = patching.sweep(model, receivers, donor, layers=[model.n_layers - 1])[:, 0]
     logp = torch.log_softmax(model.unembedding(final).float(), -1)
-    want = torch.log_softmax(capture.forward_last(model, donors)[1], -1)  # the donor prompts' own next-token distribution
+    want = torch.log_softmax(
+        capture.forward_last(model, donors)[1], -1
+    )  # the donor prompts' own next-token distribution
     assert (logp.exp() - want.exp()).abs().max() <= 1e-5
     stats = decode.decode(model.unembedding, final, k=1, energy=False)
     assert stats["top_ids"][:, 0].tolist() == want.argmax(-1).tolist()
@@ -70,7 +76,7 @@ def test_batch_size_and_padding_independence(tiny_models, family):
     donor = patching.donor_latents(model, donors)
     together = patching.sweep(model, receivers, donor, batch_size=4)
     for i, text in enumerate(receivers):  # alone: no padding at all
-        alone = patching.sweep(model, [text], donor[i:i + 1], batch_size=1)
+        alone = patching.sweep(model, [text], donor[i : i + 1], batch_size=1)
         assert (alone[0] - together[i]).abs().max() <= 1e-5
     assert (patching.sweep(model, receivers, donor, batch_size=1) - together).abs().max() <= 1e-5
 
@@ -150,12 +156,26 @@ def test_experiment_folder_is_complete_seeded_and_cached(tiny_models, tmp_path):
     from llmlatent.experiments import patching as pe
 
     model = tiny_models["gemma3_text"]
-    kwargs = dict(donor=("de", "fr"), receiver=("ru", "zh"), mean_over=("de", "en", "zh"), n=3, seed=4, layers=[0, 2],
-                  batch_size=2)
+    kwargs = dict(
+        donor=("de", "fr"),
+        receiver=("ru", "zh"),
+        mean_over=("de", "en", "zh"),
+        n=3,
+        seed=4,
+        layers=[0, 2],
+        batch_size=2,
+    )
     run = pe.run_to_dir(model, tmp_path / "a", **kwargs)
     names = {p.name for p in (tmp_path / "a").iterdir()}
-    assert {"rows.csv", "summary.csv", "run.json", "language_concept.png", "language_concept.pdf",
-            "mean_over_languages.png", "mean_over_languages.pdf"} <= names
+    assert {
+        "rows.csv",
+        "summary.csv",
+        "run.json",
+        "language_concept.png",
+        "language_concept.pdf",
+        "mean_over_languages.png",
+        "mean_over_languages.pdf",
+    } <= names
     assert run["mean_over"] == ["de", "en"] and run["n_pairs"] == 3  # zh, the receiver's language, is skipped
     stored = json.loads((tmp_path / "a" / "run.json").read_text())
     assert stored["model"] == model.fingerprint().to_dict()  # the fingerprint as a dict, never its repr
@@ -190,7 +210,13 @@ def test_experiment_bad_settings_fail_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(pe.UsageError, match="two input languages"):
         pe.check_settings(("de", "fr"), ("ru", "zh"), ["zh", "en"], None)
     (tmp_path / "x.txt").write_text("unrelated")
-    for argv in (["--donor", "de:de"], ["--mean-over", "en"], ["--n", "1"], ["--window", "0"], ["--out", str(tmp_path)]):
+    for argv in (
+        ["--donor", "de:de"],
+        ["--mean-over", "en"],
+        ["--n", "1"],
+        ["--window", "0"],
+        ["--out", str(tmp_path)],
+    ):
         argv = ["patch", *argv] + ([] if "--out" in argv else ["--out", str(tmp_path / "new")])
         assert cli.main(argv) == 2
     assert not (tmp_path / "new").exists()
@@ -204,8 +230,9 @@ def test_reproduce_step_writes_figures_and_reuses_its_run(tiny_models, tmp_path)
     figures.mkdir()
     first = reproduce.patching_step(model, out, figures, n=2, seed=0, force=False)
     assert first["n_pairs"] == 2 and first["mean_over"] == ["de", "fr", "ru", "en"]
-    assert {p.name for p in figures.iterdir()} == {f"patching_{name}.{ext}" for name in ("language_concept", "mean_over_languages")
-                                                    for ext in ("png", "pdf")}
+    assert {p.name for p in figures.iterdir()} == {
+        f"patching_{name}.{ext}" for name in ("language_concept", "mean_over_languages") for ext in ("png", "pdf")
+    }
     stamp = (out / "run.json").stat().st_mtime_ns
     assert reproduce.patching_step(model, out, figures, n=2, seed=0, force=False)["seconds"] == first["seconds"]
     assert (out / "run.json").stat().st_mtime_ns == stamp

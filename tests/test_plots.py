@@ -28,13 +28,22 @@ def _summary(n_layers: int = 4) -> pd.DataFrame:
 
 
 def test_import_changes_no_global_setting():
-    code = ("import matplotlib; before = dict(matplotlib.rcParams); import llmlatent.experiments.plots; "
-            "print(sorted(k for k, v in matplotlib.rcParams.items() if before[k] != v))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(Path(plots.__file__).parents[2])})
+    code = (
+        "import matplotlib; before = dict(matplotlib.rcParams); import llmlatent.experiments.plots; "
+        "print(sorted(k for k, v in matplotlib.rcParams.items() if before[k] != v))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(plots.__file__).parents[2])},
+    )
     assert out.stdout.strip() == "[]", f"plots changed global settings on import: {out.stdout}"
     before = {k: v for k, v in matplotlib.rcParams.items()}
-    fig = plots.probability_figure(_summary(), {"src": "fr", "tgt": "zh"}, "中文 title")  # builders use the style locally
+    fig = plots.probability_figure(
+        _summary(), {"src": "fr", "tgt": "zh"}, "中文 title"
+    )  # builders use the style locally
     plt.close(fig)
     assert {k: v for k, v in matplotlib.rcParams.items()} == before
     if plots.RC:  # the CJK fallback is applied inside the builders

@@ -9,12 +9,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-
 import torch  # noqa: E402
 
 from llmlatent import capture, lens  # noqa: E402
-from llmlatent.experiments import plots
 from llmlatent.decode import decode  # noqa: E402
+from llmlatent.experiments import plots
 
 PROMPT = 'Français: "fleur" - 中文: "花"\nFrançais: "nuage" - 中文: "'
 

@@ -20,7 +20,9 @@ def test_copies_per_forward_respects_rows_and_bytes(tiny_models):
     assert prefix.copies_per_forward(10, max_rows=256) == 10  # all wanted copies fit
     assert prefix.copies_per_forward(10, max_rows=7) == 2  # 2 copies × 3 rows ≤ 7 rows
     assert prefix.copies_per_forward(10, max_rows=2) == 1  # never fewer than one copy
-    assert prefix.copies_per_forward(10, max_rows=256, max_bytes=4 * per_row * prefix.rows) == 4  # the cache budget binds
+    assert (
+        prefix.copies_per_forward(10, max_rows=256, max_bytes=4 * per_row * prefix.rows) == 4
+    )  # the cache budget binds
 
 
 def test_one_token_prompts_and_no_cache_use_full_forwards(tiny_models):

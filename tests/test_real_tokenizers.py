@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 import real_tokenizers
+
 from llmlatent import data
 from llmlatent.tokens import token_set, vocab_info
 

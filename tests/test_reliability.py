@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import save_model
+
 from llmlatent import atomic, capture, checks, cli, metrics, model
-from llmlatent.experiments import reproduce
 from llmlatent.errors import LlmlatentError, OutputFolderError, UsageError
+from llmlatent.experiments import reproduce
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def no_load(monkeypatch):
     """Make any model load fail the test: every bad input must be answered before it."""
+
     def fail(args):
         raise AssertionError("the model was loaded before the bad input was refused")
 
@@ -62,8 +63,11 @@ def test_cwd_parents_and_home_are_never_replaced(tmp_path, capsys, no_load, monk
     (work / "keep.txt").write_text("x")
     monkeypatch.chdir(work)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for out, why in ((".", "current directory"), ("..", "current directory or one of its parents"),
-                     (str(tmp_path / "home"), "current directory or one of its parents")):
+    for out, why in (
+        (".", "current directory"),
+        ("..", "current directory or one of its parents"),
+        (str(tmp_path / "home"), "current directory or one of its parents"),
+    ):
         one_line_error(capsys, ["sweep", "--out", out], why)
     monkeypatch.chdir(tmp_path)
     one_line_error(capsys, ["sweep", "--out", str(tmp_path / "home")], "your home directory")
@@ -122,8 +126,14 @@ with atomic.atomic_dir(sys.argv[1]) as tmp:
 
 def blocked_writer(out: Path, content: str) -> tuple[subprocess.Popen, Path]:
     """Start a real process blocked inside atomic_dir(out); return it and its temporary folder."""
-    proc = subprocess.Popen([sys.executable, "-c", BLOCKED_ATOMIC, str(out), content], cwd=ROOT, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BLOCKED_ATOMIC, str(out), content],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     name = proc.stdout.readline().strip()
     assert name.startswith(f".{out.name}-pid{proc.pid}-"), proc.stderr.read() if not name else name
     return proc, out.parent / name
@@ -139,7 +149,9 @@ def test_sigkilled_writers_temp_folder_is_removed_by_the_next_run_a_live_ones_is
     with atomic.atomic_dir(out) as tmp:  # the next run into the same folder
         (tmp / "run.json").write_text('{"next": 1}')
     assert not orphan.exists(), "the SIGKILLed process's temporary folder was left behind"
-    assert live_tmp.is_dir() and (live_tmp / "run.json").read_text() == '{"live": 1}', "a live writer's folder was removed"
+    assert live_tmp.is_dir() and (live_tmp / "run.json").read_text() == '{"live": 1}', (
+        "a live writer's folder was removed"
+    )
     assert json.loads((out / "run.json").read_text()) == {"next": 1}
     _, err = live.communicate("go\n", timeout=60)  # the live writer finishes: its result replaces the previous one
     assert live.returncode == 0, err
@@ -167,8 +179,14 @@ def test_previous_result_survives_a_kill_between_the_renames(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "run.json").write_text('{"previous": 1}')
-    proc = subprocess.Popen([sys.executable, "-c", BETWEEN_RENAMES, str(out)], cwd=ROOT, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BETWEEN_RENAMES, str(out)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()
     proc.kill()
     _, err = proc.communicate()
@@ -206,8 +224,16 @@ def test_only_domain_errors_become_one_line(monkeypatch, capsys, tmp_path):
 def test_every_error_class_derives_from_the_base():
     from llmlatent import adapter, data, latents, steering
 
-    for cls in (UsageError, OutputFolderError, data.DataError, model.ModelLoadError, adapter.AdapterError,
-                latents.LatentStoreError, latents.FingerprintMismatch, steering.SteeringError):
+    for cls in (
+        UsageError,
+        OutputFolderError,
+        data.DataError,
+        model.ModelLoadError,
+        adapter.AdapterError,
+        latents.LatentStoreError,
+        latents.FingerprintMismatch,
+        steering.SteeringError,
+    ):
         assert issubclass(cls, LlmlatentError) and issubclass(cls, ValueError)
 
 
@@ -221,27 +247,36 @@ def test_ctrl_c_is_one_line_exit_130(monkeypatch, capsys):
     assert len(err.splitlines()) == 1 and err.startswith("interrupted") and "rerun the same command" in err
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["sweep", "--n", "-3"], "--n must be at least 1, got -3"),
-    (["sweep", "--n", "0"], "--n must be at least 1, got 0"),
-    (["sweep", "--batch-size", "0"], "batch_size (--batch-size) must be at least 1, got 0"),
-    (["sweep", "--batch-size", "-2"], "batch_size (--batch-size) must be at least 1, got -2"),
-    (["cache", "--n-prompts", "0"], "--n must be at least 1, got 0"),
-    (["cache", "--shard-size", "0"], "shard_size (--shard-size) must be at least 1, got 0"),
-    (["steer", "--n-concepts", "1"], "n_concepts (--n-concepts) must be at least 3, got 1"),
-    (["steer", "--batch-size", "0"], "batch_size (--batch-size) must be at least 1"),
-    (["reproduce", "--n", "-1"], "--n must be at least 1, got -1"),
-    (["lens", "hi", "-k", "0"], "-k must be at least 1, got 0"),
-    (["lens", "   "], "the prompt is empty"),
-    (["sweep", "--prompts", "{tmp}", "--out", "{tmp}/o"], "is a folder; pass a file"),
-    (["sweep", "--prompts", "{tmp}/missing.csv", "--out", "{tmp}/o"], "does not exist"),
-    (["sweep", "--prompts", "{tmp}/p.csv", "--src", "de", "--out", "{tmp}/o"], "drop --src (they would be ignored)"),
-    (["sweep", "--prompts", "{tmp}/p.csv", "--task", "cloze", "--tgt", "fr", "--out", "{tmp}/o"], "drop --task, --tgt"),
-    (["sweep", "--out", "{tmp}/p.csv"], "is an existing file"),
-    (["cache", "--out", "{tmp}/p.csv"], "is an existing file"),
-    (["lens", "hi", "--out", "{tmp}"], "is a folder; pass a file path"),
-    (["lens", "hi", "--out", "{tmp}/no/such/t.csv"], "does not exist; create it"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["sweep", "--n", "-3"], "--n must be at least 1, got -3"),
+        (["sweep", "--n", "0"], "--n must be at least 1, got 0"),
+        (["sweep", "--batch-size", "0"], "batch_size (--batch-size) must be at least 1, got 0"),
+        (["sweep", "--batch-size", "-2"], "batch_size (--batch-size) must be at least 1, got -2"),
+        (["cache", "--n-prompts", "0"], "--n must be at least 1, got 0"),
+        (["cache", "--shard-size", "0"], "shard_size (--shard-size) must be at least 1, got 0"),
+        (["steer", "--n-concepts", "1"], "n_concepts (--n-concepts) must be at least 3, got 1"),
+        (["steer", "--batch-size", "0"], "batch_size (--batch-size) must be at least 1"),
+        (["reproduce", "--n", "-1"], "--n must be at least 1, got -1"),
+        (["lens", "hi", "-k", "0"], "-k must be at least 1, got 0"),
+        (["lens", "   "], "the prompt is empty"),
+        (["sweep", "--prompts", "{tmp}", "--out", "{tmp}/o"], "is a folder; pass a file"),
+        (["sweep", "--prompts", "{tmp}/missing.csv", "--out", "{tmp}/o"], "does not exist"),
+        (
+            ["sweep", "--prompts", "{tmp}/p.csv", "--src", "de", "--out", "{tmp}/o"],
+            "drop --src (they would be ignored)",
+        ),
+        (
+            ["sweep", "--prompts", "{tmp}/p.csv", "--task", "cloze", "--tgt", "fr", "--out", "{tmp}/o"],
+            "drop --task, --tgt",
+        ),
+        (["sweep", "--out", "{tmp}/p.csv"], "is an existing file"),
+        (["cache", "--out", "{tmp}/p.csv"], "is an existing file"),
+        (["lens", "hi", "--out", "{tmp}"], "is a folder; pass a file path"),
+        (["lens", "hi", "--out", "{tmp}/no/such/t.csv"], "does not exist; create it"),
+    ],
+)
 def test_bad_arguments_fail_before_the_model_load(tmp_path, capsys, no_load, argv, match):
     (tmp_path / "p.csv").write_text("prompt,out_token_str,latent_token_str\n")
     argv = [a.format(tmp=tmp_path) for a in argv]
@@ -273,31 +308,50 @@ CAFE = 'café,café,"Un ___.","Un café."\n'
 
 
 @pytest.mark.parametrize("command", ["sweep", "cache"])
-@pytest.mark.parametrize("content, message", [
-    (b"", "{f}: the file is empty; it needs a header row and at least one data row"),
-    ((HEADER + CAFE).encode("cp1252"), "{f}: not UTF-8 text (byte 0xE9 at position {pos}); save it as UTF-8"),
-    ((HEADER + 'cloud,nuage,"Un ___.","Un nuage."\ncloud,brume,"Une ___.","Une brume."\n').encode(),
-     "{f}: concept 'cloud' appears on lines 2, 3 with different rows ('nuage', 'brume'); keep one row per concept"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "{f}: the file is empty; it needs a header row and at least one data row"),
+        ((HEADER + CAFE).encode("cp1252"), "{f}: not UTF-8 text (byte 0xE9 at position {pos}); save it as UTF-8"),
+        (
+            (HEADER + 'cloud,nuage,"Un ___.","Un nuage."\ncloud,brume,"Une ___.","Une brume."\n').encode(),
+            "{f}: concept 'cloud' appears on lines 2, 3 with different rows ('nuage', 'brume'); keep one row per concept",
+        ),
+    ],
+)
 def test_bad_word_csv_fails_before_the_model_load(tmp_path, capsys, no_load, command, content, message):
     folder = word_folder(tmp_path, content)
-    one_exact_line(capsys, [command, "--words", str(folder), "--out", str(tmp_path / "o")],
-                   "error: " + message.format(f=folder / "fr.csv", pos=content.find(b"\xe9")))
+    one_exact_line(
+        capsys,
+        [command, "--words", str(folder), "--out", str(tmp_path / "o")],
+        "error: " + message.format(f=folder / "fr.csv", pos=content.find(b"\xe9")),
+    )
     assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("command", ["sweep", "cache"])
-@pytest.mark.parametrize("content, message", [
-    (b"", "{f}: the file is empty; it needs a header row and at least one data row"),
-    ('prompt,out_token_str,latent_token_str\n"Français: ""café"" - ",café,coffee\n'.encode("cp1252"),
-     "{f}: not UTF-8 text (byte 0xE7 at position {pos}); save it as UTF-8"),
-    (b"prompt,out_token_str,latent_token_str\n", "{f}: a header but no data rows"),
-    (b"prompt,answer\nhello,world\n", "{f}: missing column(s) out_token_str, latent_token_str (expected prompt, out_token_str, latent_token_str)"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "{f}: the file is empty; it needs a header row and at least one data row"),
+        (
+            'prompt,out_token_str,latent_token_str\n"Français: ""café"" - ",café,coffee\n'.encode("cp1252"),
+            "{f}: not UTF-8 text (byte 0xE7 at position {pos}); save it as UTF-8",
+        ),
+        (b"prompt,out_token_str,latent_token_str\n", "{f}: a header but no data rows"),
+        (
+            b"prompt,answer\nhello,world\n",
+            "{f}: missing column(s) out_token_str, latent_token_str (expected prompt, out_token_str, latent_token_str)",
+        ),
+    ],
+)
 def test_bad_prompt_csv_fails_before_the_model_load(tmp_path, capsys, no_load, command, content, message):
     (tmp_path / "p.csv").write_bytes(content)
-    one_exact_line(capsys, [command, "--prompts", str(tmp_path / "p.csv"), "--out", str(tmp_path / "o")],
-                   "error: " + message.format(f=tmp_path / "p.csv", pos=content.find(b"\xe7")))
+    one_exact_line(
+        capsys,
+        [command, "--prompts", str(tmp_path / "p.csv"), "--out", str(tmp_path / "o")],
+        "error: " + message.format(f=tmp_path / "p.csv", pos=content.find(b"\xe7")),
+    )
 
 
 def test_cache_into_a_store_with_corrupt_store_json(tmp_path, capsys, no_load):
@@ -305,8 +359,11 @@ def test_cache_into_a_store_with_corrupt_store_json(tmp_path, capsys, no_load):
     (tmp_path / "s" / "store.json").write_text('{"format": "llmlatent-lat')
     from llmlatent.latents.format import REPAIR_HINT
 
-    one_exact_line(capsys, ["cache", "--out", str(tmp_path / "s")],
-                   f"error: store.json of the latent store {tmp_path / 's'} is not valid JSON; {REPAIR_HINT}")
+    one_exact_line(
+        capsys,
+        ["cache", "--out", str(tmp_path / "s")],
+        f"error: store.json of the latent store {tmp_path / 's'} is not valid JSON; {REPAIR_HINT}",
+    )
     assert (tmp_path / "s" / "store.json").read_text() == '{"format": "llmlatent-lat'  # nothing touched
 
 
@@ -325,10 +382,21 @@ def test_cache_info_on_damaged_stores(tiny_models, tmp_path, capsys):
     (path / "shards" / "00002" / "shard.json").unlink()
     rerun = "; rerun the same cache command to recompute it"
     for extra, problems in (
-        ([], {"0": f"{arrows[0].name} has {size - 50} bytes, expected {size}{rerun}",
-              "1": f"{arrows[1].name} does not match its sha256{rerun}", "2": f"shard.json is missing{rerun}"}),
-        (["--no-verify"], {"0": f"{arrows[0].name} has {size - 50} bytes, expected {size}{rerun}",
-                           "2": f"shard.json is missing{rerun}"}),  # the byte flip needs the sha256
+        (
+            [],
+            {
+                "0": f"{arrows[0].name} has {size - 50} bytes, expected {size}{rerun}",
+                "1": f"{arrows[1].name} does not match its sha256{rerun}",
+                "2": f"shard.json is missing{rerun}",
+            },
+        ),
+        (
+            ["--no-verify"],
+            {
+                "0": f"{arrows[0].name} has {size - 50} bytes, expected {size}{rerun}",
+                "2": f"shard.json is missing{rerun}",
+            },
+        ),  # the byte flip needs the sha256
     ):
         assert cli.main(["cache-info", str(path), *extra]) == 0
         info = json.loads(capsys.readouterr().out)
@@ -360,9 +428,31 @@ def test_reproduce_passes_load_options(monkeypatch):
         return {"runs": 0, "figures": [], "seconds": 0.0}
 
     monkeypatch.setattr(reproduce, "run_all", fake)
-    assert cli.main(["reproduce", "--model", "m", "--dtype", "bfloat16", "--device", "cpu", "--device-map", "auto",
-                     "--trust-remote-code", "--n", "3"]) == 0
-    assert seen["load_kwargs"] == {"dtype": "bfloat16", "device": "cpu", "device_map": "auto", "trust_remote_code": True}
+    assert (
+        cli.main(
+            [
+                "reproduce",
+                "--model",
+                "m",
+                "--dtype",
+                "bfloat16",
+                "--device",
+                "cpu",
+                "--device-map",
+                "auto",
+                "--trust-remote-code",
+                "--n",
+                "3",
+            ]
+        )
+        == 0
+    )
+    assert seen["load_kwargs"] == {
+        "dtype": "bfloat16",
+        "device": "cpu",
+        "device_map": "auto",
+        "trust_remote_code": True,
+    }
     assert seen["model"] == "m" and seen["n"] == 3
 
 
@@ -419,16 +509,34 @@ def test_read_only_cache_says_set_llmlatent_cache(tmp_path, monkeypatch):
 
 
 def test_intervals_nan_for_one_prompt_and_clipped(caplog):
-    one = pd.DataFrame({"prompt_id": [0, 0], "layer": [0, 1], "p_target": [0.2, 0.3], "p_english": [0.1, 0.1],
-                        "p_source": np.nan, "entropy": [1.0, 2.0], "energy": [0.5, 0.5]})
+    one = pd.DataFrame(
+        {
+            "prompt_id": [0, 0],
+            "layer": [0, 1],
+            "p_target": [0.2, 0.3],
+            "p_english": [0.1, 0.1],
+            "p_source": np.nan,
+            "entropy": [1.0, 2.0],
+            "energy": [0.5, 0.5],
+        }
+    )
     with caplog.at_level(logging.WARNING, logger="llmlatent.metrics"):
         s = metrics.summarize(one)
     assert s["p_target_lo"].isna().all() and s["p_target_hi"].isna().all()  # no zero-width "interval"
     assert "undefined" in caplog.text
     b = metrics.summarize(one, ci="bootstrap")
     assert b["p_target_lo"].isna().all()
-    skewed = pd.DataFrame({"prompt_id": range(4), "layer": 0, "p_target": [0.0, 0.0, 0.0, 1.0], "p_english": [1.0, 1.0, 1.0, 0.0],
-                           "p_source": np.nan, "entropy": 1.0, "energy": 1.0})
+    skewed = pd.DataFrame(
+        {
+            "prompt_id": range(4),
+            "layer": 0,
+            "p_target": [0.0, 0.0, 0.0, 1.0],
+            "p_english": [1.0, 1.0, 1.0, 0.0],
+            "p_source": np.nan,
+            "entropy": 1.0,
+            "energy": 1.0,
+        }
+    )
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="llmlatent.metrics"):
         s = metrics.summarize(skewed)
@@ -450,7 +558,7 @@ def test_batches_are_length_bucketed(tiny_models):
     long = " ".join(["nuage"] * 400)
     batches = capture.length_batches(m, [long, *short], batch_size=16)
     assert sorted(map(sorted, batches)) == [[0], [1, 2]]  # the two short prompts are not padded to the long one
-    similar = [f"Français: \"mot{i}\" - 中文: \"" for i in range(5)]
+    similar = [f'Français: "mot{i}" - 中文: "' for i in range(5)]
     pairs = capture.length_batches(m, similar, batch_size=2)
     assert [len(b) for b in pairs] == [2, 2, 1] and sorted(i for b in pairs for i in b) == list(range(5))
     assert sum(len(b) for b in capture.length_batches(m, similar, batch_size=16)) == 5
@@ -460,15 +568,25 @@ def test_batches_are_length_bucketed(tiny_models):
 
 
 def test_user_sweep_folder_does_not_break_reproduce_summaries(tmp_path):
-    summary = pd.DataFrame({"layer": [0, 1], "p_target_mean": [0.1, 0.2], "p_english_mean": [0.3, 0.1],
-                            "p_source_mean": [np.nan, np.nan]})
-    run = {"task": "translation", "src": "fr", "tgt": "zh", "n_prompts": 3, "peak_english": {"layer": 0, "value": 0.3},
-           "p_source_at_peak": None, "final_target": {"layer": 1, "value": 0.2}, "final_english": 0.1}
+    summary = pd.DataFrame(
+        {"layer": [0, 1], "p_target_mean": [0.1, 0.2], "p_english_mean": [0.3, 0.1], "p_source_mean": [np.nan, np.nan]}
+    )
+    run = {
+        "task": "translation",
+        "src": "fr",
+        "tgt": "zh",
+        "n_prompts": 3,
+        "peak_english": {"layer": 0, "value": 0.3},
+        "p_source_at_peak": None,
+        "final_target": {"layer": 1, "value": 0.2},
+        "final_english": 0.1,
+    }
     for name in ("fr-zh", "fr-zh-strict"):
         folder = tmp_path / "translation" / name
         folder.mkdir(parents=True)
         summary.assign(p_target_mean=summary["p_target_mean"] * (2 if "strict" in name else 1)).to_csv(
-            folder / "summary.csv", index=False)
+            folder / "summary.csv", index=False
+        )
         (folder / "run.json").write_text(json.dumps(run))
     (tmp_path / "translation" / "notes").mkdir()
     (tmp_path / "translation" / "notes" / "summary.csv").write_text("layer\n0\n")

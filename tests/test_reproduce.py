@@ -6,15 +6,17 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import save_model
+
 from llmlatent import cli
 from llmlatent.experiments import reproduce
 
 
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory, tiny_models):
-    return save_model(tiny_models["gpt2"], tmp_path_factory.mktemp("tiny-gpt2"))  # small BPE vocabulary: fast to save and load
+    return save_model(
+        tiny_models["gpt2"], tmp_path_factory.mktemp("tiny-gpt2")
+    )  # small BPE vocabulary: fast to save and load
 
 
 def test_reproduce_runs_and_reuses_cache(tiny_path, tmp_path):
@@ -33,7 +35,10 @@ def test_reproduce_runs_and_reuses_cache(tiny_path, tmp_path):
 
 
 def test_lens_cli_prints_one_row_per_layer(tiny_path, capsys):
-    assert cli.main(["lens", 'Français: "fleur" - 中文: "花"\\nFrançais: "nuage" - 中文: "', "--model", str(tiny_path)]) == 0
+    assert (
+        cli.main(["lens", 'Français: "fleur" - 中文: "花"\\nFrançais: "nuage" - 中文: "', "--model", str(tiny_path)])
+        == 0
+    )
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].split() == ["top1", "top2", "top3", "top4", "top5"]
     assert [line.split()[0] for line in out[2:]] == ["0", "1", "2"]
@@ -45,7 +50,9 @@ def test_user_folders_beside_the_runs_are_skipped(tmp_path):
         (tmp_path / "translation" / name).mkdir(parents=True)
         pd.DataFrame({"layer": [0], "p_target_mean": [0.5]}).to_csv(tmp_path / "translation" / name / "summary.csv")
     for name in ("fr-zh-strict", "fr-zh"):  # both hold fr→zh; "mine" has no run.json
-        (tmp_path / "translation" / name / "run.json").write_text(json.dumps({"src": "fr", "tgt": "zh", "strict": name != "fr-zh"}))
+        (tmp_path / "translation" / name / "run.json").write_text(
+            json.dumps({"src": "fr", "tgt": "zh", "strict": name != "fr-zh"})
+        )
     (tmp_path / "translation" / "fr-zh" / "summary.csv").write_text("layer,p_target_mean\n0,0.25\n")
     summaries = reproduce.load_summaries(tmp_path, "translation")
     assert list(summaries) == [("fr", "zh")]

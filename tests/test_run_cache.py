@@ -10,16 +10,23 @@ import pytest
 import torch
 
 from llmlatent import tasks
-from llmlatent.experiments import sweep as experiment
-from llmlatent.experiments import plots
-from llmlatent.experiments import reproduce
-from llmlatent.experiments import runs
 from llmlatent.data import words_dir
+from llmlatent.experiments import plots, reproduce, runs
+from llmlatent.experiments import sweep as experiment
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-BASE = {"task": "translation", "src": "fr", "tgt": "zh", "n": 3, "seed": 0, "strict": False, "cognate_filter": False,
-        "n_shots": None, "words_dir": None}
+BASE = {
+    "task": "translation",
+    "src": "fr",
+    "tgt": "zh",
+    "n": 3,
+    "seed": 0,
+    "strict": False,
+    "cognate_filter": False,
+    "n_shots": None,
+    "words_dir": None,
+}
 
 
 def _key(model, tokenizer, *, sweep_seed=0, ci="normal", **changes):
@@ -47,10 +54,22 @@ def test_run_json_holds_its_key_and_the_same_settings_reuse_it(base_run, spm_tok
     assert "batch_size" not in json.dumps(key["settings"])
 
 
-@pytest.mark.parametrize("change", [
-    {"task": "repetition", "src": "zh"}, {"src": "de"}, {"tgt": "ru"}, {"n": 4}, {"seed": 1}, {"strict": True},
-    {"cognate_filter": True}, {"n_shots": 2}, {"sweep_seed": 1}, {"ci": "bootstrap"},
-], ids=lambda c: "+".join(c))
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"task": "repetition", "src": "zh"},
+        {"src": "de"},
+        {"tgt": "ru"},
+        {"n": 4},
+        {"seed": 1},
+        {"strict": True},
+        {"cognate_filter": True},
+        {"n_shots": 2},
+        {"sweep_seed": 1},
+        {"ci": "bootstrap"},
+    ],
+    ids=lambda c: "+".join(c),
+)
 def test_each_setting_changes_the_key(base_run, spm_tokenizer, change):
     model, out, _ = base_run
     assert runs.cached(out, _key(model, spm_tokenizer, **change)) is None

@@ -47,7 +47,10 @@ def test_translation_prompts_from_the_seed_layout(spm_tokenizer):
         assert row["tgt_word"] == zh.loc[row["concept"], "word_translation"]
         for line in lines[:4]:
             concept = fr.index[fr["word_translation"] == line.split('"')[1]][0]
-            assert line == f'Français: "{fr.loc[concept, "word_translation"]}" - 中文: "{zh.loc[concept, "word_translation"]}"'
+            assert (
+                line
+                == f'Français: "{fr.loc[concept, "word_translation"]}" - 中文: "{zh.loc[concept, "word_translation"]}"'
+            )
             assert concept != row["concept"]
 
 
@@ -74,7 +77,9 @@ def test_duplicate_concepts_name_the_file_and_lines(spm_tokenizer, tmp_path):
         return pd.concat([frame, extra], ignore_index=True)
 
     folder = copy_seed(tmp_path, {"zh": conflicting})
-    with pytest.raises(data.DataError, match=r"zh/clean.csv: concept 'cloud' appears on lines 3, 8 with different rows"):
+    with pytest.raises(
+        data.DataError, match=r"zh/clean.csv: concept 'cloud' appears on lines 3, 8 with different rows"
+    ):
         tasks.build("translation", "fr", "zh", spm_tokenizer, words_dir=folder)
     identical = copy_seed(tmp_path / "b", {"zh": lambda f: pd.concat([f, f.iloc[[1]]], ignore_index=True)})
     assert len(data.read_words("zh", identical)) == 6  # an exact repeat is used once (with a warning)
@@ -95,11 +100,17 @@ def test_empty_words_are_counted_and_never_prompted(spm_tokenizer, tmp_path):
     assert {"cloud", "mountain"}.isdisjoint(ps.df["concept"])
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"", "the file is empty"),
-    (b"concept,word,cloze_masked,cloze_filled\n", "a header but no data rows"),
-    ("concept,word,cloze_masked,cloze_filled\ncafé,café,\"Un ___.\",\"Un café.\"\n".encode("cp1252"), "save it as UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "the file is empty"),
+        (b"concept,word,cloze_masked,cloze_filled\n", "a header but no data rows"),
+        (
+            'concept,word,cloze_masked,cloze_filled\ncafé,café,"Un ___.","Un café."\n'.encode("cp1252"),
+            "save it as UTF-8",
+        ),
+    ],
+)
 def test_bad_word_files_name_the_file(tmp_path, content, message):
     (tmp_path / "fr.csv").write_bytes(content)
     with pytest.raises(data.DataError, match=message) as info:
@@ -127,14 +138,21 @@ def test_prompt_file_errors_and_empty_rows(spm_tokenizer, tmp_path):
     frame.to_csv(tmp_path / "p.csv", index=False)
     ps = tasks.from_prompt_file(tmp_path / "p.csv", spm_tokenizer)
     assert len(ps) == 4 and ps.dropped["empty_prompt"] == 2
-    (tmp_path / "cp.csv").write_bytes('prompt,out_token_str,latent_token_str\n"Français: ""é"" - ",é,e\n'.encode("cp1252"))
+    (tmp_path / "cp.csv").write_bytes(
+        'prompt,out_token_str,latent_token_str\n"Français: ""é"" - ",é,e\n'.encode("cp1252")
+    )
     with pytest.raises(data.DataError, match="cp.csv: not UTF-8.*save it as UTF-8"):
         tasks.from_prompt_file(tmp_path / "cp.csv", spm_tokenizer)
 
 
 def test_custom_prompts(spm_tokenizer):
-    ps = tasks.custom(['Français: "nuage" - 中文: "', "   ", 'Deutsch: "Berg" - 中文: "'], ["云", "花", "山"],
-                      ["cloud", "flower", "mountain"], ["nuage", "fleur", "Berg"], tokenizer=spm_tokenizer)
+    ps = tasks.custom(
+        ['Français: "nuage" - 中文: "', "   ", 'Deutsch: "Berg" - 中文: "'],
+        ["云", "花", "山"],
+        ["cloud", "flower", "mountain"],
+        ["nuage", "fleur", "Berg"],
+        tokenizer=spm_tokenizer,
+    )
     assert len(ps) == 2 and ps.dropped["empty_prompt"] == 1
     assert ps.df["tgt_word"].tolist() == ["云", "山"] and all(ps.df["source_ids"].map(bool))
     one = tasks.custom('English: "cloud" - 中文: "', "云", "cloud", tokenizer=spm_tokenizer)

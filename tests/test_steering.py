@@ -11,13 +11,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from conftest import save_model
+
 from llmlatent import cli, steering
-from llmlatent.experiments.steering import evaluate as steering_eval
-from llmlatent.experiments.steering import demo as steering_sweep
 from llmlatent.data import DataError
 from llmlatent.errors import OutputFolderError, UsageError
+from llmlatent.experiments.steering import demo as steering_sweep
+from llmlatent.experiments.steering import evaluate as steering_eval
 from llmlatent.steering import SteeringError, SteeringVector
 
 PROMPTS = [
@@ -123,7 +123,7 @@ def reference_greedy(model, inputs, vec, alpha, steps, positions) -> torch.Tenso
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
     finally:
         handle.remove()
-    return ids[:, inputs["input_ids"].shape[1]:]
+    return ids[:, inputs["input_ids"].shape[1] :]
 
 
 @pytest.mark.parametrize("family", HOOK_FAMILIES)
@@ -135,11 +135,14 @@ def test_generate_with_kv_cache(tiny_models, family, positions):
     steps = 4
     kwargs = {k: v for k, v in inputs.items() if k != "position_ids"}
     with torch.no_grad():
-        plain = model.hf.generate(**kwargs, max_new_tokens=steps, do_sample=False, pad_token_id=model.tokenizer.pad_token_id)
+        plain = model.hf.generate(
+            **kwargs, max_new_tokens=steps, do_sample=False, pad_token_id=model.tokenizer.pad_token_id
+        )
     with vec.apply(model, alpha=1.0, positions=positions) as hook, torch.no_grad():
-        out = model.hf.generate(**kwargs, max_new_tokens=steps, do_sample=False, use_cache=True,
-                                pad_token_id=model.tokenizer.pad_token_id)
-    new = out[:, inputs["input_ids"].shape[1]:]
+        out = model.hf.generate(
+            **kwargs, max_new_tokens=steps, do_sample=False, use_cache=True, pad_token_id=model.tokenizer.pad_token_id
+        )
+    new = out[:, inputs["input_ids"].shape[1] :]
     # prefill sees the whole prompt; each decode step has sequence length 1 and a growing cache
     t = inputs["input_ids"].shape[1]
     assert [c[:2] for c in hook.calls] == [(t, 0)] + [(1, t + k) for k in range(steps - 1)]
@@ -207,7 +210,9 @@ class FakeStore:
     data: torch.Tensor  # [N, L, d]
     concepts: list
     lang: str
-    fingerprint: dict = field(default_factory=lambda: {"model": "m", "n_layers": 3, "hidden_size": 4, "unembedding_sha256": "a"})
+    fingerprint: dict = field(
+        default_factory=lambda: {"model": "m", "n_layers": 3, "hidden_size": 4, "unembedding_sha256": "a"}
+    )
     path: str = "fake"
 
     @property
@@ -260,7 +265,9 @@ def test_mean_difference_and_bad_input(tiny_models):
     with pytest.raises(SteeringError, match="comes from model x"):
         SteeringVector(0, torch.ones(model.hidden_size), {"fingerprint": other_model}).check(model)
     with pytest.raises(SteeringError, match="incomplete model fingerprint"):
-        SteeringVector(0, torch.ones(model.hidden_size), {"fingerprint": {"model": "x", "unembedding_sha256": "0"}}).check(model)
+        SteeringVector(
+            0, torch.ones(model.hidden_size), {"fingerprint": {"model": "x", "unembedding_sha256": "0"}}
+        ).check(model)
     renamed = {**model.fingerprint(), "model": "/some/local/path"}  # the name is display only
     SteeringVector(0, torch.ones(model.hidden_size), {"fingerprint": renamed}).check(model)
     assert no_hooks(model)
@@ -289,8 +296,17 @@ def test_split_concepts_is_seeded_and_disjoint():
     assert steering_eval.has_script("云", "zh") and not steering_eval.has_script("▁облако", "zh")
 
 
-SMALL = dict(layers=[0, 2], alphas=[1.0, 4.0], n_concepts=12, max_new_tokens=3, n_random=2, n_generate=3, n_flip=3,
-             batch_size=2, progress=False)
+SMALL = dict(
+    layers=[0, 2],
+    alphas=[1.0, 4.0],
+    n_concepts=12,
+    max_new_tokens=3,
+    n_random=2,
+    n_generate=3,
+    n_flip=3,
+    batch_size=2,
+    progress=False,
+)
 
 
 def _full_steered(model, prompts, vector, alpha):
@@ -364,7 +380,7 @@ def test_tiled_cache_leaves_the_original_untouched(tiny_models):
     before = [(layer.keys.clone(), layer.values.clone()) for layer in prefix.cache.layers]
     tiled = tile_cache(prefix.cache, prefix.rows, 3)
     assert tiled.layers[0].keys.shape[0] == 3 * prefix.rows
-    assert torch.equal(tiled.layers[0].keys[2 * prefix.rows:], before[0][0])  # copy-major: copy 2 = the rows again
+    assert torch.equal(tiled.layers[0].keys[2 * prefix.rows :], before[0][0])  # copy-major: copy 2 = the rows again
     tiled.crop(-1)
     for layer, (keys, values) in zip(prefix.cache.layers, before):
         assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
@@ -384,11 +400,15 @@ def test_per_row_deltas_must_match_the_batch(tiny_models):
 
 def test_same_model_by_id_and_by_path_combine(tiny_models, tmp_path):
     """A model loaded by hub id and the same weights loaded from a folder are one model (name ignored)."""
-    from llmlatent import latents, model as model_mod, tasks
+    from llmlatent import latents, tasks
+    from llmlatent import model as model_mod
 
     by_id = tiny_models["llama"]  # named like a hub id
     by_path = model_mod.load(str(save_model(by_id, tmp_path / "tiny-llama")), dtype="float32", device="cpu")
-    assert by_path.name != by_id.name and by_path.fingerprint()["unembedding_sha256"] == by_id.fingerprint()["unembedding_sha256"]
+    assert (
+        by_path.name != by_id.name
+        and by_path.fingerprint()["unembedding_sha256"] == by_id.fingerprint()["unembedding_sha256"]
+    )
     zh = tasks.build("translation", "fr", "zh", by_id.tokenizer, n=3, seed=0)
     ru = tasks.build("translation", "fr", "ru", by_id.tokenizer, n=3, seed=0)
     store_zh = latents.collect(by_id, zh, tmp_path / "zh", progress=False)
@@ -414,18 +434,42 @@ def test_sweep_on_tiny_model(tiny_models, tiny_result, tmp_path, monkeypatch):
     out = tmp_path / "out"
     best = steering_sweep.run_to_dir(model, out, seed=1, **SMALL)
     names = {p.name for p in out.iterdir()}
-    assert {"rows.csv", "summary.csv", "generations.csv", "best.json", "heatmap_ru_to_zh.png", "heatmap_ru_to_zh.pdf",
-            "heatmap_zh_to_ru.png"} <= names
+    assert {
+        "rows.csv",
+        "summary.csv",
+        "generations.csv",
+        "best.json",
+        "heatmap_ru_to_zh.png",
+        "heatmap_ru_to_zh.pdf",
+        "heatmap_zh_to_ru.png",
+    } <= names
     on_disk = json.loads((out / "best.json").read_text())
-    for key in ("layer", "alpha", "cjk_top1_share", "correct_target_top1_share", "p_target_answer", "p_source_answer",
-                "baseline_cjk_top1_share", "random_control_cjk_top1_share", "wrong_pair_cjk_top1_share",
-                "select_cjk_top1_share", "cjk_top1_share_ci95", "seconds", "flip", "splits", "cache_key"):
+    for key in (
+        "layer",
+        "alpha",
+        "cjk_top1_share",
+        "correct_target_top1_share",
+        "p_target_answer",
+        "p_source_answer",
+        "baseline_cjk_top1_share",
+        "random_control_cjk_top1_share",
+        "wrong_pair_cjk_top1_share",
+        "select_cjk_top1_share",
+        "cjk_top1_share_ci95",
+        "seconds",
+        "flip",
+        "splits",
+        "cache_key",
+    ):
         assert key in on_disk, key
     assert on_disk == best and best["layer"] in (0, 2) and best["alpha"] in (1.0, 4.0)
     splits = best["splits"]
     assert [len(splits[k]) for k in ("fit", "select", "test")] == [4, 4, 4]
-    assert not set(splits["fit"]) & set(splits["select"]) | set(splits["fit"]) & set(splits["test"]) | set(
-        splits["select"]) & set(splits["test"])
+    assert (
+        not set(splits["fit"]) & set(splits["select"])
+        | set(splits["fit"]) & set(splits["test"])
+        | set(splits["select"]) & set(splits["test"])
+    )
     assert best["n"] == 4 and best["wrong_pair"]["towards"] == "en" and best["wrong_pair"]["away_from"] == "ru"
     flip = best["flip"]
     assert flip["direction"] == "zh→ru" and flip["layer"] == best["layer"] and flip["random_control_draws"] == 2
@@ -437,7 +481,9 @@ def test_sweep_on_tiny_model(tiny_models, tiny_result, tmp_path, monkeypatch):
     main, rev = rows[rows["direction"] == "ru→zh"], rows[rows["direction"] == "zh→ru"]
     # select: baseline + 2 layers × 2 α on the select concepts, and nothing else there
     sel = main[main["split"] == "select"]
-    assert set(sel["concept"]) == set(splits["select"]) and len(sel) == 4 * 5 and set(sel["vector"]) == {"mean_difference"}
+    assert (
+        set(sel["concept"]) == set(splits["select"]) and len(sel) == 4 * 5 and set(sel["vector"]) == {"mean_difference"}
+    )
     # test: baseline, the chosen setting, 2 random draws and the wrong pair, all at the chosen layer and α
     test = main[main["split"] == "test"]
     assert set(test["concept"]) == set(splits["test"]) and len(test) == 4 * 5
@@ -457,7 +503,9 @@ def test_sweep_on_tiny_model(tiny_models, tiny_result, tmp_path, monkeypatch):
 
     # the cropped-prefix evaluation equals full forwards steered at the last token, and the same seed repeats
     fresh = tiny_result  # computed separately with the same seed
-    assert fresh.rows.to_csv(index=False, float_format="%.8g") == (out / "rows.csv").read_text()  # same seed, same bytes
+    assert (
+        fresh.rows.to_csv(index=False, float_format="%.8g") == (out / "rows.csv").read_text()
+    )  # same seed, same bytes
     again = steering_sweep.sweep(model, seed=1, reuse_prefix=False, **SMALL)
     cols = ["p_target_answer", "p_source_answer", "cjk_top1_share"]
     assert (again.summary[cols] - fresh.summary[cols]).abs().max().max() < 1e-4
@@ -466,9 +514,31 @@ def test_sweep_on_tiny_model(tiny_models, tiny_result, tmp_path, monkeypatch):
 
     # CLI: the same demo through `python -m llmlatent steer`, flags named after the API parameters
     monkeypatch.setattr(cli, "load_model", lambda args: model)
-    code = cli.main(["steer", "--layers", "0,2", "--alphas", "1", "4", "--n-concepts", "9", "--seed", "1", "--n-random", "1",
-                     "--max-new-tokens", "2", "--n-generate", "2", "--no-flip", "--batch-size", "4",
-                     "--out", str(tmp_path / "cli")])
+    code = cli.main(
+        [
+            "steer",
+            "--layers",
+            "0,2",
+            "--alphas",
+            "1",
+            "4",
+            "--n-concepts",
+            "9",
+            "--seed",
+            "1",
+            "--n-random",
+            "1",
+            "--max-new-tokens",
+            "2",
+            "--n-generate",
+            "2",
+            "--no-flip",
+            "--batch-size",
+            "4",
+            "--out",
+            str(tmp_path / "cli"),
+        ]
+    )
     assert code == 0 and "flip" not in json.loads((tmp_path / "cli" / "best.json").read_text())
     assert cli.main(["steer", "--layers", "9", "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
@@ -546,9 +616,23 @@ def test_cached_run_recomputes_when_any_setting_changes(tiny_models, tiny_result
         src = Path(steering.__file__).parent.parent / "data" / "langs" / f"{lang}.csv"
         lines = src.read_text(encoding="utf-8").splitlines(keepends=True)
         (words / f"{lang}.csv").write_text("".join(lines[:-1]), encoding="utf-8")
-    changes = [{"seed": 2}, {"n_concepts": 9}, {"layers": [1]}, {"alphas": [2.0]}, {"max_new_tokens": 2},
-               {"n_generate": 2}, {"n_random": 1}, {"flip": False}, {"n_flip": 2}, {"wrong_pair": ["de", "ru"]},
-               {"batch_size": 3}, {"reuse_prefix": False}, {"source": "de"}, {"via": "en"}, {"words_dir": words}]
+    changes = [
+        {"seed": 2},
+        {"n_concepts": 9},
+        {"layers": [1]},
+        {"alphas": [2.0]},
+        {"max_new_tokens": 2},
+        {"n_generate": 2},
+        {"n_random": 1},
+        {"flip": False},
+        {"n_flip": 2},
+        {"wrong_pair": ["de", "ru"]},
+        {"batch_size": 3},
+        {"reuse_prefix": False},
+        {"source": "de"},
+        {"via": "en"},
+        {"words_dir": words},
+    ]
     for change in changes:
         calls.clear()
         steering_sweep.run_to_dir(model, out, **{**base, **change})

@@ -62,9 +62,17 @@ def test_token_energy_matches_explicit_formula():
 
 def test_summarize_normal_and_bootstrap():
     rng = np.random.default_rng(0)
-    rows = pd.DataFrame({"prompt_id": np.repeat(np.arange(50), 2), "layer": np.tile([0, 1], 50),
-                         "p_target": rng.uniform(size=100), "p_english": rng.uniform(size=100),
-                         "p_source": np.nan, "entropy": rng.uniform(size=100), "energy": rng.uniform(size=100)})
+    rows = pd.DataFrame(
+        {
+            "prompt_id": np.repeat(np.arange(50), 2),
+            "layer": np.tile([0, 1], 50),
+            "p_target": rng.uniform(size=100),
+            "p_english": rng.uniform(size=100),
+            "p_source": np.nan,
+            "entropy": rng.uniform(size=100),
+            "energy": rng.uniform(size=100),
+        }
+    )
     s = metrics.summarize(rows)
     layer0 = rows[rows.layer == 0]["p_target"]
     half = 1.96 * layer0.std(ddof=1) / math.sqrt(50)

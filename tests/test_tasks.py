@@ -54,7 +54,7 @@ def test_repetition_and_cloze(spm_tokenizer):
     row = cloze.df.iloc[0]
     lines = row["prompt"].split("\n")
     assert len(lines) == 3 and lines[-1].endswith('Réponse: "') and data.MASK in lines[-1]
-    assert lines[0].endswith('".') and "Réponse: \"" in lines[0]
+    assert lines[0].endswith('".') and 'Réponse: "' in lines[0]
 
 
 def test_paper_filters_report_counts(spm_tokenizer):
@@ -85,29 +85,46 @@ def test_bad_input(spm_tokenizer, tmp_path):
         data.read_words("fr", tmp_path)
     # everything filtered out -> counts per reason
     for lang, word in (("en", "cat"), ("de", "Katze")):
-        pd.DataFrame({"concept": ["cat"], "word": [word], "cloze_masked": ['A "___".'], "cloze_filled": [f'A "{word}".']}
-                     ).to_csv(tmp_path / f"{lang}.csv", index=False)
-    pd.DataFrame({"concept": ["cat"], "word": ["cat"], "cloze_masked": ['A "___".'], "cloze_filled": ['A "cat".']}
-                 ).to_csv(tmp_path / "fr.csv", index=False)
+        pd.DataFrame(
+            {"concept": ["cat"], "word": [word], "cloze_masked": ['A "___".'], "cloze_filled": [f'A "{word}".']}
+        ).to_csv(tmp_path / f"{lang}.csv", index=False)
+    pd.DataFrame(
+        {"concept": ["cat"], "word": ["cat"], "cloze_masked": ['A "___".'], "cloze_filled": ['A "cat".']}
+    ).to_csv(tmp_path / "fr.csv", index=False)
     with pytest.raises(data.DataError, match="filtered out.*english_in_target"):
         tasks.build("translation", "de", "fr", spm_tokenizer, words_dir=tmp_path)
 
 
 def test_seed_layout_word_csv_and_prompt_file(spm_tokenizer, tmp_path):
     seed_dir = tmp_path / "seed"
-    for lang, words in {"en": ["book", "cloud", "bag", "mountain", "flower", "water"],
-                        "fr": ["livre", "nuage", "sac", "montagne", "fleur", "eau"],
-                        "zh": ["书", "云", "包", "山", "花", "水"]}.items():
+    for lang, words in {
+        "en": ["book", "cloud", "bag", "mountain", "flower", "water"],
+        "fr": ["livre", "nuage", "sac", "montagne", "fleur", "eau"],
+        "zh": ["书", "云", "包", "山", "花", "水"],
+    }.items():
         (seed_dir / lang).mkdir(parents=True)
-        pd.DataFrame({"lang": lang, "word_original": ["book", "cloud", "bag", "mountain", "flower", "water"],
-                      "word_translation": words, "blank_prompt_translation_masked": [f'X "_" {w}.' for w in range(6)],
-                      "word_translation_token_id": 123}).to_csv(seed_dir / lang / "clean.csv", index=False)
+        pd.DataFrame(
+            {
+                "lang": lang,
+                "word_original": ["book", "cloud", "bag", "mountain", "flower", "water"],
+                "word_translation": words,
+                "blank_prompt_translation_masked": [f'X "_" {w}.' for w in range(6)],
+                "word_translation_token_id": 123,
+            }
+        ).to_csv(seed_dir / lang / "clean.csv", index=False)
     ps = tasks.build("translation", "fr", "zh", spm_tokenizer, words_dir=seed_dir)
     assert set(ps.df["tgt_word"]) <= {"书", "云", "包", "山", "花", "水"} and len(ps) >= 4
     assert data.read_words("fr", seed_dir)["cloze_masked"].str.contains("___").all()
     prompt_file = tmp_path / "prompts.csv"
-    pd.DataFrame({"prompt": ['Français: "nuage" - 中文: "'], "out_token_str": ["云"], "latent_token_str": ["cloud"],
-                  "in_token_str": ["nuage"], "out_token_id": [999]}).to_csv(prompt_file, index=False)
+    pd.DataFrame(
+        {
+            "prompt": ['Français: "nuage" - 中文: "'],
+            "out_token_str": ["云"],
+            "latent_token_str": ["cloud"],
+            "in_token_str": ["nuage"],
+            "out_token_id": [999],
+        }
+    ).to_csv(prompt_file, index=False)
     replay = tasks.from_prompt_file(prompt_file, spm_tokenizer)
     assert replay.df.iloc[0]["target_ids"] and replay.df.iloc[0]["source_ids"]
     with pytest.raises(data.DataError, match="missing column.*latent_token_str"):
@@ -119,8 +136,14 @@ def test_english_inside_target_filter_is_for_translation_only(spm_tokenizer, tmp
     """The paper's Translation notebook drops 'English word inside the target word'; its Cloze notebook does not."""
     rows = {"en": ["at", "dog", "sun"], "fr": ["chat", "chien", "soleil"], "de": ["Katze", "Hund", "Sonne"]}
     for lang, words in rows.items():
-        pd.DataFrame({"concept": rows["en"], "word": words, "cloze_masked": ['Un "___".'] * 3,
-                      "cloze_filled": [f'Un "{w}".' for w in words]}).to_csv(tmp_path / f"{lang}.csv", index=False)
+        pd.DataFrame(
+            {
+                "concept": rows["en"],
+                "word": words,
+                "cloze_masked": ['Un "___".'] * 3,
+                "cloze_filled": [f'Un "{w}".' for w in words],
+            }
+        ).to_csv(tmp_path / f"{lang}.csv", index=False)
     translation = tasks.build("translation", "de", "fr", spm_tokenizer, words_dir=tmp_path)
     cloze = tasks.build("cloze", "fr", "fr", spm_tokenizer, words_dir=tmp_path)
     assert translation.dropped["english_in_target"] == 1 and "at" not in set(translation.df["concept"])

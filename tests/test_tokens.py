@@ -43,7 +43,9 @@ def test_byte_level_bpe_prefixes(bpe_tokenizer):
     table = byte_to_unicode()
     for word in ("fleur", "book", "облако"):
         encoded = "".join(table[b] for b in word.encode())
-        expected = {s for s in bpe_tokenizer.get_vocab() if s.removeprefix("Ġ") and encoded.startswith(s.removeprefix("Ġ"))}
+        expected = {
+            s for s in bpe_tokenizer.get_vocab() if s.removeprefix("Ġ") and encoded.startswith(s.removeprefix("Ġ"))
+        }
         assert strings(bpe_tokenizer, token_set(bpe_tokenizer, word)) == expected
     assert "Ġb" in strings(bpe_tokenizer, token_set(bpe_tokenizer, "book"))
     flower = "".join(table[b] for b in "花".encode())

@@ -55,12 +55,15 @@ def parse_spec(text: str, name: str = "--donor") -> tuple[str, str]:
     return src, tgt
 
 
-def check_settings(donor: tuple[str, str], receiver: tuple[str, str], mean_over: Sequence[str] | None,
-                   n: int | None) -> list[str]:
+def check_settings(
+    donor: tuple[str, str], receiver: tuple[str, str], mean_over: Sequence[str] | None, n: int | None
+) -> list[str]:
     """Return the mean-over languages that are used (those ≠ the receiver's language) after checking every setting."""
     if donor[1] == receiver[1]:
-        raise UsageError(f"donor and receiver must answer in different languages (both answer in {donor[1]}); "
-                         "e.g. --donor de:fr --receiver ru:zh")
+        raise UsageError(
+            f"donor and receiver must answer in different languages (both answer in {donor[1]}); "
+            "e.g. --donor de:fr --receiver ru:zh"
+        )
     if n is not None and n < 2:
         raise UsageError(f"--n must be at least 2 pairs (95% intervals need two), got {n}")
     if not mean_over:
@@ -68,9 +71,13 @@ def check_settings(donor: tuple[str, str], receiver: tuple[str, str], mean_over:
     langs = [check_lang(x) for x in mean_over]
     used = [x for x in dict.fromkeys(langs) if x != receiver[1]]
     if len(used) < 2:
-        raise UsageError(f"--mean-over needs at least two input languages other than the receiver's {receiver[1]}, got {mean_over}")
+        raise UsageError(
+            f"--mean-over needs at least two input languages other than the receiver's {receiver[1]}, got {mean_over}"
+        )
     if donor[0] == receiver[1]:
-        raise UsageError(f"the single-language donor translates {donor[0]}→{receiver[1]}: pick a donor source other than {receiver[1]}")
+        raise UsageError(
+            f"the single-language donor translates {donor[0]}→{receiver[1]}: pick a donor source other than {receiver[1]}"
+        )
     return used
 
 
@@ -83,8 +90,9 @@ def _disjoint(sets: Sequence[Sequence[int]]) -> bool:
     return True
 
 
-def make_pairs(pool: Sequence[str], ld: dict[str, list[int]], lr: dict[str, list[int]], n: int | None,
-               seed: int) -> tuple[list[tuple[str, str]], int]:
+def make_pairs(
+    pool: Sequence[str], ld: dict[str, list[int]], lr: dict[str, list[int]], n: int | None, seed: int
+) -> tuple[list[tuple[str, str]], int]:
     """Return ([(donor concept, receiver concept)], receivers skipped for lack of a disjoint donor).
 
     The pool is shuffled with ``seed``; the first ``n`` concepts are receivers, each paired with the
@@ -105,22 +113,32 @@ def make_pairs(pool: Sequence[str], ld: dict[str, list[int]], lr: dict[str, list
     return pairs, skipped
 
 
-def _prompt_sets(model: Model, specs: Sequence[tuple[str, str]], seed: int, words_dir: str | Path | None
-                 ) -> dict[tuple[str, str], pd.DataFrame]:
-    return {spec: tasks.build("translation", *spec, model.tokenizer, seed=seed, words_dir=words_dir).df.set_index("concept")
-            for spec in dict.fromkeys(specs)}
+def _prompt_sets(
+    model: Model, specs: Sequence[tuple[str, str]], seed: int, words_dir: str | Path | None
+) -> dict[tuple[str, str], pd.DataFrame]:
+    return {
+        spec: tasks.build("translation", *spec, model.tokenizer, seed=seed, words_dir=words_dir).df.set_index("concept")
+        for spec in dict.fromkeys(specs)
+    }
 
 
-def _latents(model: Model, frame: pd.DataFrame, concepts: list[str], spec: tuple[str, str], store_dir: str | Path | None,
-             batch_size: int) -> torch.Tensor:
+def _latents(
+    model: Model,
+    frame: pd.DataFrame,
+    concepts: list[str],
+    spec: tuple[str, str],
+    store_dir: str | Path | None,
+    batch_size: int,
+) -> torch.Tensor:
     """Return the donor latents of ``concepts`` under one prompt set: live, or from (resumable) latent stores."""
     if store_dir is None:
         return patching.donor_latents(model, frame.loc[concepts, "prompt"].tolist(), batch_size=batch_size)
     from llmlatent import latents
 
     prompts = tasks.PromptSet(frame.reset_index(), meta={"task": "translation", "src": spec[0], "tgt": spec[1]})
-    store = latents.collect(model, prompts, Path(store_dir) / f"translation-{spec[0]}-{spec[1]}", batch_size=batch_size,
-                            progress=False)
+    store = latents.collect(
+        model, prompts, Path(store_dir) / f"translation-{spec[0]}-{spec[1]}", batch_size=batch_size, progress=False
+    )
     return patching.from_store(store, concepts, model)
 
 
@@ -149,34 +167,57 @@ def run(
     ld, lr = frames[donor]["target_ids"].map(list).to_dict(), frames[receiver]["target_ids"].map(list).to_dict()
     pairs, skipped = make_pairs(pool, ld, lr, n, seed)
     if len(pairs) < 2:
-        raise UsageError(f"only {len(pairs)} donor/receiver pair(s) pass the filters for {donor}→{receiver}; try other languages")
+        raise UsageError(
+            f"only {len(pairs)} donor/receiver pair(s) pass the filters for {donor}→{receiver}; try other languages"
+        )
     donors_c, receivers_c = [d for d, _ in pairs], [r for _, r in pairs]
     log.info("patching %d pairs (%s→%s into %s→%s; mean over %s)", len(pairs), *donor, *receiver, used or "-")
     donors = {"donor": _latents(model, frames[donor], donors_c, donor, store_dir, batch_size)}
     if used:
-        per_lang = {spec: _latents(model, frames[spec], donors_c, spec, store_dir, batch_size)
-                    for spec in dict.fromkeys([single] + mean_specs)}
+        per_lang = {
+            spec: _latents(model, frames[spec], donors_c, spec, store_dir, batch_size)
+            for spec in dict.fromkeys([single] + mean_specs)
+        }
         donors["single"] = per_lang[single]
         donors["mean"] = patching.mean_latents([per_lang[s] for s in mean_specs])
     capture_seconds = time.perf_counter() - started
     clock = time.perf_counter()
-    result = patching.sweep_many(model, frames[receiver].loc[receivers_c, "prompt"].tolist(), donors, layers=layers,
-                                 window=window, batch_size=batch_size)
+    result = patching.sweep_many(
+        model,
+        frames[receiver].loc[receivers_c, "prompt"].tolist(),
+        donors,
+        layers=layers,
+        window=window,
+        batch_size=batch_size,
+    )
     patch_seconds = time.perf_counter() - clock
     clock = time.perf_counter()
     rows = decode_rows(model, result, pairs, ld, lr)
     meta = {
-        "donor": list(donor), "receiver": list(receiver), "mean_over": used, "single_spec": list(single) if used else None,
-        "n_requested": n, "n_pairs": len(pairs), "n_pool": len(pool), "receivers_without_disjoint_donor": skipped,
-        "seed": seed, "window": window, "layers": result.layers, "batch_size": batch_size,
-        "timings": {"donor_latents": round(capture_seconds, 3), "patched_forwards": round(patch_seconds, 3),
-                    "decode": round(time.perf_counter() - clock, 3)},
+        "donor": list(donor),
+        "receiver": list(receiver),
+        "mean_over": used,
+        "single_spec": list(single) if used else None,
+        "n_requested": n,
+        "n_pairs": len(pairs),
+        "n_pool": len(pool),
+        "receivers_without_disjoint_donor": skipped,
+        "seed": seed,
+        "window": window,
+        "layers": result.layers,
+        "batch_size": batch_size,
+        "timings": {
+            "donor_latents": round(capture_seconds, 3),
+            "patched_forwards": round(patch_seconds, 3),
+            "decode": round(time.perf_counter() - clock, 3),
+        },
     }
     return rows, meta
 
 
-def decode_rows(model: Model, result: patching.SweepLatents, pairs: list[tuple[str, str]], ld: dict, lr: dict
-                ) -> pd.DataFrame:
+def decode_rows(
+    model: Model, result: patching.SweepLatents, pairs: list[tuple[str, str]], ld: dict, lr: dict
+) -> pd.DataFrame:
     """Return the tidy rows of a patching sweep: every final latent decoded once (streamed), with the four token sets."""
     n, layers = len(pairs), result.layers
     blocks = [("unpatched", [pd.NA], result.unpatched[:, None])]
@@ -184,11 +225,17 @@ def decode_rows(model: Model, result: patching.SweepLatents, pairs: list[tuple[s
     frames, latents, sets = [], [], {s: [] for s in SETS}
     for condition, ells, lat in blocks:
         k = len(ells)
-        frames.append(pd.DataFrame({
-            "pair_id": np.repeat(np.arange(n), k), "donor_concept": np.repeat([d for d, _ in pairs], k),
-            "receiver_concept": np.repeat([r for _, r in pairs], k), "condition": condition,
-            "layer": pd.array(np.tile(np.array(ells, dtype=object), n), dtype="Int64"),
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "pair_id": np.repeat(np.arange(n), k),
+                    "donor_concept": np.repeat([d for d, _ in pairs], k),
+                    "receiver_concept": np.repeat([r for _, r in pairs], k),
+                    "condition": condition,
+                    "layer": pd.array(np.tile(np.array(ells, dtype=object), n), dtype="Int64"),
+                }
+            )
+        )
         latents.append(lat.reshape(n * k, -1))
         for d, r in pairs:
             for name, s in (("cd_lr", lr[d]), ("cd_ld", ld[d]), ("cr_lr", lr[r]), ("cr_ld", ld[r])):
@@ -213,8 +260,9 @@ def summarize(rows: pd.DataFrame, *, ci: str = "normal", seed: int = 0) -> pd.Da
     for (condition, layer), group in rows.groupby(["condition", "layer"], sort=False, dropna=False):
         record = {"condition": condition, "layer": layer, "n": len(group)}
         for col in METRICS:
-            mean, lo, hi = interval(group[col].to_numpy(dtype=np.float64), ci=ci,
-                                    seed=seed + (0 if pd.isna(layer) else int(layer)))
+            mean, lo, hi = interval(
+                group[col].to_numpy(dtype=np.float64), ci=ci, seed=seed + (0 if pd.isna(layer) else int(layer))
+            )
             record.update({f"{col}_mean": mean, f"{col}_lo": lo, f"{col}_hi": hi})
         out.append(record)
     summary = pd.DataFrame(out)
@@ -236,15 +284,21 @@ def headline(summary: pd.DataFrame) -> dict:
         receiver_best = part[["p_cr_lr_mean", "p_cr_ld_mean"]].max(axis=1)
         out["language_moves_at"] = _first(part, part["p_cr_ld_mean"] > part["p_cr_lr_mean"])
         out["concept_moves_at"] = _first(part, part[["p_cd_ld_mean", "p_cd_lr_mean"]].max(axis=1) > receiver_best)
-        out["language_before_concept"] = (None if out["language_moves_at"] is None or out["concept_moves_at"] is None
-                                          else out["language_moves_at"] < out["concept_moves_at"])
+        out["language_before_concept"] = (
+            None
+            if out["language_moves_at"] is None or out["concept_moves_at"] is None
+            else out["language_moves_at"] < out["concept_moves_at"]
+        )
     for condition in ("single", "mean"):
         part = summary[summary["condition"] == condition]
         if len(part):
             best = part.loc[part["p_cd_lr_mean"].idxmax()]
-            out[condition] = {"best_layer": int(best["layer"]), "p_cd_lr": round(float(best["p_cd_lr_mean"]), 6),
-                              "top1_cd_lr": round(float(best["top1_cd_lr_mean"]), 6),
-                              "mean_p_cd_lr_over_layers": round(float(part["p_cd_lr_mean"].mean()), 6)}
+            out[condition] = {
+                "best_layer": int(best["layer"]),
+                "p_cd_lr": round(float(best["p_cd_lr_mean"]), 6),
+                "top1_cd_lr": round(float(best["top1_cd_lr_mean"]), 6),
+                "mean_p_cd_lr_over_layers": round(float(part["p_cd_lr_mean"].mean()), 6),
+            }
     return out
 
 
@@ -255,18 +309,23 @@ def run_to_dir(model: Model, out: str | Path, *, force: bool = True, ci: str = "
     """
     import matplotlib.pyplot as plt
 
-    from llmlatent.experiments import plots
     from llmlatent.atomic import check_output_dir
-    from llmlatent.experiments.sweep import versions
+    from llmlatent.experiments import plots
     from llmlatent.experiments.runs import cache_key, cached, words_digest, write_run
+    from llmlatent.experiments.sweep import versions
 
     started = time.perf_counter()
     check_output_dir(out, "run.json")
     donor, receiver = tuple(kwargs.get("donor", ("de", "fr"))), tuple(kwargs.get("receiver", ("ru", "zh")))
     check_settings(donor, receiver, kwargs.get("mean_over", ("de", "fr", "ru", "en")), kwargs.get("n"))
-    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items() if k not in ("store_dir", "words_dir", "batch_size")}
-    settings.update(ci=ci, words=words_digest(kwargs.get("words_dir")),
-                    donor_latents="store" if kwargs.get("store_dir") else "live")  # stores hold float16 latents
+    settings = {
+        k: (list(v) if isinstance(v, tuple) else v)
+        for k, v in kwargs.items()
+        if k not in ("store_dir", "words_dir", "batch_size")
+    }
+    settings.update(
+        ci=ci, words=words_digest(kwargs.get("words_dir")), donor_latents="store" if kwargs.get("store_dir") else "live"
+    )  # stores hold float16 latents
     key = cache_key("patching", model.fingerprint(), settings)
     if not force and (record := cached(out, key)) is not None:
         log.info("patching %s: cached", out)
@@ -283,8 +342,14 @@ def run_to_dir(model: Model, out: str | Path, *, force: bool = True, ci: str = "
         for name, fig in figures:
             plots.save(fig, tmp / name)
             plt.close(fig)
-        record.update(meta, model=model.fingerprint().to_dict(), ci=ci, **headline(summary),
-                      seconds=round(time.perf_counter() - started, 3), versions=versions())
+        record.update(
+            meta,
+            model=model.fingerprint().to_dict(),
+            ci=ci,
+            **headline(summary),
+            seconds=round(time.perf_counter() - started, 3),
+            versions=versions(),
+        )
         result = dict(record)
     log.info("wrote %s (%d pairs, %.1f s)", out, meta["n_pairs"], result["seconds"])
     return result

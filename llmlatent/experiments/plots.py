@@ -114,9 +114,7 @@ def probability_figure(summary: pd.DataFrame, meta: dict | None = None, title: s
     )
     x = summary["layer"].to_numpy()
     entropy = summary["entropy_mean"].to_numpy()[None, :]
-    image = strip.imshow(
-        entropy, aspect="auto", cmap="viridis", extent=(x.min() - 0.5, x.max() + 0.5, 0, 1)
-    )
+    image = strip.imshow(entropy, aspect="auto", cmap="viridis", extent=(x.min() - 0.5, x.max() + 0.5, 0, 1))
     strip.set_yticks([])
     strip.set_ylabel("H", rotation=0, labelpad=10, va="center")
     cbar = fig.colorbar(image, ax=[strip, ax], location="right", fraction=0.04, pad=0.02)
@@ -198,8 +196,15 @@ def heatmap(
     for r in range(rows):
         for c in range(cols):
             label = str(text.iat[r, c]) if text is not None else format(data[r, c], fmt)
-            ax.text(c, r, label, ha="center", va="center", fontsize=7,
-                    color="white" if np.isfinite(data[r, c]) and data[r, c] < mid else "black")
+            ax.text(
+                c,
+                r,
+                label,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if np.isfinite(data[r, c]) and data[r, c] < mid else "black",
+            )
     fig.colorbar(image, ax=ax, fraction=0.04)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -245,8 +250,12 @@ def task_row(summaries: dict[tuple[str, str], pd.DataFrame], task: str, title: s
     for ax, ((src, tgt), summary) in zip(axes[0], sorted(summaries.items())):
         probability_axes(ax, summary, {"src": src, "tgt": tgt}, legend=False)
         ax.set_title(f"{task} {tgt}", fontsize=9)
-    axes[0][0].legend(fontsize=7, frameon=False, loc="upper left",
-                      handles=[plt.Line2D([], [], color=c, lw=2, label=k) for k, c in COLORS.items() if k != "source"])
+    axes[0][0].legend(
+        fontsize=7,
+        frameon=False,
+        loc="upper left",
+        handles=[plt.Line2D([], [], color=c, lw=2, label=k) for k, c in COLORS.items() if k != "source"],
+    )
     fig.supxlabel(LAYER_LABEL)
     if title:
         fig.suptitle(title)
@@ -258,7 +267,7 @@ def variants_figure(summaries: dict[str, pd.DataFrame], title: str | None = None
     """Return p(English) (solid) and p(target) (dashed, same colour) per layer for each named variant of one experiment."""
     fig, ax = plt.subplots(figsize=(6, 3))
     for label, summary in summaries.items():
-        line, = ax.plot(summary["layer"], summary["p_english_mean"], label=f"English · {label}")
+        (line,) = ax.plot(summary["layer"], summary["p_english_mean"], label=f"English · {label}")
         ax.plot(summary["layer"], summary["p_target_mean"], ls="--", color=line.get_color())
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel(LAYER_LABEL)
@@ -293,8 +302,15 @@ def steering_heatmap(summary: pd.DataFrame, direction: str, model_name: str = ""
             text.loc[ell, f"{a:g}"] = f"{row['target_script_top1_share']:.2f}\np={row['p_target_answer']:.2f}"
     towards = direction.split("→")[1]
     title = f"steering {direction} ({split} split): top-1 in {towards} script (p = correct answer) · {model_name}"
-    return heatmap(share.iloc[::-1], text=text.iloc[::-1], title=title, xlabel="α (multiple of Δ; 0 = baseline)",
-                   ylabel=LAYER_LABEL, vmin=0, vmax=1)
+    return heatmap(
+        share.iloc[::-1],
+        text=text.iloc[::-1],
+        title=title,
+        xlabel="α (multiple of Δ; 0 = baseline)",
+        ylabel=LAYER_LABEL,
+        vmin=0,
+        vmax=1,
+    )
 
 
 # ---------------------------------------------------------------- activation patching (llmlatent.patch_experiment)
@@ -312,7 +328,9 @@ def _patch_label(name: str, meta: dict) -> str:
 def _band(ax: plt.Axes, part: pd.DataFrame, column: str, color: str, label: str, style: str = "-") -> None:
     x = part["layer"].to_numpy(dtype=float)
     ax.plot(x, part[f"{column}_mean"], style, color=color, lw=2, label=label)
-    ax.fill_between(x, part[f"{column}_lo"].astype(float), part[f"{column}_hi"].astype(float), color=color, alpha=0.2, lw=0)
+    ax.fill_between(
+        x, part[f"{column}_lo"].astype(float), part[f"{column}_hi"].astype(float), color=color, alpha=0.2, lw=0
+    )
 
 
 @styled
@@ -327,8 +345,9 @@ def patching_figure(summary: pd.DataFrame, meta: dict, title: str | None = None)
     for name, color in PATCH_COLORS.items():
         _band(ax, part, f"p_{name}", color, _patch_label(name, meta))
     for name in ("cr_lr", "cd_lr"):
-        ax.axhline(base[f"p_{name}_mean"], color=PATCH_COLORS[name], ls="--", lw=1,
-                   label=f"unpatched receiver: p_{name}")
+        ax.axhline(
+            base[f"p_{name}_mean"], color=PATCH_COLORS[name], ls="--", lw=1, label=f"unpatched receiver: p_{name}"
+        )
     top = max(float(part[[f"p_{n}_hi" for n in PATCH_COLORS]].max().max()), float(base["p_cr_lr_mean"]))
     ax.set_ylim(-0.01, min(1.02, 1.15 * top + 0.02))  # the curves can be small: zoom, the axis says how far
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
@@ -351,9 +370,14 @@ def patching_mean_figure(summary: pd.DataFrame, meta: dict, title: str | None = 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
     langs = ", ".join(meta.get("mean_over") or [])
     single = (meta.get("single_spec") or ["?"])[0]
-    for ax, column, ylabel in ((axes[0], "p_cd_lr", "p(donor concept in receiver's language)"),
-                               (axes[1], "top1_cd_lr", "top-1 rate (donor concept)")):
-        for condition, color, label in (("mean", "#d95f02", f"mean over {langs}"), ("single", "#7570b3", f"single: {single}")):
+    for ax, column, ylabel in (
+        (axes[0], "p_cd_lr", "p(donor concept in receiver's language)"),
+        (axes[1], "top1_cd_lr", "top-1 rate (donor concept)"),
+    ):
+        for condition, color, label in (
+            ("mean", "#d95f02", f"mean over {langs}"),
+            ("single", "#7570b3", f"single: {single}"),
+        ):
             _band(ax, summary[summary["condition"] == condition].sort_values("layer"), column, color, label)
         ax.axhline(base[f"{column}_mean"], color="black", ls="--", lw=1, label="no patch")
         ax.set_ylim(-0.02, 1.02)

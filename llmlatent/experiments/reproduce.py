@@ -18,11 +18,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from llmlatent import lens, tasks
-from llmlatent.experiments import sweep as experiment
-from llmlatent.experiments import plots
-from llmlatent.experiments import runs
 from llmlatent.adapter import same_model
 from llmlatent.data import LANGS
+from llmlatent.experiments import plots, runs
+from llmlatent.experiments import sweep as experiment
 
 if TYPE_CHECKING:
     from llmlatent.latents import LatentStore
@@ -74,12 +73,19 @@ def pivot_table(results: Path) -> pd.DataFrame:
         run = json.loads(path.read_text())
         if not all(k in run for k in ("task", "src", "tgt", "peak_english", "final_target")):
             continue  # not a sweep's run.json (another kind of result)
-        rows.append({
-            "task": run["task"], "src": run["src"], "tgt": run["tgt"], "n_prompts": run["n_prompts"],
-            "peak_english_layer": run["peak_english"]["layer"], "peak_english": run["peak_english"]["value"],
-            "p_source_at_peak": run["p_source_at_peak"], "final_target": run["final_target"]["value"],
-            "final_english": run["final_english"],
-        })
+        rows.append(
+            {
+                "task": run["task"],
+                "src": run["src"],
+                "tgt": run["tgt"],
+                "n_prompts": run["n_prompts"],
+                "peak_english_layer": run["peak_english"]["layer"],
+                "peak_english": run["peak_english"]["value"],
+                "p_source_at_peak": run["p_source_at_peak"],
+                "final_target": run["final_target"]["value"],
+                "final_english": run["final_english"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -121,8 +127,16 @@ def latent_step(m: Model, path: Path, *, n: int | None, seed: int, batch_size: i
     return latents.collect(m, prompts, path, batch_size=batch_size)
 
 
-def steering_step(m: Model, out: Path, figures: Path, *, n: int | None = None, seed: int = 0, force: bool = False,
-                  reuse_stores: list | tuple = ()) -> dict:
+def steering_step(
+    m: Model,
+    out: Path,
+    figures: Path,
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    force: bool = False,
+    reuse_stores: list | tuple = (),
+) -> dict:
     """Return best.json of the RU→ZH steering demo, and copy its heatmaps to ``figures``.
 
     The folder is reused only when its cache key (model identity and every setting: seed, n, layers,
@@ -134,8 +148,17 @@ def steering_step(m: Model, out: Path, figures: Path, *, n: int | None = None, s
 
     log.info("steering demo ru→zh (via fr) into %s", out)
     n_concepts = steering_sweep.DEFAULT_N_CONCEPTS if n is None else n
-    best = steering_sweep.run_to_dir(m, out, source="ru", target="zh", via="fr", seed=seed, n_concepts=n_concepts,
-                                     force=force, reuse_stores=reuse_stores)
+    best = steering_sweep.run_to_dir(
+        m,
+        out,
+        source="ru",
+        target="zh",
+        via="fr",
+        seed=seed,
+        n_concepts=n_concepts,
+        force=force,
+        reuse_stores=reuse_stores,
+    )
     for path in out.glob("heatmap_*.*"):
         shutil.copyfile(path, figures / f"steering_{path.name.removeprefix('heatmap_')}")
     return best
@@ -151,8 +174,17 @@ def patching_step(m: Model, out: Path, figures: Path, *, n: int | None, seed: in
     """
     from llmlatent.experiments import patching as patch_experiment
 
-    record = patch_experiment.run_to_dir(m, out, force=force, donor=("de", "fr"), receiver=("ru", "zh"),
-                                         mean_over=("de", "fr", "ru", "en"), n=n or PATCH_PAIRS, seed=seed, batch_size=32)
+    record = patch_experiment.run_to_dir(
+        m,
+        out,
+        force=force,
+        donor=("de", "fr"),
+        receiver=("ru", "zh"),
+        mean_over=("de", "fr", "ru", "en"),
+        n=n or PATCH_PAIRS,
+        seed=seed,
+        batch_size=32,
+    )
     for path in out.glob("*.p[nd][gf]"):
         shutil.copyfile(path, figures / f"patching_{path.name}")
     return record
@@ -193,7 +225,9 @@ def run_all(
     specs = [s for s in run_specs() if only is None or s[0] == only]
     for i, (task, src, tgt) in enumerate(specs, 1):
         folder = results / task / f"{src}-{tgt}"
-        prompts = tasks.build(task, src, tgt, m.tokenizer, n=n, seed=seed)  # cheap (tokenizer only); its digest is in the key
+        prompts = tasks.build(
+            task, src, tgt, m.tokenizer, n=n, seed=seed
+        )  # cheap (tokenizer only); its digest is in the key
         if not force and runs.cached(folder, experiment.sweep_key(m, prompts, seed=seed)) is not None:
             log.info("[%d/%d] %s %s→%s: cached", i, len(specs), task, src, tgt)
             continue
@@ -201,7 +235,9 @@ def run_all(
         experiment.sweep_to_dir(m, prompts, folder, batch_size=batch_size, seed=seed)
 
     if only is None:
-        store = latent_step(m, results / "latents" / "translation-fr-zh", n=n, seed=seed, batch_size=batch_size, force=force)
+        store = latent_step(
+            m, results / "latents" / "translation-fr-zh", n=n, seed=seed, batch_size=batch_size, force=force
+        )
         steering_step(m, results / "steering" / "ru-zh", figures, n=n, seed=seed, force=force, reuse_stores=[store])
         patching_step(m, results / "patching_de-fr_into_ru-zh", figures, n=n, seed=seed, force=force)
 

@@ -43,13 +43,17 @@ def cache_key(kind: str, fingerprint: Mapping, settings: Mapping) -> dict:
     (seed, n, layers, alphas, word-file digest, prompt-file digest …); it must be JSON-serialisable.
     """
     from llmlatent import __version__
-
     from llmlatent.adapter import IDENTITY_KEYS, Fingerprint
 
     fp = Fingerprint.of(fingerprint).to_dict()
     model = {k: fp[k] for k in IDENTITY_KEYS}
-    key = {"kind": kind, "format": FORMAT_VERSION.get(kind, 1), "llmlatent": __version__, "model": model,
-           "settings": dict(settings)}
+    key = {
+        "kind": kind,
+        "format": FORMAT_VERSION.get(kind, 1),
+        "llmlatent": __version__,
+        "model": model,
+        "settings": dict(settings),
+    }
     return json.loads(json.dumps(key, sort_keys=True, default=str))
 
 

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from llmlatent import __version__
-from llmlatent.experiments import runs
 from llmlatent.atomic import check_output_dir
+from llmlatent.experiments import runs
 from llmlatent.tasks import SET_COLUMNS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
     from llmlatent.model import Model
     from llmlatent.tasks import PromptSet
 
@@ -30,8 +31,12 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    return {"llmlatent": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
+    return {
+        "llmlatent": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def headline(summary: pd.DataFrame) -> dict:
@@ -78,8 +83,11 @@ def prompts_digest(prompts: PromptSet) -> str:
     prompts and sets, so this digest changes whenever any of them changes what is computed.
     """
     columns = ["prompt", *(c for c in SET_COLUMNS.values() if c in prompts.df)]
-    blob = json.dumps(prompts.df[columns].to_numpy().tolist(), ensure_ascii=False,
-                      default=lambda v: v.tolist() if hasattr(v, "tolist") else list(v))
+    blob = json.dumps(
+        prompts.df[columns].to_numpy().tolist(),
+        ensure_ascii=False,
+        default=lambda v: v.tolist() if hasattr(v, "tolist") else list(v),
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -90,8 +98,13 @@ def sweep_key(model: Model, prompts: PromptSet, *, seed: int = 0, ci: str = "nor
     the attention mask each prompt's forward is the same computation, so the rows agree to float32
     rounding (``test_sweep_frame_and_batch_invariance``), far below any interval width.
     """
-    settings = {**prompts.meta, "prompts_sha256": prompts_digest(prompts), "sweep_seed": seed, "ci": ci,
-                "dtype": str(getattr(model.hf, "dtype", ""))}
+    settings = {
+        **prompts.meta,
+        "prompts_sha256": prompts_digest(prompts),
+        "sweep_seed": seed,
+        "ci": ci,
+        "dtype": str(getattr(model.hf, "dtype", "")),
+    }
     return runs.cache_key("sweep", model.fingerprint(), settings)
 
 
@@ -132,24 +145,28 @@ def sweep_to_dir(
         summary.to_csv(tmp / "summary.csv", index=False, float_format="%.8g")
         token_sets(prompts, model.tokenizer).to_csv(tmp / "prompts.csv", index=False)
         title = title_of(meta, model.name)
-        for name, fig in (("probabilities", plots.probability_figure(summary, meta, title)),
-                          ("energy", plots.energy_figure(summary, title))):
+        for name, fig in (
+            ("probabilities", plots.probability_figure(summary, meta, title)),
+            ("energy", plots.energy_figure(summary, title)),
+        ):
             plots.save(fig, tmp / name)
             plt.close(fig)
-        run.update({
-            **meta,
-            "model": model.fingerprint().to_dict(),
-            "n_prompts": len(prompts),
-            "dropped": prompts.dropped,
-            "token_sets": "prompts.csv: target_tokens, english_tokens, source_tokens (and their _ids)",
-            "notes": prompts.notes,
-            "ci": ci,
-            "batch_size": batch_size,
-            **headline(summary),
-            "sweep_seconds": round(sweep_seconds, 3),
-            "seconds": round(time.perf_counter() - started, 3),
-            "versions": versions(),
-        })
+        run.update(
+            {
+                **meta,
+                "model": model.fingerprint().to_dict(),
+                "n_prompts": len(prompts),
+                "dropped": prompts.dropped,
+                "token_sets": "prompts.csv: target_tokens, english_tokens, source_tokens (and their _ids)",
+                "notes": prompts.notes,
+                "ci": ci,
+                "batch_size": batch_size,
+                **headline(summary),
+                "sweep_seconds": round(sweep_seconds, 3),
+                "seconds": round(time.perf_counter() - started, 3),
+                "versions": versions(),
+            }
+        )
     log.info("wrote %s (%d prompts, %.1f s)", out, len(prompts), run["seconds"])
     return run
 
@@ -159,13 +176,19 @@ def pivot_examples(rows: pd.DataFrame, prompts: pd.DataFrame, layer: int) -> pd.
     at = rows[rows["layer"] == layer].merge(prompts[["prompt_id", "tgt_word", "en_word"]], on="prompt_id")
     last = rows[rows["layer"] == rows["layer"].max()][["prompt_id", "top_token", "p_target"]]
     view = at.merge(last, on="prompt_id", suffixes=(f"_layer{layer}", "_last"))
-    return view[["concept", "tgt_word", "en_word", f"top_token_layer{layer}", "p_english", "top_token_last", "p_target_last"]]
+    return view[
+        ["concept", "tgt_word", "en_word", f"top_token_layer{layer}", "p_english", "top_token_last", "p_target_last"]
+    ]
 
 
 # token-set variants of one experiment: if the English peak survives them, it is not an artefact of loose prefix
 # matching (strict) or of cognates (the source word's tokens overlapping the English ones)
-VARIANTS = {"default": {}, "strict": {"strict": True}, "cognate filter": {"cognate_filter": True},
-            "strict + cognate": {"strict": True, "cognate_filter": True}}
+VARIANTS = {
+    "default": {},
+    "strict": {"strict": True},
+    "cognate filter": {"cognate_filter": True},
+    "strict + cognate": {"strict": True, "cognate_filter": True},
+}
 
 
 def variants_for(task: str, src: str, tgt: str) -> dict[str, dict]:
@@ -199,6 +222,13 @@ def compare_variants(
         summary = metrics.summarize(lens.sweep(model, prompts, batch_size=batch_size, seed=seed, progress=False))
         head = headline(summary)
         summaries[label] = summary
-        records.append({"variant": label, "n_prompts": len(prompts), "peak_english_layer": head["peak_english"]["layer"],
-                        "peak_english": head["peak_english"]["value"], "final_target": head["final_target"]["value"]})
+        records.append(
+            {
+                "variant": label,
+                "n_prompts": len(prompts),
+                "peak_english_layer": head["peak_english"]["layer"],
+                "peak_english": head["peak_english"]["value"],
+                "final_target": head["final_target"]["value"],
+            }
+        )
     return pd.DataFrame(records), summaries

@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 
 from llmlatent.atomic import atomic_file, make_temp_dir
-from llmlatent.tasks import SET_COLUMNS as _SETS
 from llmlatent.errors import LlmlatentError, UsageError
+from llmlatent.tasks import SET_COLUMNS as _SETS
 
 if TYPE_CHECKING:
     from llmlatent.model import Model
@@ -107,8 +107,13 @@ def features(config: dict) -> object:
     """Return the ``datasets.Features`` of a store's shards (metadata columns + ``latents`` Array2D)."""
     from datasets import Array2D, Features, List, Value
 
-    value = {"ids": List(Value("int64")), "bool": Value("bool"), "int64": Value("int64"),
-             "float64": Value("float64"), "string": Value("string")}
+    value = {
+        "ids": List(Value("int64")),
+        "bool": Value("bool"),
+        "int64": Value("int64"),
+        "float64": Value("float64"),
+        "string": Value("string"),
+    }
     features = {c: value[k] for c, k in config["columns"].items()}
     features["latents"] = Array2D(shape=(config["n_layers"], config["hidden_size"]), dtype=STORAGE[config["dtype"]])
     return Features(features)
@@ -144,8 +149,10 @@ def write_json(path: Path, content: dict) -> None:
         tmp.write_text(json.dumps(content, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
-REPAIR_HINT = ("rerun the same cache command with --repair (latents.collect(..., repair=True)): store.json is rebuilt "
-               "from the prompts and model, and every finished shard whose shard.json and sha256 still match is kept")
+REPAIR_HINT = (
+    "rerun the same cache command with --repair (latents.collect(..., repair=True)): store.json is rebuilt "
+    "from the prompts and model, and every finished shard whose shard.json and sha256 still match is kept"
+)
 
 
 def read_config(path: Path) -> dict:
@@ -162,10 +169,24 @@ def read_config(path: Path) -> dict:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise LatentStoreError(f"{path} is not a latent store: {STORE_FILE} is not an llmlatent latent-store file")
     if config.get("version") != VERSION:
-        raise LatentStoreError(f"{path} is a latent store of format version {config.get('version')}; this llmlatent reads {VERSION}")
-    keys = ("fingerprint", "n_layers", "hidden_size", "dtype", "n_prompts", "prompts_sha256", "columns", "shard_size", "n_shards")
+        raise LatentStoreError(
+            f"{path} is a latent store of format version {config.get('version')}; this llmlatent reads {VERSION}"
+        )
+    keys = (
+        "fingerprint",
+        "n_layers",
+        "hidden_size",
+        "dtype",
+        "n_prompts",
+        "prompts_sha256",
+        "columns",
+        "shard_size",
+        "n_shards",
+    )
     if not all(k in config for k in keys):
-        raise LatentStoreError(f"{STORE_FILE} of the latent store {path} lacks some of {', '.join(keys)}; {REPAIR_HINT}")
+        raise LatentStoreError(
+            f"{STORE_FILE} of the latent store {path} lacks some of {', '.join(keys)}; {REPAIR_HINT}"
+        )
     return config
 
 
@@ -182,7 +203,9 @@ def check_store_dir(path: str | os.PathLike, *, shard_size: int | None = None, r
     checks.count(shard_size, "shard_size", optional=True)
     path = Path(path)
     own = (STORE_FILE, LOCK_FILE, "shards")
-    if path.is_dir() and any(p.name not in own and not p.name.startswith(f"{STORE_FILE}.corrupt-") for p in path.iterdir()):
+    if path.is_dir() and any(
+        p.name not in own and not p.name.startswith(f"{STORE_FILE}.corrupt-") for p in path.iterdir()
+    ):
         raise LatentStoreError(f"{path} is not empty and is not a latent store; collect into a new or empty folder")
     path = check_output_dir(path, own)  # '.', parents of the working directory, $HOME, a file, an unwritable parent
     if (path / STORE_FILE).exists() and not repair:
@@ -356,8 +379,14 @@ def write_shard(path: Path, config: dict, k: int, frame: pd.DataFrame, latents: 
             with open(file, "rb") as fh:
                 os.fsync(fh.fileno())
             files[file.name] = {"bytes": file.stat().st_size, "sha256": file_sha256(file)}
-        info = {"shard": k, "start": start, "stop": stop, "rows": stop - start,
-                "prompts_sha256": config["prompts_sha256"], "files": files}
+        info = {
+            "shard": k,
+            "start": start,
+            "stop": stop,
+            "rows": stop - start,
+            "prompts_sha256": config["prompts_sha256"],
+            "files": files,
+        }
         write_json(tmp / SHARD_FILE, info)
         final = shard_dir(path, k)
         if final.exists():  # an invalid leftover, found by the caller

@@ -33,15 +33,14 @@ from tqdm.auto import tqdm
 from llmlatent import capture
 from llmlatent.errors import UsageError
 from llmlatent.latents.format import (
-    DEFAULT_SHARD_SIZE,
-    STORAGE,
     SET_COLUMNS,
-    claim,
-    check_store_dir,
+    STORAGE,
     FingerprintMismatch,
     LatentStoreError,
     check_dtype,
+    claim,
     describe,
+    disk_size,
     features,
     make_config,
     open_or_create,
@@ -50,7 +49,6 @@ from llmlatent.latents.format import (
     shard_dir,
     shard_problem,
     shard_range,
-    disk_size,
     write_shard,
 )
 
@@ -145,7 +143,9 @@ def collect(
                     shutil.rmtree(stale, ignore_errors=True)
                 part = texts[start:stop]
                 out = np.empty((stop - start, *shape), dtype=STORAGE[dtype])
-                for idx in capture.length_batches(model, part, batch_size):  # similar lengths together (results do not depend on it)
+                for idx in capture.length_batches(
+                    model, part, batch_size
+                ):  # similar lengths together (results do not depend on it)
                     latents, _ = capture.forward_last(model, [part[i] for i in idx])
                     out[idx] = _to_storage(latents, dtype)
                     bar.update(len(idx))
@@ -379,7 +379,9 @@ def info(path: str | os.PathLike, *, verify: bool = True) -> dict:
         "shards_done": done,
         "n_shards": config["n_shards"],
         "complete": done == config["n_shards"] and not problems,
-        "verified": "shard.json, sizes and sha256 of every file" if verify else "shard.json and sizes only (sha256 not checked)",
+        "verified": "shard.json, sizes and sha256 of every file"
+        if verify
+        else "shard.json and sizes only (sha256 not checked)",
         "problems": problems,
         "latent_bytes_per_prompt": per_prompt,
         "size_bytes": size,

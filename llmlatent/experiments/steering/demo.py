@@ -39,9 +39,9 @@ import torch
 from llmlatent import tasks
 from llmlatent.adapter import same_model
 from llmlatent.data import LANGS, DataError, check_lang
-from llmlatent.steering import SteeringError, SteeringVector, check_alpha, check_count, check_layer, mean_difference
 from llmlatent.experiments.steering.evaluate import GROUP, Batch, Evaluator, batches, generations
 from llmlatent.experiments.steering.report import best_json, pick, summarize
+from llmlatent.steering import SteeringError, SteeringVector, check_alpha, check_count, check_layer, mean_difference
 
 if TYPE_CHECKING:
     from llmlatent.latents import LatentStore
@@ -69,10 +69,22 @@ def default_wrong_pair(source: str, target: str, via: str) -> tuple[str, str]:
 
 
 def check_settings(
-    *, source: str = "ru", target: str = "zh", via: str = "fr", layers: Sequence[int] | None = None,
-    alphas: Sequence[float] | None = None, n_concepts: int | None = DEFAULT_N_CONCEPTS, seed: int = 0,
-    max_new_tokens: int = 5, n_generate: int = 16, n_random: int = 3, flip: bool = True, n_flip: int | None = 16,
-    wrong_pair: Sequence[str] | None = None, batch_size: int = 16, reuse_prefix: bool = True,
+    *,
+    source: str = "ru",
+    target: str = "zh",
+    via: str = "fr",
+    layers: Sequence[int] | None = None,
+    alphas: Sequence[float] | None = None,
+    n_concepts: int | None = DEFAULT_N_CONCEPTS,
+    seed: int = 0,
+    max_new_tokens: int = 5,
+    n_generate: int = 16,
+    n_random: int = 3,
+    flip: bool = True,
+    n_flip: int | None = 16,
+    wrong_pair: Sequence[str] | None = None,
+    batch_size: int = 16,
+    reuse_prefix: bool = True,
 ) -> dict:
     """Return the normalised settings of a sweep (alphas sorted, 0 dropped; wrong pair filled in), or raise one clear error.
 
@@ -85,14 +97,17 @@ def check_settings(
     if layers is not None:
         layers = sorted({check_count(x, "layers", minimum=0) for x in layers})
         if not layers:
-            raise SteeringError("layers is empty; give at least one layer (after block i, 0-based) or None for the default")
+            raise SteeringError(
+                "layers is empty; give at least one layer (after block i, 0-based) or None for the default"
+            )
     raw = DEFAULT_ALPHAS if alphas is None else list(alphas)
     values = set()
     for a in raw:
         a = check_alpha(a)
         if a < 0 or a > MAX_ALPHA:
-            raise SteeringError(f"alphas must be between 0 and {MAX_ALPHA:g} (multiples of Δ; the flip direction covers −Δ), "
-                                f"got {a:g}")
+            raise SteeringError(
+                f"alphas must be between 0 and {MAX_ALPHA:g} (multiples of Δ; the flip direction covers −Δ), got {a:g}"
+            )
         values.add(a)
     alphas = sorted(values - {0.0})
     if not alphas:
@@ -109,15 +124,29 @@ def check_settings(
     for lang in wrong_pair:
         check_lang(lang)
     if via in wrong_pair:
-        raise SteeringError(f"wrong_pair must not use the prompts' source language {via!r}: {via}→{via} is no translation")
+        raise SteeringError(
+            f"wrong_pair must not use the prompts' source language {via!r}: {via}→{via} is no translation"
+        )
     if set(wrong_pair) == {source, target}:
-        raise SteeringError(f"wrong_pair {wrong_pair} is Δ itself (or −Δ); pick another pair, e.g. {default_wrong_pair(source, target, via)}")
+        raise SteeringError(
+            f"wrong_pair {wrong_pair} is Δ itself (or −Δ); pick another pair, e.g. {default_wrong_pair(source, target, via)}"
+        )
     return {
-        "source": source, "target": target, "via": via, "layers": layers, "alphas": alphas, "n_concepts": n_concepts,
-        "seed": check_count(seed, "seed"), "max_new_tokens": check_count(max_new_tokens, "max_new_tokens", minimum=1),
-        "n_generate": check_count(n_generate, "n_generate"), "n_random": check_count(n_random, "n_random"),
-        "flip": bool(flip), "n_flip": n_flip, "wrong_pair": list(wrong_pair),
-        "batch_size": check_count(batch_size, "batch_size", minimum=1), "reuse_prefix": bool(reuse_prefix),
+        "source": source,
+        "target": target,
+        "via": via,
+        "layers": layers,
+        "alphas": alphas,
+        "n_concepts": n_concepts,
+        "seed": check_count(seed, "seed"),
+        "max_new_tokens": check_count(max_new_tokens, "max_new_tokens", minimum=1),
+        "n_generate": check_count(n_generate, "n_generate"),
+        "n_random": check_count(n_random, "n_random"),
+        "flip": bool(flip),
+        "n_flip": n_flip,
+        "wrong_pair": list(wrong_pair),
+        "batch_size": check_count(batch_size, "batch_size", minimum=1),
+        "reuse_prefix": bool(reuse_prefix),
     }
 
 
@@ -136,8 +165,13 @@ class Splits:
 
     def to_dict(self) -> dict[str, list[str]]:
         """Return the splits as a JSON-able dict (recorded in best.json)."""
-        return {"fit": self.fit, "select": self.select, "test": self.test, "flip_select": self.flip_select,
-                "flip_test": self.flip_test}
+        return {
+            "fit": self.fit,
+            "select": self.select,
+            "test": self.test,
+            "flip_select": self.flip_select,
+            "flip_test": self.flip_test,
+        }
 
 
 def split_concepts(concepts: Sequence[str], seed: int, n: int | None = None) -> tuple[list[str], list[str], list[str]]:
@@ -151,7 +185,7 @@ def split_concepts(concepts: Sequence[str], seed: int, n: int | None = None) -> 
     order = np.random.default_rng(seed).permutation(len(pool))
     chosen = [pool[i] for i in order[: min(n or len(pool), len(pool))]]
     third = len(chosen) // 3
-    return sorted(chosen[:third]), sorted(chosen[third:2 * third]), sorted(chosen[2 * third:])
+    return sorted(chosen[:third]), sorted(chosen[third : 2 * third]), sorted(chosen[2 * third :])
 
 
 def choose_subset(concepts: Sequence[str], seed: int, n: int | None) -> list[str]:
@@ -184,8 +218,14 @@ def _store_with(stores: Sequence[LatentStore], model: Model, frame: pd.DataFrame
 
 
 def fit_stores(
-    model: Model, frames: dict[str, pd.DataFrame], fit: list[str], store_dir: Path, *,
-    reuse_stores: Sequence[LatentStore] = (), batch_size: int = 16, progress: bool = False,
+    model: Model,
+    frames: dict[str, pd.DataFrame],
+    fit: list[str],
+    store_dir: Path,
+    *,
+    reuse_stores: Sequence[LatentStore] = (),
+    batch_size: int = 16,
+    progress: bool = False,
 ) -> tuple[dict[str, LatentStore], dict[str, dict]]:
     """Return (language → latent store holding the fit prompts, language → where they came from).
 
@@ -206,8 +246,9 @@ def fit_stores(
         folder = store_dir / f"{part['src'].iloc[0]}-{lang}-{_digest(part['prompt'].tolist())}"
         meta = {"task": "translation", "src": part["src"].iloc[0], "tgt": lang}
         resumed = (folder / "store.json").exists()  # kept by an earlier run: collect only verifies its shards
-        out[lang] = latents.collect(model, tasks.PromptSet(part, meta=meta), folder, batch_size=batch_size,
-                                    dtype="float32", progress=progress)
+        out[lang] = latents.collect(
+            model, tasks.PromptSet(part, meta=meta), folder, batch_size=batch_size, dtype="float32", progress=progress
+        )
         info[lang] = {"reused": False, "resumed": resumed, "store": folder.name, "dtype": "float32"}
     return out, info
 
@@ -228,16 +269,34 @@ class SweepResult:
     vectors: dict[int, SteeringVector]
 
 
-def grid(ev: Evaluator, batches: list[Batch], direction: str, vectors: dict[int, SteeringVector],
-         pairs: list[tuple[int, float]], sign: int = 1) -> pd.Series:
+def grid(
+    ev: Evaluator,
+    batches: list[Batch],
+    direction: str,
+    vectors: dict[int, SteeringVector],
+    pairs: list[tuple[int, float]],
+    sign: int = 1,
+) -> pd.Series:
     """Return the best setting on the select split after evaluating the baseline and every (layer, α) in ``pairs``."""
-    ev.run(batches, direction, "select", [("mean_difference", 0, None, 0.0, None)]
-           + [("mean_difference", 0, ell, a, vectors[ell] if sign > 0 else -vectors[ell]) for ell, a in pairs])
+    ev.run(
+        batches,
+        direction,
+        "select",
+        [("mean_difference", 0, None, 0.0, None)]
+        + [("mean_difference", 0, ell, a, vectors[ell] if sign > 0 else -vectors[ell]) for ell, a in pairs],
+    )
     return pick(summarize(pd.concat(ev.parts, ignore_index=True)), direction)
 
 
-def controls(ev: Evaluator, batches: list[Batch], direction: str, vector: SteeringVector, alpha: float,
-             randoms: list[SteeringVector], wrong: SteeringVector | None = None) -> None:
+def controls(
+    ev: Evaluator,
+    batches: list[Batch],
+    direction: str,
+    vector: SteeringVector,
+    alpha: float,
+    randoms: list[SteeringVector],
+    wrong: SteeringVector | None = None,
+) -> None:
     """Evaluate on the test split: the baseline, ``alpha · vector``, each random control and the wrong-pair control."""
     items = [("mean_difference", 0, None, 0.0, None), ("mean_difference", 0, vector.layer, alpha, vector)]
     items += [("random", k, vector.layer, alpha, r) for k, r in enumerate(randoms)]
@@ -247,12 +306,27 @@ def controls(ev: Evaluator, batches: list[Batch], direction: str, vector: Steeri
 
 
 def sweep(
-    model: Model, *, source: str = "ru", target: str = "zh", via: str = "fr", layers: Sequence[int] | None = None,
-    alphas: Sequence[float] | None = None, n_concepts: int | None = DEFAULT_N_CONCEPTS, seed: int = 0,
-    max_new_tokens: int = 5, n_generate: int = 16, n_random: int = 3, flip: bool = True, n_flip: int | None = 16,
-    wrong_pair: Sequence[str] | None = None, store_dir: str | Path | None = None,
-    reuse_stores: Sequence[LatentStore] = (), words_dir: str | Path | None = None, batch_size: int = 16,
-    reuse_prefix: bool = True, progress: bool = True,
+    model: Model,
+    *,
+    source: str = "ru",
+    target: str = "zh",
+    via: str = "fr",
+    layers: Sequence[int] | None = None,
+    alphas: Sequence[float] | None = None,
+    n_concepts: int | None = DEFAULT_N_CONCEPTS,
+    seed: int = 0,
+    max_new_tokens: int = 5,
+    n_generate: int = 16,
+    n_random: int = 3,
+    flip: bool = True,
+    n_flip: int | None = 16,
+    wrong_pair: Sequence[str] | None = None,
+    store_dir: str | Path | None = None,
+    reuse_stores: Sequence[LatentStore] = (),
+    words_dir: str | Path | None = None,
+    batch_size: int = 16,
+    reuse_prefix: bool = True,
+    progress: bool = True,
 ) -> SweepResult:
     """Return the steering sweep: Δ = μ_target − μ_source fitted, (layer, α) chosen on the select split, reported on test.
 
@@ -266,26 +340,64 @@ def sweep(
     stores (else a temporary folder); ``reuse_stores`` are latent stores searched for the fit prompts
     first. Same seed, same numbers.
     """
-    s = check_settings(source=source, target=target, via=via, layers=layers, alphas=alphas, n_concepts=n_concepts,
-                       seed=seed, max_new_tokens=max_new_tokens, n_generate=n_generate, n_random=n_random, flip=flip,
-                       n_flip=n_flip, wrong_pair=wrong_pair, batch_size=batch_size, reuse_prefix=reuse_prefix)
-    layers = default_layers(model.n_layers) if s["layers"] is None else [check_layer(x, model.n_layers) for x in s["layers"]]
+    s = check_settings(
+        source=source,
+        target=target,
+        via=via,
+        layers=layers,
+        alphas=alphas,
+        n_concepts=n_concepts,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        n_generate=n_generate,
+        n_random=n_random,
+        flip=flip,
+        n_flip=n_flip,
+        wrong_pair=wrong_pair,
+        batch_size=batch_size,
+        reuse_prefix=reuse_prefix,
+    )
+    layers = (
+        default_layers(model.n_layers) if s["layers"] is None else [check_layer(x, model.n_layers) for x in s["layers"]]
+    )
     alphas, seed, wrong_to, wrong_from = s["alphas"], s["seed"], *s["wrong_pair"]
     torch.manual_seed(seed)
     clock, cpu, timings = time.perf_counter(), time.process_time(), {}
     langs = list(dict.fromkeys([source, target, wrong_to, wrong_from]))
-    frames = {lang: tasks.build("translation", via, lang, model.tokenizer, seed=seed, words_dir=words_dir).df
-              .set_index("concept", drop=False) for lang in langs}
+    frames = {
+        lang: tasks.build("translation", via, lang, model.tokenizer, seed=seed, words_dir=words_dir).df.set_index(
+            "concept", drop=False
+        )
+        for lang in langs
+    }
     pool = sorted(set.intersection(*(set(f.index) for f in frames.values())))
     splits = make_splits(pool, seed, s["n_concepts"], s["n_flip"])
     timings["prompts"] = time.perf_counter() - clock
-    log.info("steering %s→%s via %s: %d fit, %d select, %d test concepts; layers %s; α %s; wrong pair %s−%s", source,
-             target, via, len(splits.fit), len(splits.select), len(splits.test), layers, alphas, wrong_to, wrong_from)
+    log.info(
+        "steering %s→%s via %s: %d fit, %d select, %d test concepts; layers %s; α %s; wrong pair %s−%s",
+        source,
+        target,
+        via,
+        len(splits.fit),
+        len(splits.select),
+        len(splits.test),
+        layers,
+        alphas,
+        wrong_to,
+        wrong_from,
+    )
 
     clock = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="llmlatent-steer-") as tmp:
-        stores, fit_info = fit_stores(model, frames, splits.fit, Path(store_dir or tmp), reuse_stores=reuse_stores,
-                                      batch_size=s["batch_size"], progress=progress)
+        stores, fit_info = fit_stores(
+            model,
+            frames,
+            splits.fit,
+            Path(store_dir or tmp),
+            reuse_stores=reuse_stores,
+            batch_size=s["batch_size"],
+            progress=progress,
+        )
         vectors = {ell: mean_difference(stores[target], stores[source], ell, concepts=splits.fit) for ell in layers}
         wrong = {ell: mean_difference(stores[wrong_to], stores[wrong_from], ell, concepts=splits.fit) for ell in layers}
     for vec in (*vectors.values(), *wrong.values()):
@@ -293,7 +405,9 @@ def sweep(
     timings["fit"] = time.perf_counter() - clock
 
     name, flip_name = f"{source}→{target}", f"{target}→{source}"
-    total = 1 + len(layers) * len(alphas) + 3 + s["n_random"] + (1 + len(alphas) + 2 + s["n_random"] if s["flip"] else 0)
+    total = (
+        1 + len(layers) * len(alphas) + 3 + s["n_random"] + (1 + len(alphas) + 2 + s["n_random"] if s["flip"] else 0)
+    )
     ev = Evaluator(total, progress)
 
     def prompts(lang: str, towards: str, concepts: list[str], first: int = 0) -> list[Batch]:
@@ -314,13 +428,19 @@ def sweep(
     clock = time.perf_counter()
     delta = vectors[layer]
     randoms = [delta.random_like(seed * 1000 + k) for k in range(s["n_random"])]
-    wrong_vec = rescaled(wrong[layer], delta.norm, {"method": "wrong_pair", "target": wrong_to, "source": wrong_from,
-                                                    "norm_of": "mean_difference"})
+    wrong_vec = rescaled(
+        wrong[layer],
+        delta.norm,
+        {"method": "wrong_pair", "target": wrong_to, "source": wrong_from, "norm_of": "mean_difference"},
+    )
     controls(ev, test, name, delta, alpha, randoms, wrong_vec)
     timings["controls test"] = time.perf_counter() - clock
 
-    todo = {name: [("mean_difference", 0, pd.NA, 0.0, None), ("mean_difference", 0, layer, alpha, delta)]
-            + [("random", 0, layer, alpha, randoms[0])] * bool(randoms) + [("wrong_pair", 0, layer, alpha, wrong_vec)]}
+    todo = {
+        name: [("mean_difference", 0, pd.NA, 0.0, None), ("mean_difference", 0, layer, alpha, delta)]
+        + [("random", 0, layer, alpha, randoms[0])] * bool(randoms)
+        + [("wrong_pair", 0, layer, alpha, wrong_vec)]
+    }
     held = {name: test}
     if s["flip"]:
         clock = time.perf_counter()
@@ -343,9 +463,14 @@ def sweep(
     gen_frame["layer"] = gen_frame["layer"].astype("Int64")
     timings["generations"] = time.perf_counter() - clock
     if len(gen_frame):
-        means = gen_frame.groupby(GROUP, dropna=False).agg(
-            generation_target_share=("answer_target_script", "mean"),
-            generation_correct_share=("answer_correct_target", "mean")).reset_index()
+        means = (
+            gen_frame.groupby(GROUP, dropna=False)
+            .agg(
+                generation_target_share=("answer_target_script", "mean"),
+                generation_correct_share=("answer_correct_target", "mean"),
+            )
+            .reset_index()
+        )
         summary = summary.merge(means, on=GROUP, how="left")
     result = best_json(summary, rows, s, layers, splits.to_dict(), model, wrong_to)
     result["vector_norm"] = round(vectors[result["layer"]].norm, 6)
@@ -359,7 +484,9 @@ def sweep(
 # ---------------------------------------------------------------- the run folder
 
 
-def cache_settings(model: Model, settings: dict, words_dir: str | Path | None, reuse_stores: Sequence[LatentStore]) -> dict:
+def cache_settings(
+    model: Model, settings: dict, words_dir: str | Path | None, reuse_stores: Sequence[LatentStore]
+) -> dict:
     """Return every setting that changes a sweep's result, for :func:`llmlatent.runs.cache_key`."""
     from llmlatent.experiments.runs import words_digest
 
@@ -372,8 +499,14 @@ def cache_settings(model: Model, settings: dict, words_dir: str | Path | None, r
 
 
 def run_to_dir(
-    model: Model, out: str | Path, *, force: bool = False, store_dir: str | Path | None = None,
-    reuse_stores: Sequence[LatentStore] = (), words_dir: str | Path | None = None, progress: bool = True,
+    model: Model,
+    out: str | Path,
+    *,
+    force: bool = False,
+    store_dir: str | Path | None = None,
+    reuse_stores: Sequence[LatentStore] = (),
+    words_dir: str | Path | None = None,
+    progress: bool = True,
     **kwargs: object,
 ) -> dict:
     """Return best.json's content after writing the sweep to ``out`` atomically, or the cached one if nothing changed.
@@ -386,9 +519,8 @@ def run_to_dir(
     """
     import matplotlib.pyplot as plt
 
-    from llmlatent.experiments import plots
-    from llmlatent.experiments import runs
     from llmlatent.atomic import check_output_dir
+    from llmlatent.experiments import plots, runs
 
     settings = check_settings(**kwargs)
     check_output_dir(out, "best.json")
@@ -397,8 +529,9 @@ def run_to_dir(
         log.info("steering %s: cached (same model and settings)", out)
         return cached
     started = time.perf_counter()
-    result = sweep(model, **settings, store_dir=store_dir, reuse_stores=reuse_stores, words_dir=words_dir,
-                   progress=progress)
+    result = sweep(
+        model, **settings, store_dir=store_dir, reuse_stores=reuse_stores, words_dir=words_dir, progress=progress
+    )
     with runs.write_run(out, key, record="best.json") as (tmp, record):
         result.rows.to_csv(tmp / "rows.csv", index=False, float_format="%.8g")
         result.summary.to_csv(tmp / "summary.csv", index=False, float_format="%.8g")

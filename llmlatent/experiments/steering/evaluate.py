@@ -21,13 +21,19 @@ from tqdm.auto import tqdm
 from llmlatent.decode import decode
 from llmlatent.prefix import Prefix
 from llmlatent.steered import generate_many, steered_final
+
 if TYPE_CHECKING:
     from llmlatent.model import Model
     from llmlatent.steering import SteeringVector
 
 CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
-SCRIPTS = {"zh": CJK, "ru": re.compile("[\u0400-\u04ff]"), "en": re.compile("[A-Za-z]"),
-           "fr": re.compile("[A-Za-zÀ-ÿ]"), "de": re.compile("[A-Za-zÄÖÜäöüß]")}
+SCRIPTS = {
+    "zh": CJK,
+    "ru": re.compile("[\u0400-\u04ff]"),
+    "en": re.compile("[A-Za-z]"),
+    "fr": re.compile("[A-Za-zÀ-ÿ]"),
+    "de": re.compile("[A-Za-zÄÖÜäöüß]"),
+}
 GROUP = ["direction", "split", "vector", "draw", "layer", "alpha"]
 MAX_ROWS = 256  # rows (settings × prompts) per steered forward: wide enough for the CPU's matrix units
 
@@ -51,8 +57,9 @@ class Batch:
         self.prefix = Prefix.of(model, self.frame["prompt"].tolist(), reuse=reuse_prefix)
 
 
-def batches(model: Model, frame: pd.DataFrame, towards: pd.DataFrame, batch_size: int, reuse_prefix: bool,
-            first: int = 0) -> list[Batch]:
+def batches(
+    model: Model, frame: pd.DataFrame, towards: pd.DataFrame, batch_size: int, reuse_prefix: bool, first: int = 0
+) -> list[Batch]:
     """Return the frame's batches; a boundary at row ``first`` so the generation rows fill whole batches."""
     first = min(max(first, 0), len(frame))
     cuts = [*range(0, first, batch_size), *range(first, len(frame), batch_size), len(frame)]
@@ -63,24 +70,40 @@ def metrics(batch: Batch, items: Sequence[Item], towards: str, source: str) -> l
     """Return one frame of per-prompt metrics per setting in ``items``, all decoded in one call."""
     model, n = batch.model, len(batch.frame)
     finals = steered_final(model, batch.prefix, [(vec, alpha) for _, _, _, alpha, vec in items], max_rows=MAX_ROWS)
-    stats = decode(model.unembedding, finals.reshape(len(items) * n, -1),
-                   {"target": batch.target_sets * len(items), "source": batch.source_sets * len(items)}, k=1, energy=False)
+    stats = decode(
+        model.unembedding,
+        finals.reshape(len(items) * n, -1),
+        {"target": batch.target_sets * len(items), "source": batch.source_sets * len(items)},
+        k=1,
+        energy=False,
+    )
     top = stats["top_ids"][:, 0].tolist()
     names = model.tokenizer.batch_decode([[t] for t in top])
     frames = []
     for j, (kind, draw, layer, alpha, _) in enumerate(items):
         rows = slice(j * n, (j + 1) * n)
         ids, texts = top[rows], names[rows]
-        frames.append(pd.DataFrame({
-            "direction": f"{source}→{towards}", "vector": kind, "draw": draw, "layer": layer, "alpha": alpha,
-            "prompt_id": batch.frame["prompt_id"].to_numpy(), "concept": batch.frame["concept"].to_numpy(),
-            "p_target_answer": stats["p_target"][rows].numpy(), "p_source_answer": stats["p_source"][rows].numpy(),
-            "top1_token": texts, "top1_cjk": [has_script(t, "zh") for t in texts],
-            "top1_target_script": [has_script(t, towards) for t in texts],
-            "top1_source_script": [has_script(t, source) for t in texts],
-            "top1_correct_target": [t in s for t, s in zip(ids, batch.target_sets)],
-            "top1_correct_source": [t in s for t, s in zip(ids, batch.source_sets)],
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "direction": f"{source}→{towards}",
+                    "vector": kind,
+                    "draw": draw,
+                    "layer": layer,
+                    "alpha": alpha,
+                    "prompt_id": batch.frame["prompt_id"].to_numpy(),
+                    "concept": batch.frame["concept"].to_numpy(),
+                    "p_target_answer": stats["p_target"][rows].numpy(),
+                    "p_source_answer": stats["p_source"][rows].numpy(),
+                    "top1_token": texts,
+                    "top1_cjk": [has_script(t, "zh") for t in texts],
+                    "top1_target_script": [has_script(t, towards) for t in texts],
+                    "top1_source_script": [has_script(t, source) for t in texts],
+                    "top1_correct_target": [t in s for t, s in zip(ids, batch.target_sets)],
+                    "top1_correct_source": [t in s for t, s in zip(ids, batch.source_sets)],
+                }
+            )
+        )
     return frames
 
 
@@ -112,8 +135,9 @@ def _answer(text: str) -> str:
     return re.split(r'["\n”»]', text, maxsplit=1)[0].strip()
 
 
-def generations(batches: list[Batch], direction: str, items: Sequence[Item], max_new_tokens: int,
-                n_generate: int) -> list[pd.DataFrame]:
+def generations(
+    batches: list[Batch], direction: str, items: Sequence[Item], max_new_tokens: int, n_generate: int
+) -> list[pd.DataFrame]:
     """Return tidy greedy generations of the first ``n_generate`` prompts for each setting in ``items``."""
     source, towards = direction.split("→")
     out: list[list[pd.DataFrame]] = [[] for _ in items]  # per setting, then per batch (the rows' order)
@@ -122,16 +146,33 @@ def generations(batches: list[Batch], direction: str, items: Sequence[Item], max
         if left <= 0:
             break
         left -= len(b.frame)  # batches are cut at n_generate: whole batches only
-        texts = generate_many(b.model, b.prefix, [(vec, alpha) for *_, alpha, vec in items],
-                              max_new_tokens=max_new_tokens, max_rows=MAX_ROWS)
+        texts = generate_many(
+            b.model,
+            b.prefix,
+            [(vec, alpha) for *_, alpha, vec in items],
+            max_new_tokens=max_new_tokens,
+            max_rows=MAX_ROWS,
+        )
         for j, ((kind, draw, layer, alpha, _), generated) in enumerate(zip(items, texts)):
             answers = [_answer(t) for t in generated]
-            out[j].append(pd.DataFrame({
-                "direction": direction, "split": "test", "vector": kind, "draw": draw, "layer": layer, "alpha": alpha,
-                "prompt_id": b.frame["prompt_id"].to_numpy(), "concept": b.frame["concept"].to_numpy(),
-                "generation": generated, "answer": answers, "expected": b.target_words,
-                "answer_target_script": [has_script(x, towards) for x in answers],
-                "answer_source_script": [has_script(x, source) for x in answers],
-                "answer_correct_target": [x == w for x, w in zip(answers, b.target_words)],
-            }))
+            out[j].append(
+                pd.DataFrame(
+                    {
+                        "direction": direction,
+                        "split": "test",
+                        "vector": kind,
+                        "draw": draw,
+                        "layer": layer,
+                        "alpha": alpha,
+                        "prompt_id": b.frame["prompt_id"].to_numpy(),
+                        "concept": b.frame["concept"].to_numpy(),
+                        "generation": generated,
+                        "answer": answers,
+                        "expected": b.target_words,
+                        "answer_target_script": [has_script(x, towards) for x in answers],
+                        "answer_source_script": [has_script(x, source) for x in answers],
+                        "answer_correct_target": [x == w for x, w in zip(answers, b.target_words)],
+                    }
+                )
+            )
     return [frame for frames in out for frame in frames]

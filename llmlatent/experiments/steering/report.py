@@ -20,31 +20,46 @@ from llmlatent.experiments.steering.evaluate import GROUP, has_script
 if TYPE_CHECKING:
     from llmlatent.model import Model
 
-SHARES = ("cjk_top1_share", "target_script_top1_share", "source_script_top1_share", "correct_target_top1_share",
-          "correct_source_top1_share")
+SHARES = (
+    "cjk_top1_share",
+    "target_script_top1_share",
+    "source_script_top1_share",
+    "correct_target_top1_share",
+    "correct_source_top1_share",
+)
 NUMBERS = SHARES + ("p_target_answer", "p_source_answer", "generation_target_share", "generation_correct_share")
 INTERVALS = ("cjk_top1_share", "target_script_top1_share", "correct_target_top1_share")  # reported with a 95% interval
-
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     """Return one row per (direction, split, vector, draw, layer, alpha): prompt count and mean of every metric."""
     rows = rows.assign(layer=rows["layer"].astype("Int64"))
     agg = rows.groupby(GROUP, dropna=False, sort=False).agg(
-        n=("prompt_id", "size"), p_target_answer=("p_target_answer", "mean"), p_source_answer=("p_source_answer", "mean"),
-        cjk_top1_share=("top1_cjk", "mean"), target_script_top1_share=("top1_target_script", "mean"),
+        n=("prompt_id", "size"),
+        p_target_answer=("p_target_answer", "mean"),
+        p_source_answer=("p_source_answer", "mean"),
+        cjk_top1_share=("top1_cjk", "mean"),
+        target_script_top1_share=("top1_target_script", "mean"),
         source_script_top1_share=("top1_source_script", "mean"),
         correct_target_top1_share=("top1_correct_target", "mean"),
-        correct_source_top1_share=("top1_correct_source", "mean"))
+        correct_source_top1_share=("top1_correct_source", "mean"),
+    )
     return agg.reset_index()
 
 
 def pick(summary: pd.DataFrame, direction: str, split: str = "select") -> pd.Series:
     """Return the best steered setting of ``direction`` on ``split``: most target-script top-1, then p(answer), then earliest layer."""
-    part = summary[(summary["direction"] == direction) & (summary["split"] == split)
-                   & (summary["vector"] == "mean_difference") & (summary["alpha"] != 0)]
-    return part.sort_values(["target_script_top1_share", "p_target_answer", "layer", "alpha"],
-                            ascending=[False, False, True, True], kind="stable").iloc[0]
+    part = summary[
+        (summary["direction"] == direction)
+        & (summary["split"] == split)
+        & (summary["vector"] == "mean_difference")
+        & (summary["alpha"] != 0)
+    ]
+    return part.sort_values(
+        ["target_script_top1_share", "p_target_answer", "layer", "alpha"],
+        ascending=[False, False, True, True],
+        kind="stable",
+    ).iloc[0]
 
 
 def wilson(share: float, n: int, z: float = 1.959964) -> list[float] | None:
@@ -75,8 +90,15 @@ def _numbers(part: pd.Series | pd.DataFrame, prefix: str = "") -> dict:
     return out
 
 
-def best_json(summary: pd.DataFrame, rows: pd.DataFrame, settings: dict, layers: list[int], splits: dict[str, list[str]],
-              model: Model, wrong_to: str) -> dict:
+def best_json(
+    summary: pd.DataFrame,
+    rows: pd.DataFrame,
+    settings: dict,
+    layers: list[int],
+    splits: dict[str, list[str]],
+    model: Model,
+    wrong_to: str,
+) -> dict:
     """Return best.json's content: the setting chosen on the select split and its test-split numbers with every control."""
     source, target = settings["source"], settings["target"]
     name, flip = f"{source}→{target}", f"{target}→{source}"
@@ -84,32 +106,53 @@ def best_json(summary: pd.DataFrame, rows: pd.DataFrame, settings: dict, layers:
     layer, alpha = int(chosen["layer"]), float(chosen["alpha"])
 
     def at(direction: str, split: str, vector: str, alpha_: float | None = None) -> pd.DataFrame:
-        part = summary[(summary["direction"] == direction) & (summary["split"] == split) & (summary["vector"] == vector)]
+        part = summary[
+            (summary["direction"] == direction) & (summary["split"] == split) & (summary["vector"] == vector)
+        ]
         return part if alpha_ is None else part[part["alpha"] == alpha_]
 
     wrong_rows = rows[(rows["direction"] == name) & (rows["split"] == "test") & (rows["vector"] == "wrong_pair")]
     result = {
-        "direction": name, "source": source, "target": target, "via": settings["via"],
+        "direction": name,
+        "source": source,
+        "target": target,
+        "via": settings["via"],
         "model": Fingerprint.of(model.fingerprint()).to_dict(),
-        "settings": {k: v for k, v in settings.items()}, "layers": layers, "alphas": settings["alphas"],
-        "splits": splits, "n_fit_concepts": len(splits["fit"]), "n_select_concepts": len(splits["select"]),
-        "n_test_concepts": len(splits["test"]), "chosen_on": "select", "reported_on": "test",
-        "layer": layer, "alpha": alpha,
+        "settings": {k: v for k, v in settings.items()},
+        "layers": layers,
+        "alphas": settings["alphas"],
+        "splits": splits,
+        "n_fit_concepts": len(splits["fit"]),
+        "n_select_concepts": len(splits["select"]),
+        "n_test_concepts": len(splits["test"]),
+        "chosen_on": "select",
+        "reported_on": "test",
+        "layer": layer,
+        "alpha": alpha,
         **_numbers(at(name, "test", "mean_difference", alpha).iloc[0]),
         **_numbers(at(name, "test", "mean_difference", 0.0).iloc[0], "baseline_"),
         "random_control_draws": len(at(name, "test", "random")),
         **(_numbers(at(name, "test", "random"), "random_control_") if len(at(name, "test", "random")) else {}),
-        "wrong_pair": {"towards": wrong_to, "away_from": settings["wrong_pair"][1],
-                       "vector": f"mu_{wrong_to} - mu_{settings['wrong_pair'][1]}, rescaled to the norm of Δ"},
+        "wrong_pair": {
+            "towards": wrong_to,
+            "away_from": settings["wrong_pair"][1],
+            "vector": f"mu_{wrong_to} - mu_{settings['wrong_pair'][1]}, rescaled to the norm of Δ",
+        },
         **_numbers(at(name, "test", "wrong_pair").iloc[0], "wrong_pair_"),
-        "wrong_pair_own_script_top1_share": round(float(np.mean([has_script(t, wrong_to) for t in wrong_rows["top1_token"]])), 6),
+        "wrong_pair_own_script_top1_share": round(
+            float(np.mean([has_script(t, wrong_to) for t in wrong_rows["top1_token"]])), 6
+        ),
         **_numbers(chosen, "select_"),
     }
     if settings["flip"] and len(at(flip, "select", "mean_difference")):
         own = pick(summary, flip)
         flip_alpha = float(own["alpha"])
         result["flip"] = {
-            "direction": flip, "layer": layer, "alpha": flip_alpha, "chosen_on": "select", "reported_on": "test",
+            "direction": flip,
+            "layer": layer,
+            "alpha": flip_alpha,
+            "chosen_on": "select",
+            "reported_on": "test",
             **_numbers(at(flip, "test", "mean_difference", flip_alpha).iloc[0]),
             **_numbers(at(flip, "test", "mean_difference", 0.0).iloc[0], "baseline_"),
             "random_control_draws": len(at(flip, "test", "random")),
@@ -119,27 +162,45 @@ def best_json(summary: pd.DataFrame, rows: pd.DataFrame, settings: dict, layers:
     return result
 
 
-TABLE_COLUMNS = {"n": "prompts", "cjk_top1_share": "any CJK top-1", "target_script_top1_share": "target-script top-1",
-                 "correct_target_top1_share": "correct target word top-1", "p_target_answer": "p(correct target)",
-                 "p_source_answer": "p(correct source)", "generation_target_share": "generations in target script"}
+TABLE_COLUMNS = {
+    "n": "prompts",
+    "cjk_top1_share": "any CJK top-1",
+    "target_script_top1_share": "target-script top-1",
+    "correct_target_top1_share": "correct target word top-1",
+    "p_target_answer": "p(correct target)",
+    "p_source_answer": "p(correct source)",
+    "generation_target_share": "generations in target script",
+}
 
 
 def report_table(best: dict) -> pd.DataFrame:
     """Return the test-split numbers of best.json as a table: one row per setting (baseline, Δ, each control, flip)."""
     name, flip = best["direction"], best.get("flip")
-    settings = [(f"{name} baseline (α = 0)", best, "baseline_"),
-                (f"{name} Δ at layer {best['layer']}, α = {best['alpha']:g}", best, ""),
-                (f"{name} random directions, same norm ({best.get('random_control_draws', 0)} draws)", best,
-                 "random_control_"),
-                (f"{name} wrong pair μ_{best['wrong_pair']['towards']} − μ_{best['wrong_pair']['away_from']}, same norm",
-                 best, "wrong_pair_")]
+    settings = [
+        (f"{name} baseline (α = 0)", best, "baseline_"),
+        (f"{name} Δ at layer {best['layer']}, α = {best['alpha']:g}", best, ""),
+        (f"{name} random directions, same norm ({best.get('random_control_draws', 0)} draws)", best, "random_control_"),
+        (
+            f"{name} wrong pair μ_{best['wrong_pair']['towards']} − μ_{best['wrong_pair']['away_from']}, same norm",
+            best,
+            "wrong_pair_",
+        ),
+    ]
     if flip:
-        settings += [(f"{flip['direction']} baseline (α = 0)", flip, "baseline_"),
-                     (f"{flip['direction']} −Δ at layer {flip['layer']}, α = {flip['alpha']:g}", flip, ""),
-                     (f"{flip['direction']} random directions, same norm ({flip.get('random_control_draws', 0)} draws)",
-                      flip, "random_control_")]
-    rows = {label: {title: part.get(prefix + key) for key, title in TABLE_COLUMNS.items()}
-            for label, part, prefix in settings if part.get(prefix + "n") is not None}
+        settings += [
+            (f"{flip['direction']} baseline (α = 0)", flip, "baseline_"),
+            (f"{flip['direction']} −Δ at layer {flip['layer']}, α = {flip['alpha']:g}", flip, ""),
+            (
+                f"{flip['direction']} random directions, same norm ({flip.get('random_control_draws', 0)} draws)",
+                flip,
+                "random_control_",
+            ),
+        ]
+    rows = {
+        label: {title: part.get(prefix + key) for key, title in TABLE_COLUMNS.items()}
+        for label, part, prefix in settings
+        if part.get(prefix + "n") is not None
+    }
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
