@@ -33,6 +33,7 @@ import bench_lens  # noqa: E402
 from llmlatent import model as model_mod  # noqa: E402
 from llmlatent import tasks  # noqa: E402
 from llmlatent.experiments.steering import demo as steering_sweep
+from llmlatent.experiments.steering import plan as steering_plan  # noqa: E402
 
 TARGET = 1.3
 
@@ -47,14 +48,14 @@ def held_out(
     n_flip: int | None = 16,
 ) -> dict[tuple[str, str], pd.DataFrame]:
     """Return (direction, split) → the prompt frame that the sweep evaluates there (the sweep's own splits)."""
-    wrong = steering_sweep.default_wrong_pair(source, target, via)
+    wrong = steering_plan.default_wrong_pair(source, target, via)
     langs = list(dict.fromkeys([source, target, *wrong]))
     frames = {
         lang: tasks.build("translation", via, lang, model.tokenizer, seed=seed).df.set_index("concept", drop=False)
         for lang in langs
     }
     pool = sorted(set.intersection(*(set(f.index) for f in frames.values())))
-    splits = steering_sweep.make_splits(pool, seed, n_concepts, n_flip)
+    splits = steering_plan.make_splits(pool, seed, n_concepts, n_flip)
     name, flip = f"{source}→{target}", f"{target}→{source}"
     chosen = {
         (name, "select"): (source, splits.select),
@@ -88,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--n-concepts",
         type=int,
-        default=steering_sweep.DEFAULT_N_CONCEPTS,
-        help=f"the sweep's n_concepts (its default: {steering_sweep.DEFAULT_N_CONCEPTS})",
+        default=steering_plan.DEFAULT_N_CONCEPTS,
+        help=f"the sweep's n_concepts (its default: {steering_plan.DEFAULT_N_CONCEPTS})",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="the sweep's batch_size (its default: 64)")
     parser.add_argument("--seed", type=int, default=0)

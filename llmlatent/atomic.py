@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import OutputFolderError
@@ -31,15 +31,24 @@ def _protected(out: Path) -> str | None:
     return None
 
 
-def check_output_dir(out: str | Path, marker: str | tuple[str, ...]) -> Path:
+Marker = str | tuple[str, ...] | Callable[[Path], bool]
+
+
+def check_output_dir(out: str | Path, marker: Marker, *, what: str | None = None) -> Path:
     """Return ``out`` as a Path after checking that a result can be written there; else raise OutputFolderError.
 
     Allowed: a missing folder (its parent must be creatable and writable), an empty folder, or a folder
-    holding ``marker`` (a previous result of the same kind, which will be replaced). Call it before any
-    computation so that a bad ``--out`` fails in a second, not after the work.
+    holding ``marker`` (a previous result of the same kind, which will be replaced). ``marker`` is a file
+    name (or several), or a function that tells whether a folder holds a previous result of its own
+    (:func:`llmlatent.experiments.runs.is_ours`); ``what`` names that result in the error. Call it before
+    any computation so that a bad ``--out`` fails in a second, not after the work.
     """
     out = Path(out)
-    markers = (marker,) if isinstance(marker, str) else tuple(marker)
+    if callable(marker):
+        recognised, what = marker, what or "a previous result"
+    else:
+        markers = (marker,) if isinstance(marker, str) else tuple(marker)
+        recognised, what = (lambda folder: any((folder / m).exists() for m in markers)), what or " or ".join(markers)
     reason = _protected(out)
     if reason:
         raise OutputFolderError(
@@ -49,9 +58,9 @@ def check_output_dir(out: str | Path, marker: str | tuple[str, ...]) -> Path:
         raise OutputFolderError(
             f"output folder {out} is an existing file; pass a folder path (it is created if missing)"
         )
-    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in markers):
+    if out.is_dir() and any(out.iterdir()) and not recognised(out):
         raise OutputFolderError(
-            f"output folder {out} is not empty and holds no previous result ({' or '.join(markers)}); "
+            f"output folder {out} is not empty and holds no previous result ({what}); "
             "pass a new or empty folder, or remove it yourself"
         )
     parent = out.parent
@@ -112,7 +121,7 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_dir(out: str | Path, marker: str | tuple[str, ...] = "run.json") -> Iterator[Path]:
+def atomic_dir(out: str | Path, marker: Marker = "run.json") -> Iterator[Path]:
     """Yield a temporary folder beside ``out`` that replaces ``out`` only if the block succeeds.
 
     ``out`` is checked by :func:`check_output_dir` first (it is replaced only when empty or when it holds

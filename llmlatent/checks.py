@@ -6,8 +6,11 @@ differs, its command-line flag, so the same line serves a notebook and a shell u
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import operator
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import UsageError
@@ -76,3 +79,14 @@ def layer(value: int, n_layers: int, *, error: type[Exception] = UsageError) -> 
     if not 0 <= value < n_layers:
         raise error(f"layer {value} is out of range: the model has {n_layers} blocks, layers 0 … {n_layers - 1}")
     return int(value)
+
+
+@contextlib.contextmanager
+def quiet(logger: logging.Logger) -> Iterator[None]:
+    """Yield with ``logger`` disabled (a check that reads input again later, when its warnings are shown)."""
+    was = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = was

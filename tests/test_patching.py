@@ -223,16 +223,20 @@ def test_experiment_bad_settings_fail_before_any_work(tmp_path, monkeypatch):
 
 
 def test_reproduce_step_writes_figures_and_reuses_its_run(tiny_models, tmp_path):
-    from llmlatent.experiments import reproduce
+    from llmlatent.experiments import reproduce, runs
 
     model = tiny_models["llama"]
-    out, figures = tmp_path / "results" / "patching_de-fr_into_ru-zh", tmp_path / "figures"
+    results, figures = tmp_path / "results", tmp_path / "figures"
     figures.mkdir()
-    first = reproduce.patching_step(model, out, figures, n=2, seed=0, force=False)
+    (step,) = [s for s in reproduce.plan(reproduce.ReproduceSettings(results=str(results), n_pairs=2))
+               if s.folder == reproduce.PATCHING]  # fmt: skip
+    first = runs.run(step.settings, model, results / step.folder)
+    reproduce.copy_figures(results, figures)
     assert first["n_pairs"] == 2 and first["mean_over"] == ["de", "fr", "ru", "en"]
     assert {p.name for p in figures.iterdir()} == {
         f"patching_{name}.{ext}" for name in ("language_concept", "mean_over_languages") for ext in ("png", "pdf")
     }
+    out = results / step.folder
     stamp = (out / "run.json").stat().st_mtime_ns
-    assert reproduce.patching_step(model, out, figures, n=2, seed=0, force=False)["seconds"] == first["seconds"]
+    assert runs.run(step.settings, model, out)["seconds"] == first["seconds"]
     assert (out / "run.json").stat().st_mtime_ns == stamp

@@ -250,15 +250,15 @@ def test_ctrl_c_is_one_line_exit_130(monkeypatch, capsys):
 @pytest.mark.parametrize(
     "argv, match",
     [
-        (["sweep", "--n", "-3"], "--n must be at least 1, got -3"),
-        (["sweep", "--n", "0"], "--n must be at least 1, got 0"),
+        (["sweep", "--n", "-3"], "n_prompts (--n-prompts) must be at least 1, got -3"),
+        (["sweep", "--n", "0"], "n_prompts (--n-prompts) must be at least 1, got 0"),
         (["sweep", "--batch-size", "0"], "batch_size (--batch-size) must be at least 1, got 0"),
         (["sweep", "--batch-size", "-2"], "batch_size (--batch-size) must be at least 1, got -2"),
-        (["cache", "--n-prompts", "0"], "--n must be at least 1, got 0"),
+        (["cache", "--n-prompts", "0"], "n_prompts (--n-prompts) must be at least 1, got 0"),
         (["cache", "--shard-size", "0"], "shard_size (--shard-size) must be at least 1, got 0"),
         (["steer", "--n-concepts", "1"], "n_concepts (--n-concepts) must be at least 3, got 1"),
         (["steer", "--batch-size", "0"], "batch_size (--batch-size) must be at least 1"),
-        (["reproduce", "--n", "-1"], "--n must be at least 1, got -1"),
+        (["reproduce", "--n", "-1"], "n_prompts (--n-prompts) must be at least 1, got -1"),
         (["lens", "hi", "-k", "0"], "-k must be at least 1, got 0"),
         (["lens", "   "], "the prompt is empty"),
         (["sweep", "--prompts", "{tmp}", "--out", "{tmp}/o"], "is a folder; pass a file"),
@@ -423,37 +423,24 @@ def test_lens_k_beyond_the_vocabulary(tiny_models, monkeypatch, capsys):
 def test_reproduce_passes_load_options(monkeypatch):
     seen = {}
 
-    def fake(model_name, **kwargs):
-        seen.update(kwargs, model=model_name)
+    def fake_load(args):
+        from llmlatent.experiments.settings import ModelOptions, from_args
+
+        seen["options"] = from_args(ModelOptions, args)
+        return "the model"
+
+    def fake_steps(settings, m, force=False):
+        seen.update(settings=settings, model=m)
         return {"runs": 0, "figures": [], "seconds": 0.0}
 
-    monkeypatch.setattr(reproduce, "run_all", fake)
-    assert (
-        cli.main(
-            [
-                "reproduce",
-                "--model",
-                "m",
-                "--dtype",
-                "bfloat16",
-                "--device",
-                "cpu",
-                "--device-map",
-                "auto",
-                "--trust-remote-code",
-                "--n",
-                "3",
-            ]
-        )
-        == 0
-    )
-    assert seen["load_kwargs"] == {
-        "dtype": "bfloat16",
-        "device": "cpu",
-        "device_map": "auto",
-        "trust_remote_code": True,
-    }
-    assert seen["model"] == "m" and seen["n"] == 3
+    monkeypatch.setattr(cli, "load_model", fake_load)
+    monkeypatch.setattr(reproduce, "run_steps", fake_steps)
+    argv = ["reproduce", "--model", "m", "--dtype", "bfloat16", "--device", "cpu", "--device-map", "auto",
+            "--trust-remote-code", "--n", "3"]  # fmt: skip
+    assert cli.main(argv) == 0
+    options = seen["options"]
+    assert (options.model, options.dtype, options.device, options.device_map) == ("m", "bfloat16", "cpu", "auto")
+    assert options.trust_remote_code and seen["model"] == "the model" and seen["settings"].n_prompts == 3
 
 
 # ---------------------------------------------------------------- model loading
@@ -572,6 +559,7 @@ def test_user_sweep_folder_does_not_break_reproduce_summaries(tmp_path):
         {"layer": [0, 1], "p_target_mean": [0.1, 0.2], "p_english_mean": [0.3, 0.1], "p_source_mean": [np.nan, np.nan]}
     )
     run = {
+        "cache_key": {"kind": "sweep"},
         "task": "translation",
         "src": "fr",
         "tgt": "zh",
@@ -594,7 +582,7 @@ def test_user_sweep_folder_does_not_break_reproduce_summaries(tmp_path):
     (tmp_path / "patching" / "fr-zh" / "run.json").write_text(json.dumps({"kind": "patching"}))
     loaded = reproduce.load_summaries(tmp_path, "translation")
     assert list(loaded) == [("fr", "zh")] and loaded[("fr", "zh")]["p_target_mean"].tolist() == [0.1, 0.2]
-    assert len(reproduce.pivot_table(tmp_path)) == 2
+    assert len(reproduce.pivot_table(tmp_path)) == 1  # only the folders reproduce writes: fr-zh-strict is the user's
 
 
 def test_latent_shards_get_the_umask_mode(tiny_models, tmp_path):

@@ -51,7 +51,15 @@ def test_user_folders_beside_the_runs_are_skipped(tmp_path):
         pd.DataFrame({"layer": [0], "p_target_mean": [0.5]}).to_csv(tmp_path / "translation" / name / "summary.csv")
     for name in ("fr-zh-strict", "fr-zh"):  # both hold fr→zh; "mine" has no run.json
         (tmp_path / "translation" / name / "run.json").write_text(
-            json.dumps({"src": "fr", "tgt": "zh", "strict": name != "fr-zh"})
+            json.dumps(
+                {
+                    "cache_key": {"kind": "sweep"},
+                    "task": "translation",
+                    "src": "fr",
+                    "tgt": "zh",
+                    "strict": name != "fr-zh",
+                }
+            )  # fmt: skip
         )
     (tmp_path / "translation" / "fr-zh" / "summary.csv").write_text("layer,p_target_mean\n0,0.25\n")
     summaries = reproduce.load_summaries(tmp_path, "translation")

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from llmlatent import tasks
+from llmlatent import lens, tasks
 from llmlatent.data import words_dir
 from llmlatent.experiments import plots, reproduce, runs
 from llmlatent.experiments import sweep as experiment
@@ -105,8 +105,8 @@ def test_reproduce_recomputes_exactly_when_a_setting_changes(tiny_models, tmp_pa
     monkeypatch.setattr(reproduce, "run_specs", lambda: [("repetition", "fr", "fr")])
     monkeypatch.setattr(plots, "save", lambda fig, stem: [])  # figures are not what this test is about (saves time)
     calls = []
-    real = experiment.sweep_to_dir
-    monkeypatch.setattr(experiment, "sweep_to_dir", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
+    real = lens.sweep
+    monkeypatch.setattr(lens, "sweep", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
     kwargs = {"results": tmp_path / "results", "figures": tmp_path / "figures", "only": "repetition"}
     for seed, expected in ((0, 1), (0, 1), (1, 2)):  # n is covered by test_reproduce_runs_and_reuses_cache
         reproduce.run_all(str(path), n=3, seed=seed, **kwargs)

@@ -18,6 +18,8 @@ from llmlatent.data import DataError
 from llmlatent.errors import OutputFolderError, UsageError
 from llmlatent.experiments.steering import demo as steering_sweep
 from llmlatent.experiments.steering import evaluate as steering_eval
+from llmlatent.experiments.steering import fit as steering_fit
+from llmlatent.experiments.steering import plan as steering_plan
 from llmlatent.steering import SteeringError, SteeringVector
 
 PROMPTS = [
@@ -281,18 +283,18 @@ def test_mean_difference_and_bad_input(tiny_models):
 
 def test_split_concepts_is_seeded_and_disjoint():
     concepts = [f"c{i}" for i in range(21)]
-    fit, select, test = steering_sweep.split_concepts(concepts, seed=3, n=12)
+    fit, select, test = steering_plan.split_concepts(concepts, seed=3, n=12)
     assert len(fit) == len(select) == len(test) == 4
     assert not set(fit) & set(select) and not set(fit) & set(test) and not set(select) & set(test)
-    assert (fit, select, test) == steering_sweep.split_concepts(concepts, seed=3, n=12)
-    assert (fit, select, test) != steering_sweep.split_concepts(concepts, seed=4, n=12)
-    assert [len(x) for x in steering_sweep.split_concepts(concepts, seed=0)] == [7, 7, 7]
-    splits = steering_sweep.make_splits(concepts, seed=3, n=12, n_flip=2)
+    assert (fit, select, test) == steering_plan.split_concepts(concepts, seed=3, n=12)
+    assert (fit, select, test) != steering_plan.split_concepts(concepts, seed=4, n=12)
+    assert [len(x) for x in steering_plan.split_concepts(concepts, seed=0)] == [7, 7, 7]
+    splits = steering_plan.make_splits(concepts, seed=3, n=12, n_flip=2)
     assert set(splits.flip_select) <= set(select) and set(splits.flip_test) <= set(test) and len(splits.flip_test) == 2
     with pytest.raises(DataError, match="at least 3 concepts"):
-        steering_sweep.split_concepts(["a", "b"], seed=0)
-    assert steering_sweep.default_layers(18) == [5, 7, 9, 11, 13, 15]
-    assert steering_sweep.default_layers(3) == [1, 2]
+        steering_plan.split_concepts(["a", "b"], seed=0)
+    assert steering_plan.default_layers(18) == [5, 7, 9, 11, 13, 15]
+    assert steering_plan.default_layers(3) == [1, 2]
     assert steering_eval.has_script("云", "zh") and not steering_eval.has_script("▁облако", "zh")
 
 
@@ -566,27 +568,32 @@ def test_fit_latents_come_from_a_store_that_holds_them(tiny_models, tmp_path):
     assert sorted(p.name[:5] for p in (tmp_path / "fit").iterdir()) == ["fr-en", "fr-ru"]  # kept for reruns
     other = tasks.build("translation", "fr", "zh", model.tokenizer, seed=2)  # other shots: other prompts, not reused
     wrong = latents.collect(model, other, tmp_path / "fr-zh-2", dtype="float32", progress=False)
-    assert steering_sweep._store_with([wrong], model, zh.df.set_index("concept", drop=False).iloc[:4]) is None
+    assert steering_fit.store_with([wrong], model, zh.df.set_index("concept", drop=False).iloc[:4]) is None
 
 
 def test_reproduce_steering_step_passes_settings_and_reuses_by_key(tiny_models, tiny_result, tmp_path, monkeypatch):
-    from llmlatent.experiments import reproduce
+    from llmlatent.experiments import reproduce, runs
 
     model = tiny_models["gemma3_text"]
     calls = []
-    monkeypatch.setattr(steering_sweep, "sweep", lambda m, **kwargs: calls.append(kwargs) or tiny_result)
-    out, figures = tmp_path / "steering", tmp_path / "figures"
-    figures.mkdir()
-    first = reproduce.steering_step(model, out, figures, n=12, seed=1, force=False)
+    monkeypatch.setattr(steering_sweep, "compute", lambda m, s: calls.append(vars(s)) or tiny_result)
+    out = tmp_path / "results"
+    reproduce.latent_step(model, out / reproduce.LATENTS, n=4, seed=0, batch_size=4, force=False)  # steps run after it
+
+    def step(**settings):
+        (found,) = [s for s in reproduce.plan(reproduce.ReproduceSettings(results=str(out), **settings))
+                    if s.folder == reproduce.STEERING]  # fmt: skip
+        return runs.run(found.settings, model, out / found.folder, force=settings.pop("force", False))
+
+    first = step(n_concepts=12, seed=1)
     assert len(calls) == 1 and calls[0]["n_concepts"] == 12 and calls[0]["seed"] == 1
-    assert (figures / "steering_ru_to_zh.png").exists()
-    assert reproduce.steering_step(model, out, figures, n=12, seed=1, force=False) == first and len(calls) == 1
-    reproduce.steering_step(model, out, figures, n=12, seed=2, force=False)  # --seed 1 after --seed 0: recomputed
+    reproduce.copy_figures(out, tmp_path)
+    assert (tmp_path / "steering_ru_to_zh.png").exists()
+    assert step(n_concepts=12, seed=1) == first and len(calls) == 1
+    step(n_concepts=12, seed=2)  # --seed 1 after --seed 0: recomputed
     assert len(calls) == 2 and calls[1]["seed"] == 2
-    reproduce.steering_step(model, out, figures, n=9, seed=2, force=False)  # --n reaches the steering step
+    step(n_concepts=9, seed=2)  # --n-concepts reaches the steering step
     assert len(calls) == 3 and calls[2]["n_concepts"] == 9
-    reproduce.steering_step(model, out, figures, n=9, seed=2, force=True)
-    assert len(calls) == 4
 
 
 def test_cached_run_recomputes_when_any_setting_changes(tiny_models, tiny_result, tmp_path, monkeypatch):
@@ -596,11 +603,11 @@ def test_cached_run_recomputes_when_any_setting_changes(tiny_models, tiny_result
     result = tiny_result
     calls = []
 
-    def fake_sweep(m, **kwargs):
-        calls.append(kwargs)
+    def fake_compute(m, s):
+        calls.append(vars(s))
         return result
 
-    monkeypatch.setattr(steering_sweep, "sweep", fake_sweep)
+    monkeypatch.setattr(steering_sweep, "compute", fake_compute)
     from llmlatent.experiments import plots
 
     monkeypatch.setattr(plots, "save", lambda fig, stem: [])  # figures are not what this test is about
@@ -698,7 +705,7 @@ def test_ru_to_zh_on_embedded_default(embedded, tmp_path):
 
     zh = tasks.build("translation", "fr", "zh", embedded.tokenizer, seed=0)
     ru = tasks.build("translation", "fr", "ru", embedded.tokenizer, seed=0)
-    fit, _, test = steering_sweep.split_concepts(list(zh.df["concept"]), seed=0, n=36)
+    fit, _, test = steering_plan.split_concepts(list(zh.df["concept"]), seed=0, n=36)
     fit_sets = [tasks.PromptSet(s.df[s.df["concept"].isin(fit)], meta=s.meta) for s in (zh, ru)]
     vec = steering.from_prompts(embedded, *fit_sets, tmp_path / "stores", layers=[9])[9]
     assert (vec.meta["target"], vec.meta["source"], vec.meta["n_target"]) == ("zh", "ru", 12)

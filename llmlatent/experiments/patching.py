@@ -21,8 +21,8 @@ disjoint from the receiver's (so no token counts for two columns).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,9 +30,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llmlatent import decode, patching, tasks
+from llmlatent import checks, decode, patching, tasks
 from llmlatent.data import check_lang
 from llmlatent.errors import UsageError
+from llmlatent.experiments import runs
+from llmlatent.experiments.settings import Settings, option
 
 if TYPE_CHECKING:
     from llmlatent.model import Model
@@ -44,14 +46,18 @@ METRICS = tuple(f"p_{s}" for s in SETS) + tuple(f"top1_{s}" for s in SETS) + ("e
 CONDITIONS = ("unpatched", "donor", "single", "mean")
 
 
+class PatchingError(UsageError):
+    """Bad settings of the patching experiments (one line: what is wrong and how to fix it)."""
+
+
 def parse_spec(text: str, name: str = "--donor") -> tuple[str, str]:
     """Return (source, target) of a ``src:tgt`` translation spec such as ``de:fr``; UsageError if malformed."""
     parts = str(text).split(":")
     if len(parts) != 2 or not all(parts):
-        raise UsageError(f"{name} must look like SRC:TGT (e.g. de:fr), got {text!r}")
+        raise PatchingError(f"{name} must look like SRC:TGT (e.g. de:fr), got {text!r}")
     src, tgt = (check_lang(p.strip()) for p in parts)
     if src == tgt:
-        raise UsageError(f"{name} {text!r}: the prompts translate, so source and target must differ")
+        raise PatchingError(f"{name} {text!r}: the prompts translate, so source and target must differ")
     return src, tgt
 
 
@@ -60,22 +66,24 @@ def check_settings(
 ) -> list[str]:
     """Return the mean-over languages that are used (those ≠ the receiver's language) after checking every setting."""
     if donor[1] == receiver[1]:
-        raise UsageError(
+        raise PatchingError(
             f"donor and receiver must answer in different languages (both answer in {donor[1]}); "
             "e.g. --donor de:fr --receiver ru:zh"
         )
     if n is not None and n < 2:
-        raise UsageError(f"--n must be at least 2 pairs (95% intervals need two), got {n}")
+        raise PatchingError(f"--n must be at least 2 pairs (95% intervals need two), got {n}")
     if not mean_over:
         return []
     langs = [check_lang(x) for x in mean_over]
+    if len(set(langs)) < len(langs):
+        raise PatchingError(f"--mean-over lists a language twice ({', '.join(langs)}); give each language once")
     used = [x for x in dict.fromkeys(langs) if x != receiver[1]]
     if len(used) < 2:
-        raise UsageError(
+        raise PatchingError(
             f"--mean-over needs at least two input languages other than the receiver's {receiver[1]}, got {mean_over}"
         )
     if donor[0] == receiver[1]:
-        raise UsageError(
+        raise PatchingError(
             f"the single-language donor translates {donor[0]}→{receiver[1]}: pick a donor source other than {receiver[1]}"
         )
     return used
@@ -142,77 +150,97 @@ def _latents(
     return patching.from_store(store, concepts, model)
 
 
-def run(
-    model: Model,
-    *,
-    donor: tuple[str, str] = ("de", "fr"),
-    receiver: tuple[str, str] = ("ru", "zh"),
-    mean_over: Sequence[str] | None = ("de", "fr", "ru", "en"),
-    n: int | None = None,
-    seed: int = 0,
-    layers: Sequence[int] | None = None,
-    window: int = 1,
-    batch_size: int = 16,
-    words_dir: str | Path | None = None,
-    store_dir: str | Path | None = None,
-) -> tuple[pd.DataFrame, dict]:
-    """Return (tidy rows, metadata) of both experiments: one row per (pair, condition, layer); see the module docstring."""
-    used = check_settings(donor, receiver, mean_over, n)
-    started = time.perf_counter()
-    mean_specs = [(x, receiver[1]) for x in used]
-    single = (donor[0], receiver[1])
-    specs = [receiver, donor] + ([single] + mean_specs if used else [])
-    frames = _prompt_sets(model, specs, seed, words_dir)
-    pool = sorted(set.intersection(*(set(f.index) for f in frames.values())))
-    ld, lr = frames[donor]["target_ids"].map(list).to_dict(), frames[receiver]["target_ids"].map(list).to_dict()
-    pairs, skipped = make_pairs(pool, ld, lr, n, seed)
-    if len(pairs) < 2:
-        raise UsageError(
-            f"only {len(pairs)} donor/receiver pair(s) pass the filters for {donor}→{receiver}; try other languages"
-        )
-    donors_c, receivers_c = [d for d, _ in pairs], [r for _, r in pairs]
-    log.info("patching %d pairs (%s→%s into %s→%s; mean over %s)", len(pairs), *donor, *receiver, used or "-")
-    donors = {"donor": _latents(model, frames[donor], donors_c, donor, store_dir, batch_size)}
-    if used:
-        per_lang = {
-            spec: _latents(model, frames[spec], donors_c, spec, store_dir, batch_size)
-            for spec in dict.fromkeys([single] + mean_specs)
-        }
-        donors["single"] = per_lang[single]
-        donors["mean"] = patching.mean_latents([per_lang[s] for s in mean_specs])
-    capture_seconds = time.perf_counter() - started
-    clock = time.perf_counter()
-    result = patching.sweep_many(
-        model,
-        frames[receiver].loc[receivers_c, "prompt"].tolist(),
-        donors,
-        layers=layers,
-        window=window,
-        batch_size=batch_size,
-    )
-    patch_seconds = time.perf_counter() - clock
-    clock = time.perf_counter()
-    rows = decode_rows(model, result, pairs, ld, lr)
-    meta = {
-        "donor": list(donor),
-        "receiver": list(receiver),
-        "mean_over": used,
-        "single_spec": list(single) if used else None,
-        "n_requested": n,
-        "n_pairs": len(pairs),
-        "n_pool": len(pool),
-        "receivers_without_disjoint_donor": skipped,
-        "seed": seed,
-        "window": window,
-        "layers": result.layers,
-        "batch_size": batch_size,
-        "timings": {
-            "donor_latents": round(capture_seconds, 3),
-            "patched_forwards": round(patch_seconds, 3),
-            "decode": round(time.perf_counter() - clock, 3),
-        },
-    }
-    return rows, meta
+@dataclass(frozen=True)
+class PatchSettings(Settings):
+    """Both patching experiments: donor latents into receiver prompts at each layer; the mean over input languages."""
+
+    error = PatchingError
+
+    donor: tuple[str, str] = option(("de", "fr"), "donor translation SRC:TGT (default de:fr)",
+                                    parse=lambda s: parse_spec(s, "--donor"), metavar="SRC:TGT")  # fmt: skip
+    receiver: tuple[str, str] = option(("ru", "zh"), "receiver translation SRC:TGT, another output language "
+                                       "(default ru:zh)", parse=lambda s: parse_spec(s, "--receiver"),
+                                       metavar="SRC:TGT")  # fmt: skip
+    mean_over: tuple[str, ...] = option(("de", "fr", "ru", "en"), "input languages whose C_d latents (answering in "
+                                        "the receiver's language) are averaged; 'none' skips that experiment",
+                                        parse=lambda s: parse_langs(s, "--mean-over"))  # fmt: skip
+    n_pairs: int | None = option(None, "donor/receiver pairs (default: every concept that passes the filters)",
+                                 aliases=("--n",))  # fmt: skip
+    seed: int = option(0, "seed of the pair draw and of the few-shot examples")
+    layers: tuple[int, ...] | None = option(None, "patched layers (after block i, 0-based; default all)")
+    window: int = option(1, "blocks overwritten from the layer on (default 1: that block only)")
+    ci: str = option("normal", "95% intervals", choices=("normal", "bootstrap"))
+    words: str | None = option(None, "folder of word CSVs (bundled or seed layout)", digest=True,
+                               aliases=("--words-dir",))  # fmt: skip
+    latents: str | None = option(None, "take donor latents from latent stores in this folder (collected if "
+                                 "missing; float16)", key=False, aliases=("--store-dir",))  # fmt: skip
+    batch_size: int = option(32, "receiver prompts per forward (does not change the numbers)", key=False)
+
+    def __post_init__(self) -> None:
+        self._set("donor", tuple(self.donor))
+        self._set("receiver", tuple(self.receiver))
+        self._set("mean_over", tuple(self.mean_over or ()))
+        self._set("layers", None if self.layers is None else tuple(self.layers))
+        check_settings(self.donor, self.receiver, self.mean_over, self.n_pairs)
+        checks.count(self.window, "window")
+        checks.count(self.batch_size, "batch_size")
+        for layer in self.layers or ():
+            checks.count(layer, "layers", minimum=0)
+
+    def key_inputs(self, model: Model) -> dict:
+        """Return whether donor latents come from (float16) stores or live forwards: it changes the numbers."""
+        return {"donor_latents": "store" if self.latents else "live"}
+
+
+@dataclass(frozen=True)
+class PatchResult:
+    """Computed patching: tidy rows (pair × condition × layer), their summary, the run's metadata and title."""
+
+    rows: pd.DataFrame
+    summary: pd.DataFrame
+    meta: dict
+    title: str
+
+
+def parse_langs(text: str, name: str) -> tuple[str, ...]:
+    """Return the languages of a comma-separated list (``none`` or empty: no languages)."""
+    if str(text).strip().lower() in ("", "none"):
+        return ()
+    return tuple(check_lang(x.strip()) for x in str(text).split(",") if x.strip())
+
+
+def compute(model: Model, settings: PatchSettings) -> PatchResult:
+    """Return both experiments' rows (one per pair, condition and layer), summary and metadata; see the module docstring."""
+    s, clock = settings, runs.Clock()
+    used = check_settings(s.donor, s.receiver, s.mean_over, s.n_pairs)
+    mean_specs, single = [(x, s.receiver[1]) for x in used], (s.donor[0], s.receiver[1])
+    with clock("donor_latents"):
+        frames = _prompt_sets(model, [s.receiver, s.donor] + ([single] + mean_specs if used else []), s.seed, s.words)
+        pool = sorted(set.intersection(*(set(f.index) for f in frames.values())))
+        ld, lr = (frames[x]["target_ids"].map(list).to_dict() for x in (s.donor, s.receiver))
+        pairs, skipped = make_pairs(pool, ld, lr, s.n_pairs, s.seed)
+        if len(pairs) < 2:
+            s.fail(f"only {len(pairs)} donor/receiver pair(s) pass the filters for {s.donor}→{s.receiver}; "
+                   "try other languages")  # fmt: skip
+        donors_c = [d for d, _ in pairs]
+        log.info("patching %d pairs (%s→%s into %s→%s; mean over %s)", len(pairs), *s.donor, *s.receiver, used or "-")
+        latents = {spec: _latents(model, frames[spec], donors_c, spec, s.latents, s.batch_size)
+                   for spec in dict.fromkeys([s.donor] + ([single] + mean_specs if used else []))}  # fmt: skip
+        donors = {"donor": latents[s.donor]}
+        if used:
+            donors["single"], donors["mean"] = latents[single], patching.mean_latents([latents[x] for x in mean_specs])
+    with clock("patched_forwards"):
+        receivers = frames[s.receiver].loc[[r for _, r in pairs], "prompt"].tolist()
+        result = patching.sweep_many(model, receivers, donors, layers=s.layers, window=s.window,
+                                     batch_size=s.batch_size)  # fmt: skip
+    with clock("decode"):
+        rows = decode_rows(model, result, pairs, ld, lr)
+    meta = {"donor": list(s.donor), "receiver": list(s.receiver), "mean_over": used,
+            "single_spec": list(single) if used else None, "n_requested": s.n_pairs, "n_pairs": len(pairs),
+            "n_pool": len(pool), "receivers_without_disjoint_donor": skipped, "seed": s.seed, "window": s.window,
+            "layers": result.layers, "batch_size": s.batch_size, "timings": clock.rounded()}  # fmt: skip
+    title = f"patching {s.donor[0]}→{s.donor[1]} into {s.receiver[0]}→{s.receiver[1]} · {model.name}"
+    return PatchResult(rows, summarize(rows, ci=s.ci, seed=s.seed), {**meta, "ci": s.ci}, title)
 
 
 def decode_rows(
@@ -302,54 +330,37 @@ def headline(summary: pd.DataFrame) -> dict:
     return out
 
 
-def run_to_dir(model: Model, out: str | Path, *, force: bool = True, ci: str = "normal", **kwargs: object) -> dict:
-    """Return run.json's content after writing rows.csv, summary.csv, pairs.csv and the figures (PNG+PDF) to ``out``.
-
-    ``kwargs`` are :func:`run`'s. With ``force=False`` an ``out`` made with the same model and settings is reused.
-    """
+def write(result: PatchResult, folder: Path) -> dict:
+    """Return run.json's own fields after writing rows.csv, summary.csv and the figures (PNG+PDF) to ``folder``."""
     import matplotlib.pyplot as plt
 
-    from llmlatent.atomic import check_output_dir
     from llmlatent.experiments import plots
-    from llmlatent.experiments.runs import cache_key, cached, words_digest, write_run
-    from llmlatent.experiments.sweep import versions
 
-    started = time.perf_counter()
-    check_output_dir(out, "run.json")
-    donor, receiver = tuple(kwargs.get("donor", ("de", "fr"))), tuple(kwargs.get("receiver", ("ru", "zh")))
-    check_settings(donor, receiver, kwargs.get("mean_over", ("de", "fr", "ru", "en")), kwargs.get("n"))
-    settings = {
-        k: (list(v) if isinstance(v, tuple) else v)
-        for k, v in kwargs.items()
-        if k not in ("store_dir", "words_dir", "batch_size")
-    }
-    settings.update(
-        ci=ci, words=words_digest(kwargs.get("words_dir")), donor_latents="store" if kwargs.get("store_dir") else "live"
-    )  # stores hold float16 latents
-    key = cache_key("patching", model.fingerprint(), settings)
-    if not force and (record := cached(out, key)) is not None:
-        log.info("patching %s: cached", out)
-        return record
-    rows, meta = run(model, **kwargs)
-    summary = summarize(rows, ci=ci, seed=int(kwargs.get("seed", 0)))
-    title = f"patching {donor[0]}→{donor[1]} into {receiver[0]}→{receiver[1]} · {model.name}"
-    with write_run(out, key) as (tmp, record):
-        rows.to_csv(tmp / "rows.csv", index=False, float_format="%.8g")
-        summary.to_csv(tmp / "summary.csv", index=False, float_format="%.8g")
-        figures = [("language_concept", plots.patching_figure(summary, meta, title))]
-        if meta["mean_over"]:
-            figures.append(("mean_over_languages", plots.patching_mean_figure(summary, meta, title)))
-        for name, fig in figures:
-            plots.save(fig, tmp / name)
-            plt.close(fig)
-        record.update(
-            meta,
-            model=model.fingerprint().to_dict(),
-            ci=ci,
-            **headline(summary),
-            seconds=round(time.perf_counter() - started, 3),
-            versions=versions(),
-        )
-        result = dict(record)
-    log.info("wrote %s (%d pairs, %.1f s)", out, meta["n_pairs"], result["seconds"])
-    return result
+    result.rows.to_csv(folder / "rows.csv", index=False, float_format="%.8g")
+    result.summary.to_csv(folder / "summary.csv", index=False, float_format="%.8g")
+    figures = [("language_concept", plots.patching_figure(result.summary, result.meta, result.title))]
+    if result.meta["mean_over"]:
+        figures.append(("mean_over_languages", plots.patching_mean_figure(result.summary, result.meta, result.title)))
+    for name, fig in figures:
+        plots.save(fig, folder / name)
+        plt.close(fig)
+    return {**result.meta, **headline(result.summary)}
+
+
+EXPERIMENT = runs.register(
+    runs.Experiment(
+        "patching",
+        PatchSettings,
+        lambda m, s: compute(m, s),
+        write,
+        headline=("n_pairs", "seconds", "unpatched", "language_moves_at", "concept_moves_at", "single", "mean"),
+        describe=lambda s: f"{s.donor[0]}→{s.donor[1]} into {s.receiver[0]}→{s.receiver[1]}",
+    )  # fmt: skip
+)
+
+
+def run_to_dir(model: Model, out: str | Path, *, force: bool = False, **kwargs: object) -> dict:
+    """Return run.json's content after running :class:`PatchSettings` (``kwargs``; ``n`` = ``n_pairs``) into ``out``."""
+    renames = {"n": "n_pairs", "words_dir": "words", "store_dir": "latents"}
+    settings = PatchSettings(**{renames.get(k, k): v for k, v in kwargs.items()})
+    return runs.run(settings, model, out, force=force)

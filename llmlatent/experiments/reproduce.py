@@ -1,27 +1,32 @@
 """``make reproduce``: every experiment of the paper on one model, results under results/, figures under figures/.
 
-Each step's output folder is reused only when its stored cache key (:mod:`llmlatent.runs`: model
-identity, every setting that shapes the result, format version) equals the key of the run asked for;
-``force=True`` recomputes everything.
+The reproduction is a list of settings objects (:func:`plan`), one per step, each run through
+:func:`llmlatent.experiments.runs.run`: a step's folder is reused only when its stored cache key (model
+identity, every setting that shapes the result, format version) equals the key asked for; ``force``
+recomputes. Every step's settings are built (and so validated) before the model loads. The pivot table
+and the grid figures read only the folders of these steps.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from llmlatent import lens, tasks
+from llmlatent import checks, lens, tasks
 from llmlatent.adapter import same_model
 from llmlatent.data import LANGS
+from llmlatent.errors import LlmlatentError
 from llmlatent.experiments import plots, runs
-from llmlatent.experiments import sweep as experiment
+from llmlatent.experiments.patching import PatchSettings
+from llmlatent.experiments.settings import Settings, option
+from llmlatent.experiments.steering.plan import DEFAULT_N_CONCEPTS, SteeringSettings
+from llmlatent.experiments.sweep import SweepSettings
 
 if TYPE_CHECKING:
     from llmlatent.latents import LatentStore
@@ -29,12 +34,51 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HAND_PROMPT = 'Français: "fleur" - 中文: "花"\nFrançais: "nuage" - 中文: "'
+HAND_PROMPT = 'Français: "fleur" - 中文: "花"\nFrançais: "nuage" - 中文: "'  # notebook 01's default prompt too
 FEATURED = {  # run folder -> figure name in figures/
     "translation/fr-zh": "translation_fr_zh",
     "repetition/zh-zh": "repetition_zh",
     "cloze/fr-fr": "cloze_fr",
 }
+LATENTS = "latents/translation-fr-zh"  # the fr→zh latent store; the steering demo takes its Chinese fit latents there
+STEERING = "steering/ru-zh"
+PATCHING = "patching_de-fr_into_ru-zh"  # directly under results/: not results/<task>/<pair>/, which holds sweeps
+
+
+class ReproduceError(LlmlatentError, ValueError):
+    """Bad settings of the reproduction (a step's own error names the step's option)."""
+
+
+@dataclass(frozen=True)
+class ReproduceSettings(Settings):
+    """The whole reproduction: 30 sweeps, the fr→zh latent store, the steering demo, patching, every figure."""
+
+    error = ReproduceError
+
+    results: str = option("results", "folder of every step's result")
+    figures: str = option("figures", "folder of the paper's figures (PNG + PDF)")
+    n_prompts: int | None = option(None, "prompts per sweep and in the latent store (default: all)", aliases=("--n",))
+    n_concepts: int = option(DEFAULT_N_CONCEPTS, "concepts of the steering demo, cut into fit / select / test")
+    n_pairs: int = option(32, "donor/receiver pairs of the patching step (about 2 minutes on 2 idle cores)")
+    seed: int = option(0, "seed of every step")
+    batch_size: int = option(16, "prompts per forward of the sweeps and the latent store", key=False)
+    only: str | None = option(None, "run one task's sweeps only", choices=tasks.TASKS)
+
+    def __post_init__(self) -> None:
+        checks.count(self.n_prompts, "n_prompts", optional=True, flag="--n-prompts")
+        checks.count(self.batch_size, "batch_size")
+        for name in ("results", "figures"):
+            path = Path(getattr(self, name))
+            if path.exists() and not path.is_dir():
+                self.fail(f"--{name} {path} is an existing file; pass a folder (it is created if missing)")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the reproduction: its folder under the results and its settings."""
+
+    folder: str
+    settings: Settings
 
 
 def run_specs() -> list[tuple[str, str, str]]:
@@ -45,47 +89,50 @@ def run_specs() -> list[tuple[str, str, str]]:
     return specs
 
 
-def load_summaries(results: Path, task: str) -> dict[tuple[str, str], pd.DataFrame]:
-    """Return {(src, tgt): summary} of every finished run of ``task`` under ``results``.
+def plan(s: ReproduceSettings) -> list[Step]:
+    """Return every step's settings (validated now, before any model work); the store step is collected apart."""
+    steps = [Step(f"{task}/{src}-{tgt}", SweepSettings(task=task, src=src, tgt=tgt, n_prompts=s.n_prompts,
+                                                        seed=s.seed, batch_size=s.batch_size, progress=True))
+             for task, src, tgt in run_specs() if s.only in (None, task)]  # fmt: skip
+    if s.only is None:
+        store = str(Path(s.results) / LATENTS)
+        steps.append(Step(STEERING, SteeringSettings(source="ru", target="zh", via="fr", seed=s.seed,
+                                                     n_concepts=s.n_concepts, reuse_stores=(store,))))  # fmt: skip
+        steps.append(Step(PATCHING, PatchSettings(donor=("de", "fr"), receiver=("ru", "zh"), seed=s.seed,
+                                                  mean_over=("de", "fr", "ru", "en"), n_pairs=s.n_pairs,
+                                                  batch_size=32)))  # fmt: skip
+    return steps
 
-    The pair is read from each folder's run.json (not its name, so a user's ``fr-zh-strict`` folder is
-    fine); when several folders hold one pair, the one named ``src-tgt`` wins, else the first by name.
-    """
-    out: dict[tuple[str, str], pd.DataFrame] = {}
-    for path in sorted((results / task).glob("*/summary.csv")):
-        try:
-            run = json.loads((path.parent / "run.json").read_text(encoding="utf-8"))
-            pair = (str(run["src"]), str(run["tgt"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            log.info("%s: no readable run.json with src/tgt, skipped", path.parent)
-            continue
-        if pair in out and path.parent.name != f"{pair[0]}-{pair[1]}":
-            log.info("%s: another folder already holds %s→%s, skipped", path.parent, *pair)
-            continue
-        out[pair] = pd.read_csv(path)
+
+def list_runs(results: str | Path, folders: list[str] | None = None) -> dict[str, dict]:
+    """Return folder → record of the sweeps under ``results`` (``folders``: only those; default the plan's sweeps)."""
+    results = Path(results)
+    names = folders if folders is not None else [f"{t}/{a}-{b}" for t, a, b in run_specs()]
+    out = {}
+    for name in names:
+        record = runs.read_record(results / name)
+        if record is not None and record.get("cache_key", {}).get("kind") == "sweep":
+            out[name] = record
     return out
 
 
-def pivot_table(results: Path) -> pd.DataFrame:
-    """Return the English-pivot summary of every run: peak p_english (layer, value), p_source there, final p_target."""
+def load_summaries(results: Path, task: str, folders: list[str] | None = None) -> dict[tuple[str, str], pd.DataFrame]:
+    """Return {(src, tgt): summary} of every finished sweep of ``task`` among the reproduction's folders."""
+    found = {}
+    for name, record in list_runs(results, folders).items():
+        if record.get("task") == task and (Path(results) / name / "summary.csv").exists():
+            found[(str(record["src"]), str(record["tgt"]))] = pd.read_csv(Path(results) / name / "summary.csv")
+    return found
+
+
+def pivot_table(results: Path, folders: list[str] | None = None) -> pd.DataFrame:
+    """Return the English-pivot summary of every sweep: peak p_english (layer, value), p_source there, final p_target."""
     rows = []
-    for path in sorted(results.glob("*/*/run.json")):
-        run = json.loads(path.read_text())
-        if not all(k in run for k in ("task", "src", "tgt", "peak_english", "final_target")):
-            continue  # not a sweep's run.json (another kind of result)
-        rows.append(
-            {
-                "task": run["task"],
-                "src": run["src"],
-                "tgt": run["tgt"],
-                "n_prompts": run["n_prompts"],
-                "peak_english_layer": run["peak_english"]["layer"],
-                "peak_english": run["peak_english"]["value"],
-                "p_source_at_peak": run["p_source_at_peak"],
-                "final_target": run["final_target"]["value"],
-                "final_english": run["final_english"],
-            }
-        )
+    for _, run in sorted(list_runs(results, folders).items()):
+        rows.append({"task": run["task"], "src": run["src"], "tgt": run["tgt"], "n_prompts": run["n_prompts"],
+                     "peak_english_layer": run["peak_english"]["layer"], "peak_english": run["peak_english"]["value"],
+                     "p_source_at_peak": run["p_source_at_peak"], "final_target": run["final_target"]["value"],
+                     "final_english": run["final_english"]})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -127,129 +174,67 @@ def latent_step(m: Model, path: Path, *, n: int | None, seed: int, batch_size: i
     return latents.collect(m, prompts, path, batch_size=batch_size)
 
 
-def steering_step(
-    m: Model,
-    out: Path,
-    figures: Path,
-    *,
-    n: int | None = None,
-    seed: int = 0,
-    force: bool = False,
-    reuse_stores: list | tuple = (),
-) -> dict:
-    """Return best.json of the RU→ZH steering demo, and copy its heatmaps to ``figures``.
-
-    The folder is reused only when its cache key (model identity and every setting: seed, n, layers,
-    alphas, …) matches; ``n`` (prompts per run) becomes the number of concepts cut into fit / select /
-    test (default: the demo's own). ``reuse_stores`` (e.g. the fr→zh latent store) supply fit latents
-    without new forwards when they hold the same prompts.
-    """
-    from llmlatent.experiments.steering import demo as steering_sweep
-
-    log.info("steering demo ru→zh (via fr) into %s", out)
-    n_concepts = steering_sweep.DEFAULT_N_CONCEPTS if n is None else n
-    best = steering_sweep.run_to_dir(
-        m,
-        out,
-        source="ru",
-        target="zh",
-        via="fr",
-        seed=seed,
-        n_concepts=n_concepts,
-        force=force,
-        reuse_stores=reuse_stores,
-    )
-    for path in out.glob("heatmap_*.*"):
-        shutil.copyfile(path, figures / f"steering_{path.name.removeprefix('heatmap_')}")
-    return best
-
-
-PATCH_PAIRS = 32  # donor/receiver pairs of make reproduce's patching step (about 2 minutes on 2 idle cores)
-
-
-def patching_step(m: Model, out: Path, figures: Path, *, n: int | None, seed: int, force: bool) -> dict:
-    """Return run.json of both patching experiments (de→fr into ru→zh; mean over de, fr, ru, en), copying the figures.
-
-    ``out`` sits directly under results/ (not results/<task>/<pair>/, which pivot_table reads as lens sweeps).
-    """
-    from llmlatent.experiments import patching as patch_experiment
-
-    record = patch_experiment.run_to_dir(
-        m,
-        out,
-        force=force,
-        donor=("de", "fr"),
-        receiver=("ru", "zh"),
-        mean_over=("de", "fr", "ru", "en"),
-        n=n or PATCH_PAIRS,
-        seed=seed,
-        batch_size=32,
-    )
-    for path in out.glob("*.p[nd][gf]"):
-        shutil.copyfile(path, figures / f"patching_{path.name}")
-    return record
-
-
-def run_all(
-    model_name: str | None = None,
-    *,
-    results: str | Path = "results",
-    figures: str | Path = "figures",
-    n: int | None = None,
-    seed: int = 0,
-    batch_size: int = 16,
-    force: bool = False,
-    only: str | None = None,
-    load_kwargs: dict | None = None,
-) -> dict:
-    """Return a summary of the full reproduction after running (or reusing) every step and writing all figures.
-
-    ``load_kwargs`` are passed to :func:`llmlatent.model.load` (dtype, device, device_map, trust_remote_code),
-    so a large model's reproduction goes through here as well.
-    """
-    from llmlatent import model as model_mod
-
-    started = time.perf_counter()
-    results, figures = Path(results), Path(figures)
-    figures.mkdir(parents=True, exist_ok=True)
-    m = model_mod.load(model_name, **(load_kwargs or {}))
-    log.info("model %s loaded in %.1f s", m.name, time.perf_counter() - started)
-
+def hand_prompt(m: Model, results: Path, figures: Path) -> None:
+    """Write the hand prompt's top tokens per layer (CSV) and its layer × rank figure."""
     table = lens.top_tokens(m, HAND_PROMPT, k=5)
-    results.mkdir(parents=True, exist_ok=True)
     table.to_csv(results / "hand_prompt_top_tokens.csv", index=False)
     fig = plots.top_token_heatmap(table, title="logit lens, hand prompt (fr→zh, query 'nuage')")
     plots.save(fig, figures / "hand_prompt_lens")
     plt.close(fig)
 
-    specs = [s for s in run_specs() if only is None or s[0] == only]
-    for i, (task, src, tgt) in enumerate(specs, 1):
-        folder = results / task / f"{src}-{tgt}"
-        prompts = tasks.build(
-            task, src, tgt, m.tokenizer, n=n, seed=seed
-        )  # cheap (tokenizer only); its digest is in the key
-        if not force and runs.cached(folder, experiment.sweep_key(m, prompts, seed=seed)) is not None:
-            log.info("[%d/%d] %s %s→%s: cached", i, len(specs), task, src, tgt)
-            continue
-        log.info("[%d/%d] %s %s→%s", i, len(specs), task, src, tgt)
-        experiment.sweep_to_dir(m, prompts, folder, batch_size=batch_size, seed=seed)
 
-    if only is None:
-        store = latent_step(
-            m, results / "latents" / "translation-fr-zh", n=n, seed=seed, batch_size=batch_size, force=force
-        )
-        steering_step(m, results / "steering" / "ru-zh", figures, n=n, seed=seed, force=force, reuse_stores=[store])
-        patching_step(m, results / "patching_de-fr_into_ru-zh", figures, n=n, seed=seed, force=force)
-
+def copy_figures(results: Path, figures: Path) -> None:
+    """Copy the featured sweeps', the steering heatmaps' and the patching figures into ``figures``."""
     for run_dir, name in FEATURED.items():
         for suffix in ("png", "pdf"):
             for kind in ("probabilities", "energy"):
-                src_path = results / run_dir / f"{kind}.{suffix}"
-                if src_path.exists():
-                    shutil.copyfile(src_path, figures / f"{name}_{kind}.{suffix}")
+                if (results / run_dir / f"{kind}.{suffix}").exists():
+                    shutil.copyfile(results / run_dir / f"{kind}.{suffix}", figures / f"{name}_{kind}.{suffix}")
+    for path in (results / STEERING).glob("heatmap_*.*"):
+        shutil.copyfile(path, figures / f"steering_{path.name.removeprefix('heatmap_')}")
+    for path in (results / PATCHING).glob("*.p[nd][gf]"):
+        shutil.copyfile(path, figures / f"patching_{path.name}")
+
+
+def run_all(model_name: str | None = None, *, force: bool = False, load_kwargs: dict | None = None,
+            **settings: object) -> dict:  # fmt: skip
+    """Return :func:`run_steps`' summary for ``ReproduceSettings(**settings)`` (``n`` = ``n_prompts``) on a model.
+
+    ``load_kwargs`` go to :func:`llmlatent.model.load` (dtype, device, device_map, trust_remote_code).
+    """
+    from llmlatent import model
+
+    if "n" in settings:
+        settings["n_prompts"] = settings.pop("n")
+    s = ReproduceSettings(**{k: str(v) if k in ("results", "figures") else v for k, v in settings.items()})
+    plan(s)  # every step's settings are validated before the model loads
+    return run_steps(s, model.load(model_name, **(load_kwargs or {})), force=force)
+
+
+def run_steps(s: ReproduceSettings, m: Model, *, force: bool = False) -> dict:
+    """Return a summary of the full reproduction after running (or reusing) every step and writing all figures."""
+    clock = runs.Clock()
+    results, figures = Path(s.results), Path(s.figures)
+    steps = plan(s)
+    for step in steps:  # every folder is checked before the first computation
+        runs.check_out(results / step.folder, runs.experiment_of(step.settings))
+    if s.only is None and (results / LATENTS).exists():
+        from llmlatent import latents
+
+        latents.check_store_dir(results / LATENTS, repair=True)  # a latent store, or nothing there
+    results.mkdir(parents=True, exist_ok=True)
+    figures.mkdir(parents=True, exist_ok=True)
+    hand_prompt(m, results, figures)
+    sweeps = [step for step in steps if isinstance(step.settings, SweepSettings)]
+    for i, step in enumerate(sweeps, 1):
+        log.info("[%d/%d] %s", i, len(sweeps), step.folder)
+        runs.run(step.settings, m, results / step.folder, force=force)
+    if s.only is None:
+        latent_step(m, results / LATENTS, n=s.n_prompts, seed=s.seed, batch_size=s.batch_size, force=force)
+        for step in steps[len(sweeps) :]:
+            runs.run(step.settings, m, results / step.folder, force=force)
+    copy_figures(results, figures)
     grid_figures(results, figures, m.name)
-    pivot = pivot_table(results)
-    pivot.to_csv(results / "pivot_summary.csv", index=False, float_format="%.6g")
-    seconds = time.perf_counter() - started
-    log.info("reproduction finished in %.0f s", seconds)
-    return {"seconds": seconds, "runs": len(specs), "figures": sorted(p.name for p in figures.glob("*.png"))}
+    pivot_table(results).to_csv(results / "pivot_summary.csv", index=False, float_format="%.6g")
+    log.info("reproduction finished in %.0f s", clock.total())
+    return {"seconds": clock.total(), "runs": len(sweeps), "figures": sorted(p.name for p in figures.glob("*.png"))}

@@ -1,76 +1,149 @@
-"""One cached-run helper for every result folder (sweeps, steering, patching, reproduce's steps).
+"""One run helper for every experiment: settings → cache key → reuse or compute → atomic folder → record.
 
-A run folder holds a JSON record (``run.json`` or ``best.json``) whose ``"cache_key"`` is built by
-:func:`cache_key` from the model fingerprint, every setting that changes the result and a format
-version. A folder is reused only when its stored key equals the key of the run being asked for;
-otherwise it is recomputed and replaced atomically (see :func:`llmlatent.atomic.atomic_dir`).
+Every experiment module registers one :class:`Experiment`: its kind, record file, frozen settings class,
+``compute(model, settings)`` returning a typed result, and ``write(result, folder)`` writing the tidy CSVs
+and figures and returning the record's own fields. :func:`run` does the rest, the same way for every
+command: a folder whose stored key equals the new key is reused, ``force=True`` recomputes, the new
+folder replaces the old one atomically, and the record gets the settings, model identity, versions,
+timings, the list of files written (``files``) and the cache key.
+
+A previous result is recognised only by a record llmlatent wrote (``cache_key`` of this kind) in a folder
+that holds nothing but the files its record lists; anything else is refused before any computation.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from collections.abc import Iterator, Mapping
+import platform
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from llmlatent.atomic import atomic_dir
-from llmlatent.latents.format import file_sha256
+from llmlatent.atomic import atomic_dir, check_output_dir
+from llmlatent.experiments.settings import content_digest
+
+if TYPE_CHECKING:
+    from llmlatent.experiments.settings import Settings
+    from llmlatent.model import Model
 
 log = logging.getLogger(__name__)
 
 # bump when the content or layout of a kind of result changes, so old folders are recomputed
-FORMAT_VERSION = {"sweep": 2, "steering": 2, "patching": 1, "latents": 1}
+FORMAT_VERSION = {"sweep": 3, "steering": 3, "patching": 2, "latents": 1}
 
 
-def words_digest(directory: str | Path | None) -> str | None:
-    """Return a sha256 over the word CSVs under ``directory`` (None = the bundled data, keyed by the package version)."""
-    if directory is None:
-        return None
-    digest = hashlib.sha256()
-    for path in sorted(Path(directory).rglob("*.csv")):
-        digest.update(str(path.relative_to(directory)).encode())
-        digest.update(file_sha256(path).encode())
-    return digest.hexdigest()
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment: ``compute(model, settings) → result`` and ``write(result, folder) → record fields``."""
+
+    kind: str
+    settings: type
+    compute: Callable[[Model, Any], Any]
+    write: Callable[[Any, Path], dict]
+    record: str = "run.json"
+    headline: tuple[str, ...] = ()  # record keys printed by the command line
+    describe: Callable[[Any], str] = str  # the settings in a log line
+
+
+_EXPERIMENTS: dict[type, Experiment] = {}
+
+
+def register(experiment: Experiment) -> Experiment:
+    """Return ``experiment`` after making it the one that :func:`run` uses for its settings class."""
+    _EXPERIMENTS[experiment.settings] = experiment
+    return experiment
+
+
+def experiment_of(settings: Settings) -> Experiment:
+    """Return the experiment registered for the class of ``settings``."""
+    try:
+        return _EXPERIMENTS[type(settings)]
+    except KeyError:
+        raise TypeError(f"no experiment is registered for {type(settings).__name__}") from None
+
+
+def versions() -> dict[str, str]:
+    """Return the versions that matter for reproducing a run."""
+    import torch
+    import transformers
+
+    from llmlatent import __version__
+
+    return {"llmlatent": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}  # fmt: skip
+
+
+words_digest = content_digest  # the word-file folders of --words
 
 
 def cache_key(kind: str, fingerprint: Mapping, settings: Mapping) -> dict:
     """Return the JSON-able cache key of a result: kind, format version, model identity and every setting.
 
     The model enters by identity (unembedding hash, layers, hidden size), not by name, so a model loaded
-    by hub id and by local path share results. ``settings`` must hold every value that changes the result
-    (seed, n, layers, alphas, word-file digest, prompt-file digest …); it must be JSON-serialisable.
+    by hub id and by local path share results. ``settings`` must hold every value that changes the result.
     """
     from llmlatent import __version__
     from llmlatent.adapter import IDENTITY_KEYS, Fingerprint
 
     fp = Fingerprint.of(fingerprint).to_dict()
     model = {k: fp[k] for k in IDENTITY_KEYS}
-    key = {
-        "kind": kind,
-        "format": FORMAT_VERSION.get(kind, 1),
-        "llmlatent": __version__,
-        "model": model,
-        "settings": dict(settings),
-    }
+    key = {"kind": kind, "format": FORMAT_VERSION.get(kind, 1), "llmlatent": __version__, "model": model,
+           "settings": dict(settings)}  # fmt: skip
     return json.loads(json.dumps(key, sort_keys=True, default=str))
 
 
-def record_path(folder: str | Path, record: str = "run.json") -> Path:
-    """Return the path of a run folder's JSON record."""
-    return Path(folder) / record
+def key_of(settings: Settings, model: Model) -> dict:
+    """Return the cache key of ``settings`` on ``model``: its key fields, its model-dependent inputs and dtype."""
+    fields = settings.key_fields()
+    extra = getattr(settings, "key_inputs", None)
+    if extra is not None:
+        fields.update(extra(model))
+    fields["dtype"] = str(getattr(model.hf, "dtype", ""))
+    return cache_key(experiment_of(settings).kind, model.fingerprint(), fields)
+
+
+def read_record(folder: str | Path, record: str = "run.json") -> dict | None:
+    """Return the JSON record of ``folder`` (None when missing or unreadable)."""
+    path = Path(folder) / record
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def files_of(folder: Path) -> list[str]:
+    """Return the relative paths of every file under ``folder``, sorted (a run's manifest)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def is_ours(folder: str | Path, kind: str, record: str = "run.json") -> bool:
+    """Return whether ``folder`` holds a result of ``kind`` that llmlatent wrote and nothing else.
+
+    The record must carry a cache key of this kind and a manifest (``files``); the folder may hold no file
+    that the manifest does not list. A lone file named like the record proves nothing.
+    """
+    saved = read_record(folder, record)
+    if not isinstance(saved, dict) or not isinstance(saved.get("cache_key"), dict):
+        return False
+    if saved["cache_key"].get("kind") != kind or not isinstance(saved.get("files"), list):
+        return False
+    return set(files_of(Path(folder))) <= set(saved["files"]) | {record}
+
+
+def check_out(out: str | Path, experiment: Experiment) -> Path:
+    """Return ``out`` after checking that the experiment may write there (new, empty, or a result of its own)."""
+    return check_output_dir(out, lambda folder: is_ours(folder, experiment.kind, experiment.record),
+                            what=f"a previous {experiment.kind} result ({experiment.record} with its file list)")  # fmt: skip
 
 
 def cached(folder: str | Path, key: Mapping, record: str = "run.json") -> dict | None:
     """Return the stored record of ``folder`` when its cache key equals ``key``, else None (recompute)."""
-    path = record_path(folder, record)
-    if not path.exists():
-        return None
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        log.info("%s: unreadable record, recomputing", path)
+    saved = read_record(folder, record)
+    if saved is None:
         return None
     if saved.get("cache_key") != json.loads(json.dumps(dict(key), sort_keys=True, default=str)):
         log.info("%s: settings or model changed, recomputing", folder)
@@ -78,15 +151,52 @@ def cached(folder: str | Path, key: Mapping, record: str = "run.json") -> dict |
     return saved
 
 
-@contextmanager
-def write_run(folder: str | Path, key: Mapping, record: str = "run.json") -> Iterator[tuple[Path, dict]]:
-    """Yield (temporary folder, record dict) and, if the block succeeds, write the record with its key and swap it in.
+class Clock:
+    """Named wall-clock timings: ``with clock("fit"): …`` adds the block's seconds under ``"fit"``."""
 
-    The caller writes files into the temporary folder and fills the record; ``cache_key`` is added here.
-    The previous folder is replaced only if it held a record of this kind (never unrelated files).
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def total(self) -> float:
+        """Return the seconds since the clock was made."""
+        return time.perf_counter() - self.started
+
+    def rounded(self) -> dict[str, float]:
+        """Return every timing rounded to milliseconds (for a record)."""
+        return {k: round(v, 3) for k, v in self.seconds.items()}
+
+
+def run(settings: Settings, model: Model, out: str | Path, *, force: bool = False) -> dict:
+    """Return the record of ``out`` after computing ``settings`` on ``model`` there, or reusing a matching result.
+
+    ``out`` is checked first (:func:`check_out`), so a bad folder fails before any computation.
     """
-    with atomic_dir(folder, marker=record) as tmp:
-        content: dict = {}
-        yield tmp, content
-        content["cache_key"] = dict(key)
-        (tmp / record).write_text(json.dumps(content, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
+    experiment = experiment_of(settings)
+    out = check_out(out, experiment)
+    key = key_of(settings, model)
+    if not force and (record := cached(out, key, experiment.record)) is not None:
+        log.info("%s %s: cached (same model and settings)", experiment.kind, out)
+        return record
+    clock = Clock()
+    log.info("%s: %s", experiment.kind, experiment.describe(settings))
+    result = experiment.compute(model, settings)
+    compute_seconds = clock.total()
+    with atomic_dir(out, lambda folder: is_ours(folder, experiment.kind, experiment.record)) as tmp:
+        record = dict(experiment.write(result, tmp))
+        record.update(settings=settings.to_dict(), model=model.fingerprint().to_dict(), versions=versions(),
+                      compute_seconds=round(compute_seconds, 3), seconds=round(clock.total(), 3))  # fmt: skip
+        record["files"] = [*files_of(tmp), experiment.record]
+        record["cache_key"] = key
+        text = json.dumps(record, indent=1, ensure_ascii=False, default=str)
+        (tmp / experiment.record).write_text(text, encoding="utf-8")
+    log.info("wrote %s in %.1f s", out, record["seconds"])
+    return json.loads(text)  # the same structure a cached call returns

@@ -1,42 +1,147 @@
-"""Running one sweep into an output folder (rows.csv, summary.csv, figures, run.json), atomically."""
+"""The lens sweep, the paper's main experiment, and the model of every experiment's shape.
+
+An experiment is a frozen settings dataclass (defaults and validation once), ``compute`` and ``write``,
+registered with :func:`llmlatent.experiments.runs.register`; :func:`llmlatent.experiments.runs.run`
+caches, writes atomically and records. For the sweep::
+
+    settings = SweepSettings(task="translation", src="fr", tgt="zh", n_prompts=50)
+    record = runs.run(settings, model, "results/translation/fr-zh")      # or reuses a matching folder
+    result = compute(model, settings)                                      # the same, in memory
+    # result.rows: one row per (prompt, layer); result.summary: mean and 95% interval per layer
+
+``python -m llmlatent sweep`` takes one flag per field (:mod:`llmlatent.experiments.settings`).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from llmlatent import __version__
-from llmlatent.atomic import check_output_dir
+from llmlatent import checks
+from llmlatent.data import DataError, check_lang
+from llmlatent.errors import LlmlatentError
 from llmlatent.experiments import runs
-from llmlatent.tasks import SET_COLUMNS
+from llmlatent.experiments.settings import Settings, option
+from llmlatent.tasks import SET_COLUMNS, TASKS, PromptSet
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from llmlatent.model import Model
-    from llmlatent.tasks import PromptSet
 
 log = logging.getLogger(__name__)
 
 
-def versions() -> dict[str, str]:
-    """Return the versions that matter for reproducing a run."""
-    import torch
-    import transformers
+class SweepError(LlmlatentError, ValueError):
+    """Bad settings of a sweep (or of the prompts of any experiment built from a task)."""
 
-    return {
-        "llmlatent": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
+
+@dataclass(frozen=True)
+class PromptSettings(Settings):
+    """Which prompts: a task over word lists (bundled or ``words``), or a saved prompt file (``prompts``)."""
+
+    error = SweepError
+
+    task: str | None = option(None, "translation, repetition or cloze (default translation)", choices=TASKS)
+    src: str | None = option(None, "source language (default fr, or --tgt for repetition); ignored for cloze")
+    tgt: str | None = option(None, "target language (default zh)")
+    n_prompts: int | None = option(None, "number of prompts (default: all that pass the filters)", aliases=("--n",))
+    seed: int = option(0, "seed of the few-shot examples and of the prompt draw")
+    strict: bool = option(False, "strict token sets (no 1-character prefixes for alphabetic words)")
+    cognate_filter: bool = option(False, "drop concepts whose source and English token sets intersect")
+    words: str | None = option(None, "folder of word CSVs (bundled or seed layout)", digest=True)
+    prompts: str | None = option(None, "saved prompt CSV in the seed layout (prompt, out_token_str, "
+                                 "latent_token_str)", digest=True)  # fmt: skip
+    batch_size: int = option(16, "prompts per forward (does not change the numbers)", key=False)
+
+    def __post_init__(self) -> None:
+        checks.count(self.n_prompts, "n_prompts", optional=True, flag="--n-prompts")
+        checks.count(self.batch_size, "batch_size")
+        if self.words and self.prompts:
+            self.fail("--words and --prompts exclude each other: a prompt file already holds its words")
+        if self.prompts:
+            self._check_prompt_file()
+            return
+        task = self.task or "translation"
+        tgt = check_lang(self.tgt or "zh")
+        src = check_lang(self.src) if self.src else ("fr" if task == "translation" else tgt)
+        if task == "translation" and src == tgt:
+            raise DataError(f"translation needs two different languages (got {tgt}→{tgt}); use --task repetition")
+        self._set("task", task), self._set("tgt", tgt), self._set("src", src)
+        if self.words:  # empty, non-UTF-8 or duplicate-concept word files fail now, not after the model load
+            from llmlatent import data
+
+            with checks.quiet(data.log):
+                data.read_table(["en", src, tgt], self.words)
+
+    def _check_prompt_file(self) -> None:
+        from llmlatent import data
+
+        checks.input_file(self.prompts, "prompts")
+        given = [f"--{k.replace('_', '-')}" for k in ("task", "src", "tgt", "cognate_filter") if getattr(self, k)]
+        if given:
+            self.fail(
+                f"--prompts {self.prompts} already defines the prompts; drop {', '.join(given)} (they would be ignored)"
+            )
+        with checks.quiet(data.log):  # an empty, non-UTF-8 or malformed file fails now; its warnings come later
+            data.read_prompt_file(self.prompts)
+
+    def build(self, tokenizer: PreTrainedTokenizerBase) -> PromptSet:
+        """Return the prompt set these settings name, for ``tokenizer``."""
+        from llmlatent import tasks
+
+        if self.prompts:
+            return tasks.from_prompt_file(self.prompts, tokenizer, strict=self.strict, n=self.n_prompts, seed=self.seed)
+        return tasks.build(self.task, self.src, self.tgt, tokenizer, n=self.n_prompts, seed=self.seed,
+                           words_dir=self.words, strict=self.strict, cognate_filter=self.cognate_filter)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SweepSettings(PromptSettings):
+    """A lens sweep: p(target), p(English), p(source), entropy and energy per layer, with 95% intervals."""
+
+    ci: str = option("normal", "95% intervals: normal approximation (as the paper) or bootstrap",
+                     choices=("normal", "bootstrap"))  # fmt: skip
+    prompt_set: PromptSet | None = option(None, "prompts built in Python (tasks.custom …)", key=False, cli=False)
+    progress: bool = option(True, "progress bar", key=False, cli=False)
+
+    def __post_init__(self) -> None:
+        if self.prompt_set is not None:
+            if len(self.prompt_set) == 0:
+                self.fail("the prompt set is empty; build one with at least one prompt")
+            checks.count(self.batch_size, "batch_size")
+            return
+        super().__post_init__()
+
+    def prompts_for(self, model: Model) -> PromptSet:
+        """Return the prompt set of this sweep (the given one, or the one the settings name, for the model's tokenizer)."""
+        return self.prompt_set if self.prompt_set is not None else self.build(model.tokenizer)
+
+    def key_inputs(self, model: Model) -> dict:
+        """Return the model-dependent inputs of the key: the prompts' meta and a digest of prompts and token sets."""
+        prompts = self.prompts_for(model)
+        return {"prompt_meta": prompts.meta, "prompts_sha256": prompts_digest(prompts)}
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """A computed sweep: the prompts (with their token sets as strings), tidy rows, summary, title, timing."""
+
+    prompts: PromptSet
+    prompt_table: pd.DataFrame
+    rows: pd.DataFrame
+    summary: pd.DataFrame
+    title: str
+    ci: str
+    batch_size: int
+    sweep_seconds: float
 
 
 def headline(summary: pd.DataFrame) -> dict:
@@ -59,7 +164,7 @@ def token_sets(prompts: PromptSet, tokenizer: PreTrainedTokenizerBase) -> pd.Dat
     each probability summed, e.g. ``["<0xE4>", "云"]`` for 云 on Llama-2.
     """
     frame = prompts.df.copy()
-    for column in ("target_ids", "english_ids", "source_ids"):
+    for column in SET_COLUMNS.values():
         ids = [list(map(int, s)) if s is not None and len(s) else None for s in frame[column]]
         frame[column] = [json.dumps(s) if s is not None else "" for s in ids]
         frame[column.replace("_ids", "_tokens")] = [
@@ -83,92 +188,79 @@ def prompts_digest(prompts: PromptSet) -> str:
     prompts and sets, so this digest changes whenever any of them changes what is computed.
     """
     columns = ["prompt", *(c for c in SET_COLUMNS.values() if c in prompts.df)]
-    blob = json.dumps(
-        prompts.df[columns].to_numpy().tolist(),
-        ensure_ascii=False,
-        default=lambda v: v.tolist() if hasattr(v, "tolist") else list(v),
-    )
+    blob = json.dumps(prompts.df[columns].to_numpy().tolist(), ensure_ascii=False,
+                      default=lambda v: v.tolist() if hasattr(v, "tolist") else list(v))  # fmt: skip
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def sweep_key(model: Model, prompts: PromptSet, *, seed: int = 0, ci: str = "normal") -> dict:
-    """Return the cache key of a sweep folder: model identity and dtype, the prompt set's settings and digest, seed, ci.
+def compute(model: Model, settings: SweepSettings) -> SweepResult:
+    """Return the sweep of ``settings`` on ``model``: the lens at the last token after every block, summarised."""
+    from llmlatent import lens, metrics
 
-    ``batch_size`` is not part of it: batches only group prompts of similar length; with left padding and
-    the attention mask each prompt's forward is the same computation, so the rows agree to float32
-    rounding (``test_sweep_frame_and_batch_invariance``), far below any interval width.
-    """
-    settings = {
-        **prompts.meta,
-        "prompts_sha256": prompts_digest(prompts),
-        "sweep_seed": seed,
-        "ci": ci,
-        "dtype": str(getattr(model.hf, "dtype", "")),
-    }
-    return runs.cache_key("sweep", model.fingerprint(), settings)
+    prompts = settings.prompts_for(model)
+    log.info(prompts.report())
+    started = time.perf_counter()
+    rows = lens.sweep(model, prompts, batch_size=settings.batch_size, seed=settings.seed, progress=settings.progress)
+    seconds = time.perf_counter() - started
+    rows.insert(1, "concept", rows["prompt_id"].map(dict(zip(prompts.df["prompt_id"], prompts.df["concept"]))))
+    summary = metrics.summarize(rows, ci=settings.ci, seed=settings.seed)
+    return SweepResult(prompts, token_sets(prompts, model.tokenizer), rows, summary,
+                       title_of(prompts.meta, model.name), settings.ci, settings.batch_size, seconds)  # fmt: skip
 
 
-def sweep_to_dir(
-    model: Model,
-    prompts: PromptSet,
-    out: str | Path,
-    *,
-    batch_size: int = 16,
-    seed: int = 0,
-    ci: str = "normal",
-    started: float | None = None,
-    progress: bool = True,
-) -> dict:
-    """Return run.json's content after writing rows.csv, summary.csv, prob/energy figures (PNG+PDF) to ``out``.
-
-    run.json carries the :func:`sweep_key`; ``runs.cached(out, sweep_key(...))`` tells whether the folder is current.
-    ``out`` is checked first (:func:`llmlatent.atomic.check_output_dir`): it must be new, empty or a
-    previous sweep (its run.json), so a bad folder fails before the computation, and unrelated files
-    are never replaced.
-    """
+def write(result: SweepResult, folder: Path) -> dict:
+    """Return run.json's own fields after writing rows.csv, summary.csv, prompts.csv and the figures (PNG+PDF)."""
     import matplotlib.pyplot as plt
 
-    from llmlatent import checks, lens, metrics
     from llmlatent.experiments import plots
 
-    check_output_dir(out, "run.json")
-    checks.count(batch_size, "batch_size")
-    started = time.perf_counter() if started is None else started
-    sweep_started = time.perf_counter()
-    rows = lens.sweep(model, prompts, batch_size=batch_size, seed=seed, progress=progress)
-    sweep_seconds = time.perf_counter() - sweep_started
-    meta = dict(prompts.meta)
-    rows.insert(1, "concept", rows["prompt_id"].map(dict(zip(prompts.df["prompt_id"], prompts.df["concept"]))))
-    summary = metrics.summarize(rows, ci=ci, seed=seed)
-    with runs.write_run(out, sweep_key(model, prompts, seed=seed, ci=ci)) as (tmp, run):
-        rows.to_csv(tmp / "rows.csv", index=False, float_format="%.8g")
-        summary.to_csv(tmp / "summary.csv", index=False, float_format="%.8g")
-        token_sets(prompts, model.tokenizer).to_csv(tmp / "prompts.csv", index=False)
-        title = title_of(meta, model.name)
-        for name, fig in (
-            ("probabilities", plots.probability_figure(summary, meta, title)),
-            ("energy", plots.energy_figure(summary, title)),
-        ):
-            plots.save(fig, tmp / name)
-            plt.close(fig)
-        run.update(
-            {
-                **meta,
-                "model": model.fingerprint().to_dict(),
-                "n_prompts": len(prompts),
-                "dropped": prompts.dropped,
-                "token_sets": "prompts.csv: target_tokens, english_tokens, source_tokens (and their _ids)",
-                "notes": prompts.notes,
-                "ci": ci,
-                "batch_size": batch_size,
-                **headline(summary),
-                "sweep_seconds": round(sweep_seconds, 3),
-                "seconds": round(time.perf_counter() - started, 3),
-                "versions": versions(),
-            }
-        )
-    log.info("wrote %s (%d prompts, %.1f s)", out, len(prompts), run["seconds"])
-    return run
+    result.rows.to_csv(folder / "rows.csv", index=False, float_format="%.8g")
+    result.summary.to_csv(folder / "summary.csv", index=False, float_format="%.8g")
+    result.prompt_table.to_csv(folder / "prompts.csv", index=False)
+    meta = dict(result.prompts.meta)
+    for name, fig in (("probabilities", plots.probability_figure(result.summary, meta, result.title)),
+                      ("energy", plots.energy_figure(result.summary, result.title))):  # fmt: skip
+        plots.save(fig, folder / name)
+        plt.close(fig)
+    return {
+        **meta,
+        "n_prompts": len(result.prompts),
+        "dropped": result.prompts.dropped,
+        "token_sets": "prompts.csv: target_tokens, english_tokens, source_tokens (and their _ids)",
+        "notes": result.prompts.notes,
+        "ci": result.ci,
+        "batch_size": result.batch_size,
+        **headline(result.summary),
+        "sweep_seconds": round(result.sweep_seconds, 3),
+    }
+
+
+def describe(settings: SweepSettings) -> str:
+    """Return the settings in a log line."""
+    if settings.prompt_set is not None:
+        return f"{len(settings.prompt_set)} given prompts"
+    if settings.prompts:
+        return f"prompts of {settings.prompts}"
+    return f"{settings.task} {settings.src}→{settings.tgt}"
+
+
+EXPERIMENT = runs.register(
+    runs.Experiment(
+        "sweep",
+        SweepSettings,
+        lambda m, s: compute(m, s),
+        write,
+        headline=("n_prompts", "seconds", "peak_english", "final_target"),
+        describe=describe,
+    )  # fmt: skip
+)
+
+
+def sweep_to_dir(model: Model, prompts: PromptSet, out: str | Path, *, batch_size: int = 16, seed: int = 0,
+                 ci: str = "normal", progress: bool = True, force: bool = False) -> dict:  # fmt: skip
+    """Return run.json's content after sweeping a prompt set built in Python into ``out`` (:func:`runs.run`)."""
+    settings = SweepSettings(prompt_set=prompts, batch_size=batch_size, seed=seed, ci=ci, progress=progress)
+    return runs.run(settings, model, out, force=force)
 
 
 def pivot_examples(rows: pd.DataFrame, prompts: pd.DataFrame, layer: int) -> pd.DataFrame:
@@ -232,3 +324,8 @@ def compare_variants(
             }
         )
     return pd.DataFrame(records), summaries
+
+
+def sweep_key(model: Model, prompts: PromptSet, *, seed: int = 0, ci: str = "normal") -> dict:
+    """Return the cache key of sweeping ``prompts`` on ``model`` (batch size is no part of it: it changes nothing)."""
+    return runs.key_of(SweepSettings(prompt_set=prompts, seed=seed, ci=ci), model)

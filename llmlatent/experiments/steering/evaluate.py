@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -37,8 +38,29 @@ SCRIPTS = {
 GROUP = ["direction", "split", "vector", "draw", "layer", "alpha"]
 MAX_ROWS = 256  # rows (settings × prompts) per steered forward: wide enough for the CPU's matrix units
 
-# (vector kind, random draw, layer or None, α, vector or None): one evaluated setting
-Item = tuple[str, int, "int | None", float, "SteeringVector | None"]  # noqa: F821 (typing only)
+
+@dataclass(frozen=True)
+class Item:
+    """One evaluated setting: the vector kind, its random draw, the layer (None: no vector), α and the vector."""
+
+    kind: str
+    draw: int
+    layer: int | None
+    alpha: float
+    vector: SteeringVector | None
+
+    @classmethod
+    def baseline(cls) -> Item:
+        """Return the unsteered setting (α = 0, no vector)."""
+        return cls("mean_difference", 0, None, 0.0, None)
+
+    def steering(self) -> tuple[SteeringVector | None, float]:
+        """Return (vector, α) as the steered forwards take them."""
+        return self.vector, self.alpha
+
+    def columns(self) -> dict:
+        """Return the setting's columns of a tidy row (vector kind, draw, layer, α)."""
+        return {"vector": self.kind, "draw": self.draw, "layer": self.layer, "alpha": self.alpha}
 
 
 def has_script(text: str, lang: str) -> bool:
@@ -69,7 +91,7 @@ def batches(
 def metrics(batch: Batch, items: Sequence[Item], towards: str, source: str) -> list[pd.DataFrame]:
     """Return one frame of per-prompt metrics per setting in ``items``, all decoded in one call."""
     model, n = batch.model, len(batch.frame)
-    finals = steered_final(model, batch.prefix, [(vec, alpha) for _, _, _, alpha, vec in items], max_rows=MAX_ROWS)
+    finals = steered_final(model, batch.prefix, [item.steering() for item in items], max_rows=MAX_ROWS)
     stats = decode(
         model.unembedding,
         finals.reshape(len(items) * n, -1),
@@ -80,17 +102,14 @@ def metrics(batch: Batch, items: Sequence[Item], towards: str, source: str) -> l
     top = stats["top_ids"][:, 0].tolist()
     names = model.tokenizer.batch_decode([[t] for t in top])
     frames = []
-    for j, (kind, draw, layer, alpha, _) in enumerate(items):
+    for j, item in enumerate(items):
         rows = slice(j * n, (j + 1) * n)
         ids, texts = top[rows], names[rows]
         frames.append(
             pd.DataFrame(
                 {
                     "direction": f"{source}→{towards}",
-                    "vector": kind,
-                    "draw": draw,
-                    "layer": layer,
-                    "alpha": alpha,
+                    **item.columns(),
                     "prompt_id": batch.frame["prompt_id"].to_numpy(),
                     "concept": batch.frame["concept"].to_numpy(),
                     "p_target_answer": stats["p_target"][rows].numpy(),
@@ -149,21 +168,18 @@ def generations(
         texts = generate_many(
             b.model,
             b.prefix,
-            [(vec, alpha) for *_, alpha, vec in items],
+            [item.steering() for item in items],
             max_new_tokens=max_new_tokens,
             max_rows=MAX_ROWS,
         )
-        for j, ((kind, draw, layer, alpha, _), generated) in enumerate(zip(items, texts)):
+        for j, (item, generated) in enumerate(zip(items, texts)):
             answers = [_answer(t) for t in generated]
             out[j].append(
                 pd.DataFrame(
                     {
                         "direction": direction,
                         "split": "test",
-                        "vector": kind,
-                        "draw": draw,
-                        "layer": layer,
-                        "alpha": alpha,
+                        **item.columns(),
                         "prompt_id": b.frame["prompt_id"].to_numpy(),
                         "concept": b.frame["concept"].to_numpy(),
                         "generation": generated,

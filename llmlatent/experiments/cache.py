@@ -1,0 +1,25 @@
+"""The latent cache command's settings: which prompts, and how the store is written (resumable, multi-process)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmlatent import checks
+from llmlatent.experiments.settings import option
+from llmlatent.experiments.sweep import PromptSettings
+from llmlatent.latents import check_dtype
+
+
+@dataclass(frozen=True)
+class CacheSettings(PromptSettings):
+    """Last-token latents of every block for a task's prompts, into a latent store (rerun to resume)."""
+
+    dtype_store: str = option("float16", "storage dtype", choices=("float16", "bfloat16", "float32"))
+    shard_size: int | None = option(None, "prompts per shard (default 64; a resumed store keeps its own)")
+    repair: bool = option(False, "rebuild an unreadable store.json from the prompts and model, keeping every shard "
+                          "that still verifies")  # fmt: skip
+
+    def __post_init__(self) -> None:
+        check_dtype(self.dtype_store)
+        checks.count(self.shard_size, "shard_size", optional=True)
+        super().__post_init__()

@@ -1,0 +1,172 @@
+"""Settings of the steering demo and its concept splits (fit / select / test), both fixed before any model work."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmlatent.data import LANGS, DataError, check_lang
+from llmlatent.experiments.settings import Settings, option
+from llmlatent.steering import SteeringError, check_alpha, check_count, check_layer
+
+DEFAULT_ALPHAS = (0.5, 1.0, 2.0, 4.0)
+DEFAULT_N_CONCEPTS = 96  # 32 fit + 32 select + 32 test concepts
+MAX_ALPHA = 100.0  # α is a multiple of Δ (a difference of mean residuals); beyond this it only measures breakage
+
+
+def default_layers(n_layers: int, k: int = 6) -> list[int]:
+    """Return up to ``k`` layers spread over the middle and late blocks (30 % … 90 % of the depth)."""
+    return sorted({int(round(x)) for x in np.linspace(0.3 * (n_layers - 1), 0.9 * (n_layers - 1), k)})
+
+
+def default_wrong_pair(source: str, target: str, via: str) -> tuple[str, str]:
+    """Return the wrong-pair control (X, source): X is the first language not in {source, target, via}."""
+    other = next(lang for lang in LANGS if lang not in (source, target, via))
+    return other, source
+
+
+@dataclass(frozen=True)
+class SteeringSettings(Settings):
+    """The RU→ZH-style demo: fit Δ = μ_target − μ_source, choose (layer, α) on select concepts, report on test."""
+
+    error = SteeringError
+
+    source: str = option("ru", "language the steered prompts answer in")
+    target: str = option("zh", "language to steer towards")
+    via: str = option("fr", "source language of the translation prompts")
+    layers: tuple[int, ...] | None = option(None, "layers (after block i, 0-based), e.g. 5 7 9 or 5,7,9 "
+                                            "(default: 6 spread over 30-90% of the depth)")  # fmt: skip
+    alphas: tuple[float, ...] = option(DEFAULT_ALPHAS, "multiples of Δ, 0 < α ≤ 100; 0 = the baseline is "
+                                       "always included")  # fmt: skip
+    n_concepts: int | None = option(DEFAULT_N_CONCEPTS, "concepts used, cut into fit / select / test thirds")
+    seed: int = option(0, "seed of the splits, the few-shot examples and the random controls")
+    max_new_tokens: int = option(5, "greedy generation length")
+    n_generate: int = option(16, "test prompts with greedy generations per setting", aliases=("--generate",))
+    n_random: int = option(3, "random directions of Δ's norm per direction, the control", aliases=("--random",))
+    flip: bool = option(True, "the flip direction (−Δ on target-language prompts)")
+    n_flip: int | None = option(16, "target-language prompts per split (select, test) for the flip direction",
+                                aliases=("--flip-prompts",))  # fmt: skip
+    wrong_pair: tuple[str, str] | None = option(None, "the wrong-pair control μ_TOWARDS − μ_AWAY_FROM at Δ's norm "
+                                                "(default: en ru for ru→zh via fr)",
+                                                metavar=("TOWARDS", "AWAY_FROM"))  # fmt: skip
+    words: str | None = option(None, "folder of word CSVs (bundled or seed layout)", digest=True,
+                               aliases=("--words-dir",))  # fmt: skip
+    store_dir: str | None = option(None, "keep the fit latent stores in this folder and reuse them on reruns "
+                                   "(default: temporary)", key=False, aliases=("--latents",))  # fmt: skip
+    reuse_stores: tuple[str, ...] = option((), "latent stores (e.g. from `cache`) searched for the fit prompts before "
+                                 "computing them", key=False)  # fmt: skip
+    batch_size: int = option(16, "prompts per forward (its prefix groups enter the key, as float rounding may differ)")
+    reuse_prefix: bool = option(True, "one KV cache of each prompt batch's prefix", cli=False)
+    progress: bool = option(True, "progress bar", key=False, cli=False)
+
+    def __post_init__(self) -> None:
+        for lang in (self.source, self.target, self.via):
+            check_lang(lang)
+        if len({self.source, self.target, self.via}) < 3:
+            raise DataError(f"source, target and via must be three different languages "
+                            f"(got {self.source}, {self.target}, {self.via})")  # fmt: skip
+        if self.layers is not None:
+            self._set("layers", tuple(sorted({check_count(x, "layers", minimum=0) for x in self.layers})))
+            if not self.layers:
+                self.fail("layers is empty; give at least one layer (after block i, 0-based) or None for the default")
+        self._set("alphas", self._checked_alphas())
+        if self.n_concepts is not None:
+            check_count(self.n_concepts, "n_concepts", minimum=3)
+        if self.n_flip is not None:
+            check_count(self.n_flip, "n_flip", minimum=1)
+        self._set("wrong_pair", self._checked_wrong_pair())
+        for name in ("seed", "n_generate", "n_random"):
+            check_count(getattr(self, name), name)
+        check_count(self.max_new_tokens, "max_new_tokens", minimum=1)
+        check_count(self.batch_size, "batch_size", minimum=1)
+        self._set("reuse_stores", tuple(self.reuse_stores or ()))
+
+    def _checked_alphas(self) -> tuple[float, ...]:
+        values = set()
+        for a in self.alphas:
+            a = check_alpha(a)
+            if a < 0 or a > MAX_ALPHA:
+                self.fail(f"alphas must be between 0 and {MAX_ALPHA:g} (multiples of Δ; the flip direction covers "
+                          f"−Δ), got {a:g}")  # fmt: skip
+            values.add(a)
+        if not values - {0.0}:
+            self.fail("alphas needs at least one non-zero value (α = 0, the baseline, is always included)")
+        return tuple(sorted(values - {0.0}))
+
+    def _checked_wrong_pair(self) -> tuple[str, str]:
+        pair = default_wrong_pair(self.source, self.target, self.via) if self.wrong_pair is None else self.wrong_pair
+        pair = tuple(pair)
+        if len(pair) != 2 or pair[0] == pair[1]:
+            self.fail(f"wrong_pair must be two different languages (towards, away from), got {pair!r}")
+        for lang in pair:
+            check_lang(lang)
+        if self.via in pair:
+            self.fail(f"wrong_pair must not use the prompts' source language {self.via!r}: "
+                      f"{self.via}→{self.via} is no translation")  # fmt: skip
+        if set(pair) == {self.source, self.target}:
+            self.fail(f"wrong_pair {pair} is Δ itself (or −Δ); pick another pair, e.g. "
+                      f"{default_wrong_pair(self.source, self.target, self.via)}")  # fmt: skip
+        return pair
+
+    def layers_for(self, n_layers: int) -> list[int]:
+        """Return the candidate layers on a model of ``n_layers`` blocks (the default spread, or the given ones)."""
+        return default_layers(n_layers) if self.layers is None else [check_layer(x, n_layers) for x in self.layers]
+
+    def key_inputs(self, model: object) -> dict:
+        """Return the model-dependent key inputs: the resolved layers and the prompts of any reused latent store."""
+        from llmlatent.experiments.steering.fit import open_stores
+
+        stores = open_stores(self.reuse_stores)
+        return {"layers": self.layers_for(model.n_layers),
+                "reuse_stores": [{"prompts_sha256": s.config["prompts_sha256"], "dtype": s.dtype} for s in stores]}  # fmt: skip
+
+
+# ---------------------------------------------------------------- splits
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Three disjoint, sorted concept lists (fit, select, test) and the flip direction's subsets of select and test."""
+
+    fit: list[str]
+    select: list[str]
+    test: list[str]
+    flip_select: list[str]
+    flip_test: list[str]
+
+    def to_dict(self) -> dict[str, list[str]]:
+        """Return the splits as a JSON-able dict (recorded in best.json)."""
+        return {
+            "fit": self.fit,
+            "select": self.select,
+            "test": self.test,
+            "flip_select": self.flip_select,
+            "flip_test": self.flip_test,
+        }
+
+
+def split_concepts(concepts: Sequence[str], seed: int, n: int | None = None) -> tuple[list[str], list[str], list[str]]:
+    """Return (fit, select, test) concept lists: a seeded shuffle of (up to ``n`` of) ``concepts`` cut in thirds.
+
+    fit and select get ⌊m/3⌋ concepts each and test the rest (m = the number used).
+    """
+    pool = sorted(set(concepts))
+    if len(pool) < 3:
+        raise DataError(f"steering needs at least 3 concepts to split into fit, select and test, got {len(pool)}")
+    order = np.random.default_rng(seed).permutation(len(pool))
+    chosen = [pool[i] for i in order[: min(n or len(pool), len(pool))]]
+    third = len(chosen) // 3
+    return sorted(chosen[:third]), sorted(chosen[third : 2 * third]), sorted(chosen[2 * third :])
+
+
+def choose_subset(concepts: Sequence[str], seed: int, n: int | None) -> list[str]:
+    """Return a seeded subset of ``n`` concepts (all when ``n`` is None or larger), sorted."""
+    return sorted(np.random.default_rng(seed).permutation(list(concepts))[: n or len(concepts)].tolist())
+
+
+def make_splits(concepts: Sequence[str], seed: int, n: int | None, n_flip: int | None) -> Splits:
+    """Return the fit / select / test splits and the flip subsets (seed + 1, seed + 2) of a concept pool."""
+    fit, select, test = split_concepts(concepts, seed, n)
+    return Splits(fit, select, test, choose_subset(select, seed + 1, n_flip), choose_subset(test, seed + 2, n_flip))
