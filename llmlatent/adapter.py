@@ -12,11 +12,15 @@ import hashlib
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .errors import LlmlatentError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +276,25 @@ class Unembedding(nn.Module):
         return self._energy_gram
 
 
+@dataclass(frozen=True, eq=False)
+class LoadedHead:
+    """A model's final norm + unembedding loaded without the model (:func:`llmlatent.model.load_unembedding`).
+
+    ``name`` is the model's display name, ``tokenizer`` its tokenizer (None when the model has no
+    tokenizer files; pass ``tokenizer=`` to :func:`llmlatent.lens.from_latents` then), ``config`` its HF config.
+    """
+
+    unembedding: Unembedding
+    name: str
+    tokenizer: PreTrainedTokenizerBase | None
+    config: object
+
+
+def text_config(config: object) -> object:
+    """Return the text part of an HF config (``get_text_config()`` of multimodal wrappers), else the config itself."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 @dataclass
 class Adapter:
     """Where a model keeps its blocks and unembedding; built by :func:`adapter_for`."""
@@ -308,9 +331,7 @@ def adapter_for(hf_model: nn.Module, *, blocks: str | None = None, final_norm: s
             + "; ".join(missing)
             + ". Pass the attribute paths explicitly, e.g. load(name, blocks='model.layers', final_norm='model.norm')."
         )
-    config = hf_model.config
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    softcap = getattr(text_config, "final_logit_softcapping", None)
+    softcap = getattr(text_config(hf_model.config), "final_logit_softcapping", None)
     return Adapter(
         blocks=found_blocks,
         unembedding=Unembedding(found_norm, head, float(softcap) if softcap else None),

@@ -10,6 +10,8 @@ import operator
 import os
 from pathlib import Path
 
+import torch
+
 from .errors import UsageError
 
 
@@ -76,3 +78,13 @@ def layer(value: int, n_layers: int, *, error: type[Exception] = UsageError) -> 
     if not 0 <= value < n_layers:
         raise error(f"layer {value} is out of range: the model has {n_layers} blocks, layers 0 … {n_layers - 1}")
     return int(value)
+
+
+def torch_dtype(value: torch.dtype | str | None, name: str = "dtype") -> torch.dtype | None:
+    """Return ``value`` as a torch.dtype (a dtype, or its name such as ``"bfloat16"``; None stays None)."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    found = getattr(torch, str(value).removeprefix("torch."), None)
+    if not isinstance(found, torch.dtype):
+        raise UsageError(f"{_label(name, None)} must be a torch dtype such as float32 or bfloat16, got {value!r}")
+    return found

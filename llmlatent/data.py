@@ -28,7 +28,6 @@ whitespace-only words never reach a prompt; the builders count them as dropped (
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .atomic import file_sha256
 from .errors import LlmlatentError
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ _WORDS: dict[tuple[str, str, str], pd.DataFrame] = {}  # read_words' memory: (la
 def _sha256(path: Path) -> str | None:
     """Return the sha256 of a file's bytes, or None if it cannot be read (read_csv then says why)."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_sha256(path)
     except OSError:
         return None
 

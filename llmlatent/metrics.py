@@ -121,6 +121,6 @@ def interval(
 ) -> tuple[float, float, float]:
     """Return (mean, low, high) of the 95% interval of ``values`` (NaN ignored): normal approximation or percentile bootstrap."""
     if ci not in ("normal", "bootstrap"):
-        raise ValueError(f"ci must be 'normal' or 'bootstrap', not {ci!r}")
+        raise UsageError(f"ci must be 'normal' or 'bootstrap', not {ci!r}")
     values = np.asarray(values, dtype=np.float64)
     return _normal_ci(values) if ci == "normal" else _bootstrap_ci(values, seed, n_resamples)

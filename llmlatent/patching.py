@@ -31,10 +31,10 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checks
-from .capture import batched, block_output, capture_last, forward_last, length_order
+from .capture import batched, block_output, capture_last, check_captured, check_left_padded, forward_last, length_order
 from .errors import LlmlatentError
 from .model import Model
-from .prefix import Prefix, check_left_padded, no_logits
+from .prefix import Prefix, no_logits
 
 if TYPE_CHECKING:
     from llmlatent.latents import LatentStore
@@ -115,8 +115,7 @@ def _last_block_latent(model: Model, inputs: dict, latents: Mapping[int, torch.T
     # the overwrite hooks are registered first, so the capture hooks see the patched outputs
     with overwrite_last(model, latents), capture_last(model, last) as captured:
         model.run(inputs, logits_to_keep=no_logits())
-    if len(captured) != model.n_layers:
-        raise RuntimeError(f"captured {len(captured)} block outputs, expected {model.n_layers}")
+    check_captured(captured, model.n_layers)
     return torch.stack([c.to(captured[0].device) for c in captured], dim=1).float()
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .capture import capture_last
+from .capture import capture_last, check_left_padded
 from .errors import LlmlatentError
 
 if TYPE_CHECKING:
@@ -45,8 +45,8 @@ TILE_BYTES = 1 << 30
 Intervention = Callable[[dict], contextlib.AbstractContextManager]  # forward kwargs → hooks for that forward
 
 
-class PrefixError(LlmlatentError, ValueError):
-    """Prompts that cannot be continued from a prefix cache (right padding); the message says why."""
+class PrefixError(LlmlatentError, RuntimeError):
+    """A KV cache that could not be cropped back to its prefix (a cache class whose ``crop`` does not cut)."""
 
 
 def cache_kwarg(model: Model) -> str:
@@ -57,12 +57,6 @@ def cache_kwarg(model: Model) -> str:
 def no_logits() -> torch.Tensor:
     """Return ``logits_to_keep`` as an empty position index: the head computes no logits at all."""
     return torch.zeros(0, dtype=torch.long)
-
-
-def check_left_padded(inputs: Mapping[str, torch.Tensor]) -> None:
-    """Return None if the last column is every row's last real token (left padding); raise PrefixError otherwise."""
-    if not bool(inputs["attention_mask"][:, -1].all()):
-        raise PrefixError("the tokenizer must pad on the left so that the last position is the last prompt token")
 
 
 def prefix_cache(model: Model, inputs: Mapping[str, torch.Tensor]) -> Cache | None:
@@ -95,7 +89,7 @@ def crop_cache(cache: Cache, length: int) -> None:
     if extra > 0:
         cache.crop(-extra)  # a negative count removes that many positions (transformers ≥ 4.x and 5.x)
     if int(cache.get_seq_length()) != int(length):
-        raise RuntimeError(f"the KV cache could not be cropped back to {length} positions")
+        raise PrefixError(f"the KV cache could not be cropped back to {length} positions")
 
 
 def tile_cache(cache: Cache, rows: int, copies: int) -> Cache | None:

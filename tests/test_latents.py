@@ -16,6 +16,7 @@ import torch
 from conftest import FAMILIES, save_model
 
 from llmlatent import capture, latents, lens, model, tasks
+from llmlatent.adapter import Fingerprint, LoadedHead
 from llmlatent.cli import main
 from llmlatent.errors import UsageError
 
@@ -71,6 +72,7 @@ def test_collect_load_round_trip(tiny_models, tmp_path, monkeypatch):
     ps = prompt_set(m)
     store = latents.collect(m, ps, tmp_path / "s", shard_size=4, dtype="float32", progress=False)
     assert (len(store), store.n_layers, store.hidden_size, store.dtype) == (6, 3, 64, "float32")
+    assert isinstance(store.fingerprint, Fingerprint) and store.fingerprint.same_model(m.fingerprint())
     assert store.fingerprint == m.fingerprint()
     assert store.meta["task"] == "translation" and store.meta["src"] == "fr"
     pd.testing.assert_frame_equal(store.prompts, ps.df)
@@ -154,15 +156,17 @@ def test_load_unembedding_reads_only_norm_and_head(tiny_models, bpe_tokenizer, t
             return self.file.get_tensor(key)
 
     monkeypatch.setattr(safetensors, "safe_open", Spy)
-    unembedding = model.load_unembedding(str(tmp_path / "m"))
+    head = model.load_unembedding(str(tmp_path / "m"))
     assert set(read) == keys
-    assert unembedding.fingerprint() == m.unembedding.fingerprint()
-    assert unembedding.softcap == m.unembedding.softcap and unembedding.tokenizer is not None
+    assert isinstance(head, LoadedHead) and head.name == str(tmp_path / "m")
+    assert not hasattr(head.unembedding, "name") and not hasattr(head.unembedding, "tokenizer")  # nothing patched on
+    assert head.unembedding.fingerprint() == m.unembedding.fingerprint()
+    assert head.unembedding.softcap == m.unembedding.softcap and head.tokenizer is not None
     ps = prompt_set(m, n=4)
     store = latents.collect(m, ps, tmp_path / "s", progress=False)
-    store.check(unembedding)
+    store.check(head)
     pd.testing.assert_frame_equal(
-        lens.from_latents(store, unembedding, progress=False), lens.from_latents(store, m, progress=False)
+        lens.from_latents(store, head, progress=False), lens.from_latents(store, m, progress=False)
     )
 
 
@@ -383,9 +387,9 @@ def test_embedded_lens_from_cache_without_the_model(embedded, tmp_path):
     ps = prompt_set(embedded, n=8)
     live = lens.sweep(embedded, ps, progress=False)
     store = latents.collect(embedded, ps, tmp_path / "s", progress=False)
-    unembedding = model.load_unembedding()  # None = the embedded default, read from its safetensors
-    assert unembedding.fingerprint() == embedded.unembedding.fingerprint()
-    cached = lens.from_latents(store, unembedding, progress=False)
+    head = model.load_unembedding()  # None = the embedded default, read from its safetensors
+    assert head.unembedding.fingerprint() == embedded.unembedding.fingerprint()
+    cached = lens.from_latents(store, head, progress=False)
     diff = assert_float16_agreement(live, cached, min_top_agreement=0.95)
     print("\nembedded fr→zh, float16 store vs live sweep, max |difference|:", {c: f"{v:.1e}" for c, v in diff.items()})
     assert latents.info(tmp_path / "s")["latent_bytes_per_prompt"] == 18 * 640 * 2
@@ -465,6 +469,7 @@ def gated(*args):
     time.sleep(0.05)
     return real(*args)
 capture.forward_last = gated
+from llmlatent.adapter import Fingerprint, LoadedHead
 from llmlatent.cli import main
 raise SystemExit(main(sys.argv[1:]))
 """
@@ -539,6 +544,7 @@ def write_json(path, content):
         time.sleep(600)
     return real(path, content)
 latent_shards.write_json = write_json
+from llmlatent.adapter import Fingerprint, LoadedHead
 from llmlatent.cli import main
 raise SystemExit(main(sys.argv[1:]))
 """

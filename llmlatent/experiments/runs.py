@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from llmlatent.atomic import atomic_dir
-from llmlatent.latents.format import file_sha256
+from llmlatent.atomic import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,7 @@ import json
 import logging
 import math
 import os
-import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,9 +19,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llmlatent.atomic import atomic_file, make_temp_dir
+from llmlatent.adapter import Fingerprint
+from llmlatent.atomic import atomic_file, file_sha256, staged_dir
 from llmlatent.errors import LlmlatentError, UsageError
-from llmlatent.tasks import SET_COLUMNS as _SETS
+from llmlatent.tasks import SET_COLUMNS
 
 if TYPE_CHECKING:
     from llmlatent.model import Model
@@ -38,7 +38,6 @@ LOCK_FILE = "store.lock"
 DEFAULT_SHARD_SIZE = 64
 # storage dtype -> numpy/Arrow value type of the ``latents`` column (Arrow has no bfloat16: its bit pattern)
 STORAGE = {"float16": "float16", "bfloat16": "uint16", "float32": "float32"}
-SET_COLUMNS = tuple(_SETS.values())
 
 
 class LatentStoreError(LlmlatentError, ValueError):
@@ -75,7 +74,7 @@ def prompt_frame(prompts: PromptSet | pd.DataFrame) -> tuple[pd.DataFrame, dict]
 
 def column_kind(frame: pd.DataFrame, column: str) -> str:
     """Return how a metadata column is stored: ids (token-id list or None), bool, int64, float64 or string."""
-    if column in SET_COLUMNS:
+    if column in SET_COLUMNS.values():
         return "ids"
     dtype = frame[column].dtype
     if pd.api.types.is_bool_dtype(dtype):
@@ -138,9 +137,12 @@ def make_config(model: Model, frame: pd.DataFrame, meta: dict, dtype: str) -> di
     }
 
 
-def describe(fp: dict) -> str:
-    """Return a one-line description of a model fingerprint."""
-    return f"{fp.get('model')} (unembedding sha256 {fp.get('unembedding_sha256')}, {fp.get('n_layers')} layers, hidden {fp.get('hidden_size')})"
+def describe(fp: Mapping) -> str:
+    """Return a one-line description of a model fingerprint (a Fingerprint or its stored dict)."""
+    return (
+        f"{fp.get('model')} (unembedding sha256 {fp.get('unembedding_sha256')}, {fp.get('n_layers')} layers, "
+        f"hidden {fp.get('hidden_size')})"
+    )
 
 
 def write_json(path: Path, content: dict) -> None:
@@ -247,8 +249,9 @@ def open_or_create(path: Path, config: dict, shard_size: int | None, *, repair: 
     """
     from filelock import FileLock
 
-    if shard_size is not None and int(shard_size) < 1:
-        raise UsageError(f"shard_size (--shard-size) must be at least 1, got {shard_size}")
+    from llmlatent import checks
+
+    checks.count(shard_size, "shard_size", optional=True)
     path.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path / LOCK_FILE)):
         if repair and (path / STORE_FILE).exists():
@@ -259,8 +262,7 @@ def open_or_create(path: Path, config: dict, shard_size: int | None, *, repair: 
                 _set_aside(path)
         if (path / STORE_FILE).exists():
             existing = read_config(path)
-            same_model = ("unembedding_sha256", "n_layers", "hidden_size")  # the name may be spelt another way
-            if any(existing["fingerprint"][key] != config["fingerprint"][key] for key in same_model):
+            if not Fingerprint.of(existing["fingerprint"]).same_model(config["fingerprint"]):  # the name may differ
                 raise FingerprintMismatch(
                     f"fingerprint mismatch: {path} holds latents of {describe(existing['fingerprint'])}, not of "
                     f"{describe(config['fingerprint'])}; collect into another folder"
@@ -296,12 +298,6 @@ def shard_range(config: dict, k: int) -> tuple[int, int]:
     """Return the prompt rows [start, stop) of shard ``k``."""
     start = k * config["shard_size"]
     return start, min(config["n_prompts"], start + config["shard_size"])
-
-
-def file_sha256(file: Path) -> str:
-    """Return the sha256 hex digest of a file."""
-    with open(file, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def shard_problem(path: Path, config: dict, k: int, *, hashes: bool = True) -> str | None:
@@ -368,8 +364,8 @@ def write_shard(path: Path, config: dict, k: int, frame: pd.DataFrame, latents: 
     from datasets import Dataset
 
     start, stop = shard_range(config, k)
-    tmp = make_temp_dir(f".tmp-{k:05d}-", path / "shards")  # the umask's mode, not 0700
-    try:
+    # an existing final folder is an invalid leftover (found by the caller, who holds the shard's claim)
+    with staged_dir(shard_dir(path, k), f".tmp-{k:05d}-") as tmp:
         data = records(frame.iloc[start:stop], config["columns"])
         data["latents"] = latents
         with quiet_datasets():
@@ -388,12 +384,6 @@ def write_shard(path: Path, config: dict, k: int, frame: pd.DataFrame, latents: 
             "files": files,
         }
         write_json(tmp / SHARD_FILE, info)
-        final = shard_dir(path, k)
-        if final.exists():  # an invalid leftover, found by the caller
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def disk_size(path: Path) -> int:

@@ -31,9 +31,9 @@ import torch
 from tqdm.auto import tqdm
 
 from llmlatent import capture
+from llmlatent.adapter import Fingerprint, LoadedHead, Unembedding
 from llmlatent.errors import UsageError
 from llmlatent.latents.format import (
-    SET_COLUMNS,
     STORAGE,
     FingerprintMismatch,
     LatentStoreError,
@@ -51,9 +51,10 @@ from llmlatent.latents.format import (
     shard_range,
     write_shard,
 )
+from llmlatent.lenses import Lens
+from llmlatent.tasks import SET_COLUMNS
 
 if TYPE_CHECKING:
-    from llmlatent.adapter import Unembedding
     from llmlatent.model import Model
     from llmlatent.tasks import PromptSet
 
@@ -210,9 +211,9 @@ class LatentStore:
         return str(self.config["dtype"])
 
     @property
-    def fingerprint(self) -> dict:
-        """Return the collecting model's fingerprint (as :meth:`llmlatent.model.Model.fingerprint`)."""
-        return dict(self.config["fingerprint"])
+    def fingerprint(self) -> Fingerprint:
+        """Return the collecting model's :class:`~llmlatent.adapter.Fingerprint` (as :meth:`llmlatent.model.Model.fingerprint`)."""
+        return Fingerprint.of(self.config["fingerprint"])
 
     @property
     def meta(self) -> dict:
@@ -227,7 +228,7 @@ class LatentStore:
 
             table = pa.concat_tables([ds.data.table.drop_columns(["latents"]) for ds in self._shards])
             frame = table.to_pandas()
-            for column in SET_COLUMNS:
+            for column in SET_COLUMNS.values():
                 if column in frame:
                     frame[column] = [None if v is None else [int(x) for x in v] for v in frame[column]]
             self._prompts = frame
@@ -262,7 +263,7 @@ class LatentStore:
             layer = int(layer) % self.n_layers
         start, stop, step = (rows or slice(None)).indices(len(self))
         if step != 1:
-            raise ValueError("rows must be a contiguous slice")
+            raise UsageError("rows must be a contiguous slice")
         parts, offset = [], 0
         for arr in self._chunks():
             lo, hi = max(start, offset), min(stop, offset + len(arr))
@@ -275,37 +276,45 @@ class LatentStore:
             return torch.empty(shape)
         return torch.cat(parts)
 
-    def check(self, unembedding_or_model: Unembedding | Model) -> None:
-        """Return None if a Model or Unembedding is the one these latents came from; raise FingerprintMismatch otherwise."""
-        from llmlatent.adapter import Unembedding
+    def check(self, source: Model | LoadedHead | Lens | Unembedding) -> None:
+        """Return None if ``source`` is the model these latents came from (:meth:`Fingerprint.same_model`).
 
-        obj = unembedding_or_model
-        if isinstance(obj, Unembedding):
-            sha, hidden, layers = obj.fingerprint(), int(obj.weight.shape[1]), None
-            name = getattr(obj, "name", "the given unembedding")
-        elif callable(getattr(obj, "fingerprint", None)) and hasattr(obj, "unembedding"):
-            fp = obj.fingerprint()
-            sha, hidden, layers, name = fp["unembedding_sha256"], fp["hidden_size"], fp["n_layers"], fp["model"]
-        else:
-            raise TypeError(f"expected a Model or an Unembedding, got {type(obj).__name__}")
+        ``source`` is a Model, a LoadedHead, a Lens or an Unembedding (a bare head does not know its
+        block count: only its hash and width are compared); raise FingerprintMismatch otherwise.
+        """
         want = self.fingerprint
+        given = _fingerprint_of(source, want.n_layers)
+        if want.same_model(given):
+            return
         problems = []
-        if sha != want["unembedding_sha256"]:
-            problems.append(f"unembedding sha256 {sha} ≠ {want['unembedding_sha256']}")
-        if hidden != want["hidden_size"]:
-            problems.append(f"hidden size {hidden} ≠ {want['hidden_size']}")
-        if layers is not None and layers != want["n_layers"]:
-            problems.append(f"{layers} layers ≠ {want['n_layers']}")
-        if problems:
-            raise FingerprintMismatch(
-                f"fingerprint mismatch: the latent store {self.path} was collected with {describe(want)}, "
-                f"but {name} differs ({'; '.join(problems)}); use that model's unembedding: "
-                f"model.load_unembedding({want['model']!r})"
-            )
+        if given.unembedding_sha256 != want.unembedding_sha256:
+            problems.append(f"unembedding sha256 {given.unembedding_sha256} ≠ {want.unembedding_sha256}")
+        if given.hidden_size != want.hidden_size:
+            problems.append(f"hidden size {given.hidden_size} ≠ {want.hidden_size}")
+        if given.n_layers != want.n_layers:
+            problems.append(f"{given.n_layers} layers ≠ {want.n_layers}")
+        raise FingerprintMismatch(
+            f"fingerprint mismatch: the latent store {self.path} was collected with {describe(want)}, "
+            f"but {given.model} differs ({'; '.join(problems)}); use that model's unembedding: "
+            f"model.load_unembedding({want.model!r})"
+        )
 
     def size_bytes(self) -> int:
         """Return the store's size on disk in bytes."""
         return disk_size(self.path)
+
+
+def _fingerprint_of(source: object, n_layers: int) -> Fingerprint:
+    """Return the Fingerprint of a Model, LoadedHead, Lens or Unembedding (a head alone: ``n_layers`` assumed)."""
+    if not isinstance(source, LoadedHead | Lens | Unembedding):
+        if callable(getattr(source, "fingerprint", None)) and hasattr(source, "unembedding"):  # a Model
+            return Fingerprint.of(source.fingerprint())
+        raise TypeError(f"expected a Model, LoadedHead, Lens or Unembedding, got {type(source).__name__}")
+    name = source.name if isinstance(source, LoadedHead) else "the given unembedding"
+    head = source if isinstance(source, Unembedding) else source.unembedding
+    return Fingerprint(
+        model=name, n_layers=n_layers, hidden_size=int(head.weight.shape[1]), unembedding_sha256=head.fingerprint()
+    )
 
 
 def load(path: str | os.PathLike, *, format: str | None = "torch", verify: bool = True) -> LatentStore:
