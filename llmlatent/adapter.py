@@ -229,14 +229,14 @@ class Unembedding(nn.Module):
         return self._float32
 
     def normed(self, h: torch.Tensor) -> torch.Tensor:
-        """Return the final norm of raw residual vectors ``h`` in float32 (or in the head's dtype if it cannot be copied)."""
+        """Return the final norm of raw residuals ``h`` in float32 (in the head's dtype if it cannot be copied)."""
         parts = self.float32()
         if parts is None:
             return self.final_norm(h.to(self.head.weight.dtype))
         return parts.norm(h.float())
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """Return float32 logits for raw residual vectors ``h`` [..., hidden] (float32 norm and head, see :meth:`float32`)."""
+        """Return float32 logits of raw residuals ``h`` [..., hidden] (float32 norm and head, see :meth:`float32`)."""
         parts = self.float32()
         if parts is None:
             logits = self.head(self.normed(h)).float()

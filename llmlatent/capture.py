@@ -111,7 +111,7 @@ MAX_PADDING_RATIO = 2.0
 def length_batches(
     model: Model, prompts: Sequence[str], batch_size: int, max_padding_ratio: float = MAX_PADDING_RATIO
 ) -> list[list[int]]:
-    """Return batches of prompt indices: sorted by token length, ≤ ``batch_size`` each, split where padding would dominate.
+    """Return batches of prompt indices: by token length, ≤ ``batch_size`` each, split where padding would dominate.
 
     A batch also ends before the next (longer) prompt when ``rows × its length`` would exceed
     ``max_padding_ratio`` × the batch's real tokens. Results do not depend on the batching (left padding

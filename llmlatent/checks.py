@@ -55,7 +55,7 @@ def input_file(path: str | os.PathLike, name: str, *, flag: str | None = None) -
 
 
 def output_file(path: str | os.PathLike, name: str, *, flag: str | None = None) -> Path:
-    """Return ``path`` as a Path after checking that a file can be written there (not a folder, parent exists and is writable)."""
+    """Return ``path`` as a Path after checking a file can be written there (not a folder; parent exists, writable)."""
     p = Path(path)
     if p.is_dir():
         raise UsageError(f"{_label(name, flag)}: {p} is a folder; pass a file path such as {p / 'table.csv'}")

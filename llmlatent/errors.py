@@ -22,3 +22,7 @@ class OutputFolderError(LlmlatentError, ValueError):
 
 class ModelLoadError(LlmlatentError, ValueError):
     """A model could not be loaded; the message says why and what to do."""
+
+
+class SteeringError(LlmlatentError, ValueError):
+    """Bad steering input (layer, size, non-finite values, mismatched models); the message says which."""

@@ -138,7 +138,7 @@ def sweep(
     seed: int = 0,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Return the tidy lens frame, one row per (prompt, layer): p_target, p_english, p_source, entropy, energy, top_token.
+    """Return the tidy lens frame, one row per (prompt, layer): p_target/english/source, entropy, energy, top_token.
 
     ``prompts`` is a :class:`llmlatent.tasks.PromptSet` (or its DataFrame with columns
     ``prompt_id, prompt, target_ids, english_ids[, source_ids]``). Batches are formed from prompts
@@ -186,7 +186,7 @@ def from_latents(
     batch_size: int = 64,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Return the tidy lens frame of a :class:`llmlatent.latents.LatentStore`: the same rows and columns as :func:`sweep`.
+    """Return the tidy lens frame of a :class:`~llmlatent.latents.LatentStore`: the rows and columns of :func:`sweep`.
 
     No forward pass: the stored latents are decoded with ``unembedding`` (a
     :class:`~llmlatent.adapter.LoadedHead` from :func:`llmlatent.model.load_unembedding`, a loaded Model

@@ -27,7 +27,7 @@ class Lens(ABC):
 
     @abstractmethod
     def transform(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
-        """Return residual vectors ``hidden`` [..., hidden] after block ``layer`` mapped into the unembedding's input space."""
+        """Return residuals ``hidden`` [..., hidden] after block ``layer`` mapped into the unembedding's input space."""
 
     def translate(self, hidden: torch.Tensor, layers: torch.Tensor | Sequence[int] | None) -> torch.Tensor:
         """Return rows ``hidden`` [N, hidden] each mapped by :meth:`transform` of its block ``layers[i]`` ([N] ints)."""

@@ -33,7 +33,8 @@ def check_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ModelLoadError(
-                f"--device {device}: CUDA is not available (this torch is a CPU build or no GPU is visible); use --device cpu"
+                f"--device {device}: CUDA is not available (this torch is a CPU build or no GPU is visible); "
+                "use --device cpu"
             )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ModelLoadError(
@@ -100,7 +101,7 @@ class Model:
         )
 
     def run(self, inputs: dict, **kwargs: object) -> object:
-        """Return ``hf(**inputs, **kwargs)``, retried without ``logits_to_keep`` for (remote-code) models that lack it."""
+        """Return ``hf(**inputs, **kwargs)``, retried without ``logits_to_keep`` for (remote-code) models lacking it."""
         try:
             return self.hf(**inputs, **kwargs)
         except TypeError:
@@ -139,7 +140,7 @@ def _resolve(name_or_path: str | os.PathLike | None) -> tuple[str, str]:
 
 
 def _config(path: str, name: str, trust_remote_code: bool) -> tuple[object, str | None]:
-    """Return (config, HF token from the environment) of the model at ``path``; one-line ModelLoadError if unreachable."""
+    """Return (config, HF token from the environment) of the model at ``path``; ModelLoadError if unreachable."""
     token = os.environ.get("HF_TOKEN") or None
     folder = Path(path)
     if folder.is_file():
@@ -156,7 +157,8 @@ def _config(path: str, name: str, trust_remote_code: bool) -> tuple[object, str 
         if folder.is_dir():
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(
-                f"cannot read {folder / 'config.json'} ({first}); repair it or save the model again with save_pretrained"
+                f"cannot read {folder / 'config.json'} ({first}); "
+                "repair it or save the model again with save_pretrained"
             ) from exc
         raise ModelLoadError(
             f"cannot load model {name!r}: it is neither a local model folder nor reachable on the "
@@ -205,7 +207,7 @@ def load(
 
 
 def _from_pretrained(path: str, name: str, config: object, token: str | None, **kwargs: object) -> torch.nn.Module:
-    """Return ``AutoModelForCausalLM.from_pretrained(path, token=token, **kwargs)``; one-line ModelLoadError if it fails."""
+    """Return ``AutoModelForCausalLM.from_pretrained(path, token=token, **kwargs)``; ModelLoadError if it fails."""
     from safetensors import SafetensorError
 
     try:

@@ -84,7 +84,7 @@ def prefix_cache(model: Model, inputs: Mapping[str, torch.Tensor]) -> Cache | No
 
 
 def crop_cache(cache: Cache, length: int) -> None:
-    """Return None after cutting ``cache`` back to its first ``length`` positions (what a continuation appended goes)."""
+    """Return None after cutting ``cache`` back to its first ``length`` positions (a continuation's are dropped)."""
     extra = int(cache.get_seq_length()) - int(length)
     if extra > 0:
         cache.crop(-extra)  # a negative count removes that many positions (transformers ≥ 4.x and 5.x)
@@ -185,7 +185,7 @@ class Prefix:
         return captured[0].float()
 
     def copies_per_forward(self, wanted: int, max_rows: int, max_bytes: int = TILE_BYTES) -> int:
-        """Return how many copies of the rows one forward runs: up to ``wanted``, ≤ ``max_rows`` rows, ≤ ``max_bytes`` of tiled cache."""
+        """Return how many copies of the rows one forward runs (≤ ``wanted``, ``max_rows`` rows, ``max_bytes``)."""
         by_rows = int(max_rows) // max(1, self.rows)
         by_bytes = int(max_bytes) // max(1, self.row_bytes * self.rows)
         return max(1, min(int(wanted), by_rows, by_bytes))

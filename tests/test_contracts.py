@@ -21,9 +21,7 @@ FACES = ("cli.py", "notebook.py", "__main__.py")
 
 
 def library_files() -> list[Path]:
-    return [
-        p for p in sorted(PACKAGE.rglob("*.py")) if "experiments" not in p.parts and p.name not in FACES
-    ]
+    return [p for p in sorted(PACKAGE.rglob("*.py")) if "experiments" not in p.parts and p.name not in FACES]
 
 
 def test_library_raises_no_bare_value_or_runtime_errors():

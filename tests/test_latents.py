@@ -1,4 +1,4 @@
-"""Latent cache: round trip, lens from the cache equals the live sweep, unembedding-only loading, resume, torchrun, bad input."""
+"""Latent cache: round trip, lens from cache = live sweep, unembedding-only loading, resume, torchrun, bad input."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def prompt_set(m, n=6):
 
 
 def differences(live: pd.DataFrame, cached: pd.DataFrame) -> dict[str, float]:
-    """Return the max absolute difference per numeric column after checking both frames have the same rows and columns."""
+    """Return the max absolute difference per numeric column after checking both frames' rows and columns agree."""
     assert list(cached.columns) == list(live.columns)
     pd.testing.assert_frame_equal(cached[["prompt_id", "layer"]], live[["prompt_id", "layer"]])
     assert cached[NUMERIC].isna().equals(live[NUMERIC].isna())

@@ -151,7 +151,7 @@ def test_empty_prompt_is_rejected(tiny_models):
 # ---------------------------------------------------------------- the Lens seam
 
 
-def old_sweep(model, ps) -> "pd.DataFrame":
+def old_sweep(model, ps):
     """Today's sweep path written out: every batch's latents decoded with the Unembedding itself, no Lens."""
     import numpy as np
     import pandas as pd
@@ -160,7 +160,9 @@ def old_sweep(model, ps) -> "pd.DataFrame":
     for idx in capture.length_batches(model, frame["prompt"].tolist(), 16):
         latents, _ = capture.forward_last(model, frame["prompt"].iloc[idx].tolist())
         rows = frame.iloc[idx]
-        stats = decode_stats(model.unembedding, latents.reshape(-1, latents.shape[-1]), lens.row_sets(rows, model.n_layers))
+        stats = decode_stats(
+            model.unembedding, latents.reshape(-1, latents.shape[-1]), lens.row_sets(rows, model.n_layers)
+        )
         parts.append(lens.stats_frame(rows["prompt_id"].tolist(), model.n_layers, stats, model.tokenizer))
         order += idx
     out = pd.concat(parts, ignore_index=True)
@@ -181,7 +183,10 @@ def test_default_lens_is_bit_identical_to_the_unembedding_path(tiny_models, fami
     latents, _ = capture.forward_last(model, PROMPTS)
     rows = latents.reshape(-1, latents.shape[-1])
     sets = {"target": [[3, 5]] * len(rows)}
-    new, old = decode_stats(model.lens, rows, sets, layers=torch.arange(3).repeat(4)), decode_stats(model.unembedding, rows, sets)
+    new, old = (
+        decode_stats(model.lens, rows, sets, layers=torch.arange(3).repeat(4)),
+        decode_stats(model.unembedding, rows, sets),
+    )
     assert new.keys() == old.keys() and all(torch.equal(new[key], old[key]) for key in old)
     direct = torch.empty(len(PROMPTS), model.n_layers, model.unembedding.vocab_size)
     for idx in capture.length_batches(model, PROMPTS, 8):  # today's layer_logprobs: the head on each batch

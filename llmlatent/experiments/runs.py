@@ -15,8 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from llmlatent.atomic import atomic_dir
-from llmlatent.atomic import file_sha256
+from llmlatent.atomic import atomic_dir, file_sha256
 
 log = logging.getLogger(__name__)
 

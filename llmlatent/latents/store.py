@@ -38,19 +38,15 @@ from llmlatent.latents.format import (
     FingerprintMismatch,
     LatentStoreError,
     check_dtype,
-    claim,
     describe,
-    disk_size,
     features,
     make_config,
     open_or_create,
     prompt_frame,
     read_config,
     shard_dir,
-    shard_problem,
-    shard_range,
-    write_shard,
 )
+from llmlatent.latents.shards import claim, disk_size, shard_problem, shard_range, write_shard
 from llmlatent.lenses import Lens
 from llmlatent.tasks import SET_COLUMNS
 
@@ -69,7 +65,8 @@ def _to_storage(latents: torch.Tensor, dtype: str) -> np.ndarray:
         big = float(x.abs().max()) if x.numel() else 0.0
         if big > FLOAT16_MAX:
             raise LatentStoreError(
-                f"latents reach |x| = {big:.4g}, beyond float16's range ({FLOAT16_MAX:.0f}); collect with dtype='bfloat16' or 'float32'"
+                f"latents reach |x| = {big:.4g}, beyond float16's range ({FLOAT16_MAX:.0f}); "
+                "collect with dtype='bfloat16' or 'float32'"
             )
         return x.half().numpy()
     if dtype == "bfloat16":
@@ -114,14 +111,12 @@ def collect(
 
     dtype = check_dtype(dtype)
     checks.count(batch_size, "batch_size")
-    checks.count(shard_size, "shard_size", optional=True)
+    checks.count(shard_size, "shard_size", optional=True)  # before the fingerprint's hash, in a second
     frame, meta = prompt_frame(prompts)
     rank, world = _rank_world(rank, world_size)
     path = Path(path)
     config = open_or_create(path, make_config(model, frame, meta, dtype), shard_size, repair=repair)
     mine = [k for k in range(config["n_shards"]) if k % world == rank]
-    texts = frame["prompt"].tolist()
-    shape = (config["n_layers"], config["hidden_size"])
     todo = [k for k in mine if not _finished(path, config, k)]
     if len(todo) < len(mine):
         log.info("resuming %s: %d of this rank's %d shards already finished", path, len(mine) - len(todo), len(mine))
@@ -133,29 +128,19 @@ def collect(
         busy = []
         for k in todo:
             with claim(path, k, wait=wait) as mine_now:
-                if not mine_now:
+                if mine_now:
+                    _compute_shard(model, path, config, k, frame, batch_size, bar)
+                else:
                     busy.append(k)
-                    continue
-                start, stop = shard_range(config, k)
-                if _finished(path, config, k):  # another process wrote it while we waited
-                    bar.update(stop - start)
-                    continue
-                for stale in (path / "shards").glob(f".tmp-{k:05d}-*"):  # a killed run's; safe: we hold the claim
-                    shutil.rmtree(stale, ignore_errors=True)
-                part = texts[start:stop]
-                out = np.empty((stop - start, *shape), dtype=STORAGE[dtype])
-                for idx in capture.length_batches(
-                    model, part, batch_size
-                ):  # similar lengths together (results do not depend on it)
-                    latents, _ = capture.forward_last(model, [part[i] for i in idx])
-                    out[idx] = _to_storage(latents, dtype)
-                    bar.update(len(idx))
-                write_shard(path, config, k, frame, out)
-                log.info("computed shard %d of %s (prompts %d-%d) in process %d", k, path, start, stop - 1, os.getpid())
         if busy:
             log.info("%d shard(s) of %s are being computed by another process; waiting for them", len(busy), path)
         todo = busy
     bar.close()
+    return _after_rank(path, config, rank, world)
+
+
+def _after_rank(path: Path, config: dict, rank: int, world: int) -> LatentStore | None:
+    """Return the finished store once this rank is done (after a barrier under torch.distributed), else None."""
     if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     done = sum(shard_dir(path, k).exists() for k in range(config["n_shards"]))
@@ -163,6 +148,29 @@ def collect(
         log.info("rank %d finished its shards; %d of %d shards of %s are done", rank, done, config["n_shards"], path)
         return None
     return load(path)
+
+
+def _compute_shard(
+    model: Model, path: Path, config: dict, k: int, frame: pd.DataFrame, batch_size: int, bar: tqdm
+) -> None:
+    """Compute and write shard ``k`` (unless another process wrote it while we waited); the caller holds its claim."""
+    start, stop = shard_range(config, k)
+    if _finished(path, config, k):  # another process wrote it while we waited
+        bar.update(stop - start)
+        return
+    for stale in (path / "shards").glob(f".tmp-{k:05d}-*"):  # a killed run's; safe: we hold the claim
+        shutil.rmtree(stale, ignore_errors=True)
+    part = frame["prompt"].iloc[start:stop].tolist()
+    dtype = config["dtype"]
+    out = np.empty((stop - start, config["n_layers"], config["hidden_size"]), dtype=STORAGE[dtype])
+    for idx in capture.length_batches(
+        model, part, batch_size
+    ):  # similar lengths together (results do not depend on it)
+        latents, _ = capture.forward_last(model, [part[i] for i in idx])
+        out[idx] = _to_storage(latents, dtype)
+        bar.update(len(idx))
+    write_shard(path, config, k, frame, out)
+    log.info("computed shard %d of %s (prompts %d-%d) in process %d", k, path, start, stop - 1, os.getpid())
 
 
 def _finished(path: Path, config: dict, k: int) -> bool:
@@ -193,7 +201,8 @@ class LatentStore:
         return int(self.config["n_prompts"])
 
     def __repr__(self) -> str:
-        return f"LatentStore({str(self.path)!r}, {len(self)} prompts × {self.n_layers} layers × {self.hidden_size}, {self.dtype}, {self.fingerprint['model']})"
+        shape = f"{len(self)} prompts × {self.n_layers} layers × {self.hidden_size}"
+        return f"LatentStore({str(self.path)!r}, {shape}, {self.dtype}, {self.fingerprint.model})"
 
     @property
     def n_layers(self) -> int:
@@ -212,7 +221,7 @@ class LatentStore:
 
     @property
     def fingerprint(self) -> Fingerprint:
-        """Return the collecting model's :class:`~llmlatent.adapter.Fingerprint` (as :meth:`llmlatent.model.Model.fingerprint`)."""
+        """Return the collecting model's :class:`~llmlatent.adapter.Fingerprint` (as ``Model.fingerprint()``)."""
         return Fingerprint.of(self.config["fingerprint"])
 
     @property
@@ -253,7 +262,7 @@ class LatentStore:
         return torch.from_numpy(part.astype(np.float32))
 
     def latents(self, layer: int | None = None, rows: slice | None = None) -> torch.Tensor:
-        """Return float32 latents: [N, hidden] at one ``layer`` (negative counts from the end), else [N, layers, hidden].
+        """Return float32 latents: [N, hidden] at one ``layer`` (negative: from the end), else [N, layers, hidden].
 
         ``rows`` (a slice of prompts, step 1) reads only part of the store.
         """
@@ -330,7 +339,8 @@ def load(path: str | os.PathLike, *, format: str | None = "torch", verify: bool 
     done = [k for k in range(n) if shard_dir(path, k).exists()]
     if len(done) < n:
         raise LatentStoreError(
-            f"incomplete latent store {path}: {len(done)} of {n} shards finished; rerun the same collect/cache command to resume"
+            f"incomplete latent store {path}: {len(done)} of {n} shards finished; "
+            "rerun the same collect/cache command to resume"
         )
     shards = []
     for k in range(n):
@@ -354,45 +364,3 @@ def load(path: str | os.PathLike, *, format: str | None = "torch", verify: bool 
     if format:
         dataset = dataset.with_format(format)
     return LatentStore(path, config, shards, dataset)
-
-
-def info(path: str | os.PathLike, *, verify: bool = True) -> dict:
-    """Return a summary of the store at ``path``: model, counts, layers, dtype, size on disk, and whether it is complete.
-
-    Every finished shard is checked as :func:`load` checks it: its shard.json, every file's size and,
-    with ``verify`` (default), every file's sha256 (reads the store once). ``complete`` is True only
-    when all shards exist and pass; ``problems`` maps each failing shard to the reason; ``verified``
-    says how far the check went.
-    """
-    path = Path(path)
-    config = read_config(path)
-    problems = {}
-    done = 0
-    for k in range(config["n_shards"]):
-        if not shard_dir(path, k).exists():
-            continue
-        done += 1
-        problem = shard_problem(path, config, k, hashes=verify)
-        if problem is not None:
-            problems[str(k)] = f"{problem}; rerun the same cache command to recompute it"
-    per_prompt = config["n_layers"] * config["hidden_size"] * np.dtype(STORAGE[config["dtype"]]).itemsize
-    size = disk_size(path)
-    return {
-        "path": str(path),
-        "model": config["fingerprint"]["model"],
-        "fingerprint": config["fingerprint"],
-        "n_prompts": config["n_prompts"],
-        "n_layers": config["n_layers"],
-        "hidden_size": config["hidden_size"],
-        "dtype": config["dtype"],
-        "shards_done": done,
-        "n_shards": config["n_shards"],
-        "complete": done == config["n_shards"] and not problems,
-        "verified": "shard.json, sizes and sha256 of every file"
-        if verify
-        else "shard.json and sizes only (sha256 not checked)",
-        "problems": problems,
-        "latent_bytes_per_prompt": per_prompt,
-        "size_bytes": size,
-        "meta": config["meta"],
-    }

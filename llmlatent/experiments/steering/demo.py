@@ -39,9 +39,10 @@ import torch
 from llmlatent import tasks
 from llmlatent.adapter import same_model
 from llmlatent.data import LANGS, DataError, check_lang
+from llmlatent.errors import SteeringError
 from llmlatent.experiments.steering.evaluate import GROUP, Batch, Evaluator, batches, generations
 from llmlatent.experiments.steering.report import best_json, pick, summarize
-from llmlatent.steering import SteeringError, SteeringVector, check_alpha, check_count, check_layer, mean_difference
+from llmlatent.steering import SteeringVector, check_alpha, check_count, check_layer, mean_difference
 
 if TYPE_CHECKING:
     from llmlatent.latents import LatentStore
