@@ -182,6 +182,11 @@ def test_store_from_another_model_is_refused(tiny_models, tmp_path):
     store = latents.collect(llama, ps, tmp_path / "s", progress=False)
     store.check(llama)
     store.check(llama.unembedding)
+    store.check(llama.lens)
+    via_lens = lens.from_latents(store, llama.lens, tokenizer=llama.tokenizer, progress=False)
+    pd.testing.assert_frame_equal(via_lens, lens.from_latents(store, llama, progress=False), check_exact=True)
+    with pytest.raises(UsageError, match="needs a tokenizer"):
+        lens.from_latents(store, llama.unembedding, progress=False)  # a bare head carries no tokenizer
     for other in (qwen, qwen.unembedding):
         with pytest.raises(latents.FingerprintMismatch, match=r"fingerprint mismatch: .* collected with tiny-llama"):
             store.check(other)
@@ -469,7 +474,6 @@ def gated(*args):
     time.sleep(0.05)
     return real(*args)
 capture.forward_last = gated
-from llmlatent.adapter import Fingerprint, LoadedHead
 from llmlatent.cli import main
 raise SystemExit(main(sys.argv[1:]))
 """
@@ -536,7 +540,7 @@ BLOCKED_WRITER_CLI = r"""
 import sys, time
 import torch
 torch.set_num_threads(1)
-from llmlatent.latents import format as latent_shards
+from llmlatent.latents import shards as latent_shards
 real = latent_shards.write_json
 def write_json(path, content):
     if path.name == "shard.json" and content.get("shard") == 1:
@@ -544,7 +548,6 @@ def write_json(path, content):
         time.sleep(600)
     return real(path, content)
 latent_shards.write_json = write_json
-from llmlatent.adapter import Fingerprint, LoadedHead
 from llmlatent.cli import main
 raise SystemExit(main(sys.argv[1:]))
 """
