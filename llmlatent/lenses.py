@@ -4,8 +4,11 @@ A :class:`Lens` maps the residual after a block into the space the model's own f
 unembedding read (:meth:`Lens.transform`, per layer), then decodes it with that shared
 :class:`~llmlatent.adapter.Unembedding`. The logit lens (:class:`LogitLens`, the paper's method) is the
 identity map; a tuned lens or any learned per-layer translator subclasses :class:`Lens` and
-overrides :meth:`Lens.transform`. Every decode (:func:`llmlatent.decode.decode`, the sweeps, patching,
-steering) accepts a Lens where it accepts an Unembedding, so a new lens needs no change elsewhere.
+overrides :meth:`Lens.transform`. :func:`llmlatent.decode.decode` takes a Lens wherever it takes an
+Unembedding; every lens reading in :mod:`llmlatent.lens` (sweeps, top tokens, log-probabilities, the
+store's :func:`~llmlatent.lens.from_latents`) goes through ``Model.lens``, so assigning a new lens there
+changes them all without touching any caller. Patching and steering decode the *final* block's output,
+which the model's own head reads as is: they pass the Unembedding (a Lens would work there too).
 """
 
 from __future__ import annotations
