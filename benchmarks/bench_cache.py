@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         f" (target <= {TARGET}) -> {'OK' if result['target_ok'] else 'MISSED'}"
     )
     print(
-        f"lens.from_latents   {from_cache:8.2f} s   (no forward pass; {result['from_latents_over_sweep']:.2f}x the sweep)"
+        f"lens.from_latents   {from_cache:8.2f} s   "
+        f"(no forward pass; {result['from_latents_over_sweep']:.2f}x the sweep)"
     )
     print(
         f"store {size / 2**20:.1f} MiB; cache vs live max |diff|: "

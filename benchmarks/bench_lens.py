@@ -216,7 +216,7 @@ def seed_style(model: model_mod.Model, frame: pd.DataFrame) -> pd.DataFrame:
         enc = model.tokenizer(row.prompt, return_tensors="pt")
         enc = {key: value.to(model.device) for key, value in enc.items()}
         raw: list[torch.Tensor] = []
-        handle = last_block.register_forward_hook(lambda _m, _a, out: raw.append(capture.block_output(out)))
+        handle = last_block.register_forward_hook(lambda _m, _a, out, raw=raw: raw.append(capture.block_output(out)))
         try:
             with torch.inference_mode():
                 out = model.hf(**enc, output_hidden_states=True, use_cache=False)
@@ -410,7 +410,8 @@ def benchmark(
         loads.append(os.getloadavg()[0])
         log(
             f"repeat {r + 1}/{repeats}: bare {times['bare'][-1]:.2f}s  sweep {times['sweep'][-1]:.2f}s  "
-            f"(x{times['sweep'][-1] / times['bare'][-1]:.3f})  seed {times['seed'][-1]:.2f}s ({len(seed_frame)} prompts)"
+            f"(x{times['sweep'][-1] / times['bare'][-1]:.3f})  "
+            f"seed {times['seed'][-1]:.2f}s ({len(seed_frame)} prompts)"
             f"  load {loads[-1]:.1f}"
         )
     diffs = parity(rows, seed_rows)
@@ -543,8 +544,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         if "process_peak_rss_bytes" in result:
             print(
-                f"  whole-process peak RSS {result['process_peak_rss_bytes'] / gib:.2f} GiB (also counts the interpreter,"
-                f" libraries and tokenizer: {result['memory_before_sweep_bytes'] / gib:.2f} GiB resident before the sweep)"
+                f"  whole-process peak RSS {result['process_peak_rss_bytes'] / gib:.2f} GiB "
+                "(also counts the interpreter, libraries and tokenizer: "
+                f"{result['memory_before_sweep_bytes'] / gib:.2f} GiB resident before the sweep)"
             )
     print(f"load average (1 min) during the runs: {', '.join(f'{x:.1f}' for x in result['load_average_1min'])}")
     write_json(args.json, result)

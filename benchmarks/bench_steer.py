@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"configurations × bare  {floor:8.2f} s")
     print(
         f"steering_sweep.sweep   {med['sweep']:8.2f} s   sweep / (configurations × bare) = "
-        f"{out['sweep_over_configurations_x_bare']:.3f} (target <= {TARGET}) -> {'OK' if out['target_ok'] else 'MISSED'}"
+        f"{out['sweep_over_configurations_x_bare']:.3f} (target <= {TARGET}) -> "
+        f"{'OK' if out['target_ok'] else 'MISSED'}"
     )
     print("sweep phases (median s): " + ", ".join(f"{k} {v:.1f}" for k, v in phase_median.items()))
     print("α = 0 baseline vs bare forward, max |Δp|: " + ", ".join(f"{k} {v:.1e}" for k, v in parity.items()))

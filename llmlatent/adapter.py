@@ -12,11 +12,15 @@ import hashlib
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .errors import LlmlatentError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -225,14 +229,14 @@ class Unembedding(nn.Module):
         return self._float32
 
     def normed(self, h: torch.Tensor) -> torch.Tensor:
-        """Return the final norm of raw residual vectors ``h`` in float32 (or in the head's dtype if it cannot be copied)."""
+        """Return the final norm of raw residuals ``h`` in float32 (in the head's dtype if it cannot be copied)."""
         parts = self.float32()
         if parts is None:
             return self.final_norm(h.to(self.head.weight.dtype))
         return parts.norm(h.float())
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """Return float32 logits for raw residual vectors ``h`` [..., hidden] (float32 norm and head, see :meth:`float32`)."""
+        """Return float32 logits of raw residuals ``h`` [..., hidden] (float32 norm and head, see :meth:`float32`)."""
         parts = self.float32()
         if parts is None:
             logits = self.head(self.normed(h)).float()
@@ -272,6 +276,25 @@ class Unembedding(nn.Module):
         return self._energy_gram
 
 
+@dataclass(frozen=True, eq=False)
+class LoadedHead:
+    """A model's final norm + unembedding loaded without the model (:func:`llmlatent.model.load_unembedding`).
+
+    ``name`` is the model's display name, ``tokenizer`` its tokenizer (None when the model has no
+    tokenizer files; pass ``tokenizer=`` to :func:`llmlatent.lens.from_latents` then), ``config`` its HF config.
+    """
+
+    unembedding: Unembedding
+    name: str
+    tokenizer: PreTrainedTokenizerBase | None
+    config: object
+
+
+def text_config(config: object) -> object:
+    """Return the text part of an HF config (``get_text_config()`` of multimodal wrappers), else the config itself."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 @dataclass
 class Adapter:
     """Where a model keeps its blocks and unembedding; built by :func:`adapter_for`."""
@@ -308,9 +331,7 @@ def adapter_for(hf_model: nn.Module, *, blocks: str | None = None, final_norm: s
             + "; ".join(missing)
             + ". Pass the attribute paths explicitly, e.g. load(name, blocks='model.layers', final_norm='model.norm')."
         )
-    config = hf_model.config
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    softcap = getattr(text_config, "final_logit_softcapping", None)
+    softcap = getattr(text_config(hf_model.config), "final_logit_softcapping", None)
     return Adapter(
         blocks=found_blocks,
         unembedding=Unembedding(found_norm, head, float(softcap) if softcap else None),

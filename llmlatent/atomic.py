@@ -8,6 +8,7 @@ are never replaced. Anything else is refused with one line that names the folder
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -164,3 +165,29 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staged_dir(final: str | Path, prefix: str) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``final`` that replaces ``final`` (whatever it holds) if the block succeeds.
+
+    For folders whose caller already knows an existing ``final`` is an invalid leftover and holds the lock
+    that serialises writers (a latent shard, the converted default model); results meant for users go
+    through :func:`atomic_dir`, which refuses to replace unrelated folders. The temporary folder gets the
+    umask's normal mode and is removed if the block fails.
+    """
+    final = Path(final)
+    tmp = make_temp_dir(prefix, final.parent)
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_sha256(file: str | Path) -> str:
+    """Return the sha256 hex digest of a file's bytes (read in chunks)."""
+    with open(file, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()

@@ -12,8 +12,32 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .errors import LlmlatentError
+
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from .model import Model
+
+
+class PaddingError(LlmlatentError, ValueError):
+    """Prompts padded on the right: the last column is not every row's last prompt token."""
+
+
+class CaptureError(LlmlatentError, RuntimeError):
+    """The forward hooks did not see every block once (an adapter whose ``blocks`` the model does not run)."""
+
+
+def check_left_padded(inputs: Mapping[str, torch.Tensor]) -> None:
+    """Return None if the last column is every row's last real token (left padding); raise PaddingError otherwise."""
+    if not bool(inputs["attention_mask"][:, -1].all()):
+        raise PaddingError("the tokenizer must pad on the left so that the last position is the last prompt token")
+
+
+def check_captured(captured: Sequence[torch.Tensor], n_layers: int) -> None:
+    """Return None if one forward captured exactly ``n_layers`` block outputs; raise CaptureError otherwise."""
+    if len(captured) != n_layers:
+        raise CaptureError(f"captured {len(captured)} block outputs, expected {n_layers}")
 
 
 def block_output(output: object) -> torch.Tensor:
@@ -58,18 +82,17 @@ def capture_last(
 def forward_last(model: Model, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (latents [B, layers, hidden] at the last real token, the model's own last-token logits [B, V])."""
     inputs = model.encode(list(prompts))
+    check_left_padded(inputs)
     last = last_positions(inputs["attention_mask"])
     with torch.inference_mode(), capture_last(model, last) as captured:
         out = model.run(inputs, logits_to_keep=1, use_cache=False)
-    if not bool((last == inputs["input_ids"].shape[1] - 1).all()):
-        raise RuntimeError("the tokenizer must pad on the left so that the last position is the last real token")
     logits = out.logits[:, -1]
-    if len(captured) != model.n_layers:
-        raise RuntimeError(f"captured {len(captured)} block outputs, expected {model.n_layers}")
+    check_captured(captured, model.n_layers)
     return torch.stack([c.to(captured[0].device) for c in captured], dim=1), logits.float()
 
 
 def batched(order: list[int], batch_size: int) -> Iterator[list[int]]:
+    """Return an iterator over consecutive slices of ``order`` of at most ``batch_size`` indices."""
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]
 
@@ -88,7 +111,7 @@ MAX_PADDING_RATIO = 2.0
 def length_batches(
     model: Model, prompts: Sequence[str], batch_size: int, max_padding_ratio: float = MAX_PADDING_RATIO
 ) -> list[list[int]]:
-    """Return batches of prompt indices: sorted by token length, ≤ ``batch_size`` each, split where padding would dominate.
+    """Return batches of prompt indices: by token length, ≤ ``batch_size`` each, split where padding would dominate.
 
     A batch also ends before the next (longer) prompt when ``rows × its length`` would exceed
     ``max_padding_ratio`` × the batch's real tokens. Results do not depend on the batching (left padding

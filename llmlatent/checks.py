@@ -13,6 +13,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+
 from .errors import UsageError
 
 
@@ -56,7 +58,7 @@ def input_file(path: str | os.PathLike, name: str, *, flag: str | None = None) -
 
 
 def output_file(path: str | os.PathLike, name: str, *, flag: str | None = None) -> Path:
-    """Return ``path`` as a Path after checking that a file can be written there (not a folder, parent exists and is writable)."""
+    """Return ``path`` as a Path after checking a file can be written there (not a folder; parent exists, writable)."""
     p = Path(path)
     if p.is_dir():
         raise UsageError(f"{_label(name, flag)}: {p} is a folder; pass a file path such as {p / 'table.csv'}")
@@ -90,3 +92,13 @@ def quiet(logger: logging.Logger) -> Iterator[None]:
         yield
     finally:
         logger.disabled = was
+
+
+def torch_dtype(value: torch.dtype | str | None, name: str = "dtype") -> torch.dtype | None:
+    """Return ``value`` as a torch.dtype (a dtype, or its name such as ``"bfloat16"``; None stays None)."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    found = getattr(torch, str(value).removeprefix("torch."), None)
+    if not isinstance(found, torch.dtype):
+        raise UsageError(f"{_label(name, None)} must be a torch dtype such as float32 or bfloat16, got {value!r}")
+    return found

@@ -28,7 +28,6 @@ whitespace-only words never reach a prompt; the builders count them as dropped (
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .atomic import file_sha256
 from .errors import LlmlatentError
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def _check_duplicates(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 
 def word_file(lang: str, directory: str | Path | None = None) -> Path:
-    """Return the word-list file of ``lang`` under ``directory`` (``<lang>.csv`` or ``<lang>/clean.csv``; default the bundled data)."""
+    """Return the word list of ``lang`` in ``directory`` (``<lang>.csv``, ``<lang>/clean.csv``; default: bundled)."""
     check_lang(lang)
     folder = Path(directory) if directory is not None else words_dir()
     if not folder.is_dir():
@@ -174,7 +174,7 @@ _WORDS: dict[tuple[str, str, str], pd.DataFrame] = {}  # read_words' memory: (la
 def _sha256(path: Path) -> str | None:
     """Return the sha256 of a file's bytes, or None if it cannot be read (read_csv then says why)."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_sha256(path)
     except OSError:
         return None
 
@@ -209,7 +209,7 @@ def _read_words(lang: str, path: Path) -> pd.DataFrame:
 
 
 def read_table(langs: list[str], directory: str | Path | None = None) -> pd.DataFrame:
-    """Return one row per concept present in every language: concept, word_<lang>, cloze_<lang>, cloze_example_<lang>, cloze_query_<lang>.
+    """Return one row per concept present in every language: concept, word_/cloze_/cloze_example_/cloze_query_<lang>.
 
     Concepts with an empty (or whitespace-only) word in any language, and rows without a concept,
     are left out and counted in ``table.attrs["empty_word"]``.

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .adapter import Unembedding
+from .lenses import Lens, as_lens
 from .metrics import LOG2
 
 # float32 logits decoded at once: all rows' logits over one slice of the vocabulary, sized to stay in
@@ -158,14 +159,18 @@ def _decode_block(
 
 @torch.inference_mode()
 def decode(
-    unembedding: Unembedding,
+    lens: Lens | Unembedding,
     latents: torch.Tensor,
     sets: dict[str, Sequence[Sequence[int] | None]] | None = None,
     *,
     k: int = 1,
     energy: bool = True,
+    layers: torch.Tensor | Sequence[int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Return per-row lens statistics for raw residual vectors ``latents`` [N, hidden].
+
+    ``lens`` is a :class:`llmlatent.lenses.Lens` or an Unembedding (= its logit lens); ``layers`` [N]
+    names the block of every row, needed by lenses that translate per layer (the logit lens ignores it).
 
     Keys: ``entropy`` (bits), ``top_ids``/``top_probs`` [N, k], ``energy`` (see
     :func:`llmlatent.metrics.token_energy`) and, for every named token-id set list in ``sets``
@@ -176,7 +181,11 @@ def decode(
     from .metrics import token_energy
 
     sets = sets or {}
+    lens = as_lens(lens)
+    unembedding = lens.unembedding
     device = unembedding.head.weight.device
+    # the lens's per-layer translation (the logit lens: the same tensor, untouched) before the shared head
+    latents = lens.translate(latents, layers)
     n = latents.shape[0]
     sliced = _sliceable(unembedding.head)
     block = max(1, DECODE_BYTES // (4 * (_MIN_SLICE if sliced else unembedding.vocab_size)))

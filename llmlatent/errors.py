@@ -18,3 +18,11 @@ class UsageError(LlmlatentError, ValueError):
 
 class OutputFolderError(LlmlatentError, ValueError):
     """An output folder that must not be written or replaced (unrelated files, ``.``, ``$HOME`` …)."""
+
+
+class ModelLoadError(LlmlatentError, ValueError):
+    """A model could not be loaded; the message says why and what to do."""
+
+
+class SteeringError(LlmlatentError, ValueError):
+    """Bad steering input (layer, size, non-finite values, mismatched models); the message says which."""

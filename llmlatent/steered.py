@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .errors import SteeringError
 from .prefix import Prefix, cache_kwarg
-from .steering import Setting, SteeringError, SteeringVector, apply_rows, check_count
+from .steering import Setting, SteeringVector, apply_rows, check_count
 
 if TYPE_CHECKING:
     from .model import Model
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 def _intervention(
     model: Model, settings: Sequence[Setting], rows: int
 ) -> Callable[[dict], contextlib.AbstractContextManager]:
-    """Return the hooks for one forward of ``settings`` × ``rows``: the fed last token only, or the prompts' last position."""
+    """Return the hooks for one forward of ``settings`` × ``rows``: the fed last token, or the prompts' last one."""
 
     def hooks(batch: dict) -> contextlib.AbstractContextManager:
         only_last = batch["input_ids"].shape[1] == 1 or not (
@@ -37,7 +38,7 @@ def _intervention(
 
 
 def steered_final(model: Model, prefix: Prefix, settings: Sequence[Setting], *, max_rows: int = 256) -> torch.Tensor:
-    """Return the last block's output at the last prompt token under each setting [len(settings), rows, hidden] (float32).
+    """Return the last block's output at the last prompt token per setting [len(settings), rows, hidden] (float32).
 
     Each setting adds ``α · vector`` at the last prompt token only, so one :class:`~llmlatent.prefix.Prefix`
     serves them all; up to ``max_rows`` rows (settings × prompts) run as one forward of the last token.

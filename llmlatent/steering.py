@@ -6,7 +6,8 @@ arXiv 2312.06681); ``with vector.apply(model, alpha=4):`` adds ``alpha · vector
 ``model.adapter.blocks[layer]`` at the chosen positions and removes its hooks on exit, also after an
 exception; :func:`apply_rows` steers each block of rows by its own (vector, α) setting, so that many
 settings run as one forward (:mod:`llmlatent.steered`: steered last-token forwards and greedy generations
-over one prompt-prefix KV cache). The RU→ZH demo that sweeps layers × α is pipeline code in :mod:`llmlatent.steering_sweep`;
+over one prompt-prefix KV cache; the hooks: :mod:`llmlatent.steering_hook`). The RU→ZH demo that sweeps layers × α is
+pipeline code in :mod:`llmlatent.experiments.steering.demo`;
 this module never imports it.
 """
 
@@ -27,8 +28,8 @@ import torch
 from . import checks
 from .adapter import Fingerprint, same_model
 from .atomic import atomic_file
-from .capture import block_output, last_positions
-from .errors import LlmlatentError
+from .errors import SteeringError
+from .steering_hook import SteeringHook
 
 if TYPE_CHECKING:
     from llmlatent.latents import LatentStore
@@ -38,12 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-POSITIONS = ("last", "all", "generated")
 FORMAT = "llmlatent.steering_vector/1"
-
-
-class SteeringError(LlmlatentError, ValueError):
-    """Bad steering input (layer, size, non-finite values, mismatched models); the message says which."""
 
 
 def check_layer(layer: int, n_layers: int) -> int:
@@ -68,7 +64,7 @@ def _jsonable(value: object) -> object:
 
 
 def check_count(value: int, name: str, minimum: int = 0) -> int:
-    """Return ``value`` as an int if it is a whole number ≥ ``minimum``, else raise a UsageError naming ``name`` and its flag."""
+    """Return ``value`` as an int if it is a whole number ≥ ``minimum``, else a UsageError naming it and its flag."""
     return checks.count(value, name, minimum=minimum, flag="--" + name.replace("_", "-"))
 
 
@@ -208,7 +204,7 @@ class SteeringVector:
         return cls(int(header["layer"]), vector, json.loads(header.get("meta", "{}")))
 
     def check(self, model: Model) -> None:
-        """Return None if the vector fits ``model`` (layer in range, hidden size, same model); raise SteeringError otherwise.
+        """Return None if the vector fits ``model`` (layer in range, hidden size, same model); else raise SteeringError.
 
         "Same model" is :func:`llmlatent.adapter.same_model` (unembedding hash, layers, width; the name is
         ignored, so a model loaded by hub id and by local path match).
@@ -250,74 +246,6 @@ class SteeringVector:
 
 
 load = SteeringVector.load
-
-
-def _past_length(kwargs: dict) -> int:
-    past = next((kwargs[k] for k in ("cache", "past_key_values") if kwargs.get(k) is not None), None)
-    if past is not None and hasattr(past, "get_seq_length"):
-        return int(past.get_seq_length())
-    if isinstance(past, (tuple, list)) and past and past[0] is not None:  # legacy tuple caches
-        return int(past[0][0].shape[-2])
-    cache_position = kwargs.get("cache_position")
-    if isinstance(cache_position, torch.Tensor) and cache_position.numel():
-        return int(cache_position.reshape(-1)[0])
-    return 0
-
-
-class SteeringHook:
-    """The hooks of one :meth:`SteeringVector.apply`: a pre-hook on the model reads the attention mask
-    and the KV-cache length; a forward hook on the block adds the vector. ``calls`` records, per
-    block call, ``(sequence length, cached length, steered positions per row)``.
-    """
-
-    def __init__(self, model: Model, layer: int, delta: torch.Tensor, positions: str) -> None:
-        if positions not in POSITIONS:
-            raise SteeringError(f"positions must be one of {', '.join(POSITIONS)}; got {positions!r}")
-        self.delta, self.positions = delta, positions
-        self.calls: list[tuple[int, int, int]] = []
-        self._state: tuple[torch.Tensor | None, int] | None = None
-        self._handles = [
-            model.hf.register_forward_pre_hook(self._pre, with_kwargs=True),
-            model.hf.register_forward_hook(self._post, with_kwargs=True),
-            model.adapter.blocks[layer].register_forward_hook(self._block),
-        ]
-
-    def _pre(self, _module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        mask = kwargs.get("attention_mask")
-        self._state = (mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None, _past_length(kwargs))
-
-    def _post(self, *_args: object) -> None:
-        self._state = None
-
-    def _block(self, _module: torch.nn.Module, _args: object, output: object) -> object:
-        h = block_output(output)
-        batch, length = h.shape[0], h.shape[1]
-        mask, past = self._state or (None, 0)
-        delta = self.delta.to(h.device, h.dtype)
-        if delta.dim() == 2 and delta.shape[0] != batch:
-            raise SteeringError(f"per-row steering deltas for {delta.shape[0]} rows, but the batch has {batch} rows")
-        if self.positions == "all" or (self.positions == "generated" and past > 0):
-            new, steered = h + (delta[:, None] if delta.dim() == 2 else delta), length
-        elif past > 0:  # "last" while continuing a cache: the prompt's last token was already steered
-            self.calls.append((length, past, 0))
-            return None
-        else:
-            if mask is not None and mask.shape[1] == length:
-                last = last_positions(mask).to(h.device)
-            else:
-                last = torch.full((batch,), length - 1, device=h.device)
-            new = h.clone()
-            rows = torch.arange(batch, device=h.device)
-            new[rows, last] = new[rows, last] + delta
-            steered = 1
-        self.calls.append((length, past, steered))
-        return (new, *output[1:]) if isinstance(output, tuple) else new
-
-    def remove(self) -> None:
-        """Remove every hook (idempotent)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
 
 
 def _rows(store: LatentStore, concepts: Collection[str] | None) -> torch.Tensor:

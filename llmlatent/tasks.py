@@ -57,7 +57,8 @@ class PromptSet:
     def report(self) -> str:
         """Return a one-line summary: kept count and drops per reason."""
         drops = ", ".join(f"{k}={v}" for k, v in self.dropped.items() if v) or "none"
-        return f"{len(self)} prompts kept ({self.meta.get('task')} {self.meta.get('src')}→{self.meta.get('tgt')}); dropped: {drops}"
+        task = f"{self.meta.get('task')} {self.meta.get('src')}→{self.meta.get('tgt')}"
+        return f"{len(self)} prompts kept ({task}); dropped: {drops}"
 
 
 def _line(src: str, tgt: str, src_word: str, tgt_word: str | None) -> str:
@@ -70,6 +71,102 @@ def _shots(rng: np.random.Generator, n_rows: int, query: int, k: int) -> list[in
     # ([i for i in range(n_rows) if i != query]), so rng.choice draws exactly the same rows
     pool = np.delete(np.arange(n_rows), query)
     return [int(i) for i in rng.choice(pool, size=min(k, len(pool)), replace=False)]
+
+
+def _task_source(task: str, src: str, tgt: str) -> str:
+    """Return the source language of ``task`` (cloze: ``tgt``) after checking the task and both languages."""
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
+    check_lang(tgt)
+    if task == "cloze":
+        src = tgt
+    check_lang(src)
+    if task == "translation" and src == tgt:
+        raise DataError(
+            f"translation needs two different languages (got {src}→{tgt}); use task='repetition' for src = tgt"
+        )
+    if task == "repetition" and src != tgt:
+        raise DataError(f"repetition uses one language (got {src}→{tgt}); use task='translation' or pass src = tgt")
+    return src
+
+
+def _drop_reason(
+    task: str,
+    tgt: str,
+    col: dict[str, list],
+    i: int,
+    target_ids: list[int],
+    english_ids: list[int],
+    source_ids: list[int] | None,
+    *,
+    cognate_filter: bool,
+) -> str | None:
+    """Return why table row ``i`` is filtered out (a DROP_REASONS key), or None when it is kept."""
+    en_word, tgt_word = col["word_en"][i], col[f"word_{tgt}"][i]
+    if task == "cloze" and col[f"cloze_{tgt}"][i].count(MASK) != 1:
+        return "no_cloze_mask"
+    if task != "cloze" and tgt != "en" and en_word.lower() in tgt_word.lower():
+        # the paper's Translation notebook (also repetition); Cloze.ipynb has no such filter
+        return "english_in_target"
+    if not target_ids:
+        return "empty_target_set"
+    if not english_ids:
+        return "empty_english_set"
+    if tgt != "en" and set(target_ids) & set(english_ids):
+        return "target_english_overlap"
+    if cognate_filter and set(source_ids) & set(english_ids):
+        return "source_english_overlap"
+    return None
+
+
+def _kept(
+    task: str,
+    src: str,
+    tgt: str,
+    col: dict[str, list],
+    tokenizer: PreTrainedTokenizerBase,
+    dropped: dict[str, int],
+    *,
+    strict: bool,
+    cognate_filter: bool,
+) -> list[tuple[int, list[int], list[int], list[int] | None]]:
+    """Return (row, target ids, English ids, source ids) of the table rows that pass the filters; count the rest."""
+    with_source = task == "translation" and src not in ("en", tgt)
+    keep = []
+    for i in range(len(col["word_en"])):
+        target_ids = token_set(tokenizer, col[f"word_{tgt}"][i], strict=strict)
+        english_ids = token_set(tokenizer, col["word_en"][i], strict=strict)
+        source_ids = token_set(tokenizer, col[f"word_{src}"][i], strict=strict) if with_source else None
+        ids = (target_ids, english_ids, source_ids)
+        reason = _drop_reason(task, tgt, col, i, *ids, cognate_filter=cognate_filter and with_source)
+        if reason:
+            dropped[reason] += 1
+            continue
+        keep.append((i, *ids))
+    return keep
+
+
+def _choose(rng: np.random.Generator, keep: list, n: int | None) -> tuple[list, list[str]]:
+    """Return (``n`` of the kept rows drawn with ``rng``, in table order, or all of them; notes on a shortfall)."""
+    notes = []
+    if n is not None and n < len(keep):
+        chosen = sorted(rng.choice(len(keep), size=n, replace=False).tolist())
+        keep = [keep[j] for j in chosen]
+    elif n is not None and n > len(keep):
+        notes.append(f"asked for n={n} prompts but only {len(keep)} pass the filters; using all {len(keep)}")
+        log.warning(notes[-1])
+    return keep, notes
+
+
+def _prompt_text(task: str, src: str, tgt: str, col: dict[str, list], i: int, shots: list[int]) -> str:
+    """Return the prompt of table row ``i`` with the example rows ``shots``."""
+    if task == "cloze":
+        # examples: filled lines of other concepts; query: the masked line cut where the answer starts
+        examples = col[f"cloze_example_{tgt}"]
+        return "".join(f"{examples[j]}\n" for j in shots) + col[f"cloze_query_{tgt}"][i]
+    src_words, tgt_words = col[f"word_{src}"], col[f"word_{tgt}"]
+    text = "".join(_line(src, tgt, src_words[j], tgt_words[j]) for j in shots)
+    return text + _line(src, tgt, src_words[i], None)
 
 
 def build(
@@ -95,73 +192,24 @@ def build(
     en); with ``cognate_filter`` also source/English overlaps. The same ``seed`` gives the same
     prompts byte for byte.
     """
-    if task not in TASKS:
-        raise DataError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
-    check_lang(tgt)
-    if task == "cloze":
-        src = tgt
-    check_lang(src)
-    if task == "translation" and src == tgt:
-        raise DataError(
-            f"translation needs two different languages (got {src}→{tgt}); use task='repetition' for src = tgt"
-        )
-    if task == "repetition" and src != tgt:
-        raise DataError(f"repetition uses one language (got {src}→{tgt}); use task='translation' or pass src = tgt")
+    src = _task_source(task, src, tgt)
     n_shots = (2 if task == "cloze" else 4) if n_shots is None else n_shots
     table = read_table(["en", src, tgt], words_dir)
     rng = np.random.default_rng(seed)
     dropped = dict.fromkeys(DROP_REASONS, 0)
     dropped["empty_word"] = int(table.attrs.get("empty_word", 0))
-    with_source = task == "translation" and src not in ("en", tgt)
-    # plain lists of the table's columns, read once: the table has a RangeIndex, so row label = list
-    # position, and a list lookup returns the same str as table.loc (per-cell pandas indexing was the
-    # main cost of building a set)
+    # plain lists of the table's columns, read once: the table has a RangeIndex, so row label = list position,
+    # and a list lookup returns the same str as table.loc (per-cell pandas indexing was the main cost of a set)
     col = {name: table[name].tolist() for name in table.columns}
-    keep = []
-    for i in range(len(table)):
-        en_word, tgt_word, src_word = col["word_en"][i], col[f"word_{tgt}"][i], col[f"word_{src}"][i]
-        target_ids = token_set(tokenizer, tgt_word, strict=strict)
-        english_ids = token_set(tokenizer, en_word, strict=strict)
-        source_ids = token_set(tokenizer, src_word, strict=strict) if with_source else None
-        reason = None
-        if task == "cloze" and col[f"cloze_{tgt}"][i].count(MASK) != 1:
-            reason = "no_cloze_mask"
-        elif task != "cloze" and tgt != "en" and en_word.lower() in tgt_word.lower():
-            reason = "english_in_target"  # the paper's Translation notebook (also repetition); Cloze.ipynb has no such filter
-        elif not target_ids:
-            reason = "empty_target_set"
-        elif not english_ids:
-            reason = "empty_english_set"
-        elif tgt != "en" and set(target_ids) & set(english_ids):
-            reason = "target_english_overlap"
-        elif cognate_filter and with_source and set(source_ids) & set(english_ids):
-            reason = "source_english_overlap"
-        if reason:
-            dropped[reason] += 1
-            continue
-        keep.append((i, target_ids, english_ids, source_ids))
+    keep = _kept(task, src, tgt, col, tokenizer, dropped, strict=strict, cognate_filter=cognate_filter)
     if not keep:
         raise DataError(
             f"all {len(table) + dropped['empty_word']} concepts were filtered out for {task} {src}→{tgt}: {dropped}"
         )
-    notes = []
-    if n is not None and n < len(keep):
-        chosen = sorted(rng.choice(len(keep), size=n, replace=False).tolist())
-        keep = [keep[j] for j in chosen]
-    elif n is not None and n > len(keep):
-        notes.append(f"asked for n={n} prompts but only {len(keep)} pass the filters; using all {len(keep)}")
-        log.warning(notes[-1])
+    keep, notes = _choose(rng, keep, n)
     records = []
-    src_words, tgt_words = col[f"word_{src}"], col[f"word_{tgt}"]
     for pid, (i, target_ids, english_ids, source_ids) in enumerate(keep):
-        shots = _shots(rng, len(table), i, n_shots)
-        if task == "cloze":
-            # examples: filled lines of other concepts; query: the masked line cut where the answer starts
-            examples = col[f"cloze_example_{tgt}"]
-            text = "".join(f"{examples[j]}\n" for j in shots) + col[f"cloze_query_{tgt}"][i]
-        else:
-            text = "".join(_line(src, tgt, src_words[j], tgt_words[j]) for j in shots)
-            text += _line(src, tgt, src_words[i], None)
+        text = _prompt_text(task, src, tgt, col, i, _shots(rng, len(table), i, n_shots))  # draws in prompt order
         records.append(
             {
                 "prompt_id": pid,
@@ -169,8 +217,8 @@ def build(
                 "src": src,
                 "tgt": tgt,
                 "concept": col["concept"][i],
-                "src_word": src_words[i],
-                "tgt_word": tgt_words[i],
+                "src_word": col[f"word_{src}"][i],
+                "tgt_word": col[f"word_{tgt}"][i],
                 "en_word": col["word_en"][i],
                 "prompt": text,
                 "target_ids": target_ids,
@@ -178,18 +226,30 @@ def build(
                 "source_ids": source_ids,
             }
         )
-    meta = {
-        "task": task,
-        "src": src,
-        "tgt": tgt,
-        "seed": seed,
-        "strict": strict,
-        "cognate_filter": cognate_filter,
-        "n_requested": n,
-        "n_concepts": len(table) + dropped["empty_word"],
-        "n_shots": n_shots,
-    }
+    meta = {"task": task, "src": src, "tgt": tgt, "seed": seed, "strict": strict, "cognate_filter": cognate_filter}
+    meta.update(n_requested=n, n_concepts=len(table) + dropped["empty_word"], n_shots=n_shots)
     return PromptSet(pd.DataFrame(records), dropped, meta, notes)
+
+
+def _as_list(value: str | list[str] | None, name: str) -> list[str] | None:
+    """Return one string or a list of strings as a list (None stays None); DataError for other items."""
+    if value is None:
+        return None
+    value = [value] if isinstance(value, str) else list(value)
+    if not all(isinstance(v, str) for v in value):
+        raise DataError(f"tasks.custom: {name} must be strings")
+    return value
+
+
+def _word_columns(prompts: list[str], **words: str | list[str] | None) -> dict[str, list[str]]:
+    """Return name → word list (one per prompt; None entries left out) after checking the lengths agree."""
+    columns = {name: _as_list(value, name) for name, value in words.items() if value is not None}
+    for name, values in columns.items():
+        if len(values) != len(prompts):
+            raise DataError(f"tasks.custom: {len(prompts)} prompts but {len(values)} {name}; give one word per prompt")
+    if not prompts:
+        raise DataError("tasks.custom: no prompts given")
+    return columns
 
 
 def custom(
@@ -209,27 +269,8 @@ def custom(
     or whitespace only, and words whose token set is empty, are dropped and counted in ``.dropped``.
     Lists of different lengths raise a DataError.
     """
-
-    def as_list(value: str | list[str] | None, name: str) -> list[str] | None:
-        if value is None:
-            return None
-        value = [value] if isinstance(value, str) else list(value)
-        if not all(isinstance(v, str) for v in value):
-            raise DataError(f"tasks.custom: {name} must be strings")
-        return value
-
-    prompts = as_list(prompts, "prompts")
-    columns = {
-        "target_words": as_list(target_words, "target_words"),
-        "english_words": as_list(english_words, "english_words"),
-    }
-    if source_words is not None:
-        columns["source_words"] = as_list(source_words, "source_words")
-    for name, values in columns.items():
-        if len(values) != len(prompts):
-            raise DataError(f"tasks.custom: {len(prompts)} prompts but {len(values)} {name}; give one word per prompt")
-    if not prompts:
-        raise DataError("tasks.custom: no prompts given")
+    prompts = _as_list(prompts, "prompts")
+    columns = _word_columns(prompts, target_words=target_words, english_words=english_words, source_words=source_words)
     sources = columns.get("source_words") or [None] * len(prompts)
     dropped = dict.fromkeys(DROP_REASONS, 0)
     records = []

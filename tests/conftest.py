@@ -45,7 +45,7 @@ def spm_tokenizer():
 
 @pytest.fixture(scope="session")
 def real_tokenizer():
-    """Return a loader name → real tokenizer (tests/real_tokenizers.py) that skips, saying why, when npm cannot fetch it."""
+    """Return a loader name → real tokenizer (tests/real_tokenizers.py) that skips (saying why) without npm."""
     import real_tokenizers
 
     loaded = {}
@@ -196,7 +196,7 @@ def pytest_collection_finish(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Stop background notebooks still running (a session cut short) and remove their output folder (outside the repo)."""
+    """Stop background notebooks still running (a session cut short); remove their output folder (outside the repo)."""
     import shutil
 
     import test_notebooks

@@ -22,7 +22,7 @@ FACES = {"llmlatent.cli", "llmlatent.notebook", "llmlatent.__main__"}
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:
-    """Return the dotted module name of a file under ``root`` (``llmlatent/latents/store.py`` → ``llmlatent.latents.store``)."""
+    """Return the dotted module name of a file under ``root`` (e.g. ``llmlatent.latents.store``)."""
     parts = list(path.relative_to(root.parent).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()

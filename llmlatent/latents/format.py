@@ -5,24 +5,22 @@ See :mod:`llmlatent.latents` for the layout; this module only reads, writes and 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
-import shutil
-from collections.abc import Iterator
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 import torch
 
-from llmlatent.atomic import atomic_file, make_temp_dir
+from llmlatent.adapter import Fingerprint
+from llmlatent.atomic import atomic_file
 from llmlatent.errors import LlmlatentError, UsageError
-from llmlatent.tasks import SET_COLUMNS as _SETS
+from llmlatent.tasks import SET_COLUMNS
 
 if TYPE_CHECKING:
     from llmlatent.model import Model
@@ -38,7 +36,6 @@ LOCK_FILE = "store.lock"
 DEFAULT_SHARD_SIZE = 64
 # storage dtype -> numpy/Arrow value type of the ``latents`` column (Arrow has no bfloat16: its bit pattern)
 STORAGE = {"float16": "float16", "bfloat16": "uint16", "float32": "float32"}
-SET_COLUMNS = tuple(_SETS.values())
 
 
 class LatentStoreError(LlmlatentError, ValueError):
@@ -75,7 +72,7 @@ def prompt_frame(prompts: PromptSet | pd.DataFrame) -> tuple[pd.DataFrame, dict]
 
 def column_kind(frame: pd.DataFrame, column: str) -> str:
     """Return how a metadata column is stored: ids (token-id list or None), bool, int64, float64 or string."""
-    if column in SET_COLUMNS:
+    if column in SET_COLUMNS.values():
         return "ids"
     dtype = frame[column].dtype
     if pd.api.types.is_bool_dtype(dtype):
@@ -138,9 +135,12 @@ def make_config(model: Model, frame: pd.DataFrame, meta: dict, dtype: str) -> di
     }
 
 
-def describe(fp: dict) -> str:
-    """Return a one-line description of a model fingerprint."""
-    return f"{fp.get('model')} (unembedding sha256 {fp.get('unembedding_sha256')}, {fp.get('n_layers')} layers, hidden {fp.get('hidden_size')})"
+def describe(fp: Mapping) -> str:
+    """Return a one-line description of a model fingerprint (a Fingerprint or its stored dict)."""
+    return (
+        f"{fp.get('model')} (unembedding sha256 {fp.get('unembedding_sha256')}, {fp.get('n_layers')} layers, "
+        f"hidden {fp.get('hidden_size')})"
+    )
 
 
 def write_json(path: Path, content: dict) -> None:
@@ -160,7 +160,8 @@ def read_config(path: Path) -> dict:
     store_file = path / STORE_FILE
     if not store_file.is_file():
         raise LatentStoreError(
-            f"{path} is not a latent store (no {STORE_FILE}); create one with latents.collect or `python -m llmlatent cache`"
+            f"{path} is not a latent store (no {STORE_FILE}); "
+            "create one with latents.collect or `python -m llmlatent cache`"
         )
     try:
         config = json.loads(store_file.read_text(encoding="utf-8"))
@@ -247,8 +248,9 @@ def open_or_create(path: Path, config: dict, shard_size: int | None, *, repair: 
     """
     from filelock import FileLock
 
-    if shard_size is not None and int(shard_size) < 1:
-        raise UsageError(f"shard_size (--shard-size) must be at least 1, got {shard_size}")
+    from llmlatent import checks
+
+    checks.count(shard_size, "shard_size", optional=True)
     path.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path / LOCK_FILE)):
         if repair and (path / STORE_FILE).exists():
@@ -259,8 +261,7 @@ def open_or_create(path: Path, config: dict, shard_size: int | None, *, repair: 
                 _set_aside(path)
         if (path / STORE_FILE).exists():
             existing = read_config(path)
-            same_model = ("unembedding_sha256", "n_layers", "hidden_size")  # the name may be spelt another way
-            if any(existing["fingerprint"][key] != config["fingerprint"][key] for key in same_model):
+            if not Fingerprint.of(existing["fingerprint"]).same_model(config["fingerprint"]):  # the name may differ
                 raise FingerprintMismatch(
                     f"fingerprint mismatch: {path} holds latents of {describe(existing['fingerprint'])}, not of "
                     f"{describe(config['fingerprint'])}; collect into another folder"
@@ -269,7 +270,8 @@ def open_or_create(path: Path, config: dict, shard_size: int | None, *, repair: 
             for key, label in (("dtype", "storage dtype"), ("prompts_sha256", "prompts"), ("shard_size", "shard size")):
                 if existing[key] != wanted[key]:
                     raise LatentStoreError(
-                        f"{path} already holds a latent store with different {label} ({existing[key]} vs {wanted[key]}); "
+                        f"{path} already holds a latent store with different {label} "
+                        f"({existing[key]} vs {wanted[key]}); "
                         "collect into another folder, or delete it to start over"
                     )
             return existing
@@ -290,112 +292,3 @@ def open_or_create(path: Path, config: dict, shard_size: int | None, *, repair: 
 def shard_dir(path: Path, k: int) -> Path:
     """Return the folder of finished shard ``k``."""
     return path / "shards" / f"{k:05d}"
-
-
-def shard_range(config: dict, k: int) -> tuple[int, int]:
-    """Return the prompt rows [start, stop) of shard ``k``."""
-    start = k * config["shard_size"]
-    return start, min(config["n_prompts"], start + config["shard_size"])
-
-
-def file_sha256(file: Path) -> str:
-    """Return the sha256 hex digest of a file."""
-    with open(file, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def shard_problem(path: Path, config: dict, k: int, *, hashes: bool = True) -> str | None:
-    """Return why finished shard ``k`` is invalid, or None when it is valid."""
-    folder = shard_dir(path, k)
-    try:
-        info = json.loads((folder / SHARD_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return f"{SHARD_FILE} is missing"
-    except (ValueError, UnicodeDecodeError):
-        return f"{SHARD_FILE} is not valid JSON"
-    start, stop = shard_range(config, k)
-    if (info.get("prompts_sha256"), info.get("start"), info.get("stop")) != (config["prompts_sha256"], start, stop):
-        return "it belongs to another prompt set or shard layout"
-    for name, want in info.get("files", {}).items():
-        file = folder / name
-        if not file.is_file():
-            return f"{name} is missing"
-        if file.stat().st_size != want["bytes"]:
-            return f"{name} has {file.stat().st_size} bytes, expected {want['bytes']}"
-        if hashes and file_sha256(file) != want["sha256"]:
-            return f"{name} does not match its sha256"
-    return None
-
-
-@contextlib.contextmanager
-def quiet_datasets() -> Iterator[None]:
-    """Yield with the datasets library's progress bars off (restored afterwards)."""
-    import datasets
-
-    was_enabled = not datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            datasets.enable_progress_bars()
-
-
-@contextlib.contextmanager
-def claim(path: Path, k: int, *, wait: bool) -> Iterator[bool]:
-    """Yield True while this process holds shard ``k``'s claim (a lock file), False if another process holds it.
-
-    Two ``cache`` processes on one store thus never compute the same shard: the second one skips claimed
-    shards (``wait=False``) and comes back to them later (``wait=True`` blocks until the holder finishes
-    or dies; the operating system releases the lock of a killed process).
-    """
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(path / "shards" / f".claim-{k:05d}.lock"))
-    try:
-        lock.acquire(timeout=-1 if wait else 0)
-    except Timeout:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        lock.release()
-
-
-def write_shard(path: Path, config: dict, k: int, frame: pd.DataFrame, latents: np.ndarray) -> None:
-    """Write shard ``k`` into a temporary folder, fsync it, and rename it into place (atomic)."""
-    from datasets import Dataset
-
-    start, stop = shard_range(config, k)
-    tmp = make_temp_dir(f".tmp-{k:05d}-", path / "shards")  # the umask's mode, not 0700
-    try:
-        data = records(frame.iloc[start:stop], config["columns"])
-        data["latents"] = latents
-        with quiet_datasets():
-            Dataset.from_dict(data, features=features(config)).save_to_disk(str(tmp))
-        files = {}
-        for file in sorted(tmp.iterdir()):
-            with open(file, "rb") as fh:
-                os.fsync(fh.fileno())
-            files[file.name] = {"bytes": file.stat().st_size, "sha256": file_sha256(file)}
-        info = {
-            "shard": k,
-            "start": start,
-            "stop": stop,
-            "rows": stop - start,
-            "prompts_sha256": config["prompts_sha256"],
-            "files": files,
-        }
-        write_json(tmp / SHARD_FILE, info)
-        final = shard_dir(path, k)
-        if final.exists():  # an invalid leftover, found by the caller
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def disk_size(path: Path) -> int:
-    """Return the bytes of every file under ``path``."""
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

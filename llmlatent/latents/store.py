@@ -31,29 +31,26 @@ import torch
 from tqdm.auto import tqdm
 
 from llmlatent import capture
+from llmlatent.adapter import Fingerprint, LoadedHead, Unembedding
 from llmlatent.errors import UsageError
 from llmlatent.latents.format import (
-    SET_COLUMNS,
     STORAGE,
     FingerprintMismatch,
     LatentStoreError,
     check_dtype,
-    claim,
     describe,
-    disk_size,
     features,
     make_config,
     open_or_create,
     prompt_frame,
     read_config,
     shard_dir,
-    shard_problem,
-    shard_range,
-    write_shard,
 )
+from llmlatent.latents.shards import claim, disk_size, shard_problem, shard_range, write_shard
+from llmlatent.lenses import Lens
+from llmlatent.tasks import SET_COLUMNS
 
 if TYPE_CHECKING:
-    from llmlatent.adapter import Unembedding
     from llmlatent.model import Model
     from llmlatent.tasks import PromptSet
 
@@ -68,7 +65,8 @@ def _to_storage(latents: torch.Tensor, dtype: str) -> np.ndarray:
         big = float(x.abs().max()) if x.numel() else 0.0
         if big > FLOAT16_MAX:
             raise LatentStoreError(
-                f"latents reach |x| = {big:.4g}, beyond float16's range ({FLOAT16_MAX:.0f}); collect with dtype='bfloat16' or 'float32'"
+                f"latents reach |x| = {big:.4g}, beyond float16's range ({FLOAT16_MAX:.0f}); "
+                "collect with dtype='bfloat16' or 'float32'"
             )
         return x.half().numpy()
     if dtype == "bfloat16":
@@ -113,14 +111,12 @@ def collect(
 
     dtype = check_dtype(dtype)
     checks.count(batch_size, "batch_size")
-    checks.count(shard_size, "shard_size", optional=True)
+    checks.count(shard_size, "shard_size", optional=True)  # before the fingerprint's hash, in a second
     frame, meta = prompt_frame(prompts)
     rank, world = _rank_world(rank, world_size)
     path = Path(path)
     config = open_or_create(path, make_config(model, frame, meta, dtype), shard_size, repair=repair)
     mine = [k for k in range(config["n_shards"]) if k % world == rank]
-    texts = frame["prompt"].tolist()
-    shape = (config["n_layers"], config["hidden_size"])
     todo = [k for k in mine if not _finished(path, config, k)]
     if len(todo) < len(mine):
         log.info("resuming %s: %d of this rank's %d shards already finished", path, len(mine) - len(todo), len(mine))
@@ -132,29 +128,19 @@ def collect(
         busy = []
         for k in todo:
             with claim(path, k, wait=wait) as mine_now:
-                if not mine_now:
+                if mine_now:
+                    _compute_shard(model, path, config, k, frame, batch_size, bar)
+                else:
                     busy.append(k)
-                    continue
-                start, stop = shard_range(config, k)
-                if _finished(path, config, k):  # another process wrote it while we waited
-                    bar.update(stop - start)
-                    continue
-                for stale in (path / "shards").glob(f".tmp-{k:05d}-*"):  # a killed run's; safe: we hold the claim
-                    shutil.rmtree(stale, ignore_errors=True)
-                part = texts[start:stop]
-                out = np.empty((stop - start, *shape), dtype=STORAGE[dtype])
-                for idx in capture.length_batches(
-                    model, part, batch_size
-                ):  # similar lengths together (results do not depend on it)
-                    latents, _ = capture.forward_last(model, [part[i] for i in idx])
-                    out[idx] = _to_storage(latents, dtype)
-                    bar.update(len(idx))
-                write_shard(path, config, k, frame, out)
-                log.info("computed shard %d of %s (prompts %d-%d) in process %d", k, path, start, stop - 1, os.getpid())
         if busy:
             log.info("%d shard(s) of %s are being computed by another process; waiting for them", len(busy), path)
         todo = busy
     bar.close()
+    return _after_rank(path, config, rank, world)
+
+
+def _after_rank(path: Path, config: dict, rank: int, world: int) -> LatentStore | None:
+    """Return the finished store once this rank is done (after a barrier under torch.distributed), else None."""
     if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     done = sum(shard_dir(path, k).exists() for k in range(config["n_shards"]))
@@ -162,6 +148,29 @@ def collect(
         log.info("rank %d finished its shards; %d of %d shards of %s are done", rank, done, config["n_shards"], path)
         return None
     return load(path)
+
+
+def _compute_shard(
+    model: Model, path: Path, config: dict, k: int, frame: pd.DataFrame, batch_size: int, bar: tqdm
+) -> None:
+    """Compute and write shard ``k`` (unless another process wrote it while we waited); the caller holds its claim."""
+    start, stop = shard_range(config, k)
+    if _finished(path, config, k):  # another process wrote it while we waited
+        bar.update(stop - start)
+        return
+    for stale in (path / "shards").glob(f".tmp-{k:05d}-*"):  # a killed run's; safe: we hold the claim
+        shutil.rmtree(stale, ignore_errors=True)
+    part = frame["prompt"].iloc[start:stop].tolist()
+    dtype = config["dtype"]
+    out = np.empty((stop - start, config["n_layers"], config["hidden_size"]), dtype=STORAGE[dtype])
+    for idx in capture.length_batches(
+        model, part, batch_size
+    ):  # similar lengths together (results do not depend on it)
+        latents, _ = capture.forward_last(model, [part[i] for i in idx])
+        out[idx] = _to_storage(latents, dtype)
+        bar.update(len(idx))
+    write_shard(path, config, k, frame, out)
+    log.info("computed shard %d of %s (prompts %d-%d) in process %d", k, path, start, stop - 1, os.getpid())
 
 
 def _finished(path: Path, config: dict, k: int) -> bool:
@@ -192,7 +201,8 @@ class LatentStore:
         return int(self.config["n_prompts"])
 
     def __repr__(self) -> str:
-        return f"LatentStore({str(self.path)!r}, {len(self)} prompts × {self.n_layers} layers × {self.hidden_size}, {self.dtype}, {self.fingerprint['model']})"
+        shape = f"{len(self)} prompts × {self.n_layers} layers × {self.hidden_size}"
+        return f"LatentStore({str(self.path)!r}, {shape}, {self.dtype}, {self.fingerprint.model})"
 
     @property
     def n_layers(self) -> int:
@@ -210,9 +220,9 @@ class LatentStore:
         return str(self.config["dtype"])
 
     @property
-    def fingerprint(self) -> dict:
-        """Return the collecting model's fingerprint (as :meth:`llmlatent.model.Model.fingerprint`)."""
-        return dict(self.config["fingerprint"])
+    def fingerprint(self) -> Fingerprint:
+        """Return the collecting model's :class:`~llmlatent.adapter.Fingerprint` (as ``Model.fingerprint()``)."""
+        return Fingerprint.of(self.config["fingerprint"])
 
     @property
     def meta(self) -> dict:
@@ -227,7 +237,7 @@ class LatentStore:
 
             table = pa.concat_tables([ds.data.table.drop_columns(["latents"]) for ds in self._shards])
             frame = table.to_pandas()
-            for column in SET_COLUMNS:
+            for column in SET_COLUMNS.values():
                 if column in frame:
                     frame[column] = [None if v is None else [int(x) for x in v] for v in frame[column]]
             self._prompts = frame
@@ -252,7 +262,7 @@ class LatentStore:
         return torch.from_numpy(part.astype(np.float32))
 
     def latents(self, layer: int | None = None, rows: slice | None = None) -> torch.Tensor:
-        """Return float32 latents: [N, hidden] at one ``layer`` (negative counts from the end), else [N, layers, hidden].
+        """Return float32 latents: [N, hidden] at one ``layer`` (negative: from the end), else [N, layers, hidden].
 
         ``rows`` (a slice of prompts, step 1) reads only part of the store.
         """
@@ -262,7 +272,7 @@ class LatentStore:
             layer = int(layer) % self.n_layers
         start, stop, step = (rows or slice(None)).indices(len(self))
         if step != 1:
-            raise ValueError("rows must be a contiguous slice")
+            raise UsageError("rows must be a contiguous slice")
         parts, offset = [], 0
         for arr in self._chunks():
             lo, hi = max(start, offset), min(stop, offset + len(arr))
@@ -275,37 +285,45 @@ class LatentStore:
             return torch.empty(shape)
         return torch.cat(parts)
 
-    def check(self, unembedding_or_model: Unembedding | Model) -> None:
-        """Return None if a Model or Unembedding is the one these latents came from; raise FingerprintMismatch otherwise."""
-        from llmlatent.adapter import Unembedding
+    def check(self, source: Model | LoadedHead | Lens | Unembedding) -> None:
+        """Return None if ``source`` is the model these latents came from (:meth:`Fingerprint.same_model`).
 
-        obj = unembedding_or_model
-        if isinstance(obj, Unembedding):
-            sha, hidden, layers = obj.fingerprint(), int(obj.weight.shape[1]), None
-            name = getattr(obj, "name", "the given unembedding")
-        elif callable(getattr(obj, "fingerprint", None)) and hasattr(obj, "unembedding"):
-            fp = obj.fingerprint()
-            sha, hidden, layers, name = fp["unembedding_sha256"], fp["hidden_size"], fp["n_layers"], fp["model"]
-        else:
-            raise TypeError(f"expected a Model or an Unembedding, got {type(obj).__name__}")
+        ``source`` is a Model, a LoadedHead, a Lens or an Unembedding (a bare head does not know its
+        block count: only its hash and width are compared); raise FingerprintMismatch otherwise.
+        """
         want = self.fingerprint
+        given = _fingerprint_of(source, want.n_layers)
+        if want.same_model(given):
+            return
         problems = []
-        if sha != want["unembedding_sha256"]:
-            problems.append(f"unembedding sha256 {sha} ≠ {want['unembedding_sha256']}")
-        if hidden != want["hidden_size"]:
-            problems.append(f"hidden size {hidden} ≠ {want['hidden_size']}")
-        if layers is not None and layers != want["n_layers"]:
-            problems.append(f"{layers} layers ≠ {want['n_layers']}")
-        if problems:
-            raise FingerprintMismatch(
-                f"fingerprint mismatch: the latent store {self.path} was collected with {describe(want)}, "
-                f"but {name} differs ({'; '.join(problems)}); use that model's unembedding: "
-                f"model.load_unembedding({want['model']!r})"
-            )
+        if given.unembedding_sha256 != want.unembedding_sha256:
+            problems.append(f"unembedding sha256 {given.unembedding_sha256} ≠ {want.unembedding_sha256}")
+        if given.hidden_size != want.hidden_size:
+            problems.append(f"hidden size {given.hidden_size} ≠ {want.hidden_size}")
+        if given.n_layers != want.n_layers:
+            problems.append(f"{given.n_layers} layers ≠ {want.n_layers}")
+        raise FingerprintMismatch(
+            f"fingerprint mismatch: the latent store {self.path} was collected with {describe(want)}, "
+            f"but {given.model} differs ({'; '.join(problems)}); use that model's unembedding: "
+            f"model.load_unembedding({want.model!r})"
+        )
 
     def size_bytes(self) -> int:
         """Return the store's size on disk in bytes."""
         return disk_size(self.path)
+
+
+def _fingerprint_of(source: object, n_layers: int) -> Fingerprint:
+    """Return the Fingerprint of a Model, LoadedHead, Lens or Unembedding (a head alone: ``n_layers`` assumed)."""
+    if not isinstance(source, LoadedHead | Lens | Unembedding):
+        if callable(getattr(source, "fingerprint", None)) and hasattr(source, "unembedding"):  # a Model
+            return Fingerprint.of(source.fingerprint())
+        raise TypeError(f"expected a Model, LoadedHead, Lens or Unembedding, got {type(source).__name__}")
+    name = source.name if isinstance(source, LoadedHead) else "the given unembedding"
+    head = source if isinstance(source, Unembedding) else source.unembedding
+    return Fingerprint(
+        model=name, n_layers=n_layers, hidden_size=int(head.weight.shape[1]), unembedding_sha256=head.fingerprint()
+    )
 
 
 def load(path: str | os.PathLike, *, format: str | None = "torch", verify: bool = True) -> LatentStore:
@@ -321,7 +339,8 @@ def load(path: str | os.PathLike, *, format: str | None = "torch", verify: bool 
     done = [k for k in range(n) if shard_dir(path, k).exists()]
     if len(done) < n:
         raise LatentStoreError(
-            f"incomplete latent store {path}: {len(done)} of {n} shards finished; rerun the same collect/cache command to resume"
+            f"incomplete latent store {path}: {len(done)} of {n} shards finished; "
+            "rerun the same collect/cache command to resume"
         )
     shards = []
     for k in range(n):
@@ -345,45 +364,3 @@ def load(path: str | os.PathLike, *, format: str | None = "torch", verify: bool 
     if format:
         dataset = dataset.with_format(format)
     return LatentStore(path, config, shards, dataset)
-
-
-def info(path: str | os.PathLike, *, verify: bool = True) -> dict:
-    """Return a summary of the store at ``path``: model, counts, layers, dtype, size on disk, and whether it is complete.
-
-    Every finished shard is checked as :func:`load` checks it: its shard.json, every file's size and,
-    with ``verify`` (default), every file's sha256 (reads the store once). ``complete`` is True only
-    when all shards exist and pass; ``problems`` maps each failing shard to the reason; ``verified``
-    says how far the check went.
-    """
-    path = Path(path)
-    config = read_config(path)
-    problems = {}
-    done = 0
-    for k in range(config["n_shards"]):
-        if not shard_dir(path, k).exists():
-            continue
-        done += 1
-        problem = shard_problem(path, config, k, hashes=verify)
-        if problem is not None:
-            problems[str(k)] = f"{problem}; rerun the same cache command to recompute it"
-    per_prompt = config["n_layers"] * config["hidden_size"] * np.dtype(STORAGE[config["dtype"]]).itemsize
-    size = disk_size(path)
-    return {
-        "path": str(path),
-        "model": config["fingerprint"]["model"],
-        "fingerprint": config["fingerprint"],
-        "n_prompts": config["n_prompts"],
-        "n_layers": config["n_layers"],
-        "hidden_size": config["hidden_size"],
-        "dtype": config["dtype"],
-        "shards_done": done,
-        "n_shards": config["n_shards"],
-        "complete": done == config["n_shards"] and not problems,
-        "verified": "shard.json, sizes and sha256 of every file"
-        if verify
-        else "shard.json and sizes only (sha256 not checked)",
-        "problems": problems,
-        "latent_bytes_per_prompt": per_prompt,
-        "size_bytes": size,
-        "meta": config["meta"],
-    }

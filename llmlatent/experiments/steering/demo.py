@@ -36,7 +36,7 @@ from llmlatent import tasks
 from llmlatent.experiments import runs
 from llmlatent.experiments.steering.evaluate import GROUP, Batch, Evaluator, Item, batches, generations
 from llmlatent.experiments.steering.fit import fit_stores, open_stores, rescaled
-from llmlatent.experiments.steering.plan import SteeringSettings, Splits, make_splits
+from llmlatent.experiments.steering.plan import Splits, SteeringSettings, make_splits
 from llmlatent.experiments.steering.report import best_json, pick, summarize
 from llmlatent.steering import SteeringVector, mean_difference
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmlatent.data import LANGS, DataError, check_lang
+from llmlatent.errors import SteeringError
 from llmlatent.experiments.settings import Settings, option
-from llmlatent.steering import SteeringError, check_alpha, check_count, check_layer
+from llmlatent.steering import check_alpha, check_count, check_layer
 
 DEFAULT_ALPHAS = (0.5, 1.0, 2.0, 4.0)
 DEFAULT_N_CONCEPTS = 96  # 32 fit + 32 select + 32 test concepts
