@@ -22,7 +22,7 @@ from .adapter import Unembedding
 from .capture import capture_last, forward_last, length_batches
 from .decode import decode
 from .model import Model
-from .tasks import SET_COLUMNS
+from .tasks import SET_COLUMNS, check_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -139,6 +139,7 @@ def sweep(
     of similar length; results do not depend on batch size or padding. ``seed`` seeds torch for
     families with stochastic layers (none in eval mode) so reruns are byte-identical.
     """
+    check_tokenizer(prompts, model.tokenizer)
     frame = getattr(prompts, "df", prompts)
     if len(frame) == 0:
         raise ValueError("no prompts to sweep")

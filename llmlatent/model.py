@@ -15,7 +15,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .adapter import Adapter, Fingerprint, Unembedding, adapter_for
-from .atomic import make_temp_dir
+from .atomic import make_temp_dir, umask_modes
 from .errors import LlmlatentError, UsageError
 
 if TYPE_CHECKING:
@@ -79,6 +79,7 @@ def default_model_path(cache: Path | None = None) -> Path:
             (tmp / _MARKER).write_text(
                 json.dumps({"source": gguf.name, "model": DEFAULT_MODEL, "quantisation": "Q4_K_M"}, indent=1)
             )
+            umask_modes(tmp)  # save_pretrained writes model.safetensors as 0600
             if target.exists():  # an invalid leftover without marker
                 shutil.rmtree(target)
             os.replace(tmp, target)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,8 +12,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from . import checks
 from .data import DISPLAY, LANGS, MASK, DataError, check_lang, read_prompt_file, read_table
-from .tokens import token_set
+from .tokens import check_tokenizer_object, token_set, tokenizer_identity, vocab_sha256, word_warning
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -33,18 +36,28 @@ DROP_REASONS = (
 )
 
 
+class TokenSetError(DataError):
+    """Token-id sets that do not fit the tokenizer in use (another tokenizer's, or ids outside its vocabulary)."""
+
+
 @dataclass
 class PromptSet:
     """Prompts with their answer / English / source token-id sets, and what the filters dropped.
 
     ``df`` columns: prompt_id, task, src, tgt, concept, src_word, tgt_word, en_word, prompt,
-    target_ids, english_ids, source_ids (None where p_source is undefined).
+    target_ids, english_ids, source_ids (None where p_source is undefined). ``tokenizer`` is the identity
+    of the tokenizer that made the sets (``sha256`` of its vocabulary, ``size``, ``name``; empty when
+    unknown), checked by :func:`check_tokenizer`. Negative or non-integer token ids are refused.
     """
 
     df: pd.DataFrame
     dropped: dict[str, int] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    tokenizer: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_ids(self.df)
 
     def __len__(self) -> int:
         return len(self.df)
@@ -58,6 +71,44 @@ class PromptSet:
         """Return a one-line summary: kept count and drops per reason."""
         drops = ", ".join(f"{k}={v}" for k, v in self.dropped.items() if v) or "none"
         return f"{len(self)} prompts kept ({self.meta.get('task')} {self.meta.get('src')}→{self.meta.get('tgt')}); dropped: {drops}"
+
+
+def check_ids(frame: pd.DataFrame, vocab_size: int | None = None) -> None:
+    """Return None if every token id in the frame's set columns is an integer in [0, vocab_size); else TokenSetError."""
+    upper = math.inf if vocab_size is None else vocab_size
+    for column in SET_COLUMNS.values():
+        if column not in frame.columns:
+            continue
+        for row, ids in enumerate(frame[column].tolist()):
+            if ids is None or (isinstance(ids, float) and math.isnan(ids)):
+                continue
+            if isinstance(ids, str | bytes) or not hasattr(ids, "__iter__"):
+                raise TokenSetError(f"prompt set: {column} of row {row} must be a list of token ids, got {ids!r}")
+            for t in ids:
+                if isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t < upper:
+                    span = "a whole number ≥ 0" if vocab_size is None else f"a whole number in [0, {vocab_size})"
+                    raise TokenSetError(
+                        f"prompt set: token id {t!r} in {column} of row {row} is not {span} (the tokenizer's "
+                        "vocabulary); build the prompt set with the model's tokenizer"
+                    )
+
+
+def check_tokenizer(prompts: PromptSet | pd.DataFrame, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Return None if the prompt set's token sets were made with ``tokenizer`` (same vocabulary); else TokenSetError.
+
+    A PromptSet built by this module remembers its tokenizer's vocabulary sha256; a set without that
+    identity (a plain frame) is checked for ids in the tokenizer's range only.
+    """
+    made_with = getattr(prompts, "tokenizer", None) or {}
+    if made_with.get("sha256") and made_with["sha256"] != vocab_sha256(tokenizer):
+        ours = tokenizer_identity(tokenizer)
+        raise TokenSetError(
+            f"the prompt set's token sets were made with another tokenizer ({made_with.get('name') or 'unnamed'}, "
+            f"{made_with.get('size')} tokens, vocabulary sha256 {made_with['sha256'][:12]}…) than the model's "
+            f"({ours['name'] or 'unnamed'}, {ours['size']} tokens, {ours['sha256'][:12]}…); build the prompt set "
+            "again with model.tokenizer"
+        )
+    check_ids(getattr(prompts, "df", prompts), len(tokenizer))
 
 
 def _line(src: str, tgt: str, src_word: str, tgt_word: str | None) -> str:
@@ -97,6 +148,8 @@ def build(
     """
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
+    n = checks.count(n, "n", optional=True)
+    check_tokenizer_object(tokenizer, f"tasks.build({task!r})")
     check_lang(tgt)
     if task == "cloze":
         src = tgt
@@ -189,7 +242,35 @@ def build(
         "n_concepts": len(table) + dropped["empty_word"],
         "n_shots": n_shots,
     }
-    return PromptSet(pd.DataFrame(records), dropped, meta, notes)
+    return PromptSet(pd.DataFrame(records), dropped, meta, notes, tokenizer_identity(tokenizer))
+
+
+def _as_list(value: str | list[str] | None, name: str) -> list[str] | None:
+    """Return a word argument of :func:`custom` as a list of strings (a single string is one item; None stays None)."""
+    if value is None:
+        return None
+    value = [value] if isinstance(value, str) else list(value)
+    if not all(isinstance(v, str) for v in value):
+        raise DataError(f"tasks.custom: {name} must be strings")
+    return value
+
+
+def _word_notes(
+    tokenizer: PreTrainedTokenizerBase, words: dict[str, str | None], sets: dict[str, list[int]]
+) -> list[str]:
+    """Return the warnings of one custom prompt: words measured poorly, a target set equal to the English one."""
+    notes = [
+        f"tasks.custom: {role} {warning}"
+        for role, word in words.items()
+        if word is not None and (warning := word_warning(tokenizer, word, sets[role]))
+    ]
+    if sets["target"] and set(sets["target"]) == set(sets["english"]):
+        notes.append(
+            f"tasks.custom: target word {words['target'].strip()!r} and English word {words['english'].strip()!r} "
+            "have the same token set, so p_target = p_english for that prompt (expected for an English answer; "
+            "otherwise the two curves cannot be told apart)"
+        )
+    return notes
 
 
 def custom(
@@ -207,24 +288,18 @@ def custom(
     One word per prompt (a single string is one prompt). The token sets follow the paper's rule
     (:func:`llmlatent.tokens.token_set`); ``source_words`` adds p_source. Prompts that are empty
     or whitespace only, and words whose token set is empty, are dropped and counted in ``.dropped``.
-    Lists of different lengths raise a DataError.
+    Lists of different lengths raise a DataError. Warnings (logged, and kept in ``.notes``): a word
+    with no token, or whose set has no token longer than one character (:func:`llmlatent.tokens.word_warning`),
+    and a target set equal to the English set (p_target = p_english; kept: it is right for English answers).
     """
-
-    def as_list(value: str | list[str] | None, name: str) -> list[str] | None:
-        if value is None:
-            return None
-        value = [value] if isinstance(value, str) else list(value)
-        if not all(isinstance(v, str) for v in value):
-            raise DataError(f"tasks.custom: {name} must be strings")
-        return value
-
-    prompts = as_list(prompts, "prompts")
+    check_tokenizer_object(tokenizer, "tasks.custom")
+    prompts = _as_list(prompts, "prompts")
     columns = {
-        "target_words": as_list(target_words, "target_words"),
-        "english_words": as_list(english_words, "english_words"),
+        "target_words": _as_list(target_words, "target_words"),
+        "english_words": _as_list(english_words, "english_words"),
     }
     if source_words is not None:
-        columns["source_words"] = as_list(source_words, "source_words")
+        columns["source_words"] = _as_list(source_words, "source_words")
     for name, values in columns.items():
         if len(values) != len(prompts):
             raise DataError(f"tasks.custom: {len(prompts)} prompts but {len(values)} {name}; give one word per prompt")
@@ -232,21 +307,19 @@ def custom(
         raise DataError("tasks.custom: no prompts given")
     sources = columns.get("source_words") or [None] * len(prompts)
     dropped = dict.fromkeys(DROP_REASONS, 0)
-    records = []
+    records, notes = [], []
     for prompt, tgt_word, en_word, src_word in zip(prompts, columns["target_words"], columns["english_words"], sources):
         if not prompt.strip():
             dropped["empty_prompt"] += 1
             continue
-        target_ids = token_set(tokenizer, tgt_word, strict=strict, own_first_token=own_first_token)
-        english_ids = token_set(tokenizer, en_word, strict=strict, own_first_token=own_first_token)
-        source_ids = (
-            token_set(tokenizer, src_word, strict=strict, own_first_token=own_first_token) if src_word else None
-        )
-        if not target_ids:
-            dropped["empty_target_set"] += 1
-            continue
-        if not english_ids:
-            dropped["empty_english_set"] += 1
+        words = {"target": tgt_word, "english": en_word, "source": src_word or None}
+        sets = {
+            role: token_set(tokenizer, word, strict=strict, own_first_token=own_first_token) if word else None
+            for role, word in words.items()
+        }
+        notes += _word_notes(tokenizer, words, sets)
+        if not sets["target"] or not sets["english"]:
+            dropped["empty_target_set" if not sets["target"] else "empty_english_set"] += 1
             continue
         records.append(
             {
@@ -259,15 +332,18 @@ def custom(
                 "tgt_word": tgt_word.strip(),
                 "en_word": en_word.strip(),
                 "prompt": prompt,
-                "target_ids": target_ids,
-                "english_ids": english_ids,
-                "source_ids": source_ids or None,
+                "target_ids": sets["target"],
+                "english_ids": sets["english"],
+                "source_ids": sets["source"] or None,
             }
         )
     if not records:
         raise DataError(f"all {len(prompts)} prompts were filtered out: {dropped}")
+    notes = list(dict.fromkeys(notes))
+    for note in notes:
+        log.warning(note)
     meta = {"task": "custom", "src": "", "tgt": "", "strict": strict, "own_first_token": own_first_token}
-    return PromptSet(pd.DataFrame(records), dropped, meta)
+    return PromptSet(pd.DataFrame(records), dropped, meta, notes, tokenizer_identity(tokenizer))
 
 
 def from_prompt_file(
@@ -279,6 +355,7 @@ def from_prompt_file(
     ``in_token_str`` (source), recomputed for ``tokenizer``; token-id columns in the file are ignored.
     Empty prompt rows are counted in ``dropped["empty_prompt"]``.
     """
+    n = checks.count(n, "n", optional=True)
     frame = read_prompt_file(path)
     empty = int(frame.attrs.get("empty_prompt", 0))
     if frame.empty:
