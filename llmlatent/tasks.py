@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,10 +98,12 @@ def check_tokenizer(prompts: PromptSet | pd.DataFrame, tokenizer: PreTrainedToke
     """Return None if the prompt set's token sets were made with ``tokenizer`` (same vocabulary); else TokenSetError.
 
     A PromptSet built by this module remembers its tokenizer's vocabulary sha256; a set without that
-    identity (a plain frame) is checked for ids in the tokenizer's range only.
+    identity (a plain frame) is checked for ids in the tokenizer's range only. A duck-typed tokenizer
+    without vocabulary (benchmarks) or length gets the checks it allows.
     """
     made_with = getattr(prompts, "tokenizer", None) or {}
-    if made_with.get("sha256") and made_with["sha256"] != vocab_sha256(tokenizer):
+    has_vocab = callable(getattr(tokenizer, "get_vocab", None))
+    if made_with.get("sha256") and has_vocab and made_with["sha256"] != vocab_sha256(tokenizer):
         ours = tokenizer_identity(tokenizer)
         raise TokenSetError(
             f"the prompt set's token sets were made with another tokenizer ({made_with.get('name') or 'unnamed'}, "
@@ -108,7 +111,7 @@ def check_tokenizer(prompts: PromptSet | pd.DataFrame, tokenizer: PreTrainedToke
             f"({ours['name'] or 'unnamed'}, {ours['size']} tokens, {ours['sha256'][:12]}…); build the prompt set "
             "again with model.tokenizer"
         )
-    check_ids(getattr(prompts, "df", prompts), len(tokenizer))
+    check_ids(getattr(prompts, "df", prompts), len(tokenizer) if hasattr(tokenizer, "__len__") else None)
 
 
 def _line(src: str, tgt: str, src_word: str, tgt_word: str | None) -> str:
@@ -273,6 +276,44 @@ def _word_notes(
     return notes
 
 
+def _custom_records(
+    tokenizer: PreTrainedTokenizerBase, rows: Iterable[tuple], *, strict: bool, own_first_token: bool
+) -> tuple[list[dict], dict[str, int], list[str]]:
+    """Return (records, drop counts, warnings) of :func:`custom`'s (prompt, target, English, source word) rows."""
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    records, notes = [], []
+    for prompt, tgt_word, en_word, src_word in rows:
+        if not prompt.strip():
+            dropped["empty_prompt"] += 1
+            continue
+        words = {"target": tgt_word, "english": en_word, "source": src_word or None}
+        sets = {
+            role: token_set(tokenizer, word, strict=strict, own_first_token=own_first_token) if word else None
+            for role, word in words.items()
+        }
+        notes += _word_notes(tokenizer, words, sets)
+        if not sets["target"] or not sets["english"]:
+            dropped["empty_target_set" if not sets["target"] else "empty_english_set"] += 1
+            continue
+        records.append(
+            {
+                "prompt_id": len(records),
+                "task": "custom",
+                "src": "",
+                "tgt": "",
+                "concept": en_word.strip(),
+                "src_word": (src_word or "").strip(),
+                "tgt_word": tgt_word.strip(),
+                "en_word": en_word.strip(),
+                "prompt": prompt,
+                "target_ids": sets["target"],
+                "english_ids": sets["english"],
+                "source_ids": sets["source"] or None,
+            }
+        )
+    return records, dropped, notes
+
+
 def custom(
     prompts: str | list[str],
     target_words: str | list[str],
@@ -306,37 +347,8 @@ def custom(
     if not prompts:
         raise DataError("tasks.custom: no prompts given")
     sources = columns.get("source_words") or [None] * len(prompts)
-    dropped = dict.fromkeys(DROP_REASONS, 0)
-    records, notes = [], []
-    for prompt, tgt_word, en_word, src_word in zip(prompts, columns["target_words"], columns["english_words"], sources):
-        if not prompt.strip():
-            dropped["empty_prompt"] += 1
-            continue
-        words = {"target": tgt_word, "english": en_word, "source": src_word or None}
-        sets = {
-            role: token_set(tokenizer, word, strict=strict, own_first_token=own_first_token) if word else None
-            for role, word in words.items()
-        }
-        notes += _word_notes(tokenizer, words, sets)
-        if not sets["target"] or not sets["english"]:
-            dropped["empty_target_set" if not sets["target"] else "empty_english_set"] += 1
-            continue
-        records.append(
-            {
-                "prompt_id": len(records),
-                "task": "custom",
-                "src": "",
-                "tgt": "",
-                "concept": en_word.strip(),
-                "src_word": (src_word or "").strip(),
-                "tgt_word": tgt_word.strip(),
-                "en_word": en_word.strip(),
-                "prompt": prompt,
-                "target_ids": sets["target"],
-                "english_ids": sets["english"],
-                "source_ids": sets["source"] or None,
-            }
-        )
+    rows = zip(prompts, columns["target_words"], columns["english_words"], sources)
+    records, dropped, notes = _custom_records(tokenizer, rows, strict=strict, own_first_token=own_first_token)
     if not records:
         raise DataError(f"all {len(prompts)} prompts were filtered out: {dropped}")
     notes = list(dict.fromkeys(notes))
