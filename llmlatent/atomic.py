@@ -80,10 +80,26 @@ def make_temp_dir(prefix: str, parent: str | Path) -> Path:
     Results are renamed from such folders into place, so they must not keep mkdtemp's private mode.
     """
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
+def _umask() -> int:
+    """Return the process umask (read by setting it and putting it back)."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    return tmp
+    return umask
+
+
+def umask_modes(folder: str | Path) -> None:
+    """Give every file under ``folder`` the umask's normal file mode (0666 & ~umask; safetensors writes 0600).
+
+    Call it on a temporary result folder before renaming it into place; folders keep their modes.
+    """
+    mode = 0o666 & ~_umask()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
 
 
 def _tmp_prefix(name: str, pid: int | None = None) -> str:
@@ -155,11 +171,16 @@ def atomic_dir(out: str | Path, marker: Marker = "run.json") -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; if the block succeeds, fsync it and rename it to ``path``."""
+    """Yield a temporary path beside ``path``; if the block succeeds, fsync it and rename it to ``path``.
+
+    The file gets the umask's normal mode (0666 & ~umask), whatever mode the writer created it with
+    (safetensors creates 0600).
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -253,13 +253,29 @@ def read_prompt_file(path: str | Path) -> pd.DataFrame:
 
     Rows whose prompt is empty or whitespace only are left out and counted in
     ``frame.attrs["empty_prompt"]`` (empty answer words give empty token sets, counted by the builder).
+    Exact repeats of a row are used once, with a warning naming the data rows (counted in
+    ``frame.attrs["duplicate_prompt"]``); a NUL byte in any used column raises a DataError naming the row.
     """
     path = check_prompt_file(path)
     frame = read_csv(path, "prompt file")
     _missing(frame, SEED_PROMPT_COLUMNS, path)
     keep = [c for c in (*SEED_PROMPT_COLUMNS, "in_token_str") if c in frame.columns]
     frame = frame[keep]
+    for column in keep:
+        nul = frame.index[frame[column].str.contains("\x00", regex=False)]
+        if len(nul):
+            raise DataError(
+                f"{path}: data row {nul[0] + 1} has a NUL byte in its {column} (data rows counted from 1 after the "
+                "header); remove it"
+            )
     empty = frame["prompt"].str.strip() == ""
-    frame = frame[~empty].reset_index(drop=True)
+    frame = frame[~empty]
+    repeats = frame.duplicated(keep="first")
+    for _, rows in frame[frame.duplicated(keep=False)].groupby(keep, sort=False):
+        log.warning(
+            "%s: data rows %s are the same prompt row; using it once", path, ", ".join(str(i + 1) for i in rows.index)
+        )
+    frame = frame[~repeats].reset_index(drop=True)
     frame.attrs["empty_prompt"] = int(empty.sum())
+    frame.attrs["duplicate_prompt"] = int(repeats.sum())
     return frame

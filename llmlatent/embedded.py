@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .atomic import staged_dir
+from .atomic import staged_dir, umask_modes
 from .errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def default_model_path(cache: Path | None = None) -> Path:
             hf.config.name_or_path = DEFAULT_MODEL
             hf.save_pretrained(tmp)
             tok.save_pretrained(tmp)
+            umask_modes(tmp)  # save_pretrained writes model.safetensors as 0600
             (tmp / _MARKER).write_text(
                 json.dumps({"source": gguf.name, "model": DEFAULT_MODEL, "quantisation": "Q4_K_M"}, indent=1)
             )

@@ -24,7 +24,7 @@ from .decode import decode
 from .errors import UsageError
 from .lenses import Lens, as_lens
 from .model import Model
-from .tasks import SET_COLUMNS
+from .tokens import SET_COLUMNS, check_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -145,6 +145,7 @@ def sweep(
     of similar length; results do not depend on batch size or padding. ``seed`` seeds torch for
     families with stochastic layers (none in eval mode) so reruns are byte-identical.
     """
+    check_tokenizer(prompts, model.tokenizer)
     frame = getattr(prompts, "df", prompts)
     if len(frame) == 0:
         raise UsageError("no prompts to sweep")

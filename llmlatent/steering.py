@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import checks
+from . import checks, vector_file
 from .adapter import Fingerprint, same_model
-from .atomic import atomic_file
 from .errors import SteeringError
 from .steering_hook import SteeringHook
 
@@ -38,8 +37,6 @@ if TYPE_CHECKING:
     from .tasks import PromptSet
 
 log = logging.getLogger(__name__)
-
-FORMAT = "llmlatent.steering_vector/1"
 
 
 def check_layer(layer: int, n_layers: int) -> int:
@@ -171,46 +168,48 @@ class SteeringVector:
         return SteeringVector(self.layer, direction / direction.norm() * self.norm, meta)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Return the path written: one ``.safetensors`` file (tensor ``vector``; layer + meta as JSON in its header).
+        """Return the path written: one ``.safetensors`` file (tensor ``vector``; layer, meta and sha256 in its header).
 
-        The file is written to a temporary name and renamed, so a crash never leaves half a file.
+        The file is written to a temporary name and renamed (a crash never leaves half a file), with the
+        umask's mode; :mod:`llmlatent.vector_file` is the format.
         """
-        from safetensors.torch import save_file
-
         path = Path(path)
         if path.suffix != ".safetensors":
             path = path.with_name(path.name + ".safetensors")
         path.parent.mkdir(parents=True, exist_ok=True)
-        header = {"format": FORMAT, "layer": str(self.layer), "meta": json.dumps(self.meta, ensure_ascii=False)}
-        with atomic_file(path) as tmp:
-            save_file({"vector": self.vector.contiguous()}, str(tmp), metadata=header)
+        vector_file.write(path, self.layer, self.vector, self.meta)
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> SteeringVector:
-        """Return the vector saved at ``path`` by :meth:`save` (safetensors + JSON header; no pickle)."""
-        from safetensors import safe_open
+    def load(cls, path: str | os.PathLike, *, trust_unverified: bool = False) -> SteeringVector:
+        """Return the vector saved at ``path`` by :meth:`save`, verified (safetensors + JSON header; no pickle).
 
+        A file whose sha256 does not match its content, or that is truncated or not a vector file, raises a
+        SteeringError naming it. A file without sha256 or without model fingerprint (older versions, other
+        tools) is refused unless ``trust_unverified=True``.
+        """
         path = Path(path)
         if not path.exists() and path.with_name(path.name + ".safetensors").exists():
             path = path.with_name(path.name + ".safetensors")
         if not path.exists():
             raise FileNotFoundError(f"no steering vector at {path}")
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
-            if header.get("format") != FORMAT or "vector" not in fh.keys():
-                raise SteeringError(f"{path} is not a llmlatent steering vector (format {header.get('format')!r})")
-            vector = fh.get_tensor("vector")
-        return cls(int(header["layer"]), vector, json.loads(header.get("meta", "{}")))
+        layer, vector, meta = vector_file.read(path, error=SteeringError, trust_unverified=trust_unverified)
+        return cls(layer, vector, meta)
 
-    def check(self, model: Model) -> None:
-        """Return None if the vector fits ``model`` (layer in range, hidden size, same model); else raise SteeringError.
+    def check(self, model: Model, *, trust_unverified: bool = False) -> None:
+        """Return None if the vector fits ``model`` (layer in range, hidden size, same model); raise SteeringError otherwise.
 
         "Same model" is :func:`llmlatent.adapter.same_model` (unembedding hash, layers, width; the name is
-        ignored, so a model loaded by hub id and by local path match).
+        ignored, so a model loaded by hub id and by local path match). A vector without model fingerprint
+        is refused unless ``trust_unverified=True``.
         """
         self.check_shape(model)
         fp = _fingerprint(self.meta.get("fingerprint"), "the steering vector")
+        if fp is None and not trust_unverified:
+            raise SteeringError(
+                "the steering vector has no model fingerprint (meta['fingerprint']), so it cannot be checked "
+                f"against {model.name}; {vector_file.TRUST_HINT}"
+            )
         if fp is not None:
             own = Fingerprint.of(model.fingerprint())
             if not fp.same_model(own):

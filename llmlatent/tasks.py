@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,8 +11,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from . import checks
 from .data import DISPLAY, LANGS, MASK, DataError, check_lang, read_prompt_file, read_table
-from .tokens import token_set
+from .tokens import (
+    check_ids,
+    check_tokenizer_object,
+    token_set,
+    tokenizer_identity,
+    word_warning,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -20,7 +28,6 @@ log = logging.getLogger(__name__)
 
 TASKS = ("translation", "repetition", "cloze")
 # the token-set columns of a PromptSet frame, by the name of the probability they give (p_<name>)
-SET_COLUMNS = {"target": "target_ids", "english": "english_ids", "source": "source_ids"}
 DROP_REASONS = (
     "empty_word",
     "empty_prompt",
@@ -38,13 +45,19 @@ class PromptSet:
     """Prompts with their answer / English / source token-id sets, and what the filters dropped.
 
     ``df`` columns: prompt_id, task, src, tgt, concept, src_word, tgt_word, en_word, prompt,
-    target_ids, english_ids, source_ids (None where p_source is undefined).
+    target_ids, english_ids, source_ids (None where p_source is undefined). ``tokenizer`` is the identity
+    of the tokenizer that made the sets (``sha256`` of its vocabulary, ``size``, ``name``; empty when
+    unknown), checked by :func:`check_tokenizer`. Negative or non-integer token ids are refused.
     """
 
     df: pd.DataFrame
     dropped: dict[str, int] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    tokenizer: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_ids(self.df)
 
     def __len__(self) -> int:
         return len(self.df)
@@ -192,6 +205,8 @@ def build(
     en); with ``cognate_filter`` also source/English overlaps. The same ``seed`` gives the same
     prompts byte for byte.
     """
+    n = checks.count(n, "n", optional=True)
+    check_tokenizer_object(tokenizer, f"tasks.build({task!r})")
     src = _task_source(task, src, tgt)
     n_shots = (2 if task == "cloze" else 4) if n_shots is None else n_shots
     table = read_table(["en", src, tgt], words_dir)
@@ -228,7 +243,63 @@ def build(
         )
     meta = {"task": task, "src": src, "tgt": tgt, "seed": seed, "strict": strict, "cognate_filter": cognate_filter}
     meta.update(n_requested=n, n_concepts=len(table) + dropped["empty_word"], n_shots=n_shots)
-    return PromptSet(pd.DataFrame(records), dropped, meta, notes)
+    return PromptSet(pd.DataFrame(records), dropped, meta, notes, tokenizer_identity(tokenizer))
+
+
+def _word_notes(
+    tokenizer: PreTrainedTokenizerBase, words: dict[str, str | None], sets: dict[str, list[int]]
+) -> list[str]:
+    """Return the warnings of one custom prompt: words measured poorly, a target set equal to the English one."""
+    notes = [
+        f"tasks.custom: {role} {warning}"
+        for role, word in words.items()
+        if word is not None and (warning := word_warning(tokenizer, word, sets[role]))
+    ]
+    if sets["target"] and set(sets["target"]) == set(sets["english"]):
+        notes.append(
+            f"tasks.custom: target word {words['target'].strip()!r} and English word {words['english'].strip()!r} "
+            "have the same token set, so p_target = p_english for that prompt (expected for an English answer; "
+            "otherwise the two curves cannot be told apart)"
+        )
+    return notes
+
+
+def _custom_records(
+    tokenizer: PreTrainedTokenizerBase, rows: Iterable[tuple], *, strict: bool, own_first_token: bool
+) -> tuple[list[dict], dict[str, int], list[str]]:
+    """Return (records, drop counts, warnings) of :func:`custom`'s (prompt, target, English, source word) rows."""
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    records, notes = [], []
+    for prompt, tgt_word, en_word, src_word in rows:
+        if not prompt.strip():
+            dropped["empty_prompt"] += 1
+            continue
+        words = {"target": tgt_word, "english": en_word, "source": src_word or None}
+        sets = {
+            role: token_set(tokenizer, word, strict=strict, own_first_token=own_first_token) if word else None
+            for role, word in words.items()
+        }
+        notes += _word_notes(tokenizer, words, sets)
+        if not sets["target"] or not sets["english"]:
+            dropped["empty_target_set" if not sets["target"] else "empty_english_set"] += 1
+            continue
+        records.append(
+            {
+                "prompt_id": len(records),
+                "task": "custom",
+                "src": "",
+                "tgt": "",
+                "concept": en_word.strip(),
+                "src_word": (src_word or "").strip(),
+                "tgt_word": tgt_word.strip(),
+                "en_word": en_word.strip(),
+                "prompt": prompt,
+                "target_ids": sets["target"],
+                "english_ids": sets["english"],
+                "source_ids": sets["source"] or None,
+            }
+        )
+    return records, dropped, notes
 
 
 def _as_list(value: str | list[str] | None, name: str) -> list[str] | None:
@@ -267,48 +338,23 @@ def custom(
     One word per prompt (a single string is one prompt). The token sets follow the paper's rule
     (:func:`llmlatent.tokens.token_set`); ``source_words`` adds p_source. Prompts that are empty
     or whitespace only, and words whose token set is empty, are dropped and counted in ``.dropped``.
-    Lists of different lengths raise a DataError.
+    Lists of different lengths raise a DataError. Warnings (logged, and kept in ``.notes``): a word
+    with no token, or whose set has no token longer than one character (:func:`llmlatent.tokens.word_warning`),
+    and a target set equal to the English set (p_target = p_english; kept: it is right for English answers).
     """
+    check_tokenizer_object(tokenizer, "tasks.custom")
     prompts = _as_list(prompts, "prompts")
     columns = _word_columns(prompts, target_words=target_words, english_words=english_words, source_words=source_words)
     sources = columns.get("source_words") or [None] * len(prompts)
-    dropped = dict.fromkeys(DROP_REASONS, 0)
-    records = []
-    for prompt, tgt_word, en_word, src_word in zip(prompts, columns["target_words"], columns["english_words"], sources):
-        if not prompt.strip():
-            dropped["empty_prompt"] += 1
-            continue
-        target_ids = token_set(tokenizer, tgt_word, strict=strict, own_first_token=own_first_token)
-        english_ids = token_set(tokenizer, en_word, strict=strict, own_first_token=own_first_token)
-        source_ids = (
-            token_set(tokenizer, src_word, strict=strict, own_first_token=own_first_token) if src_word else None
-        )
-        if not target_ids:
-            dropped["empty_target_set"] += 1
-            continue
-        if not english_ids:
-            dropped["empty_english_set"] += 1
-            continue
-        records.append(
-            {
-                "prompt_id": len(records),
-                "task": "custom",
-                "src": "",
-                "tgt": "",
-                "concept": en_word.strip(),
-                "src_word": (src_word or "").strip(),
-                "tgt_word": tgt_word.strip(),
-                "en_word": en_word.strip(),
-                "prompt": prompt,
-                "target_ids": target_ids,
-                "english_ids": english_ids,
-                "source_ids": source_ids or None,
-            }
-        )
+    rows = zip(prompts, columns["target_words"], columns["english_words"], sources)
+    records, dropped, notes = _custom_records(tokenizer, rows, strict=strict, own_first_token=own_first_token)
     if not records:
         raise DataError(f"all {len(prompts)} prompts were filtered out: {dropped}")
+    notes = list(dict.fromkeys(notes))
+    for note in notes:
+        log.warning(note)
     meta = {"task": "custom", "src": "", "tgt": "", "strict": strict, "own_first_token": own_first_token}
-    return PromptSet(pd.DataFrame(records), dropped, meta)
+    return PromptSet(pd.DataFrame(records), dropped, meta, notes, tokenizer_identity(tokenizer))
 
 
 def from_prompt_file(
@@ -320,6 +366,7 @@ def from_prompt_file(
     ``in_token_str`` (source), recomputed for ``tokenizer``; token-id columns in the file are ignored.
     Empty prompt rows are counted in ``dropped["empty_prompt"]``.
     """
+    n = checks.count(n, "n", optional=True)
     frame = read_prompt_file(path)
     empty = int(frame.attrs.get("empty_prompt", 0))
     if frame.empty:

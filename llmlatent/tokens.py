@@ -26,16 +26,34 @@ earlier versions of this package; on the paper's vocabularies it adds nothing ne
 
 from __future__ import annotations
 
+import hashlib
+import math
+import numbers
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from .data import DataError
+
 if TYPE_CHECKING:
+    import pandas as pd
     from transformers import PreTrainedTokenizerBase
 
+    from .tasks import PromptSet
+
 SPM_MARKER = "▁"
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 BPE_MARKER = "Ġ"
+
+
+# the token-set columns of a prompt set (role → column of id lists); one owner, used by tasks, lens and latents
+SET_COLUMNS = {"target": "target_ids", "english": "english_ids", "source": "source_ids"}
+
+
+class TokenSetError(DataError):
+    """Token-id sets that do not fit the tokenizer in use (another tokenizer's, or ids outside its vocabulary)."""
 
 
 @lru_cache(maxsize=1)
@@ -71,6 +89,7 @@ class VocabInfo:
     # token_set's answers for this tokenizer: (stripped word, strict, own_first_token) -> sorted ids. It lives
     # as long as this VocabInfo (cached on the tokenizer object), so it never outlives the vocabulary it read
     memo: dict = field(default_factory=dict, compare=False, repr=False)
+    sha256: list = field(default_factory=list, compare=False, repr=False)  # [vocab_sha256's answer] once computed
 
 
 def vocab_info(tokenizer: PreTrainedTokenizerBase) -> VocabInfo:
@@ -100,6 +119,35 @@ def vocab_info(tokenizer: PreTrainedTokenizerBase) -> VocabInfo:
     return info
 
 
+def vocab_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Return the sha256 hex of the tokenizer's vocabulary: every (token, id) pair, sorted (cached on the tokenizer).
+
+    Two tokenizers with the same hash map every token text to the same id. Hashing Gemma 3's 262k entries
+    takes about 0.5 s, so it is computed once per tokenizer object (beside :func:`vocab_info`'s cache).
+    """
+    info = vocab_info(tokenizer)
+    if not info.sha256:
+        items = sorted((int(i), t) for t, i in info.vocab.items())
+        text = "\n".join(f"{i}\t{t}" for i, t in items)
+        info.sha256.append(hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest())
+    return info.sha256[0]
+
+
+def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict:
+    """Return the identity a PromptSet keeps of the tokenizer that made its sets: vocabulary sha256, size, name."""
+    return {"sha256": vocab_sha256(tokenizer), "size": len(tokenizer), "name": getattr(tokenizer, "name_or_path", "")}
+
+
+def check_tokenizer_object(tokenizer: object, where: str) -> PreTrainedTokenizerBase:
+    """Return ``tokenizer`` if it is a tokenizer object (has a vocabulary); else raise a DataError naming ``where``."""
+    if not callable(getattr(tokenizer, "get_vocab", None)) or not callable(getattr(tokenizer, "encode", None)):
+        raise DataError(
+            f"{where}: tokenizer must be a tokenizer object (model.tokenizer, or "
+            f"transformers.AutoTokenizer.from_pretrained(path)), got {type(tokenizer).__name__} {tokenizer!r:.60}"
+        )
+    return tokenizer
+
+
 def is_alphabetic(word: str) -> bool:
     """Return True for words in an alphabetic script (Latin, Cyrillic, Greek …), False for CJK etc."""
     first = word[:1]
@@ -113,12 +161,40 @@ def _counts(tokenizer: PreTrainedTokenizerBase, info: VocabInfo, token_id: int) 
     """Return False for special tokens and tokens whose text is whitespace only (e.g. a bare ``▁``)."""
     if token_id in info.special:
         return False
+    return bool(_decoded(tokenizer, info, token_id).replace(SPM_MARKER, " ").strip())
+
+
+def _decoded(tokenizer: PreTrainedTokenizerBase, info: VocabInfo, token_id: int) -> str:
+    """Return a token's text, its bytes decoded for byte-level vocabularies (the marker kept)."""
     text = tokenizer.convert_ids_to_tokens(token_id)
     if info.byte_level:
         inverse = unicode_to_byte()
         if all(c in inverse for c in text):
             text = bytes(inverse[c] for c in text).decode("utf-8", errors="replace")
-    return bool(text.replace(SPM_MARKER, " ").strip())
+    return text
+
+
+def word_warning(tokenizer: PreTrainedTokenizerBase, word: str, ids: list[int]) -> str | None:
+    """Return why ``ids`` (the token set of ``word``) measure the word poorly, else None.
+
+    Poorly: the set is empty (no prefix of the word is a token: a made-up word?), or a word of several
+    letters in an alphabetic script has no token longer than one character (a byte token ``<0xE4>``
+    counts as none), so the set only says that its first letter starts. CJK words are not warned
+    about: their first character is the paper's measure.
+    """
+    word = word.strip()
+    if not word:
+        return None
+    if not ids:
+        return f"word {word!r} has no token in this vocabulary (a made-up word?)"
+    info = vocab_info(tokenizer)
+    longest = max(len(_BYTE_TOKEN.sub("", _decoded(tokenizer, info, i)).replace(SPM_MARKER, " ").strip()) for i in ids)
+    if len(word) > 1 and longest <= 1 and is_alphabetic(word):
+        return (
+            f"word {word!r} has no token longer than one character: its token set {ids} only marks its first "
+            "character (a made-up or rare word?)"
+        )
+    return None
 
 
 def token_set(
@@ -168,3 +244,43 @@ def _token_set(
                     ids.add(int(token_id))
                 break
     return sorted(i for i in ids if _counts(tokenizer, info, i))
+
+
+def check_ids(frame: pd.DataFrame, vocab_size: int | None = None) -> None:
+    """Return None if every token id in the frame's set columns is an integer in [0, vocab_size); else TokenSetError."""
+    upper = math.inf if vocab_size is None else vocab_size
+    for column in SET_COLUMNS.values():
+        if column not in frame.columns:
+            continue
+        for row, ids in enumerate(frame[column].tolist()):
+            if ids is None or (isinstance(ids, float) and math.isnan(ids)):
+                continue
+            if isinstance(ids, str | bytes) or not hasattr(ids, "__iter__"):
+                raise TokenSetError(f"prompt set: {column} of row {row} must be a list of token ids, got {ids!r}")
+            for t in ids:
+                if isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t < upper:
+                    span = "a whole number ≥ 0" if vocab_size is None else f"a whole number in [0, {vocab_size})"
+                    raise TokenSetError(
+                        f"prompt set: token id {t!r} in {column} of row {row} is not {span} (the tokenizer's "
+                        "vocabulary); build the prompt set with the model's tokenizer"
+                    )
+
+
+def check_tokenizer(prompts: object, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Return None if the prompt set's token sets were made with ``tokenizer`` (same vocabulary); else TokenSetError.
+
+    ``prompts`` is a PromptSet or its frame. A PromptSet built by :mod:`llmlatent.tasks` remembers its tokenizer's vocabulary sha256; a set without that
+    identity (a plain frame) is checked for ids in the tokenizer's range only. A duck-typed tokenizer
+    without vocabulary (benchmarks) or length gets the checks it allows.
+    """
+    made_with = getattr(prompts, "tokenizer", None) or {}
+    has_vocab = callable(getattr(tokenizer, "get_vocab", None))
+    if made_with.get("sha256") and has_vocab and made_with["sha256"] != vocab_sha256(tokenizer):
+        ours = tokenizer_identity(tokenizer)
+        raise TokenSetError(
+            f"the prompt set's token sets were made with another tokenizer ({made_with.get('name') or 'unnamed'}, "
+            f"{made_with.get('size')} tokens, vocabulary sha256 {made_with['sha256'][:12]}…) than the model's "
+            f"({ours['name'] or 'unnamed'}, {ours['size']} tokens, {ours['sha256'][:12]}…); build the prompt set "
+            "again with model.tokenizer"
+        )
+    check_ids(getattr(prompts, "df", prompts), len(tokenizer) if hasattr(tokenizer, "__len__") else None)

@@ -40,7 +40,7 @@ def test_set_columns_have_one_owner():
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
             if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "SET_COLUMNS" for t in node.targets):
                 owners.append(path.name)
-    assert owners == ["tasks.py"]
+    assert owners == ["tokens.py"]
 
 
 def test_captured_block_count_has_one_check():

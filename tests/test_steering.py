@@ -171,7 +171,9 @@ def test_hooks_removed_after_exit_and_exception(tiny_models):
 
 
 def test_save_load_round_trip(tmp_path):
-    vec = SteeringVector(3, torch.randn(64), {"source": "ru", "target": "zh", "note": "Δ 中文", "n_source": 5})
+    fingerprint = {"model": "m", "unembedding_sha256": "a", "n_layers": 4, "hidden_size": 64}  # load requires one
+    meta = {"source": "ru", "target": "zh", "note": "Δ 中文", "n_source": 5, "fingerprint": fingerprint}
+    vec = SteeringVector(3, torch.randn(64), meta)
     path = vec.save(tmp_path / "delta")
     assert path.name == "delta.safetensors"
     again = steering.load(path)

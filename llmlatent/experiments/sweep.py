@@ -29,7 +29,8 @@ from llmlatent.data import DataError, check_lang
 from llmlatent.errors import LlmlatentError
 from llmlatent.experiments import runs
 from llmlatent.experiments.settings import Settings, option
-from llmlatent.tasks import SET_COLUMNS, TASKS, PromptSet
+from llmlatent.tasks import TASKS, PromptSet
+from llmlatent.tokens import SET_COLUMNS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

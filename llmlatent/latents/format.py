@@ -20,7 +20,7 @@ import torch
 from llmlatent.adapter import Fingerprint
 from llmlatent.atomic import atomic_file
 from llmlatent.errors import LlmlatentError, UsageError
-from llmlatent.tasks import SET_COLUMNS
+from llmlatent.tokens import SET_COLUMNS
 
 if TYPE_CHECKING:
     from llmlatent.model import Model

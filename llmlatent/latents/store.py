@@ -48,7 +48,7 @@ from llmlatent.latents.format import (
 )
 from llmlatent.latents.shards import claim, disk_size, shard_problem, shard_range, write_shard
 from llmlatent.lenses import Lens
-from llmlatent.tasks import SET_COLUMNS
+from llmlatent.tokens import SET_COLUMNS
 
 if TYPE_CHECKING:
     from llmlatent.model import Model
