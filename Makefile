@@ -20,7 +20,10 @@ setup: $(VENV)/.installed
 reproduce: $(VENV)/.installed
 	$(PY) -m llmlatent reproduce $(ARGS)
 
+# lint and format are part of the suite: a ruff finding fails `make test` before pytest runs
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -rs $(ARGS)
 
 clean-results:

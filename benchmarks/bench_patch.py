@@ -66,7 +66,7 @@ def setup(args: argparse.Namespace) -> tuple[model_mod.Model, list[str], list[st
     }
     pool = sorted(set(frames[donor].index) & set(frames[receiver].index))
     ld, lr = frames[donor]["target_ids"].map(list).to_dict(), frames[receiver]["target_ids"].map(list).to_dict()
-    pairs, _ = patch_experiment.make_pairs(pool, ld, lr, args.n, args.seed)
+    pairs, _ = patching.make_pairs(pool, ld, lr, args.n, args.seed)
     if len(pairs) < args.n:  # more pairs than concepts: reuse receivers with the next donors
         pairs = [pairs[i % len(pairs)] for i in range(args.n)]
     sets = {

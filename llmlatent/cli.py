@@ -80,8 +80,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     settings = from_args(reproduce.ReproduceSettings, args)
     reproduce.plan(settings)  # every step's settings are validated before the model loads
     summary = reproduce.run_steps(settings, load_model(args), force=args.force)
-    print(f"reproduced {summary['runs']} runs, {len(summary['figures'])} figures in {settings.figures}/ "
-          f"in {summary['seconds']:.0f} s")  # fmt: skip
+    print(
+        f"reproduced {summary['runs']} runs, {len(summary['figures'])} figures in {settings.figures}/ "
+        f"in {summary['seconds']:.0f} s"
+    )
     return 0
 
 
@@ -99,8 +101,15 @@ def cmd_cache(args: argparse.Namespace) -> int:
         m = load_model(args)
         prompts = settings.build(m.tokenizer)
         log.info(prompts.report())
-        store = latents.collect(m, prompts, args.out, batch_size=settings.batch_size, dtype=settings.dtype_store,
-                                shard_size=settings.shard_size, repair=settings.repair)  # fmt: skip
+        store = latents.collect(
+            m,
+            prompts,
+            args.out,
+            batch_size=settings.batch_size,
+            dtype=settings.dtype_store,
+            shard_size=settings.shard_size,
+            repair=settings.repair,
+        )
     finally:
         if group:
             import torch.distributed as dist
@@ -110,8 +119,18 @@ def cmd_cache(args: argparse.Namespace) -> int:
         log.info("rank %d of %d done; the store is complete once every rank has finished", rank, world)
     elif rank == 0:
         info = latents.info(args.out, verify=False)  # collect → load has just verified every sha256
-        print(json.dumps({"out": args.out, "n_prompts": info["n_prompts"], "seconds": round(clock.total(), 3),
-                          "size_bytes": info["size_bytes"], "model": info["model"]}, ensure_ascii=False))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "out": args.out,
+                    "n_prompts": info["n_prompts"],
+                    "seconds": round(clock.total(), 3),
+                    "size_bytes": info["size_bytes"],
+                    "model": info["model"],
+                },
+                ensure_ascii=False,
+            )
+        )
     return 0
 
 
@@ -145,7 +164,7 @@ EXPERIMENTS = {  # command → (help, what --out is)
     "steer": (
         "language steering: fit μ_target − μ_source, choose layer × α on a select split, report on test",
         "output folder",
-    ),  # fmt: skip
+    ),
     "patch": ("activation patching: donor latents into receiver prompts at each layer (Dumas et al.)", "output folder"),
 }
 
@@ -191,8 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cache-info", help="model, counts, layers and size on disk of a latent store")
     p.add_argument("dir", help="latent store folder")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip the sha256 check of the shard files (sizes and shard.json are still checked)")  # fmt: skip
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip the sha256 check of the shard files (sizes and shard.json are still checked)",
+    )
     p.set_defaults(func=cmd_cache_info)
     return parser
 
@@ -203,12 +226,19 @@ def _verbose_everywhere(parser: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 if "-v" not in sub._option_string_actions:
-                    sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                                     help="log progress and show the traceback of every error")  # fmt: skip
+                    sub.add_argument(
+                        "-v",
+                        "--verbose",
+                        action="store_true",
+                        default=argparse.SUPPRESS,
+                        help="log progress and show the traceback of every error",
+                    )
 
 
-INTERRUPTED = ("interrupted; no partial result was kept: result folders appear only when complete, and a latent "
-               "store keeps its finished shards (rerun the same command to resume)")  # fmt: skip
+INTERRUPTED = (
+    "interrupted; no partial result was kept: result folders appear only when complete, and a latent "
+    "store keeps its finished shards (rerun the same command to resume)"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     _verbose_everywhere(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("llmlatent").setLevel(logging.INFO)
     if not args.verbose:
         import transformers

@@ -7,8 +7,8 @@ identity map; a tuned lens or any learned per-layer translator subclasses :class
 overrides :meth:`Lens.transform`. :func:`llmlatent.decode.decode` takes a Lens wherever it takes an
 Unembedding; every lens reading in :mod:`llmlatent.lens` (sweeps, top tokens, log-probabilities, the
 store's :func:`~llmlatent.lens.from_latents`) goes through ``Model.lens``, so assigning a new lens there
-changes them all without touching any caller. Patching and steering decode the *final* block's output,
-which the model's own head reads as is: they pass the Unembedding (a Lens would work there too).
+changes them all without touching any caller. Patching and steering decode the *final* block's output
+through ``Model.lens`` at the last layer (for the logit lens: the model's own head, as is).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -289,3 +290,35 @@ def sweep_naive(
         for k, ell in enumerate(layers):
             out[idx, k] = patch(model, texts, donor[idx], ell, window=window)[:, -1]
     return out
+
+
+def _disjoint(sets: Sequence[Sequence[int]]) -> bool:
+    seen: set[int] = set()
+    for s in sets:
+        if seen & set(s):
+            return False
+        seen |= set(s)
+    return True
+
+
+def make_pairs(
+    pool: Sequence[str], ld: dict[str, list[int]], lr: dict[str, list[int]], n: int | None, seed: int
+) -> tuple[list[tuple[str, str]], int]:
+    """Return ([(donor concept, receiver concept)], receivers skipped for lack of a disjoint donor).
+
+    The pool is shuffled with ``seed``; the first ``n`` concepts are receivers, each paired with the
+    next concept in that order (cyclically) whose L_d and L_r token sets are disjoint from the receiver's.
+    """
+    order = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
+    pairs, skipped = [], 0
+    for k, receiver in enumerate(order):
+        if n is not None and len(pairs) >= n:
+            break
+        for step in range(1, len(order)):
+            donor = order[(k + step) % len(order)]
+            if _disjoint([lr[donor], ld[donor], lr[receiver], ld[receiver]]):
+                pairs.append((donor, receiver))
+                break
+        else:
+            skipped += 1
+    return pairs, skipped

@@ -197,7 +197,8 @@ class SteeringVector:
         return cls(layer, vector, meta)
 
     def check(self, model: Model, *, trust_unverified: bool = False) -> None:
-        """Return None if the vector fits ``model`` (layer in range, hidden size, same model); raise SteeringError otherwise.
+        """Return None if the vector fits ``model`` (layer in range, hidden size, same model); raise SteeringError
+        otherwise.
 
         "Same model" is :func:`llmlatent.adapter.same_model` (unembedding hash, layers, width; the name is
         ignored, so a model loaded by hub id and by local path match). A vector without model fingerprint

@@ -205,9 +205,8 @@ def build(
     en); with ``cognate_filter`` also source/English overlaps. The same ``seed`` gives the same
     prompts byte for byte.
     """
-    n = checks.count(n, "n", optional=True)
+    n, src = checks.count(n, "n", optional=True), _task_source(task, src, tgt)
     check_tokenizer_object(tokenizer, f"tasks.build({task!r})")
-    src = _task_source(task, src, tgt)
     n_shots = (2 if task == "cloze" else 4) if n_shots is None else n_shots
     table = read_table(["en", src, tgt], words_dir)
     rng = np.random.default_rng(seed)
@@ -222,25 +221,13 @@ def build(
             f"all {len(table) + dropped['empty_word']} concepts were filtered out for {task} {src}→{tgt}: {dropped}"
         )
     keep, notes = _choose(rng, keep, n)
-    records = []
-    for pid, (i, target_ids, english_ids, source_ids) in enumerate(keep):
-        text = _prompt_text(task, src, tgt, col, i, _shots(rng, len(table), i, n_shots))  # draws in prompt order
-        records.append(
-            {
-                "prompt_id": pid,
-                "task": task,
-                "src": src,
-                "tgt": tgt,
-                "concept": col["concept"][i],
-                "src_word": col[f"word_{src}"][i],
-                "tgt_word": col[f"word_{tgt}"][i],
-                "en_word": col["word_en"][i],
-                "prompt": text,
-                "target_ids": target_ids,
-                "english_ids": english_ids,
-                "source_ids": source_ids,
-            }
-        )
+    records = [
+        {"prompt_id": pid, "task": task, "src": src, "tgt": tgt, "concept": col["concept"][i],
+         "src_word": col[f"word_{src}"][i], "tgt_word": col[f"word_{tgt}"][i], "en_word": col["word_en"][i],
+         "prompt": _prompt_text(task, src, tgt, col, i, _shots(rng, len(table), i, n_shots)),  # draws in order
+         "target_ids": target_ids, "english_ids": english_ids, "source_ids": source_ids}
+        for pid, (i, target_ids, english_ids, source_ids) in enumerate(keep)
+    ]  # fmt: skip
     meta = {"task": task, "src": src, "tgt": tgt, "seed": seed, "strict": strict, "cognate_filter": cognate_filter}
     meta.update(n_requested=n, n_concepts=len(table) + dropped["empty_word"], n_shots=n_shots)
     return PromptSet(pd.DataFrame(records), dropped, meta, notes, tokenizer_identity(tokenizer))

@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     import pandas as pd
     from transformers import PreTrainedTokenizerBase
 
-    from .tasks import PromptSet
 
 SPM_MARKER = "▁"
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
@@ -269,7 +268,8 @@ def check_ids(frame: pd.DataFrame, vocab_size: int | None = None) -> None:
 def check_tokenizer(prompts: object, tokenizer: PreTrainedTokenizerBase) -> None:
     """Return None if the prompt set's token sets were made with ``tokenizer`` (same vocabulary); else TokenSetError.
 
-    ``prompts`` is a PromptSet or its frame. A PromptSet built by :mod:`llmlatent.tasks` remembers its tokenizer's vocabulary sha256; a set without that
+    ``prompts`` is a PromptSet or its frame. A PromptSet built by :mod:`llmlatent.tasks` remembers its tokenizer's
+    vocabulary sha256; a set without that
     identity (a plain frame) is checked for ids in the tokenizer's range only. A duck-typed tokenizer
     without vocabulary (benchmarks) or length gets the checks it allows.
     """

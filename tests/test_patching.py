@@ -21,7 +21,8 @@ TEXTS = [
 
 
 def prompts(model):
-    """Return receiver and donor prompts of clearly different lengths (padding matters; longer than gemma's window 8)."""
+    """Return receiver and donor prompts of clearly different lengths (padding matters; longer than gemma's window
+    8)."""
     if model.name.endswith("gpt2"):
         return TEXTS, TEXTS[::-1]
     frame = tasks.build("translation", "fr", "zh", model.tokenizer, n=4, seed=3).df
@@ -228,8 +229,11 @@ def test_reproduce_step_writes_figures_and_reuses_its_run(tiny_models, tmp_path)
     model = tiny_models["llama"]
     results, figures = tmp_path / "results", tmp_path / "figures"
     figures.mkdir()
-    (step,) = [s for s in reproduce.plan(reproduce.ReproduceSettings(results=str(results), n_pairs=2))
-               if s.folder == reproduce.PATCHING]  # fmt: skip
+    (step,) = [
+        s
+        for s in reproduce.plan(reproduce.ReproduceSettings(results=str(results), n_pairs=2))
+        if s.folder == reproduce.PATCHING
+    ]
     first = runs.run(step.settings, model, results / step.folder)
     reproduce.copy_figures(results, figures)
     assert first["n_pairs"] == 2 and first["mean_over"] == ["de", "fr", "ru", "en"]

@@ -1,4 +1,5 @@
-"""Bad input answered with one line before any model load; user files never lost; model-load, interval and batching edge cases."""
+"""Bad input answered with one line before any model load; user files never lost; model-load, interval and batching
+edge cases."""
 
 from __future__ import annotations
 
@@ -159,7 +160,8 @@ def test_sigkilled_writers_temp_folder_is_removed_by_the_next_run_a_live_ones_is
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
-# A writer that is SIGKILLed between atomic_dir's two renames: the previous result moved aside, the new one not in place.
+# A writer that is SIGKILLed between atomic_dir's two renames: the previous result moved aside, the new one not in
+# place.
 BETWEEN_RENAMES = r"""
 import os, sys
 from llmlatent import atomic
@@ -315,7 +317,8 @@ CAFE = 'café,café,"Un ___.","Un café."\n'
         ((HEADER + CAFE).encode("cp1252"), "{f}: not UTF-8 text (byte 0xE9 at position {pos}); save it as UTF-8"),
         (
             (HEADER + 'cloud,nuage,"Un ___.","Un nuage."\ncloud,brume,"Une ___.","Une brume."\n').encode(),
-            "{f}: concept 'cloud' appears on lines 2, 3 with different rows ('nuage', 'brume'); keep one row per concept",
+            "{f}: concept 'cloud' appears on lines 2, 3 with different rows ('nuage', 'brume'); "
+            "keep one row per concept",
         ),
     ],
 )
@@ -435,8 +438,20 @@ def test_reproduce_passes_load_options(monkeypatch):
 
     monkeypatch.setattr(cli, "load_model", fake_load)
     monkeypatch.setattr(reproduce, "run_steps", fake_steps)
-    argv = ["reproduce", "--model", "m", "--dtype", "bfloat16", "--device", "cpu", "--device-map", "auto",
-            "--trust-remote-code", "--n", "3"]  # fmt: skip
+    argv = [
+        "reproduce",
+        "--model",
+        "m",
+        "--dtype",
+        "bfloat16",
+        "--device",
+        "cpu",
+        "--device-map",
+        "auto",
+        "--trust-remote-code",
+        "--n",
+        "3",
+    ]
     assert cli.main(argv) == 0
     options = seen["options"]
     assert (options.model, options.dtype, options.device, options.device_map) == ("m", "bfloat16", "cpu", "auto")

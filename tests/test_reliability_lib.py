@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from llmlatent import atomic, lens, model, steering, tasks, tokens, vector_file
+from llmlatent import atomic, embedded, lens, model, steering, tasks, tokens, vector_file
 from llmlatent.data import DataError, read_prompt_file
 from llmlatent.errors import LlmlatentError, UsageError
 from llmlatent.steering import SteeringError, SteeringVector
@@ -172,8 +172,8 @@ def test_converted_model_cache_files_get_the_umask_mode(tmp_path, monkeypatch):
             (folder / "config.json").write_text("{}")
 
     fake = types.SimpleNamespace(from_pretrained=lambda *a, **k: Saver())
-    monkeypatch.setattr(model, "AutoTokenizer", fake)
-    monkeypatch.setattr(model, "AutoModelForCausalLM", fake)
+    monkeypatch.setattr(embedded, "AutoTokenizer", fake)
+    monkeypatch.setattr(embedded, "AutoModelForCausalLM", fake)
     old = os.umask(0o022)
     try:
         target = model.default_model_path(tmp_path / "cache")

@@ -59,7 +59,7 @@ def test_user_folders_beside_the_runs_are_skipped(tmp_path):
                     "tgt": "zh",
                     "strict": name != "fr-zh",
                 }
-            )  # fmt: skip
+            )
         )
     (tmp_path / "translation" / "fr-zh" / "summary.csv").write_text("layer,p_target_mean\n0,0.25\n")
     summaries = reproduce.load_summaries(tmp_path, "translation")

@@ -98,7 +98,8 @@ def test_other_model_or_dtype_changes_the_key(base_run, tiny_models, spm_tokeniz
 
 
 def test_reproduce_recomputes_exactly_when_a_setting_changes(tiny_models, tmp_path, monkeypatch):
-    """reproduce reuses a sweep folder only when the key matches: same settings → no sweep; another seed or force → a sweep."""
+    """reproduce reuses a sweep folder only when the key matches: same settings → no sweep; another seed or force →
+    a sweep."""
     from conftest import save_model
 
     path = save_model(tiny_models["gpt2"], tmp_path / "model")  # small BPE vocabulary: fast to load
@@ -116,7 +117,8 @@ def test_reproduce_recomputes_exactly_when_a_setting_changes(tiny_models, tmp_pa
 
 
 def test_fingerprint_is_the_one_definition_of_same_model(tiny_models, tmp_path):
-    """Model.fingerprint() is a Fingerprint: same_model ignores the name (hub id vs path), reads like its stored dict."""
+    """Model.fingerprint() is a Fingerprint: same_model ignores the name (hub id vs path), reads like its stored
+    dict."""
     from llmlatent.adapter import Fingerprint, same_model
 
     fp = tiny_models["gpt2"].fingerprint()

@@ -1,4 +1,5 @@
-"""Steering: the context manager (padding, KV-cache generation, clean removal), prefix caches, vectors on disk, the sweep."""
+"""Steering: the context manager (padding, KV-cache generation, clean removal), prefix caches, vectors on disk, the
+sweep."""
 
 from __future__ import annotations
 
@@ -325,7 +326,8 @@ def _full_steered(model, prompts, vector, alpha):
 
 @pytest.mark.parametrize("family", HOOK_FAMILIES)
 def test_many_settings_on_one_prefix_equal_full_forwards(tiny_models, family):
-    """Settings tiled over one prefix cache (any rows per forward) equal one full steered forward each; the cache is kept."""
+    """Settings tiled over one prefix cache (any rows per forward) equal one full steered forward each; the cache is
+    kept."""
     from llmlatent import decode, steered
     from llmlatent.prefix import Prefix
 
@@ -353,7 +355,8 @@ def test_many_settings_on_one_prefix_equal_full_forwards(tiny_models, family):
 
 @pytest.mark.parametrize("family", HOOK_FAMILIES)
 def test_generations_of_many_settings_equal_one_at_a_time(tiny_models, family):
-    """generate_many on a tiled prefix gives, per setting, what a plain generate (no cache) gives; the prefix is reusable."""
+    """generate_many on a tiled prefix gives, per setting, what a plain generate (no cache) gives; the prefix is
+    reusable."""
     from llmlatent import steered
     from llmlatent.prefix import Prefix
 
@@ -583,8 +586,11 @@ def test_reproduce_steering_step_passes_settings_and_reuses_by_key(tiny_models, 
     reproduce.latent_step(model, out / reproduce.LATENTS, n=4, seed=0, batch_size=4, force=False)  # steps run after it
 
     def step(**settings):
-        (found,) = [s for s in reproduce.plan(reproduce.ReproduceSettings(results=str(out), **settings))
-                    if s.folder == reproduce.STEERING]  # fmt: skip
+        (found,) = [
+            s
+            for s in reproduce.plan(reproduce.ReproduceSettings(results=str(out), **settings))
+            if s.folder == reproduce.STEERING
+        ]
         return runs.run(found.settings, model, out / found.folder, force=settings.pop("force", False))
 
     first = step(n_concepts=12, seed=1)
@@ -689,7 +695,8 @@ def test_settings_are_checked_before_the_model_loads(tmp_path, monkeypatch, caps
 
 
 def test_core_steering_imports_no_pipeline_module():
-    """steering.py is core: no import (top-level, lazy or TYPE_CHECKING) of a pipeline module; no cycle via steering_sweep."""
+    """steering.py is core: no import (top-level, lazy or TYPE_CHECKING) of a pipeline module; no cycle via
+    steering_sweep."""
     import ast
 
     tree = ast.parse(Path(steering.__file__).read_text(encoding="utf-8"))

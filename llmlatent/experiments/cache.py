@@ -16,8 +16,9 @@ class CacheSettings(PromptSettings):
 
     dtype_store: str = option("float16", "storage dtype", choices=("float16", "bfloat16", "float32"))
     shard_size: int | None = option(None, "prompts per shard (default 64; a resumed store keeps its own)")
-    repair: bool = option(False, "rebuild an unreadable store.json from the prompts and model, keeping every shard "
-                          "that still verifies")  # fmt: skip
+    repair: bool = option(
+        False, "rebuild an unreadable store.json from the prompts and model, keeping every shard that still verifies"
+    )
 
     def __post_init__(self) -> None:
         check_dtype(self.dtype_store)

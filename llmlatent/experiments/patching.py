@@ -84,41 +84,10 @@ def check_settings(
         )
     if donor[0] == receiver[1]:
         raise PatchingError(
-            f"the single-language donor translates {donor[0]}→{receiver[1]}: pick a donor source other than {receiver[1]}"
+            f"the single-language donor translates {donor[0]}→{receiver[1]}: "
+            f"pick a donor source other than {receiver[1]}"
         )
     return used
-
-
-def _disjoint(sets: Sequence[Sequence[int]]) -> bool:
-    seen: set[int] = set()
-    for s in sets:
-        if seen & set(s):
-            return False
-        seen |= set(s)
-    return True
-
-
-def make_pairs(
-    pool: Sequence[str], ld: dict[str, list[int]], lr: dict[str, list[int]], n: int | None, seed: int
-) -> tuple[list[tuple[str, str]], int]:
-    """Return ([(donor concept, receiver concept)], receivers skipped for lack of a disjoint donor).
-
-    The pool is shuffled with ``seed``; the first ``n`` concepts are receivers, each paired with the
-    next concept in that order (cyclically) whose L_d and L_r token sets are disjoint from the receiver's.
-    """
-    order = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
-    pairs, skipped = [], 0
-    for k, receiver in enumerate(order):
-        if n is not None and len(pairs) >= n:
-            break
-        for step in range(1, len(order)):
-            donor = order[(k + step) % len(order)]
-            if _disjoint([lr[donor], ld[donor], lr[receiver], ld[receiver]]):
-                pairs.append((donor, receiver))
-                break
-        else:
-            skipped += 1
-    return pairs, skipped
 
 
 def _prompt_sets(
@@ -156,24 +125,40 @@ class PatchSettings(Settings):
 
     error = PatchingError
 
-    donor: tuple[str, str] = option(("de", "fr"), "donor translation SRC:TGT (default de:fr)",
-                                    parse=lambda s: parse_spec(s, "--donor"), metavar="SRC:TGT")  # fmt: skip
-    receiver: tuple[str, str] = option(("ru", "zh"), "receiver translation SRC:TGT, another output language "
-                                       "(default ru:zh)", parse=lambda s: parse_spec(s, "--receiver"),
-                                       metavar="SRC:TGT")  # fmt: skip
-    mean_over: tuple[str, ...] = option(("de", "fr", "ru", "en"), "input languages whose C_d latents (answering in "
-                                        "the receiver's language) are averaged; 'none' skips that experiment",
-                                        parse=lambda s: parse_langs(s, "--mean-over"))  # fmt: skip
-    n_pairs: int | None = option(None, "donor/receiver pairs (default: every concept that passes the filters)",
-                                 aliases=("--n",))  # fmt: skip
+    donor: tuple[str, str] = option(
+        ("de", "fr"),
+        "donor translation SRC:TGT (default de:fr)",
+        parse=lambda s: parse_spec(s, "--donor"),
+        metavar="SRC:TGT",
+    )
+    receiver: tuple[str, str] = option(
+        ("ru", "zh"),
+        "receiver translation SRC:TGT, another output language (default ru:zh)",
+        parse=lambda s: parse_spec(s, "--receiver"),
+        metavar="SRC:TGT",
+    )
+    mean_over: tuple[str, ...] = option(
+        ("de", "fr", "ru", "en"),
+        "input languages whose C_d latents (answering in "
+        "the receiver's language) are averaged; 'none' skips that experiment",
+        parse=lambda s: parse_langs(s, "--mean-over"),
+    )
+    n_pairs: int | None = option(
+        None, "donor/receiver pairs (default: every concept that passes the filters)", aliases=("--n",)
+    )
     seed: int = option(0, "seed of the pair draw and of the few-shot examples")
     layers: tuple[int, ...] | None = option(None, "patched layers (after block i, 0-based; default all)")
     window: int = option(1, "blocks overwritten from the layer on (default 1: that block only)")
     ci: str = option("normal", "95% intervals", choices=("normal", "bootstrap"))
-    words: str | None = option(None, "folder of word CSVs (bundled or seed layout)", digest=True,
-                               aliases=("--words-dir",))  # fmt: skip
-    latents: str | None = option(None, "take donor latents from latent stores in this folder (collected if "
-                                 "missing; float16)", key=False, aliases=("--store-dir",))  # fmt: skip
+    words: str | None = option(
+        None, "folder of word CSVs (bundled or seed layout)", digest=True, aliases=("--words-dir",)
+    )
+    latents: str | None = option(
+        None,
+        "take donor latents from latent stores in this folder (collected if missing; float16)",
+        key=False,
+        aliases=("--store-dir",),
+    )
     batch_size: int = option(32, "receiver prompts per forward (does not change the numbers)", key=False)
 
     def __post_init__(self) -> None:
@@ -210,7 +195,8 @@ def parse_langs(text: str, name: str) -> tuple[str, ...]:
 
 
 def compute(model: Model, settings: PatchSettings) -> PatchResult:
-    """Return both experiments' rows (one per pair, condition and layer), summary and metadata; see the module docstring."""
+    """Return both experiments' rows (one per pair, condition and layer), summary and metadata; see the module
+    docstring."""
     s, clock = settings, runs.Clock()
     used = check_settings(s.donor, s.receiver, s.mean_over, s.n_pairs)
     mean_specs, single = [(x, s.receiver[1]) for x in used], (s.donor[0], s.receiver[1])
@@ -218,27 +204,43 @@ def compute(model: Model, settings: PatchSettings) -> PatchResult:
         frames = _prompt_sets(model, [s.receiver, s.donor] + ([single] + mean_specs if used else []), s.seed, s.words)
         pool = sorted(set.intersection(*(set(f.index) for f in frames.values())))
         ld, lr = (frames[x]["target_ids"].map(list).to_dict() for x in (s.donor, s.receiver))
-        pairs, skipped = make_pairs(pool, ld, lr, s.n_pairs, s.seed)
+        pairs, skipped = patching.make_pairs(pool, ld, lr, s.n_pairs, s.seed)
         if len(pairs) < 2:
-            s.fail(f"only {len(pairs)} donor/receiver pair(s) pass the filters for {s.donor}→{s.receiver}; "
-                   "try other languages")  # fmt: skip
+            s.fail(
+                f"only {len(pairs)} donor/receiver pair(s) pass the filters for {s.donor}→{s.receiver}; "
+                "try other languages"
+            )
         donors_c = [d for d, _ in pairs]
         log.info("patching %d pairs (%s→%s into %s→%s; mean over %s)", len(pairs), *s.donor, *s.receiver, used or "-")
-        latents = {spec: _latents(model, frames[spec], donors_c, spec, s.latents, s.batch_size)
-                   for spec in dict.fromkeys([s.donor] + ([single] + mean_specs if used else []))}  # fmt: skip
+        latents = {
+            spec: _latents(model, frames[spec], donors_c, spec, s.latents, s.batch_size)
+            for spec in dict.fromkeys([s.donor] + ([single] + mean_specs if used else []))
+        }
         donors = {"donor": latents[s.donor]}
         if used:
             donors["single"], donors["mean"] = latents[single], patching.mean_latents([latents[x] for x in mean_specs])
     with clock("patched_forwards"):
         receivers = frames[s.receiver].loc[[r for _, r in pairs], "prompt"].tolist()
-        result = patching.sweep_many(model, receivers, donors, layers=s.layers, window=s.window,
-                                     batch_size=s.batch_size)  # fmt: skip
+        result = patching.sweep_many(
+            model, receivers, donors, layers=s.layers, window=s.window, batch_size=s.batch_size
+        )
     with clock("decode"):
         rows = decode_rows(model, result, pairs, ld, lr)
-    meta = {"donor": list(s.donor), "receiver": list(s.receiver), "mean_over": used,
-            "single_spec": list(single) if used else None, "n_requested": s.n_pairs, "n_pairs": len(pairs),
-            "n_pool": len(pool), "receivers_without_disjoint_donor": skipped, "seed": s.seed, "window": s.window,
-            "layers": result.layers, "batch_size": s.batch_size, "timings": clock.rounded()}  # fmt: skip
+    meta = {
+        "donor": list(s.donor),
+        "receiver": list(s.receiver),
+        "mean_over": used,
+        "single_spec": list(single) if used else None,
+        "n_requested": s.n_pairs,
+        "n_pairs": len(pairs),
+        "n_pool": len(pool),
+        "receivers_without_disjoint_donor": skipped,
+        "seed": s.seed,
+        "window": s.window,
+        "layers": result.layers,
+        "batch_size": s.batch_size,
+        "timings": clock.rounded(),
+    }
     title = f"patching {s.donor[0]}→{s.donor[1]} into {s.receiver[0]}→{s.receiver[1]} · {model.name}"
     return PatchResult(rows, summarize(rows, ci=s.ci, seed=s.seed), {**meta, "ci": s.ci}, title)
 
@@ -246,7 +248,8 @@ def compute(model: Model, settings: PatchSettings) -> PatchResult:
 def decode_rows(
     model: Model, result: patching.SweepLatents, pairs: list[tuple[str, str]], ld: dict, lr: dict
 ) -> pd.DataFrame:
-    """Return the tidy rows of a patching sweep: every final latent decoded once (streamed), with the four token sets."""
+    """Return the tidy rows of a patching sweep: every final latent decoded once (streamed), with the four token
+    sets."""
     n, layers = len(pairs), result.layers
     blocks = [("unpatched", [pd.NA], result.unpatched[:, None])]
     blocks += [(name, layers, latents) for name, latents in result.patched.items()]
@@ -268,7 +271,9 @@ def decode_rows(
         for d, r in pairs:
             for name, s in (("cd_lr", lr[d]), ("cd_ld", ld[d]), ("cr_lr", lr[r]), ("cr_ld", ld[r])):
                 sets[name].extend([s] * k)
-    stats = decode.decode(model.unembedding, torch.cat(latents), sets, k=1, energy=False)
+    rows_latents = torch.cat(latents)  # the last block's outputs: decoded by the model's lens at its last layer
+    last = torch.full((rows_latents.shape[0],), model.n_layers - 1)
+    stats = decode.decode(model.lens, rows_latents, sets, k=1, energy=False, layers=last)
     rows = pd.concat(frames, ignore_index=True)
     top = stats["top_ids"][:, 0].tolist()
     for name in SETS:
@@ -347,15 +352,17 @@ def write(result: PatchResult, folder: Path) -> dict:
     return {**result.meta, **headline(result.summary)}
 
 
+# the record keys the command line prints
+HEADLINE = ("n_pairs", "seconds", "unpatched", "language_moves_at", "concept_moves_at", "single", "mean")
+
+
+def describe(s: PatchSettings) -> str:
+    """Return the settings in a log line."""
+    return f"{s.donor[0]}→{s.donor[1]} into {s.receiver[0]}→{s.receiver[1]}"
+
+
 EXPERIMENT = runs.register(
-    runs.Experiment(
-        "patching",
-        PatchSettings,
-        lambda m, s: compute(m, s),
-        write,
-        headline=("n_pairs", "seconds", "unpatched", "language_moves_at", "concept_moves_at", "single", "mean"),
-        describe=lambda s: f"{s.donor[0]}→{s.donor[1]} into {s.receiver[0]}→{s.receiver[1]}",
-    )  # fmt: skip
+    runs.Experiment("patching", PatchSettings, compute, write, headline=HEADLINE, describe=describe)
 )
 
 

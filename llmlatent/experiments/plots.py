@@ -264,7 +264,8 @@ def task_row(summaries: dict[tuple[str, str], pd.DataFrame], task: str, title: s
 
 @styled
 def variants_figure(summaries: dict[str, pd.DataFrame], title: str | None = None) -> plt.Figure:
-    """Return p(English) (solid) and p(target) (dashed, same colour) per layer for each named variant of one experiment."""
+    """Return p(English) (solid) and p(target) (dashed, same colour) per layer for each named variant of one
+    experiment."""
     fig, ax = plt.subplots(figsize=(6, 3))
     for label, summary in summaries.items():
         (line,) = ax.plot(summary["layer"], summary["p_english_mean"], label=f"English · {label}")

@@ -91,16 +91,39 @@ def run_specs() -> list[tuple[str, str, str]]:
 
 def plan(s: ReproduceSettings) -> list[Step]:
     """Return every step's settings (validated now, before any model work); the store step is collected apart."""
-    steps = [Step(f"{task}/{src}-{tgt}", SweepSettings(task=task, src=src, tgt=tgt, n_prompts=s.n_prompts,
-                                                        seed=s.seed, batch_size=s.batch_size, progress=True))
-             for task, src, tgt in run_specs() if s.only in (None, task)]  # fmt: skip
+    steps = [
+        Step(
+            f"{task}/{src}-{tgt}",
+            SweepSettings(
+                task=task, src=src, tgt=tgt, n_prompts=s.n_prompts, seed=s.seed, batch_size=s.batch_size, progress=True
+            ),
+        )
+        for task, src, tgt in run_specs()
+        if s.only in (None, task)
+    ]
     if s.only is None:
         store = str(Path(s.results) / LATENTS)
-        steps.append(Step(STEERING, SteeringSettings(source="ru", target="zh", via="fr", seed=s.seed,
-                                                     n_concepts=s.n_concepts, reuse_stores=(store,))))  # fmt: skip
-        steps.append(Step(PATCHING, PatchSettings(donor=("de", "fr"), receiver=("ru", "zh"), seed=s.seed,
-                                                  mean_over=("de", "fr", "ru", "en"), n_pairs=s.n_pairs,
-                                                  batch_size=32)))  # fmt: skip
+        steps.append(
+            Step(
+                STEERING,
+                SteeringSettings(
+                    source="ru", target="zh", via="fr", seed=s.seed, n_concepts=s.n_concepts, reuse_stores=(store,)
+                ),
+            )
+        )
+        steps.append(
+            Step(
+                PATCHING,
+                PatchSettings(
+                    donor=("de", "fr"),
+                    receiver=("ru", "zh"),
+                    seed=s.seed,
+                    mean_over=("de", "fr", "ru", "en"),
+                    n_pairs=s.n_pairs,
+                    batch_size=32,
+                ),
+            )
+        )
     return steps
 
 
@@ -126,18 +149,29 @@ def load_summaries(results: Path, task: str, folders: list[str] | None = None) -
 
 
 def pivot_table(results: Path, folders: list[str] | None = None) -> pd.DataFrame:
-    """Return the English-pivot summary of every sweep: peak p_english (layer, value), p_source there, final p_target."""
+    """Return the English-pivot summary of every sweep: peak p_english (layer, value), p_source there, final
+    p_target."""
     rows = []
     for _, run in sorted(list_runs(results, folders).items()):
-        rows.append({"task": run["task"], "src": run["src"], "tgt": run["tgt"], "n_prompts": run["n_prompts"],
-                     "peak_english_layer": run["peak_english"]["layer"], "peak_english": run["peak_english"]["value"],
-                     "p_source_at_peak": run["p_source_at_peak"], "final_target": run["final_target"]["value"],
-                     "final_english": run["final_english"]})  # fmt: skip
+        rows.append(
+            {
+                "task": run["task"],
+                "src": run["src"],
+                "tgt": run["tgt"],
+                "n_prompts": run["n_prompts"],
+                "peak_english_layer": run["peak_english"]["layer"],
+                "peak_english": run["peak_english"]["value"],
+                "p_source_at_peak": run["p_source_at_peak"],
+                "final_target": run["final_target"]["value"],
+                "final_english": run["final_english"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def grid_figures(results: Path, figures: Path, model_name: str) -> list[Path]:
-    """Return the paths of the pair-grid figures (translation grid, repetition and cloze rows) re-rendered from results."""
+    """Return the paths of the pair-grid figures (translation grid, repetition and cloze rows) re-rendered from
+    results."""
     written = []
     translation = load_summaries(results, "translation")
     if translation:
@@ -196,8 +230,9 @@ def copy_figures(results: Path, figures: Path) -> None:
         shutil.copyfile(path, figures / f"patching_{path.name}")
 
 
-def run_all(model_name: str | None = None, *, force: bool = False, load_kwargs: dict | None = None,
-            **settings: object) -> dict:  # fmt: skip
+def run_all(
+    model_name: str | None = None, *, force: bool = False, load_kwargs: dict | None = None, **settings: object
+) -> dict:
     """Return :func:`run_steps`' summary for ``ReproduceSettings(**settings)`` (``n`` = ``n_prompts``) on a model.
 
     ``load_kwargs`` go to :func:`llmlatent.model.load` (dtype, device, device_map, trust_remote_code).

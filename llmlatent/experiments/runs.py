@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -66,6 +67,11 @@ def experiment_of(settings: Settings) -> Experiment:
         raise TypeError(f"no experiment is registered for {type(settings).__name__}") from None
 
 
+def late_bound(function: Callable) -> Callable:
+    """Return the function its module holds now under ``function``'s name (a test or notebook may swap it)."""
+    return getattr(sys.modules[function.__module__], function.__name__, function)
+
+
 def versions() -> dict[str, str]:
     """Return the versions that matter for reproducing a run."""
     import torch
@@ -73,8 +79,12 @@ def versions() -> dict[str, str]:
 
     from llmlatent import __version__
 
-    return {"llmlatent": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}  # fmt: skip
+    return {
+        "llmlatent": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
 
 
 words_digest = content_digest  # the word-file folders of --words
@@ -91,8 +101,13 @@ def cache_key(kind: str, fingerprint: Mapping, settings: Mapping) -> dict:
 
     fp = Fingerprint.of(fingerprint).to_dict()
     model = {k: fp[k] for k in IDENTITY_KEYS}
-    key = {"kind": kind, "format": FORMAT_VERSION.get(kind, 1), "llmlatent": __version__, "model": model,
-           "settings": dict(settings)}  # fmt: skip
+    key = {
+        "kind": kind,
+        "format": FORMAT_VERSION.get(kind, 1),
+        "llmlatent": __version__,
+        "model": model,
+        "settings": dict(settings),
+    }
     return json.loads(json.dumps(key, sort_keys=True, default=str))
 
 
@@ -136,8 +151,11 @@ def is_ours(folder: str | Path, kind: str, record: str = "run.json") -> bool:
 
 def check_out(out: str | Path, experiment: Experiment) -> Path:
     """Return ``out`` after checking that the experiment may write there (new, empty, or a result of its own)."""
-    return check_output_dir(out, lambda folder: is_ours(folder, experiment.kind, experiment.record),
-                            what=f"a previous {experiment.kind} result ({experiment.record} with its file list)")  # fmt: skip
+    return check_output_dir(
+        out,
+        lambda folder: is_ours(folder, experiment.kind, experiment.record),
+        what=f"a previous {experiment.kind} result ({experiment.record} with its file list)",
+    )
 
 
 def cached(folder: str | Path, key: Mapping, record: str = "run.json") -> dict | None:
@@ -188,12 +206,17 @@ def run(settings: Settings, model: Model, out: str | Path, *, force: bool = Fals
         return record
     clock = Clock()
     log.info("%s: %s", experiment.kind, experiment.describe(settings))
-    result = experiment.compute(model, settings)
+    result = late_bound(experiment.compute)(model, settings)
     compute_seconds = clock.total()
     with atomic_dir(out, lambda folder: is_ours(folder, experiment.kind, experiment.record)) as tmp:
         record = dict(experiment.write(result, tmp))
-        record.update(settings=settings.to_dict(), model=model.fingerprint().to_dict(), versions=versions(),
-                      compute_seconds=round(compute_seconds, 3), seconds=round(clock.total(), 3))  # fmt: skip
+        record.update(
+            settings=settings.to_dict(),
+            model=model.fingerprint().to_dict(),
+            versions=versions(),
+            compute_seconds=round(compute_seconds, 3),
+            seconds=round(clock.total(), 3),
+        )
         record["files"] = [*files_of(tmp), experiment.record]
         record["cache_key"] = key
         text = json.dumps(record, indent=1, ensure_ascii=False, default=str)

@@ -43,8 +43,16 @@ def option(
     path. ``parse`` turns one command-line string into the value (e.g. ``de:fr`` → ``("de", "fr")``).
     ``cli=False``: an API-only field (no flag).
     """
-    meta = {"help": help, "aliases": tuple(aliases), "key": key, "digest": digest, "choices": choices,
-            "parse": parse, "metavar": metavar, "cli": cli}  # fmt: skip
+    meta = {
+        "help": help,
+        "aliases": tuple(aliases),
+        "key": key,
+        "digest": digest,
+        "choices": choices,
+        "parse": parse,
+        "metavar": metavar,
+        "cli": cli,
+    }
     return dataclasses.field(default=default, metadata=meta, compare=key)  # equal settings = equal results
 
 
@@ -67,9 +75,13 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return every field as JSON-able values (tuples become lists, paths strings); API-only plumbing is left out."""
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)
-                if f.metadata.get("cli", True) or f.metadata.get("key", True)}  # fmt: skip
+        """Return every field as JSON-able values (tuples become lists, paths strings); API-only plumbing is left
+        out."""
+        return {
+            f.name: _jsonable(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.metadata.get("cli", True) or f.metadata.get("key", True)
+        }
 
     def key_fields(self) -> dict[str, Any]:
         """Return the fields that shape the result: ``digest`` fields by content hash, ``key=False`` ones left out."""
@@ -149,8 +161,13 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Settings], *, skip: Seq
         text = meta.get("help", "")
         if kind is bool:
             off = [flag_name("no_" + f.name)] if default else names
-            parser.add_argument(*(off if default else names), dest=f.name, help=f"skip {text}" if default else text,
-                                action="store_false" if default else "store_true", default=argparse.SUPPRESS)  # fmt: skip
+            parser.add_argument(
+                *(off if default else names),
+                dest=f.name,
+                help=f"skip {text}" if default else text,
+                action="store_false" if default else "store_true",
+                default=argparse.SUPPRESS,
+            )
             continue
         text += "" if default in (None, ()) or "default" in text else f" (default: {shown})"
         extra: dict[str, Any] = {"choices": meta["choices"]} if meta.get("choices") else {}
@@ -207,5 +224,10 @@ class ModelOptions(Settings):
         """Return the loaded model (:func:`llmlatent.model.load`)."""
         from llmlatent import model
 
-        return model.load(self.model, dtype=self.dtype, device=self.device, device_map=self.device_map,
-                          trust_remote_code=self.trust_remote_code)  # fmt: skip
+        return model.load(
+            self.model,
+            dtype=self.dtype,
+            device=self.device,
+            device_map=self.device_map,
+            trust_remote_code=self.trust_remote_code,
+        )

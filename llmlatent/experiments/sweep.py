@@ -58,8 +58,9 @@ class PromptSettings(Settings):
     strict: bool = option(False, "strict token sets (no 1-character prefixes for alphabetic words)")
     cognate_filter: bool = option(False, "drop concepts whose source and English token sets intersect")
     words: str | None = option(None, "folder of word CSVs (bundled or seed layout)", digest=True)
-    prompts: str | None = option(None, "saved prompt CSV in the seed layout (prompt, out_token_str, "
-                                 "latent_token_str)", digest=True)  # fmt: skip
+    prompts: str | None = option(
+        None, "saved prompt CSV in the seed layout (prompt, out_token_str, latent_token_str)", digest=True
+    )
     batch_size: int = option(16, "prompts per forward (does not change the numbers)", key=False)
 
     def __post_init__(self) -> None:
@@ -100,16 +101,26 @@ class PromptSettings(Settings):
 
         if self.prompts:
             return tasks.from_prompt_file(self.prompts, tokenizer, strict=self.strict, n=self.n_prompts, seed=self.seed)
-        return tasks.build(self.task, self.src, self.tgt, tokenizer, n=self.n_prompts, seed=self.seed,
-                           words_dir=self.words, strict=self.strict, cognate_filter=self.cognate_filter)  # fmt: skip
+        return tasks.build(
+            self.task,
+            self.src,
+            self.tgt,
+            tokenizer,
+            n=self.n_prompts,
+            seed=self.seed,
+            words_dir=self.words,
+            strict=self.strict,
+            cognate_filter=self.cognate_filter,
+        )
 
 
 @dataclass(frozen=True)
 class SweepSettings(PromptSettings):
     """A lens sweep: p(target), p(English), p(source), entropy and energy per layer, with 95% intervals."""
 
-    ci: str = option("normal", "95% intervals: normal approximation (as the paper) or bootstrap",
-                     choices=("normal", "bootstrap"))  # fmt: skip
+    ci: str = option(
+        "normal", "95% intervals: normal approximation (as the paper) or bootstrap", choices=("normal", "bootstrap")
+    )
     prompt_set: PromptSet | None = option(None, "prompts built in Python (tasks.custom …)", key=False, cli=False)
     progress: bool = option(True, "progress bar", key=False, cli=False)
 
@@ -122,7 +133,8 @@ class SweepSettings(PromptSettings):
         super().__post_init__()
 
     def prompts_for(self, model: Model) -> PromptSet:
-        """Return the prompt set of this sweep (the given one, or the one the settings name, for the model's tokenizer)."""
+        """Return the prompt set of this sweep (the given one, or the one the settings name, for the model's
+        tokenizer)."""
         return self.prompt_set if self.prompt_set is not None else self.build(model.tokenizer)
 
     def key_inputs(self, model: Model) -> dict:
@@ -189,8 +201,11 @@ def prompts_digest(prompts: PromptSet) -> str:
     prompts and sets, so this digest changes whenever any of them changes what is computed.
     """
     columns = ["prompt", *(c for c in SET_COLUMNS.values() if c in prompts.df)]
-    blob = json.dumps(prompts.df[columns].to_numpy().tolist(), ensure_ascii=False,
-                      default=lambda v: v.tolist() if hasattr(v, "tolist") else list(v))  # fmt: skip
+    blob = json.dumps(
+        prompts.df[columns].to_numpy().tolist(),
+        ensure_ascii=False,
+        default=lambda v: v.tolist() if hasattr(v, "tolist") else list(v),
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -205,8 +220,16 @@ def compute(model: Model, settings: SweepSettings) -> SweepResult:
     seconds = time.perf_counter() - started
     rows.insert(1, "concept", rows["prompt_id"].map(dict(zip(prompts.df["prompt_id"], prompts.df["concept"]))))
     summary = metrics.summarize(rows, ci=settings.ci, seed=settings.seed)
-    return SweepResult(prompts, token_sets(prompts, model.tokenizer), rows, summary,
-                       title_of(prompts.meta, model.name), settings.ci, settings.batch_size, seconds)  # fmt: skip
+    return SweepResult(
+        prompts,
+        token_sets(prompts, model.tokenizer),
+        rows,
+        summary,
+        title_of(prompts.meta, model.name),
+        settings.ci,
+        settings.batch_size,
+        seconds,
+    )
 
 
 def write(result: SweepResult, folder: Path) -> dict:
@@ -219,8 +242,10 @@ def write(result: SweepResult, folder: Path) -> dict:
     result.summary.to_csv(folder / "summary.csv", index=False, float_format="%.8g")
     result.prompt_table.to_csv(folder / "prompts.csv", index=False)
     meta = dict(result.prompts.meta)
-    for name, fig in (("probabilities", plots.probability_figure(result.summary, meta, result.title)),
-                      ("energy", plots.energy_figure(result.summary, result.title))):  # fmt: skip
+    for name, fig in (
+        ("probabilities", plots.probability_figure(result.summary, meta, result.title)),
+        ("energy", plots.energy_figure(result.summary, result.title)),
+    ):
         plots.save(fig, folder / name)
         plt.close(fig)
     return {
@@ -245,27 +270,33 @@ def describe(settings: SweepSettings) -> str:
     return f"{settings.task} {settings.src}→{settings.tgt}"
 
 
+HEADLINE = ("n_prompts", "seconds", "peak_english", "final_target")  # the record keys the command line prints
+
+
 EXPERIMENT = runs.register(
-    runs.Experiment(
-        "sweep",
-        SweepSettings,
-        lambda m, s: compute(m, s),
-        write,
-        headline=("n_prompts", "seconds", "peak_english", "final_target"),
-        describe=describe,
-    )  # fmt: skip
+    runs.Experiment("sweep", SweepSettings, compute, write, headline=HEADLINE, describe=describe)
 )
 
 
-def sweep_to_dir(model: Model, prompts: PromptSet, out: str | Path, *, batch_size: int = 16, seed: int = 0,
-                 ci: str = "normal", progress: bool = True, force: bool = False) -> dict:  # fmt: skip
+def sweep_to_dir(
+    model: Model,
+    prompts: PromptSet,
+    out: str | Path,
+    *,
+    batch_size: int = 16,
+    seed: int = 0,
+    ci: str = "normal",
+    progress: bool = True,
+    force: bool = False,
+) -> dict:
     """Return run.json's content after sweeping a prompt set built in Python into ``out`` (:func:`runs.run`)."""
     settings = SweepSettings(prompt_set=prompts, batch_size=batch_size, seed=seed, ci=ci, progress=progress)
     return runs.run(settings, model, out, force=force)
 
 
 def pivot_examples(rows: pd.DataFrame, prompts: pd.DataFrame, layer: int) -> pd.DataFrame:
-    """Return one row per prompt: its words, the lens's top token and p(English) at ``layer``, the last layer's top token and p(target)."""
+    """Return one row per prompt: its words, the lens's top token and p(English) at ``layer``, the last layer's top
+    token and p(target)."""
     at = rows[rows["layer"] == layer].merge(prompts[["prompt_id", "tgt_word", "en_word"]], on="prompt_id")
     last = rows[rows["layer"] == rows["layer"].max()][["prompt_id", "top_token", "p_target"]]
     view = at.merge(last, on="prompt_id", suffixes=(f"_layer{layer}", "_last"))
@@ -285,7 +316,8 @@ VARIANTS = {
 
 
 def variants_for(task: str, src: str, tgt: str) -> dict[str, dict]:
-    """Return the variants that can differ for a task: the cognate filter needs a source language other than English and the target."""
+    """Return the variants that can differ for a task: the cognate filter needs a source language other than English
+    and the target."""
     with_source = task == "translation" and src not in ("en", tgt)
     return {k: v for k, v in VARIANTS.items() if with_source or "cognate_filter" not in v}
 
@@ -302,7 +334,8 @@ def compare_variants(
     variants: dict[str, dict] | None = None,
     words_dir: str | Path | None = None,
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """Return (a table with one row per variant: n_prompts, peak English layer and value, final target; {variant: summary}).
+    """Return (a table with one row per variant: n_prompts, peak English layer and value, final target; {variant:
+    summary}).
 
     Each variant is :func:`llmlatent.tasks.build` with extra options (default :func:`variants_for`), swept
     with the same ``seed`` and summarised; draw the curves with :func:`llmlatent.plots.variants_figure`.

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,7 +49,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SteeringResult:
-    """What :func:`compute` measured: tidy per-prompt ``rows``, their ``summary``, ``generations``, ``best``, ``vectors``."""
+    """What :func:`compute` measured: tidy per-prompt ``rows``, their ``summary``, ``generations``, ``best``,
+    ``vectors``."""
 
     rows: pd.DataFrame
     summary: pd.DataFrame
@@ -97,20 +99,31 @@ def planned(s: SteeringSettings, vectors: dict[int, SteeringVector]) -> int:
 def prompt_frames(model: Model, s: SteeringSettings) -> tuple[dict[str, pd.DataFrame], Splits]:
     """Return the translation prompts answering in every language the run needs, and the concept splits."""
     langs = list(dict.fromkeys([s.source, s.target, *s.wrong_pair]))
-    frames = {lang: tasks.build("translation", s.via, lang, model.tokenizer, seed=s.seed, words_dir=s.words)
-              .df.set_index("concept", drop=False) for lang in langs}  # fmt: skip
+    frames = {
+        lang: tasks.build("translation", s.via, lang, model.tokenizer, seed=s.seed, words_dir=s.words).df.set_index(
+            "concept", drop=False
+        )
+        for lang in langs
+    }
     pool = sorted(set.intersection(*(set(f.index) for f in frames.values())))
     return frames, make_splits(pool, s.seed, s.n_concepts, s.n_flip)
 
 
-def fit(model: Model, s: SteeringSettings, frames: dict[str, pd.DataFrame], splits: Splits,
-        layers: list[int]) -> tuple[dict[int, SteeringVector], dict[int, SteeringVector], dict]:  # fmt: skip
+def fit(
+    model: Model, s: SteeringSettings, frames: dict[str, pd.DataFrame], splits: Splits, layers: list[int]
+) -> tuple[dict[int, SteeringVector], dict[int, SteeringVector], dict]:
     """Return (Δ per layer, the wrong pair's difference per layer, where the fit latents came from)."""
     wrong_to, wrong_from = s.wrong_pair
     with tempfile.TemporaryDirectory(prefix="llmlatent-steer-") as tmp:
-        stores, info = fit_stores(model, frames, splits.fit, Path(s.store_dir or tmp),
-                                  reuse_stores=open_stores(s.reuse_stores), batch_size=s.batch_size,
-                                  progress=s.progress)  # fmt: skip
+        stores, info = fit_stores(
+            model,
+            frames,
+            splits.fit,
+            Path(s.store_dir or tmp),
+            reuse_stores=open_stores(s.reuse_stores),
+            batch_size=s.batch_size,
+            progress=s.progress,
+        )
         vectors = {ell: mean_difference(stores[s.target], stores[s.source], ell, concepts=splits.fit) for ell in layers}
         wrong = {ell: mean_difference(stores[wrong_to], stores[wrong_from], ell, concepts=splits.fit) for ell in layers}
     for vec in (*vectors.values(), *wrong.values()):
@@ -136,8 +149,10 @@ def with_generation_means(summary: pd.DataFrame, gens: pd.DataFrame) -> pd.DataF
     """Return ``summary`` with the share of generations in the target script and equal to the expected word."""
     if not len(gens):
         return summary
-    means = gens.groupby(GROUP, dropna=False).agg(generation_target_share=("answer_target_script", "mean"),
-                                                  generation_correct_share=("answer_correct_target", "mean"))  # fmt: skip
+    means = gens.groupby(GROUP, dropna=False).agg(
+        generation_target_share=("answer_target_script", "mean"),
+        generation_correct_share=("answer_correct_target", "mean"),
+    )
     return summary.merge(means.reset_index(), on=GROUP, how="left")
 
 
@@ -147,9 +162,18 @@ def compute(model: Model, s: SteeringSettings) -> SteeringResult:
     clock, cpu, layers = runs.Clock(), time.process_time(), s.layers_for(model.n_layers)
     with clock("prompts"):
         frames, splits = prompt_frames(model, s)
-    log.info("steering %s→%s via %s: %d fit, %d select, %d test concepts; layers %s; α %s; wrong pair %s−%s",
-             s.source, s.target, s.via, len(splits.fit), len(splits.select), len(splits.test), layers, s.alphas,
-             *s.wrong_pair)  # fmt: skip
+    log.info(
+        "steering %s→%s via %s: %d fit, %d select, %d test concepts; layers %s; α %s; wrong pair %s−%s",
+        s.source,
+        s.target,
+        s.via,
+        len(splits.fit),
+        len(splits.select),
+        len(splits.test),
+        layers,
+        s.alphas,
+        *s.wrong_pair,
+    )
     with clock("fit"):
         vectors, wrong, fit_info = fit(model, s, frames, splits, layers)
     ev, name, flip_name = Evaluator(planned(s, vectors), s.progress), f"{s.source}→{s.target}", f"{s.target}→{s.source}"
@@ -168,30 +192,68 @@ def compute(model: Model, s: SteeringSettings) -> SteeringResult:
     with clock("controls test"):
         delta = vectors[layer]
         randoms = [delta.random_like(s.seed * 1000 + k) for k in range(s.n_random)]
-        wrong_vec = rescaled(wrong[layer], delta.norm, {"method": "wrong_pair", "target": s.wrong_pair[0],
-                                                        "source": s.wrong_pair[1], "norm_of": "mean_difference"})  # fmt: skip
+        wrong_vec = rescaled(
+            wrong[layer],
+            delta.norm,
+            {
+                "method": "wrong_pair",
+                "target": s.wrong_pair[0],
+                "source": s.wrong_pair[1],
+                "norm_of": "mean_difference",
+            },
+        )
         ev.run(test, name, "test", control_items(delta, alpha, randoms, wrong_vec))
-    todo = {name: [Item("mean_difference", 0, pd.NA, 0.0, None), Item("mean_difference", 0, layer, alpha, delta),
-                   *[Item("random", 0, layer, alpha, r) for r in randoms[:1]],
-                   Item("wrong_pair", 0, layer, alpha, wrong_vec)]}  # fmt: skip
+    todo = {
+        name: [
+            Item("mean_difference", 0, pd.NA, 0.0, None),
+            Item("mean_difference", 0, layer, alpha, delta),
+            *[Item("random", 0, layer, alpha, r) for r in randoms[:1]],
+            Item("wrong_pair", 0, layer, alpha, wrong_vec),
+        ]
+    }
     held = {name: test}
     if s.flip:
         with clock("flip"):
-            flip_select = prompts(s.target, s.source, splits.flip_select)
-            flip_pairs = [(layer, a) for a in s.alphas]
-            flip_alpha = float(choose(ev, flip_select, flip_name, grid_items(vectors, flip_pairs, sign=-1))["alpha"])
-            del flip_select
-            held[flip_name] = prompts(s.target, s.source, splits.flip_test,
-                                      first=min(s.n_generate, len(splits.flip_test)))  # fmt: skip
-            flip_randoms = [delta.random_like(s.seed * 1000 + 500 + k) for k in range(s.n_random)]  # own draws
-            ev.run(held[flip_name], flip_name, "test", control_items(-delta, flip_alpha, flip_randoms))
-            todo[flip_name] = [Item("mean_difference", 0, layer, flip_alpha, -delta)]
+            held[flip_name], todo[flip_name] = flip(ev, prompts, s, splits, vectors, delta, flip_name)
     return report(model, s, ev, todo, held, clock, layers, splits, vectors, fit_info, cpu)
 
 
-def report(model: Model, s: SteeringSettings, ev: Evaluator, todo: dict, held: dict, clock: runs.Clock,
-           layers: list[int], splits: Splits, vectors: dict[int, SteeringVector], fit_info: dict,
-           cpu: float) -> SteeringResult:  # fmt: skip
+def flip(
+    ev: Evaluator,
+    prompts: Callable,
+    s: SteeringSettings,
+    splits: Splits,
+    vectors: dict[int, SteeringVector],
+    delta: SteeringVector,
+    name: str,
+) -> tuple[list[Batch], list[Item]]:
+    """Return (the flip's test batches, its setting to generate with): −Δ on target-answering prompts at Δ's layer.
+
+    Its α is chosen on the flip's select prompts, then it is evaluated on test with its own baseline and random
+    directions (draws of their own: seed · 1000 + 500 + k).
+    """
+    flip_select = prompts(s.target, s.source, splits.flip_select)
+    alpha = float(choose(ev, flip_select, name, grid_items(vectors, [(delta.layer, a) for a in s.alphas], -1))["alpha"])
+    del flip_select
+    test = prompts(s.target, s.source, splits.flip_test, first=min(s.n_generate, len(splits.flip_test)))
+    randoms = [delta.random_like(s.seed * 1000 + 500 + k) for k in range(s.n_random)]
+    ev.run(test, name, "test", control_items(-delta, alpha, randoms))
+    return test, [Item("mean_difference", 0, delta.layer, alpha, -delta)]
+
+
+def report(
+    model: Model,
+    s: SteeringSettings,
+    ev: Evaluator,
+    todo: dict,
+    held: dict,
+    clock: runs.Clock,
+    layers: list[int],
+    splits: Splits,
+    vectors: dict[int, SteeringVector],
+    fit_info: dict,
+    cpu: float,
+) -> SteeringResult:
     """Return the result: rows, summary with generation shares, generations and best.json's content."""
     rows = ev.rows()
     summary = summarize(rows)
@@ -199,8 +261,13 @@ def report(model: Model, s: SteeringSettings, ev: Evaluator, todo: dict, held: d
         gens = generation_frame(todo, held, s)
     summary = with_generation_means(summary, gens)
     result = best_json(summary, rows, settings_record(s, layers), layers, splits.to_dict(), model, s.wrong_pair[0])
-    result.update(vector_norm=round(vectors[result["layer"]].norm, 6), fit_latents=fit_info, timings=clock.rounded(),
-                  cpu_seconds=round(time.process_time() - cpu, 3), torch_threads=torch.get_num_threads())  # fmt: skip
+    result.update(
+        vector_norm=round(vectors[result["layer"]].norm, 6),
+        fit_latents=fit_info,
+        timings=clock.rounded(),
+        cpu_seconds=round(time.process_time() - cpu, 3),
+        torch_threads=torch.get_num_threads(),
+    )
     return SteeringResult(rows, summary, gens, result, vectors, model.name)
 
 
@@ -237,28 +304,30 @@ def write(result: SteeringResult, folder: Path) -> dict:
     return dict(best)
 
 
+HEADLINE = (
+    "layer",
+    "alpha",
+    "n",
+    "cjk_top1_share",
+    "correct_target_top1_share",
+    "p_target_answer",
+    "p_source_answer",
+    "baseline_cjk_top1_share",
+    "random_control_cjk_top1_share",
+    "wrong_pair_cjk_top1_share",
+    "seconds",
+)  # the record keys the command line prints
+
+
+def describe(s: SteeringSettings) -> str:
+    """Return the settings in a log line."""
+    return f"{s.source}→{s.target} via {s.via}"
+
+
 EXPERIMENT = runs.register(
     runs.Experiment(
-        "steering",
-        SteeringSettings,
-        lambda m, s: compute(m, s),
-        write,
-        record="best.json",
-        headline=(
-            "layer",
-            "alpha",
-            "n",
-            "cjk_top1_share",
-            "correct_target_top1_share",
-            "p_target_answer",
-            "p_source_answer",
-            "baseline_cjk_top1_share",
-            "random_control_cjk_top1_share",
-            "wrong_pair_cjk_top1_share",
-            "seconds",
-        ),
-        describe=lambda s: f"{s.source}→{s.target} via {s.via}",
-    )  # fmt: skip
+        "steering", SteeringSettings, compute, write, record="best.json", headline=HEADLINE, describe=describe
+    )
 )
 
 

@@ -93,11 +93,12 @@ def metrics(batch: Batch, items: Sequence[Item], towards: str, source: str) -> l
     model, n = batch.model, len(batch.frame)
     finals = steered_final(model, batch.prefix, [item.steering() for item in items], max_rows=MAX_ROWS)
     stats = decode(
-        model.unembedding,
+        model.lens,  # the last block's output at the last token: the lens at the last layer
         finals.reshape(len(items) * n, -1),
         {"target": batch.target_sets * len(items), "source": batch.source_sets * len(items)},
         k=1,
         energy=False,
+        layers=[model.n_layers - 1] * (len(items) * n),
     )
     top = stats["top_ids"][:, 0].tolist()
     names = model.tokenizer.batch_decode([[t] for t in top])

@@ -37,27 +37,38 @@ class SteeringSettings(Settings):
     source: str = option("ru", "language the steered prompts answer in")
     target: str = option("zh", "language to steer towards")
     via: str = option("fr", "source language of the translation prompts")
-    layers: tuple[int, ...] | None = option(None, "layers (after block i, 0-based), e.g. 5 7 9 or 5,7,9 "
-                                            "(default: 6 spread over 30-90% of the depth)")  # fmt: skip
-    alphas: tuple[float, ...] = option(DEFAULT_ALPHAS, "multiples of Δ, 0 < α ≤ 100; 0 = the baseline is "
-                                       "always included")  # fmt: skip
+    layers: tuple[int, ...] | None = option(
+        None, "layers (after block i, 0-based), e.g. 5 7 9 or 5,7,9 (default: 6 spread over 30-90% of the depth)"
+    )
+    alphas: tuple[float, ...] = option(
+        DEFAULT_ALPHAS, "multiples of Δ, 0 < α ≤ 100; 0 = the baseline is always included"
+    )
     n_concepts: int | None = option(DEFAULT_N_CONCEPTS, "concepts used, cut into fit / select / test thirds")
     seed: int = option(0, "seed of the splits, the few-shot examples and the random controls")
     max_new_tokens: int = option(5, "greedy generation length")
     n_generate: int = option(16, "test prompts with greedy generations per setting", aliases=("--generate",))
     n_random: int = option(3, "random directions of Δ's norm per direction, the control", aliases=("--random",))
     flip: bool = option(True, "the flip direction (−Δ on target-language prompts)")
-    n_flip: int | None = option(16, "target-language prompts per split (select, test) for the flip direction",
-                                aliases=("--flip-prompts",))  # fmt: skip
-    wrong_pair: tuple[str, str] | None = option(None, "the wrong-pair control μ_TOWARDS − μ_AWAY_FROM at Δ's norm "
-                                                "(default: en ru for ru→zh via fr)",
-                                                metavar=("TOWARDS", "AWAY_FROM"))  # fmt: skip
-    words: str | None = option(None, "folder of word CSVs (bundled or seed layout)", digest=True,
-                               aliases=("--words-dir",))  # fmt: skip
-    store_dir: str | None = option(None, "keep the fit latent stores in this folder and reuse them on reruns "
-                                   "(default: temporary)", key=False, aliases=("--latents",))  # fmt: skip
-    reuse_stores: tuple[str, ...] = option((), "latent stores (e.g. from `cache`) searched for the fit prompts before "
-                                 "computing them", key=False)  # fmt: skip
+    n_flip: int | None = option(
+        16, "target-language prompts per split (select, test) for the flip direction", aliases=("--flip-prompts",)
+    )
+    wrong_pair: tuple[str, str] | None = option(
+        None,
+        "the wrong-pair control μ_TOWARDS − μ_AWAY_FROM at Δ's norm (default: en ru for ru→zh via fr)",
+        metavar=("TOWARDS", "AWAY_FROM"),
+    )
+    words: str | None = option(
+        None, "folder of word CSVs (bundled or seed layout)", digest=True, aliases=("--words-dir",)
+    )
+    store_dir: str | None = option(
+        None,
+        "keep the fit latent stores in this folder and reuse them on reruns (default: temporary)",
+        key=False,
+        aliases=("--latents",),
+    )
+    reuse_stores: tuple[str, ...] = option(
+        (), "latent stores (e.g. from `cache`) searched for the fit prompts before computing them", key=False
+    )
     batch_size: int = option(16, "prompts per forward (its prefix groups enter the key, as float rounding may differ)")
     reuse_prefix: bool = option(True, "one KV cache of each prompt batch's prefix", cli=False)
     progress: bool = option(True, "progress bar", key=False, cli=False)
@@ -66,8 +77,10 @@ class SteeringSettings(Settings):
         for lang in (self.source, self.target, self.via):
             check_lang(lang)
         if len({self.source, self.target, self.via}) < 3:
-            raise DataError(f"source, target and via must be three different languages "
-                            f"(got {self.source}, {self.target}, {self.via})")  # fmt: skip
+            raise DataError(
+                f"source, target and via must be three different languages "
+                f"(got {self.source}, {self.target}, {self.via})"
+            )
         if self.layers is not None:
             self._set("layers", tuple(sorted({check_count(x, "layers", minimum=0) for x in self.layers})))
             if not self.layers:
@@ -89,8 +102,10 @@ class SteeringSettings(Settings):
         for a in self.alphas:
             a = check_alpha(a)
             if a < 0 or a > MAX_ALPHA:
-                self.fail(f"alphas must be between 0 and {MAX_ALPHA:g} (multiples of Δ; the flip direction covers "
-                          f"−Δ), got {a:g}")  # fmt: skip
+                self.fail(
+                    f"alphas must be between 0 and {MAX_ALPHA:g} (multiples of Δ; the flip direction covers "
+                    f"−Δ), got {a:g}"
+                )
             values.add(a)
         if not values - {0.0}:
             self.fail("alphas needs at least one non-zero value (α = 0, the baseline, is always included)")
@@ -104,11 +119,15 @@ class SteeringSettings(Settings):
         for lang in pair:
             check_lang(lang)
         if self.via in pair:
-            self.fail(f"wrong_pair must not use the prompts' source language {self.via!r}: "
-                      f"{self.via}→{self.via} is no translation")  # fmt: skip
+            self.fail(
+                f"wrong_pair must not use the prompts' source language {self.via!r}: "
+                f"{self.via}→{self.via} is no translation"
+            )
         if set(pair) == {self.source, self.target}:
-            self.fail(f"wrong_pair {pair} is Δ itself (or −Δ); pick another pair, e.g. "
-                      f"{default_wrong_pair(self.source, self.target, self.via)}")  # fmt: skip
+            self.fail(
+                f"wrong_pair {pair} is Δ itself (or −Δ); pick another pair, e.g. "
+                f"{default_wrong_pair(self.source, self.target, self.via)}"
+            )
         return pair
 
     def layers_for(self, n_layers: int) -> list[int]:
@@ -120,8 +139,10 @@ class SteeringSettings(Settings):
         from llmlatent.experiments.steering.fit import open_stores
 
         stores = open_stores(self.reuse_stores)
-        return {"layers": self.layers_for(model.n_layers),
-                "reuse_stores": [{"prompts_sha256": s.config["prompts_sha256"], "dtype": s.dtype} for s in stores]}  # fmt: skip
+        return {
+            "layers": self.layers_for(model.n_layers),
+            "reuse_stores": [{"prompts_sha256": s.config["prompts_sha256"], "dtype": s.dtype} for s in stores],
+        }
 
 
 # ---------------------------------------------------------------- splits

@@ -48,7 +48,8 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def pick(summary: pd.DataFrame, direction: str, split: str = "select") -> pd.Series:
-    """Return the best steered setting of ``direction`` on ``split``: most target-script top-1, then p(answer), then earliest layer."""
+    """Return the best steered setting of ``direction`` on ``split``: most target-script top-1, then p(answer), then
+    earliest layer."""
     part = summary[
         (summary["direction"] == direction)
         & (summary["split"] == split)
@@ -99,7 +100,8 @@ def best_json(
     model: Model,
     wrong_to: str,
 ) -> dict:
-    """Return best.json's content: the setting chosen on the select split and its test-split numbers with every control."""
+    """Return best.json's content: the setting chosen on the select split and its test-split numbers with every
+    control."""
     source, target = settings["source"], settings["target"]
     name, flip = f"{source}→{target}", f"{target}→{source}"
     chosen = pick(summary, name)
@@ -145,21 +147,28 @@ def best_json(
         **_numbers(chosen, "select_"),
     }
     if settings["flip"] and len(at(flip, "select", "mean_difference")):
-        own = pick(summary, flip)
-        flip_alpha = float(own["alpha"])
-        result["flip"] = {
-            "direction": flip,
-            "layer": layer,
-            "alpha": flip_alpha,
-            "chosen_on": "select",
-            "reported_on": "test",
-            **_numbers(at(flip, "test", "mean_difference", flip_alpha).iloc[0]),
-            **_numbers(at(flip, "test", "mean_difference", 0.0).iloc[0], "baseline_"),
-            "random_control_draws": len(at(flip, "test", "random")),
-            **(_numbers(at(flip, "test", "random"), "random_control_") if len(at(flip, "test", "random")) else {}),
-            **_numbers(own, "select_"),
-        }
+        result["flip"] = flip_record(summary, flip, layer)
     return result
+
+
+def flip_record(summary: pd.DataFrame, flip: str, layer: int) -> dict:
+    """Return best.json's flip entry: −Δ's α chosen on the select split, its test numbers, baseline, random control."""
+    own = pick(summary, flip)
+    flip_alpha = float(own["alpha"])
+    part = summary[(summary["direction"] == flip) & (summary["split"] == "test")]
+    steered, random = part[part["vector"] == "mean_difference"], part[part["vector"] == "random"]
+    return {
+        "direction": flip,
+        "layer": layer,
+        "alpha": flip_alpha,
+        "chosen_on": "select",
+        "reported_on": "test",
+        **_numbers(steered[steered["alpha"] == flip_alpha].iloc[0]),
+        **_numbers(steered[steered["alpha"] == 0.0].iloc[0], "baseline_"),
+        "random_control_draws": len(random),
+        **(_numbers(random, "random_control_") if len(random) else {}),
+        **_numbers(own, "select_"),
+    }
 
 
 TABLE_COLUMNS = {
