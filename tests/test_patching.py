@@ -244,3 +244,21 @@ def test_reproduce_step_writes_figures_and_reuses_its_run(tiny_models, tmp_path)
     stamp = (out / "run.json").stat().st_mtime_ns
     assert runs.run(step.settings, model, out)["seconds"] == first["seconds"]
     assert (out / "run.json").stat().st_mtime_ns == stamp
+
+
+def test_window_through_the_last_block_reports_no_moves_at(tiny_models, tmp_path, caplog):
+    """A window that overwrites every block through the last one gives flat curves: no 'moves at' layer, a warning."""
+    from llmlatent.experiments import patching as pe
+
+    model = tiny_models["gemma3_text"]
+    kwargs = dict(mean_over=(), n=500, seed=4, layers=[0, 1], batch_size=2)
+    with caplog.at_level("WARNING"):
+        run = pe.run_to_dir(model, tmp_path / "w", window=model.n_layers, **kwargs)
+    assert run["window_reaches_last_block"] is True
+    assert run["language_moves_at"] is None and run["concept_moves_at"] is None
+    assert "overwrites every block through the last one" in caplog.text
+    assert "donor/receiver pairs pass the filters (500 asked for)" in caplog.text  # --n beyond the pairs: said
+    normal = pe.run_to_dir(model, tmp_path / "n", window=1, **{**kwargs, "n": 3})
+    assert normal["window_reaches_last_block"] is False
+    with pytest.raises(pe.PatchingError, match="lists a language twice"):
+        pe.PatchSettings(mean_over=("de", "de", "fr"))

@@ -132,3 +132,24 @@ def test_fingerprint_is_the_one_definition_of_same_model(tiny_models, tmp_path):
     assert not same_model(fp, tiny_models["qwen2"].fingerprint())
     key = experiment.runs.cache_key("sweep", renamed, {"n": 1})
     assert key == experiment.runs.cache_key("sweep", fp, {"n": 1})  # the cache key keys on identity, not the name
+
+
+def test_a_folder_is_ours_only_by_record_and_manifest(base_run, tmp_path):
+    """A lone run.json proves nothing; a real result with one extra user file is refused too; ours is replaced."""
+    from llmlatent.errors import OutputFolderError
+    from llmlatent.experiments.sweep import EXPERIMENT
+
+    model, out, _ = base_run
+    assert runs.is_ours(out, "sweep") and not runs.is_ours(out, "patching")
+    runs.check_out(out, EXPERIMENT)  # a previous sweep of ours: may be replaced
+    mine = tmp_path / "thesis"
+    (mine / "src").mkdir(parents=True)
+    (mine / "thesis.tex").write_text("precious")
+    (mine / "run.json").write_text(json.dumps({"cache_key": {"kind": "sweep"}, "task": "translation"}))
+    with pytest.raises(OutputFolderError, match="holds no previous result"):
+        runs.check_out(mine, EXPERIMENT)
+    (out / "notes.txt").write_text("a user's file beside our result")
+    with pytest.raises(OutputFolderError, match="holds no previous result"):
+        runs.check_out(out, EXPERIMENT)
+    assert (mine / "thesis.tex").read_text() == "precious" and (out / "notes.txt").exists()
+    (out / "notes.txt").unlink()  # base_run is shared by the module: leave it as it was

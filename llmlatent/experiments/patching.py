@@ -226,6 +226,17 @@ def compute(model: Model, settings: PatchSettings) -> PatchResult:
         )
     with clock("decode"):
         rows = decode_rows(model, result, pairs, ld, lr)
+    if s.n_pairs is not None and len(pairs) < s.n_pairs:
+        log.warning("only %d donor/receiver pairs pass the filters (%d asked for)", len(pairs), s.n_pairs)
+    through_end = min(result.layers) + s.window >= model.n_layers  # every patch overwrites the last block too
+    if through_end:
+        log.warning(
+            "--window %d from layer %d overwrites every block through the last one (%d blocks): the curves "
+            "are flat, so no 'moves at' layer is reported",
+            s.window,
+            min(result.layers),
+            model.n_layers,
+        )
     meta = {
         "donor": list(s.donor),
         "receiver": list(s.receiver),
@@ -240,6 +251,7 @@ def compute(model: Model, settings: PatchSettings) -> PatchResult:
         "layers": result.layers,
         "batch_size": s.batch_size,
         "timings": clock.rounded(),
+        "window_reaches_last_block": through_end,
     }
     title = f"patching {s.donor[0]}→{s.donor[1]} into {s.receiver[0]}→{s.receiver[1]} · {model.name}"
     return PatchResult(rows, summarize(rows, ci=s.ci, seed=s.seed), {**meta, "ci": s.ci}, title)
@@ -349,7 +361,10 @@ def write(result: PatchResult, folder: Path) -> dict:
     for name, fig in figures:
         plots.save(fig, folder / name)
         plt.close(fig)
-    return {**result.meta, **headline(result.summary)}
+    record = {**result.meta, **headline(result.summary)}
+    if result.meta["window_reaches_last_block"]:  # flat curves: a "moves at" layer would be no finding
+        record.update(language_moves_at=None, concept_moves_at=None, language_before_concept=None)
+    return record
 
 
 # the record keys the command line prints
