@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
 
 from llmlatent.experiments import plots  # noqa: E402
 
@@ -69,3 +70,21 @@ def test_variants_figure_and_task_row():
     fig = plots.task_row({("fr", "fr"): _summary(), ("zh", "zh"): _summary()}, "repetition")
     assert [ax.get_title() for ax in fig.axes] == ["repetition fr", "repetition zh"]
     plt.close(fig)
+
+
+def test_a_save_killed_midway_leaves_no_partial_figure(tmp_path, monkeypatch):
+    """Figures go through a temporary file and a rename: a failure while writing leaves nothing under the name."""
+    fig = plt.figure()
+    real = fig.savefig
+
+    def dies_on_pdf(path, **kwargs):
+        if kwargs.get("format") == "pdf":
+            Path(path).write_bytes(b"%PDF-1.4 half")
+            raise KeyboardInterrupt
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(fig, "savefig", dies_on_pdf)
+    with pytest.raises(KeyboardInterrupt):
+        plots.save(fig, tmp_path / "figure")
+    plt.close(fig)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figure.png"]  # no figure.pdf, no temporary left

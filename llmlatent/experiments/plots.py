@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from llmlatent.atomic import atomic_file
 from llmlatent.data import DISPLAY
 
 P = ParamSpec("P")
@@ -77,9 +78,11 @@ def save(fig: plt.Figure, path_stem: str | Path) -> list[Path]:
     stem = Path(path_stem).with_suffix("")
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    with style():
-        fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-        fig.savefig(paths[1], bbox_inches="tight", metadata=PDF_METADATA)
+    with style():  # each file through a temporary name and a rename: a killed run never leaves a 0-byte figure
+        with atomic_file(paths[0]) as tmp:
+            fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+        with atomic_file(paths[1]) as tmp:
+            fig.savefig(tmp, format="pdf", bbox_inches="tight", metadata=PDF_METADATA)
     return paths
 
 
