@@ -99,7 +99,7 @@ class SteeringSettings(Settings):
 
     def _checked_alphas(self) -> tuple[float, ...]:
         values = set()
-        for a in self.alphas:
+        for a in DEFAULT_ALPHAS if self.alphas is None else self.alphas:  # None: the defaults
             a = check_alpha(a)
             if a < 0 or a > MAX_ALPHA:
                 self.fail(
