@@ -13,6 +13,7 @@ that holds nothing but the files its record lists; anything else is refused befo
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import platform
@@ -61,6 +62,9 @@ def register(experiment: Experiment) -> Experiment:
 
 def experiment_of(settings: Settings) -> Experiment:
     """Return the experiment registered for the class of ``settings``."""
+    module = getattr(type(settings), "experiment_module", None)
+    if type(settings) not in _EXPERIMENTS and module:  # settings defined apart from their experiment: import it
+        importlib.import_module(module)
     try:
         return _EXPERIMENTS[type(settings)]
     except KeyError:

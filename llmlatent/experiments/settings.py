@@ -61,6 +61,7 @@ class Settings:
     """Base of every experiment's settings: validation in ``__post_init__``, one error class per experiment."""
 
     error: ClassVar[type[LlmlatentError]] = UsageError
+    experiment_module: ClassVar[str | None] = None  # the module registering the experiment, if defined elsewhere
 
     def fail(self, message: str) -> typing.NoReturn:
         """Raise this experiment's error class with ``message`` (one line: what is wrong and how to fix it)."""
