@@ -287,7 +287,7 @@ def variants_figure(summaries: dict[str, pd.DataFrame], title: str | None = None
 def steering_heatmap(summary: pd.DataFrame, direction: str, model_name: str = "", split: str = "select") -> plt.Figure:
     """Return the layer × α heatmap of one steering direction on ``split``: colour = target-script top-1 share.
 
-    ``summary`` is :func:`llmlatent.steering_report.summarize` output; cell text = that share and the mean
+    ``summary`` is :func:`llmlatent.experiments.steering.report.summarize` output; cell text = that share and the mean
     p(correct answer); the α = 0 column is the baseline (the same for every layer).
     """
     part = summary[(summary["direction"] == direction) & (summary["vector"] == "mean_difference")]
@@ -317,7 +317,7 @@ def steering_heatmap(summary: pd.DataFrame, direction: str, model_name: str = ""
     )
 
 
-# ---------------------------------------------------------------- activation patching (llmlatent.patch_experiment)
+# ---------------------------------------------------------------- activation patching (llmlatent.experiments.patching)
 
 PATCH_COLORS = {"cd_lr": "#d95f02", "cd_ld": "#7570b3", "cr_lr": "#1b9e77", "cr_ld": "#e7298a"}
 

@@ -338,7 +338,7 @@ def compare_variants(
     summary}).
 
     Each variant is :func:`llmlatent.tasks.build` with extra options (default :func:`variants_for`), swept
-    with the same ``seed`` and summarised; draw the curves with :func:`llmlatent.plots.variants_figure`.
+    with the same ``seed`` and summarised; draw the curves with :func:`llmlatent.experiments.plots.variants_figure`.
     """
     from llmlatent import lens, metrics, tasks
 

@@ -1,6 +1,6 @@
 """Steering results (pipeline): per-setting summaries, the chosen setting, best.json and report tables.
 
-:func:`summarize` turns the tidy per-prompt rows of :mod:`llmlatent.steering_eval` into one row per
+:func:`summarize` turns the tidy per-prompt rows of :mod:`llmlatent.experiments.steering.evaluate` into one row per
 (direction, split, vector, draw, layer, α); :func:`pick` chooses the best steered setting on the select
 split; :func:`best_json` reports it on the test split beside every control, with 95% Wilson intervals.
 """
