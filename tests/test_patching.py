@@ -260,5 +260,14 @@ def test_window_through_the_last_block_reports_no_moves_at(tiny_models, tmp_path
     assert "donor/receiver pairs pass the filters (500 asked for)" in caplog.text  # --n beyond the pairs: said
     normal = pe.run_to_dir(model, tmp_path / "n", window=1, **{**kwargs, "n": 3})
     assert normal["window_reaches_last_block"] is False
+    import pandas as pd
+
+    pairs = pd.read_csv(tmp_path / "n" / "pairs.csv")  # which donor was patched into which receiver, with prompts
+    assert len(pairs) == normal["n_pairs"] == 3 and (pairs["donor_concept"] != pairs["receiver_concept"]).all()
+    rows = pd.read_csv(tmp_path / "n" / "rows.csv")
+    assert set(zip(rows["donor_concept"], rows["receiver_concept"])) == set(
+        zip(pairs["donor_concept"], pairs["receiver_concept"])
+    )
+    assert pairs["receiver_prompt"].str.endswith('中文: "').all()
     with pytest.raises(pe.PatchingError, match="lists a language twice"):
         pe.PatchSettings(mean_over=("de", "de", "fr"))

@@ -153,3 +153,21 @@ def test_a_folder_is_ours_only_by_record_and_manifest(base_run, tmp_path):
         runs.check_out(out, EXPERIMENT)
     assert (mine / "thesis.tex").read_text() == "precious" and (out / "notes.txt").exists()
     (out / "notes.txt").unlink()  # base_run is shared by the module: leave it as it was
+
+
+def test_a_full_disk_while_writing_is_one_line_and_leaves_nothing(tiny_models, spm_tokenizer, tmp_path, monkeypatch):
+    import errno
+
+    from llmlatent.errors import OutputFolderError
+
+    prompts = tasks.build("translation", "fr", "zh", spm_tokenizer, n=2)
+    real = plots.save
+
+    def full(fig, stem):
+        real(fig, stem)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(plots, "save", full)
+    with pytest.raises(OutputFolderError, match=r"no space left on the device of .*out after writing .* MB"):
+        experiment.sweep_to_dir(tiny_models["llama"], prompts, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no result, no temporary folder

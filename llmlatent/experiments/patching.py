@@ -20,6 +20,7 @@ disjoint from the receiver's (so no token counts for two columns).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,9 +114,10 @@ def _latents(
     from llmlatent import latents
 
     prompts = tasks.PromptSet(frame.reset_index(), meta={"task": "translation", "src": spec[0], "tgt": spec[1]})
-    store = latents.collect(
-        model, prompts, Path(store_dir) / f"translation-{spec[0]}-{spec[1]}", batch_size=batch_size, progress=False
-    )
+    # named by pair and by a digest of the prompts, so another --seed or word list gets its own store
+    digest = hashlib.sha256("\x00".join(prompts.prompts).encode()).hexdigest()[:12]
+    folder = Path(store_dir) / f"translation-{spec[0]}-{spec[1]}-{digest}"
+    store = latents.collect(model, prompts, folder, batch_size=batch_size, progress=False)
     return patching.from_store(store, concepts, model)
 
 
@@ -185,6 +187,7 @@ class PatchResult:
     summary: pd.DataFrame
     meta: dict
     title: str
+    pairs: pd.DataFrame  # pair_id, donor and receiver concepts with their prompts
 
 
 def parse_langs(text: str, name: str) -> tuple[str, ...]:
@@ -254,7 +257,11 @@ def compute(model: Model, settings: PatchSettings) -> PatchResult:
         "window_reaches_last_block": through_end,
     }
     title = f"patching {s.donor[0]}→{s.donor[1]} into {s.receiver[0]}→{s.receiver[1]} · {model.name}"
-    return PatchResult(rows, summarize(rows, ci=s.ci, seed=s.seed), {**meta, "ci": s.ci}, title)
+    table = pd.DataFrame({"pair_id": range(len(pairs)), "donor_concept": [d for d, _ in pairs],
+                          "receiver_concept": [r for _, r in pairs],
+                          "donor_prompt": frames[s.donor].loc[[d for d, _ in pairs], "prompt"].tolist(),
+                          "receiver_prompt": receivers})  # fmt: skip
+    return PatchResult(rows, summarize(rows, ci=s.ci, seed=s.seed), {**meta, "ci": s.ci}, title, table)
 
 
 def decode_rows(
@@ -355,6 +362,7 @@ def write(result: PatchResult, folder: Path) -> dict:
 
     result.rows.to_csv(folder / "rows.csv", index=False, float_format="%.8g")
     result.summary.to_csv(folder / "summary.csv", index=False, float_format="%.8g")
+    result.pairs.to_csv(folder / "pairs.csv", index=False)
     figures = [("language_concept", plots.patching_figure(result.summary, result.meta, result.title))]
     if result.meta["mean_over"]:
         figures.append(("mean_over_languages", plots.patching_mean_figure(result.summary, result.meta, result.title)))

@@ -13,6 +13,7 @@ that holds nothing but the files its record lists; anything else is refused befo
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import logging
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmlatent.atomic import atomic_dir, check_output_dir
+from llmlatent.errors import OutputFolderError
 from llmlatent.experiments.settings import content_digest
 
 if TYPE_CHECKING:
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # bump when the content or layout of a kind of result changes, so old folders are recomputed
-FORMAT_VERSION = {"sweep": 3, "steering": 3, "patching": 2, "latents": 1}
+FORMAT_VERSION = {"sweep": 3, "steering": 3, "patching": 3, "latents": 1}
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,21 @@ class Clock:
         return {k: round(v, 3) for k, v in self.seconds.items()}
 
 
+@contextmanager
+def disk_full(out: Path, tmp: Path) -> Iterator[None]:
+    """Yield; a full disk while writing ``tmp`` becomes one line naming ``out``, the bytes written and the fix."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        written = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+        raise OutputFolderError(
+            f"no space left on the device of {out} after writing {written / 1e6:.1f} MB of the result (nothing was "
+            f"kept); free some space there (df -h {out.parent}) or pass --out on another disk"
+        ) from exc
+
+
 def run(settings: Settings, model: Model, out: str | Path, *, force: bool = False) -> dict:
     """Return the record of ``out`` after computing ``settings`` on ``model`` there, or reusing a matching result.
 
@@ -212,7 +229,8 @@ def run(settings: Settings, model: Model, out: str | Path, *, force: bool = Fals
     log.info("%s: %s", experiment.kind, experiment.describe(settings))
     result = late_bound(experiment.compute)(model, settings)
     compute_seconds = clock.total()
-    with atomic_dir(out, lambda folder: is_ours(folder, experiment.kind, experiment.record)) as tmp:
+    ours = lambda folder: is_ours(folder, experiment.kind, experiment.record)  # noqa: E731
+    with atomic_dir(out, ours) as tmp, disk_full(out, tmp):
         record = dict(experiment.write(result, tmp))
         record.update(
             settings=settings.to_dict(),
