@@ -122,6 +122,8 @@ def test_import_and_sweep_from_store_equal_a_live_sweep(fixture_pair, llama2_fol
     assert set(records[0]["files"]) == set(records[1]["files"])  # rows, summary, prompts, figures, run.json
     assert records[1]["source_sha256"] == meta["source_sha256"] and records[1]["note"] == paper.NOTE
     assert records[0]["model"] == records[1]["model"]  # the head's fingerprint is the full model's
+    assert run("sweep", "--from-latents", store.path, "--model", llama2_folder, "--out", tmp_path / "cached") == 0
+    assert json.loads((tmp_path / "cached" / "run.json").read_text()) == records[1]  # reused: same store, same key
 
 
 def test_api_parity_with_the_hooks_of_the_paper(fixture_pair, llama2_folder, tmp_path):
@@ -186,11 +188,14 @@ HOSTILE = {  # case → (how to spoil the copied pair, a part of the one-line me
     "rank 2": (lambda pt, t: torch.save(t[:, 0], pt), "tensor of rank 2"),
     "width": (lambda pt, t: torch.save(t[..., :32].clone(), pt), "width 32 do not fit"),
     "layers": (lambda pt, t: torch.save(t[:, :1].clone(), pt), "latents of 1 blocks"),
-    "integers": (lambda pt, t: torch.save(t.long(), pt), "holds a int64 tensor"),
+    "integers": (lambda pt, t: torch.save(t.long(), pt), "holds a tensor of dtype int64"),
     "NaN": (lambda pt, t: torch.save(t.index_put((torch.tensor([1]),), torch.tensor(float("nan"))), pt), "NaN"),
     "fewer CSV rows": (lambda pt, t: _rewrite_csv(pt, lambda f: f.iloc[:-1]), "6 prompts in the tensor but 5"),
     "malformed ids": (lambda pt, t: _malformed_ids(pt), "is not a list of token ids"),
-    "truncated": (lambda pt, t: pt.write_bytes(pt.read_bytes()[: pt.stat().st_size // 2]), "truncated or corrupt"),
+    "truncated": (
+        lambda pt, t: pt.write_bytes(pt.read_bytes()[: pt.stat().st_size // 2]),
+        "zip archive: failed finding central directory); download it again",
+    ),
     "another pair's CSV": (lambda pt, t: _another_pairs_csv(pt), "7b_de_zh_dataset.csv, another pair's"),
     "another pair's prompts": (lambda pt, t: _other_pair_content(pt), "it is another pair's CSV"),
 }

@@ -111,7 +111,7 @@ def read_paper_file(path: str | os.PathLike) -> torch.Tensor:
             "nothing was run or written"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        first = re.split(r"(?<=\.)\s", str(exc).strip())[0].strip().rstrip(".") or type(exc).__name__
         raise PaperFileError(
             f"{path}: cannot be read as a torch.save file (truncated or corrupt: {first}); download it again"
         ) from None
@@ -127,7 +127,9 @@ def check_tensor(value: object, path: Path) -> torch.Tensor:
     if value.dim() != 3:
         raise PaperFileError(f"{path}: holds a tensor of rank {value.dim()} {list(value.shape)}, not {expected}")
     if not value.is_floating_point():
-        raise PaperFileError(f"{path}: holds a {str(value.dtype).removeprefix('torch.')} tensor, not {expected}")
+        raise PaperFileError(
+            f"{path}: holds a tensor of dtype {str(value.dtype).removeprefix('torch.')}, not {expected}"
+        )
     if value.numel() == 0:
         raise PaperFileError(f"{path}: holds an empty tensor {list(value.shape)}, not {expected}")
     value = value.float()
