@@ -23,7 +23,9 @@ NUMERIC = ["p_target", "p_english", "p_source", "entropy", "energy", "top_prob"]
 PADDED = 2  # rows whose stored out_token_id starts with the bare "▁" (29871), as some of the paper's lists do
 
 
-def paper_latents(hf: torch.nn.Module, tokenizer: object, prompts: list[str]) -> torch.Tensor:
+def paper_latents(
+    hf: torch.nn.Module, blocks: torch.nn.ModuleList, tokenizer: object, prompts: list[str]
+) -> torch.Tensor:
     """Return [prompts, blocks, hidden] as the paper's llamawrapper computes it: one prompt at a time, the raw
     output of every decoder block (hooks: no embedding, no final norm) at the last token, stacked."""
     rows, captured = [], []
@@ -34,7 +36,7 @@ def paper_latents(hf: torch.nn.Module, tokenizer: object, prompts: list[str]) ->
 
     for prompt in prompts:
         captured.clear()
-        hooks = [block.register_forward_hook(keep) for block in hf.model.layers]
+        hooks = [block.register_forward_hook(keep) for block in blocks]
         try:
             with torch.no_grad():
                 hf(**tokenizer(prompt, return_tensors="pt"))
@@ -73,7 +75,7 @@ def fixture_pair(llama2_folder, tmp_path_factory):
     m = model.load(str(llama2_folder), device="cpu")
     prompts = tasks.build("translation", "fr", "zh", m.tokenizer, n=6, seed=0)
     folder = tmp_path_factory.mktemp("dataset") / "translation"
-    pt = write_pair(folder, NAME, prompts, paper_latents(m.hf, m.tokenizer, prompts.prompts))
+    pt = write_pair(folder, NAME, prompts, paper_latents(m.hf, m.hf.model.layers, m.tokenizer, prompts.prompts))
     return pt, m
 
 
@@ -245,3 +247,21 @@ def test_write_latents_checks_before_writing(tmp_path):
     assert not (tmp_path / "half").exists() and not (tmp_path / "shape").exists()
     store = write_latents(fp, frame, big, tmp_path / "full", shard_size=1, progress=False)
     assert torch.equal(store.latents(), big) and store.config["n_shards"] == 2 and store.fingerprint == fp
+
+
+def test_embedded_default_fixture_parity(embedded, tmp_path):
+    """The same path on the embedded default (Gemma 3, 18 blocks): hooks' tensor → import → lens = live sweep."""
+    from llmlatent import model
+
+    prompts = tasks.build("translation", "fr", "zh", embedded.tokenizer, n=4, seed=0)
+    latents = paper_latents(embedded.hf, embedded.adapter.blocks, embedded.tokenizer, prompts.prompts)
+    pt = write_pair(tmp_path / "translation", NAME, prompts, latents)
+    head = model.load_unembedding()  # None = the embedded default's head, read from its safetensors
+    store = paper.import_paper(pt, head, tmp_path / "store", progress=False)
+    assert store.n_layers == embedded.n_layers and store.meta["paper_token_sets"]["english_ids"]["equal_to_stored"] == 4
+    cached = lens.from_latents(store, head, progress=False)
+    one_at_a_time = lens.sweep(embedded, store.prompt_set(), batch_size=1, progress=False)  # as the paper ran them
+    assert (one_at_a_time[NUMERIC] - cached[NUMERIC]).abs().max().max() == 0.0
+    # batched with left padding, Gemma's float32 forward moves the last digits (the live sweep's own noise)
+    batched = (lens.sweep(embedded, store.prompt_set(), batch_size=16, progress=False)[NUMERIC] - cached[NUMERIC]).abs()
+    assert batched.drop(columns="entropy").max().max() <= 1e-5 and batched["entropy"].max() <= 1e-4
