@@ -12,8 +12,10 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import traceback
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmlatent.errors import LlmlatentError, UsageError
@@ -84,7 +86,10 @@ def cmd_lens(args: argparse.Namespace) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 24):
         print(lens.top_tokens_wide(table).to_string())
     if args.out:
-        table.to_csv(args.out, index=False)
+        from llmlatent.atomic import atomic_file
+
+        with atomic_file(args.out) as tmp:  # complete under its name, or not there at all
+            table.to_csv(tmp, index=False)
     return 0
 
 
@@ -109,7 +114,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from llmlatent.experiments.runs import Clock
 
     clock, settings = Clock(), from_args(CacheSettings, args)
-    latents.check_store_dir(args.out, shard_size=settings.shard_size, repair=settings.repair)
+    latents.check_store_dir(args.out, shard_size=settings.shard_size, repair=settings.repair or args.force)
+    if args.force and Path(args.out).exists():  # a latent store (checked above), never another folder
+        shutil.rmtree(args.out)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     group = world > 1 and _join_group(args, rank)
     try:
@@ -254,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, CacheSettings)
     add_flags(p, ModelOptions)
     p.add_argument("--out", required=True, help="store folder (rerun the same command to resume)")
+    p.add_argument("--force", action="store_true", help="remove the latent store at --out and collect it anew")
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("import-latents", help="the paper's precomputed latents (.pt + _dataset.csv) into latent stores")

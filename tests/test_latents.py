@@ -625,3 +625,21 @@ def test_shard_size_zero_is_an_error(tiny_models, tmp_path):
     with pytest.raises(UsageError, match=r"shard_size \(--shard-size\) must be at least 1, got 0"):
         latents.collect(m, prompt_set(m, n=2), tmp_path / "s", shard_size=0, progress=False)
     assert not (tmp_path / "s").exists()
+
+
+def test_cache_force_recollects_a_store_and_never_removes_another_folder(tiny_models, tmp_path, monkeypatch, capsys):
+    from llmlatent import cli
+
+    monkeypatch.setattr(cli, "load_model", lambda args: tiny_models["llama"])
+    out = tmp_path / "store"
+    argv = ["cache", "--task", "translation", "--src", "fr", "--tgt", "zh", "--n-prompts", "2", "--out", str(out)]
+    assert cli.main(argv) == 0
+    stamp = (out / "store.json").stat().st_mtime_ns
+    assert cli.main(argv) == 0 and (out / "store.json").stat().st_mtime_ns == stamp  # resumed: nothing to do
+    assert cli.main([*argv, "--force"]) == 0 and (out / "store.json").stat().st_mtime_ns != stamp  # collected anew
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    argv[-1] = str(mine)
+    assert cli.main([*argv, "--force"]) == 2 and (mine / "thesis.tex").read_text() == "precious"
+    assert "is not a latent store" in capsys.readouterr().err

@@ -139,12 +139,14 @@ def _base_type(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
-def _split(kind: Callable[[str], Any]) -> Callable[[list[str]], tuple]:
+def _split(kind: Callable[[str], Any], flag: str) -> Callable[[list[str]], tuple]:
     def convert(values: list[str]) -> tuple:
         try:
             return tuple(kind(x.strip()) for part in values for x in part.split(",") if x.strip())
         except ValueError as exc:
-            raise UsageError(f"not a list of {getattr(kind, '__name__', 'values')}: {' '.join(values)}") from exc
+            what = {int: "whole numbers", float: "numbers"}.get(kind, "values")
+            got = " ".join(values)
+            raise UsageError(f"{flag} takes {what} (e.g. {flag} 5 7 9 or {flag} 5,7,9), got {got}") from exc
 
     return convert
 
@@ -200,7 +202,7 @@ def convert(raw: Any, kind: Any, parse: Callable[[str], Any] | None, flag: str) 
         return parse(raw)
     if typing.get_origin(kind) is tuple:
         item = typing.get_args(kind)[0]
-        return _split(item if item in (int, float) else str)(raw if isinstance(raw, list) else [raw])
+        return _split(item if item in (int, float) else str, flag)(raw if isinstance(raw, list) else [raw])
     if kind in (int, float):
         try:
             return kind(raw)
