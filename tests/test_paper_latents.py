@@ -265,3 +265,28 @@ def test_embedded_default_fixture_parity(embedded, tmp_path):
     # batched with left padding, Gemma's float32 forward moves the last digits (the live sweep's own noise)
     batched = (lens.sweep(embedded, store.prompt_set(), batch_size=16, progress=False)[NUMERIC] - cached[NUMERIC]).abs()
     assert batched.drop(columns="entropy").max().max() <= 1e-5 and batched["entropy"].max() <= 1e-4
+
+
+def test_sweep_from_a_cached_store_and_from_another_models_head(fixture_pair, llama2_folder, tmp_path, capsys):
+    """A store from the `cache` command sweeps the same way; a head of other weights is refused (one line)."""
+    from transformers import LlamaForCausalLM
+
+    pt, m = fixture_pair
+    csv = pt.with_name(f"{NAME}_dataset.csv")
+    common = ("--prompts", csv, "--model", llama2_folder)
+    assert run("cache", *common, "--dtype-store", "float32", "--out", tmp_path / "store") == 0
+    assert run("sweep", *common, "--out", tmp_path / "live") == 0
+    assert run("sweep", "--from-latents", tmp_path / "store", "--model", llama2_folder, "--out", tmp_path / "c") == 0
+    live, cached = (pd.read_csv(tmp_path / k / "rows.csv") for k in ("live", "c"))
+    assert (live[NUMERIC] - cached[NUMERIC]).abs().max().max() <= 1e-5
+    torch.manual_seed(1)
+    other = LlamaForCausalLM(m.hf.config).eval()  # same shape, other weights
+    other.save_pretrained(tmp_path / "other")
+    m.tokenizer.save_pretrained(tmp_path / "other")
+    capsys.readouterr()
+    assert (
+        run("sweep", "--from-latents", tmp_path / "store", "--model", tmp_path / "other", "--out", tmp_path / "x") == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: fingerprint mismatch") and "\n" not in err, err
+    assert not (tmp_path / "x").exists()
