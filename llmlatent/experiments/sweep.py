@@ -142,7 +142,8 @@ class SweepSettings(PromptSettings):
     def _check_store(self) -> None:
         from llmlatent.latents.format import read_config
 
-        given = [f.name for f in fields(PromptSettings) if f.name != "seed" and getattr(self, f.name) != f.default]
+        kept = ("seed", "batch_size")  # the intervals' seed; prompts per decoding batch
+        given = [f.name for f in fields(PromptSettings) if f.name not in kept and getattr(self, f.name) != f.default]
         if given or self.prompt_set is not None:
             names = ", ".join(flag_name(n) for n in given) or "prompt_set"
             self.fail(f"--from-latents {self.from_latents} already holds its prompts; drop {names}")
@@ -242,7 +243,8 @@ def compute(model: Model, settings: SweepSettings) -> SweepResult:
     log.info(prompts.report())
     started = time.perf_counter()
     if settings.from_latents is not None:  # model: a LoadedHead (or a Model); no forward pass
-        rows = lens.from_latents(latents.load(settings.from_latents), model, progress=settings.progress)
+        store = latents.load(settings.from_latents)
+        rows = lens.from_latents(store, model, batch_size=settings.batch_size, progress=settings.progress)
     else:
         rows = lens.sweep(
             model, prompts, batch_size=settings.batch_size, seed=settings.seed, progress=settings.progress
