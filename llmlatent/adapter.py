@@ -289,6 +289,15 @@ class LoadedHead:
     tokenizer: PreTrainedTokenizerBase | None
     config: object
 
+    def fingerprint(self) -> Fingerprint:
+        """Return the model's :class:`Fingerprint` (blocks from its config): what the loaded model's would be."""
+        return Fingerprint(
+            model=self.name,
+            n_layers=int(getattr(text_config(self.config), "num_hidden_layers", 0) or 0),
+            hidden_size=int(self.unembedding.head.weight.shape[1]),
+            unembedding_sha256=self.unembedding.fingerprint(),
+        )
+
 
 def text_config(config: object) -> object:
     """Return the text part of an HF config (``get_text_config()`` of multimodal wrappers), else the config itself."""

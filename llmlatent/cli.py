@@ -2,8 +2,8 @@
 
 ``sweep``, ``steer`` and ``patch`` run one experiment through :func:`llmlatent.experiments.runs.run` (a folder
 whose cache key matches is reused; ``--force`` recomputes); ``reproduce`` runs them all; ``cache`` writes a
-latent store; ``lens`` and ``cache-info`` print. Every bad value is answered (one line, exit status 2)
-before the model is loaded.
+latent store, ``import-latents`` the paper's own latents into stores; ``lens`` and ``cache-info`` print.
+Every bad value is answered (one line, exit status 2) before the model is loaded.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from llmlatent.errors import LlmlatentError, UsageError
 from llmlatent.experiments.settings import ModelOptions, add_flags, from_args
 
 if TYPE_CHECKING:
+    from llmlatent.adapter import LoadedHead
     from llmlatent.model import Model
 
 log = logging.getLogger("llmlatent")
@@ -30,6 +31,19 @@ log = logging.getLogger("llmlatent")
 def load_model(args: argparse.Namespace) -> Model:
     """Return the model named by the common model options (the one place a command loads its model)."""
     return from_args(ModelOptions, args).load()
+
+
+def load_head(args: argparse.Namespace) -> LoadedHead:
+    """Return the final norm + unembedding (and tokenizer) of the model the common model options name, alone."""
+    from llmlatent.model import load_unembedding
+
+    options = from_args(ModelOptions, args)
+    return load_unembedding(
+        options.model,
+        dtype=options.dtype or "float32",
+        device=options.device or "cpu",
+        trust_remote_code=options.trust_remote_code,
+    )
 
 
 def _settings_class(command: str) -> type:
@@ -47,7 +61,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     settings = from_args(_settings_class(args.command), args)  # every bad value is answered here
     experiment = runs.experiment_of(settings)
     runs.check_out(args.out, experiment)  # before the model load: never refuse (or delete) after the work
-    record = runs.run(settings, load_model(args), args.out, force=args.force)
+    source = load_head(args) if getattr(settings, "from_latents", None) else load_model(args)  # a store: head only
+    record = runs.run(settings, source, args.out, force=args.force)
     print(json.dumps({k: record.get(k) for k in experiment.headline if k in record}, ensure_ascii=False))
     return 0
 
@@ -158,6 +173,39 @@ def _join_group(args: argparse.Namespace, rank: int) -> bool:
     return False
 
 
+def cmd_import_latents(args: argparse.Namespace) -> int:
+    """Import the paper's .pt latents (files, or folders in the dataset's layout) into one store each under --out."""
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from llmlatent.experiments.cache import ImportSettings
+    from llmlatent.latents import check_store_dir, paper
+
+    settings, out = from_args(ImportSettings, args), Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; pass a folder (each imported file becomes a store in it)")
+    files = [paper.locate(f) for f in paper.find_paper_files(args.paths)]
+    for file in files:  # names, CSVs and store folders of every file before the head loads
+        paper.read_paper_csv(file)
+        check_store_dir(out / file.name, shard_size=settings.shard_size)
+    head, written = load_head(args), []
+    for file in tqdm(files, desc="import latents", unit="file", disable=len(files) < 2 and not args.verbose):
+        try:
+            store = paper.import_paper(
+                file.pt, head, out / file.name, dtype=settings.dtype_store, shard_size=settings.shard_size
+            )
+        except LlmlatentError as exc:
+            done = f"{len(written)} of {len(files)} stores were imported before it ({', '.join(written)}); "
+            raise type(exc)(f"{done if written else ''}{exc}") from None
+        written.append(str(store.path))
+        token_sets = store.meta["paper_token_sets"]
+        summary = {"store": str(store.path), "n_prompts": len(store), "layers": store.n_layers}
+        summary["sets_equal_to_stored"] = {k: f"{v['equal_to_stored']}/{v['of']}" for k, v in token_sets.items()}
+        print(json.dumps(summary, ensure_ascii=False))
+    return 0
+
+
 def cmd_cache_info(args: argparse.Namespace) -> int:
     """Print a latent store's model, counts, layers, dtype and size on disk (JSON)."""
     from llmlatent import latents
@@ -178,7 +226,7 @@ EXPERIMENTS = {  # command → (help, what --out is)
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every subcommand (experiment flags generated from the settings dataclasses)."""
-    from llmlatent.experiments.cache import CacheSettings
+    from llmlatent.experiments.cache import CacheSettings, ImportSettings
     from llmlatent.experiments.reproduce import ReproduceSettings
 
     parser = argparse.ArgumentParser(prog="python -m llmlatent", description=__doc__)
@@ -215,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="store folder (rerun the same command to resume)")
     p.add_argument("--force", action="store_true", help="remove the latent store at --out and collect it anew")
     p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("import-latents", help="the paper's precomputed latents (.pt + _dataset.csv) into latent stores")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="a .pt file, or a folder (every .pt under it)")
+    add_flags(p, ImportSettings)
+    add_flags(p, ModelOptions)
+    p.add_argument("--out", required=True, help="folder of the stores (one per file, named by it: 7b_fr_zh …)")
+    p.set_defaults(func=cmd_import_latents)
 
     p = sub.add_parser("cache-info", help="model, counts, layers and size on disk of a latent store")
     p.add_argument("dir", help="latent store folder")

@@ -168,6 +168,32 @@ def tiny_models(spm_tokenizer, bpe_tokenizer):
 
 
 @pytest.fixture(scope="session")
+def llama2_folder(real_tokenizer, tmp_path_factory):
+    """A saved LlamaForCausalLM (2 blocks, hidden 64, vocabulary 32,000) with the rebuilt Llama-2 tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = real_tokenizer("llama2")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    hf = LlamaForCausalLM(config).eval()
+    folder = tmp_path_factory.mktemp("tiny-llama2")
+    hf.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def embedded():
     """The embedded default model (google/gemma-3-270m, from the PyPI GGUF), loaded once per session."""
     from llmlatent import model

@@ -9,38 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from llmlatent import cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DATA = Path(__file__).parent / "data"
-
-
-@pytest.fixture(scope="module")
-def llama2_folder(real_tokenizer, tmp_path_factory):
-    """A saved LlamaForCausalLM (2 blocks, hidden 64, vocabulary 32,000) with the rebuilt Llama-2 tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = real_tokenizer("llama2")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=32000,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    hf = LlamaForCausalLM(config).eval()
-    folder = tmp_path_factory.mktemp("tiny-llama2")
-    hf.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 def run(*argv: str) -> None:

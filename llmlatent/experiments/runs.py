@@ -123,7 +123,8 @@ def key_of(settings: Settings, model: Model) -> dict:
     extra = getattr(settings, "key_inputs", None)
     if extra is not None:
         fields.update(extra(model))
-    fields["dtype"] = str(getattr(model.hf, "dtype", ""))
+    hf = getattr(model, "hf", None)  # a LoadedHead (a sweep from a latent store) has only its head
+    fields["dtype"] = str(getattr(hf, "dtype", "")) if hf is not None else str(model.unembedding.head.weight.dtype)
     return cache_key(experiment_of(settings).kind, model.fingerprint(), fields)
 
 

@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +28,7 @@ from llmlatent import checks
 from llmlatent.data import DataError, check_lang
 from llmlatent.errors import LlmlatentError
 from llmlatent.experiments import runs
-from llmlatent.experiments.settings import Settings, option
+from llmlatent.experiments.settings import Settings, flag_name, option
 from llmlatent.tasks import TASKS, PromptSet
 from llmlatent.tokens import SET_COLUMNS
 
@@ -121,10 +121,17 @@ class SweepSettings(PromptSettings):
     ci: str = option(
         "normal", "95% intervals: normal approximation (as the paper) or bootstrap", choices=("normal", "bootstrap")
     )
+    from_latents: str | None = option(
+        None, "latent store to sweep with no forward pass (--model then names the head: final norm + unembedding only)",
+        key=False,  # its content enters the key (key_inputs), not its path
+    )  # fmt: skip
     prompt_set: PromptSet | None = option(None, "prompts built in Python (tasks.custom …)", key=False, cli=False)
     progress: bool = option(True, "progress bar", key=False, cli=False)
 
     def __post_init__(self) -> None:
+        if self.from_latents is not None:
+            self._check_store()
+            return
         if self.prompt_set is not None:
             if len(self.prompt_set) == 0:
                 self.fail("the prompt set is empty; build one with at least one prompt")
@@ -132,13 +139,32 @@ class SweepSettings(PromptSettings):
             return
         super().__post_init__()
 
+    def _check_store(self) -> None:
+        from llmlatent.latents.format import read_config
+
+        kept = ("seed", "batch_size")  # the intervals' seed; prompts per decoding batch
+        given = [f.name for f in fields(PromptSettings) if f.name not in kept and getattr(self, f.name) != f.default]
+        if given or self.prompt_set is not None:
+            names = ", ".join(flag_name(n) for n in given) or "prompt_set"
+            self.fail(f"--from-latents {self.from_latents} already holds its prompts; drop {names}")
+        read_config(Path(self.from_latents))  # not a store: one line now, before the head is loaded
+
     def prompts_for(self, model: Model) -> PromptSet:
-        """Return the prompt set of this sweep (the given one, or the one the settings name, for the model's
-        tokenizer)."""
+        """Return the prompt set of this sweep (the given one, the store's, or the one the settings name, for the
+        model's tokenizer)."""
+        if self.from_latents is not None:
+            from llmlatent import latents
+
+            return latents.load(self.from_latents, verify=False).prompt_set()
         return self.prompt_set if self.prompt_set is not None else self.build(model.tokenizer)
 
     def key_inputs(self, model: Model) -> dict:
-        """Return the model-dependent inputs of the key: the prompts' meta and a digest of prompts and token sets."""
+        """Return the model-dependent inputs of the key: the prompts' meta and a digest of prompts and token sets
+        (a sweep from a latent store: the store's content digest)."""
+        if self.from_latents is not None:
+            from llmlatent.latents.shards import store_digest
+
+            return {"latent_store_sha256": store_digest(self.from_latents)}
         prompts = self.prompts_for(model)
         return {"prompt_meta": prompts.meta, "prompts_sha256": prompts_digest(prompts)}
 
@@ -211,12 +237,18 @@ def prompts_digest(prompts: PromptSet) -> str:
 
 def compute(model: Model, settings: SweepSettings) -> SweepResult:
     """Return the sweep of ``settings`` on ``model``: the lens at the last token after every block, summarised."""
-    from llmlatent import lens, metrics
+    from llmlatent import latents, lens, metrics
 
     prompts = settings.prompts_for(model)
     log.info(prompts.report())
     started = time.perf_counter()
-    rows = lens.sweep(model, prompts, batch_size=settings.batch_size, seed=settings.seed, progress=settings.progress)
+    if settings.from_latents is not None:  # model: a LoadedHead (or a Model); no forward pass
+        store = latents.load(settings.from_latents)
+        rows = lens.from_latents(store, model, batch_size=settings.batch_size, progress=settings.progress)
+    else:
+        rows = lens.sweep(
+            model, prompts, batch_size=settings.batch_size, seed=settings.seed, progress=settings.progress
+        )
     seconds = time.perf_counter() - started
     rows.insert(1, "concept", rows["prompt_id"].map(dict(zip(prompts.df["prompt_id"], prompts.df["concept"]))))
     summary = metrics.summarize(rows, ci=settings.ci, seed=settings.seed)
@@ -263,6 +295,8 @@ def write(result: SweepResult, folder: Path) -> dict:
 
 def describe(settings: SweepSettings) -> str:
     """Return the settings in a log line."""
+    if settings.from_latents is not None:
+        return f"latent store {settings.from_latents}"
     if settings.prompt_set is not None:
         return f"{len(settings.prompt_set)} given prompts"
     if settings.prompts:

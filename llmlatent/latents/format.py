@@ -116,11 +116,12 @@ def features(config: dict) -> object:
     return Features(features)
 
 
-def make_config(model: Model, frame: pd.DataFrame, meta: dict, dtype: str) -> dict:
-    """Return a new store's store.json content (without shard size) for a model, prompts and storage dtype."""
+def make_config(model: Model | Fingerprint, frame: pd.DataFrame, meta: dict, dtype: str) -> dict:
+    """Return a new store's store.json content (without shard size) for a model (or its fingerprint), prompts and
+    storage dtype."""
     kinds = {c: column_kind(frame, c) for c in frame.columns}
     blob = json.dumps({"columns": kinds, "rows": records(frame, kinds)}, sort_keys=True, ensure_ascii=False)
-    fingerprint = model.fingerprint().to_dict()
+    fingerprint = (model if isinstance(model, Fingerprint) else model.fingerprint()).to_dict()
     return {
         "format": FORMAT,
         "version": VERSION,

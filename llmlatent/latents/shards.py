@@ -7,16 +7,33 @@ Shard ``k`` appears only through an atomic rename of its finished temporary fold
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from tqdm.auto import tqdm
 
 from llmlatent.atomic import file_sha256, staged_dir
-from llmlatent.latents.format import SHARD_FILE, STORAGE, features, read_config, records, shard_dir, write_json
+from llmlatent.latents.format import (
+    SHARD_FILE,
+    STORAGE,
+    LatentStoreError,
+    features,
+    read_config,
+    records,
+    shard_dir,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+FLOAT16_MAX = 65504.0
 
 
 def shard_range(config: dict, k: int) -> tuple[int, int]:
@@ -109,6 +126,83 @@ def write_shard(path: Path, config: dict, k: int, frame: pd.DataFrame, latents: 
             "files": files,
         }
         write_json(tmp / SHARD_FILE, info)
+
+
+def to_storage(latents: torch.Tensor, dtype: str) -> np.ndarray:
+    """Return latents as the numpy array a shard stores for ``dtype`` (float16 refuses values beyond its range)."""
+    x = latents.detach().to("cpu", torch.float32)
+    if dtype == "float16":
+        big = float(x.abs().max()) if x.numel() else 0.0
+        if big > FLOAT16_MAX:
+            raise LatentStoreError(
+                f"latents reach |x| = {big:.4g}, beyond float16's range ({FLOAT16_MAX:.0f}); "
+                "collect with dtype='bfloat16' or 'float32'"
+            )
+        return x.half().numpy()
+    if dtype == "bfloat16":
+        return x.bfloat16().view(torch.int16).numpy().view(np.uint16)
+    return x.numpy()
+
+
+def fill_shards(
+    path: Path, config: dict, frame: pd.DataFrame, shards: list[int], make: Callable, desc: str, progress: bool = True
+) -> None:
+    """Write every unfinished shard of ``shards``, each under its claim, with ``make(start, stop, bar)``'s latents.
+
+    First pass: shards no other process has claimed; second pass: wait for the claimed ones (their holder may die).
+    """
+    todo = [k for k in shards if not finished(path, config, k)]
+    if len(todo) < len(shards):
+        log.info(
+            "resuming %s: %d of this rank's %d shards already finished", path, len(shards) - len(todo), len(shards)
+        )
+    total = sum(shard_range(config, k)[1] - shard_range(config, k)[0] for k in todo)
+    bar = tqdm(total=total, desc=desc, unit="prompt", disable=not progress)
+    for wait in (False, True):
+        busy = []
+        for k in todo:
+            with claim(path, k, wait=wait) as mine_now:
+                if mine_now:
+                    _write_one(path, config, k, frame, make, bar)
+                else:
+                    busy.append(k)
+        if busy:
+            log.info("%d shard(s) of %s are being computed by another process; waiting for them", len(busy), path)
+        todo = busy
+    bar.close()
+
+
+def _write_one(path: Path, config: dict, k: int, frame: pd.DataFrame, make: Callable, bar: tqdm) -> None:
+    """Write shard ``k`` from ``make``'s latents unless another process wrote it meanwhile (we hold its claim)."""
+    start, stop = shard_range(config, k)
+    if finished(path, config, k):  # another process wrote it while we waited
+        bar.update(stop - start)
+        return
+    for stale in (path / "shards").glob(f".tmp-{k:05d}-*"):  # a killed run's; safe: we hold the claim
+        shutil.rmtree(stale, ignore_errors=True)
+    write_shard(path, config, k, frame, make(start, stop, bar))
+    log.info("computed shard %d of %s (prompts %d-%d) in process %d", k, path, start, stop - 1, os.getpid())
+
+
+def finished(path: Path, config: dict, k: int) -> bool:
+    """Return True when shard ``k`` exists and verifies (an invalid one is logged and will be recomputed)."""
+    if not shard_dir(path, k).exists():
+        return False
+    problem = shard_problem(path, config, k)
+    if problem is not None:
+        log.warning("shard %d of %s is invalid (%s); recomputing it", k, path, problem)
+    return problem is None
+
+
+def store_digest(path: str | os.PathLike) -> str:
+    """Return a sha256 over a store's store.json and every shard.json (which hold each file's sha256): its content."""
+    path = Path(path)
+    config = read_config(path)
+    digest = hashlib.sha256((path / "store.json").read_bytes())
+    for k in range(config["n_shards"]):
+        info = shard_dir(path, k) / SHARD_FILE
+        digest.update(info.read_bytes() if info.is_file() else b"missing")
+    return digest.hexdigest()
 
 
 def disk_size(path: Path) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +29,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from llmlatent import capture
+from llmlatent import capture, checks
 from llmlatent.adapter import Fingerprint, LoadedHead, Unembedding
 from llmlatent.errors import UsageError
 from llmlatent.latents.format import (
@@ -46,7 +45,7 @@ from llmlatent.latents.format import (
     read_config,
     shard_dir,
 )
-from llmlatent.latents.shards import claim, disk_size, shard_problem, shard_range, write_shard
+from llmlatent.latents.shards import disk_size, fill_shards, shard_problem, shard_range, to_storage
 from llmlatent.lenses import Lens
 from llmlatent.tokens import SET_COLUMNS
 
@@ -55,23 +54,6 @@ if TYPE_CHECKING:
     from llmlatent.tasks import PromptSet
 
 log = logging.getLogger(__name__)
-
-FLOAT16_MAX = 65504.0
-
-
-def _to_storage(latents: torch.Tensor, dtype: str) -> np.ndarray:
-    x = latents.detach().to("cpu", torch.float32)
-    if dtype == "float16":
-        big = float(x.abs().max()) if x.numel() else 0.0
-        if big > FLOAT16_MAX:
-            raise LatentStoreError(
-                f"latents reach |x| = {big:.4g}, beyond float16's range ({FLOAT16_MAX:.0f}); "
-                "collect with dtype='bfloat16' or 'float32'"
-            )
-        return x.half().numpy()
-    if dtype == "bfloat16":
-        return x.bfloat16().view(torch.int16).numpy().view(np.uint16)
-    return x.numpy()
 
 
 def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -107,8 +89,6 @@ def collect(
     computed under a claim (a lock file), so a second process on the same store works on other shards
     or waits. ``repair=True`` rebuilds an unreadable store.json, keeping every shard that still verifies.
     """
-    from llmlatent import checks
-
     dtype = check_dtype(dtype)
     checks.count(batch_size, "batch_size")
     checks.count(shard_size, "shard_size", optional=True)  # before the fingerprint's hash, in a second
@@ -117,26 +97,53 @@ def collect(
     path = Path(path)
     config = open_or_create(path, make_config(model, frame, meta, dtype), shard_size, repair=repair)
     mine = [k for k in range(config["n_shards"]) if k % world == rank]
-    todo = [k for k in mine if not _finished(path, config, k)]
-    if len(todo) < len(mine):
-        log.info("resuming %s: %d of this rank's %d shards already finished", path, len(mine) - len(todo), len(mine))
-    total = sum(shard_range(config, k)[1] - shard_range(config, k)[0] for k in todo)
-    desc = "latents" if world == 1 else f"latents (rank {rank}/{world})"
-    bar = tqdm(total=total, desc=desc, unit="prompt", disable=not progress)
-    # first pass: shards no other process has claimed; second pass: wait for the claimed ones (their holder may die)
-    for wait in (False, True):
-        busy = []
-        for k in todo:
-            with claim(path, k, wait=wait) as mine_now:
-                if mine_now:
-                    _compute_shard(model, path, config, k, frame, batch_size, bar)
-                else:
-                    busy.append(k)
-        if busy:
-            log.info("%d shard(s) of %s are being computed by another process; waiting for them", len(busy), path)
-        todo = busy
-    bar.close()
+
+    def forward(start: int, stop: int, bar: tqdm) -> np.ndarray:
+        part = frame["prompt"].iloc[start:stop].tolist()
+        out = np.empty((stop - start, config["n_layers"], config["hidden_size"]), dtype=STORAGE[dtype])
+        for idx in capture.length_batches(model, part, batch_size):  # similar lengths together (same results)
+            latents, _ = capture.forward_last(model, [part[i] for i in idx])
+            out[idx] = to_storage(latents, dtype)
+            bar.update(len(idx))
+        return out
+
+    fill_shards(path, config, frame, mine, forward, "latents" if world == 1 else f"latents (rank {rank}/{world})")
     return _after_rank(path, config, rank, world)
+
+
+def write_latents(
+    source: Model | LoadedHead | Fingerprint,
+    prompts: PromptSet | pd.DataFrame,
+    latents: torch.Tensor,
+    path: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype = "float32",
+    shard_size: int | None = None,
+    progress: bool = True,
+) -> LatentStore:
+    """Return the :class:`LatentStore` at ``path`` after writing given ``latents`` [prompts, layers, hidden] into it.
+
+    The store :func:`collect` would write, without a forward pass: ``source`` (a Model, a LoadedHead or a
+    Fingerprint) names the model the latents came from, ``prompts`` their rows in order. Finished shards
+    are kept, so rerunning after a crash writes only the missing ones.
+    """
+    dtype = check_dtype(dtype)
+    checks.count(shard_size, "shard_size", optional=True)
+    frame, meta = prompt_frame(prompts)
+    fingerprint = source if isinstance(source, Fingerprint) else source.fingerprint()
+    want = (len(frame), fingerprint.n_layers, fingerprint.hidden_size)
+    if tuple(latents.shape) != want:
+        raise LatentStoreError(f"latents of shape {tuple(latents.shape)} do not fit {want} (prompts, layers, hidden)")
+    stored = to_storage(latents, dtype)  # float16's range is checked before anything is written
+    path = Path(path)
+    config = open_or_create(path, make_config(fingerprint, frame, meta, dtype), shard_size)
+
+    def take(start: int, stop: int, bar: tqdm) -> np.ndarray:
+        bar.update(stop - start)
+        return stored[start:stop]
+
+    fill_shards(path, config, frame, list(range(config["n_shards"])), take, "write latents", progress)
+    return load(path)
 
 
 def _after_rank(path: Path, config: dict, rank: int, world: int) -> LatentStore | None:
@@ -148,39 +155,6 @@ def _after_rank(path: Path, config: dict, rank: int, world: int) -> LatentStore 
         log.info("rank %d finished its shards; %d of %d shards of %s are done", rank, done, config["n_shards"], path)
         return None
     return load(path)
-
-
-def _compute_shard(
-    model: Model, path: Path, config: dict, k: int, frame: pd.DataFrame, batch_size: int, bar: tqdm
-) -> None:
-    """Compute and write shard ``k`` (unless another process wrote it while we waited); the caller holds its claim."""
-    start, stop = shard_range(config, k)
-    if _finished(path, config, k):  # another process wrote it while we waited
-        bar.update(stop - start)
-        return
-    for stale in (path / "shards").glob(f".tmp-{k:05d}-*"):  # a killed run's; safe: we hold the claim
-        shutil.rmtree(stale, ignore_errors=True)
-    part = frame["prompt"].iloc[start:stop].tolist()
-    dtype = config["dtype"]
-    out = np.empty((stop - start, config["n_layers"], config["hidden_size"]), dtype=STORAGE[dtype])
-    for idx in capture.length_batches(
-        model, part, batch_size
-    ):  # similar lengths together (results do not depend on it)
-        latents, _ = capture.forward_last(model, [part[i] for i in idx])
-        out[idx] = _to_storage(latents, dtype)
-        bar.update(len(idx))
-    write_shard(path, config, k, frame, out)
-    log.info("computed shard %d of %s (prompts %d-%d) in process %d", k, path, start, stop - 1, os.getpid())
-
-
-def _finished(path: Path, config: dict, k: int) -> bool:
-    """Return True when shard ``k`` exists and verifies (an invalid one is logged and will be recomputed)."""
-    if not shard_dir(path, k).exists():
-        return False
-    problem = shard_problem(path, config, k)
-    if problem is not None:
-        log.warning("shard %d of %s is invalid (%s); recomputing it", k, path, problem)
-    return problem is None
 
 
 # ---------------------------------------------------------------- reading
@@ -242,6 +216,13 @@ class LatentStore:
                     frame[column] = [None if v is None else [int(x) for x in v] for v in frame[column]]
             self._prompts = frame
         return self._prompts.copy()
+
+    def prompt_set(self) -> PromptSet:
+        """Return the stored prompts as a PromptSet (meta from store.json; drop counts and notes where recorded)."""
+        from llmlatent.tasks import PromptSet
+
+        meta = self.meta
+        return PromptSet(self.prompts, dict(meta.get("dropped") or {}), meta, list(meta.get("notes") or []))
 
     def _chunks(self) -> list[np.ndarray]:
         if self._arrays is None:
