@@ -55,7 +55,7 @@ def setup(args: argparse.Namespace) -> tuple[model_mod.Model, list[str], list[st
         rng = np.random.default_rng(args.seed)
         sets = {
             name: [sorted({int(t) for t in rng.integers(3, vocab, size=2)}) for _ in range(args.n)]
-            for name in patch_experiment.SETS
+            for name in patching.SETS
         }
         return model, frame["prompt"][: args.n].tolist(), frame["prompt"][args.n :].tolist(), sets
     model = model_mod.load(args.model)

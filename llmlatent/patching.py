@@ -29,12 +29,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from . import checks
 from .capture import batched, block_output, capture_last, check_captured, check_left_padded, forward_last, length_order
 from .errors import LlmlatentError
+from .metrics import interval
 from .model import Model
 from .prefix import Prefix, no_logits
 
@@ -322,3 +324,57 @@ def make_pairs(
         else:
             skipped += 1
     return pairs, skipped
+
+
+# ---------------------------------------------------------------- the experiments' rows, summarised
+# token sets of a patched pair: C_d / C_r = donor / receiver concept, L_d / L_r = donor / receiver answer language
+SETS = ("cd_lr", "cd_ld", "cr_lr", "cr_ld")
+METRICS = tuple(f"p_{s}" for s in SETS) + tuple(f"top1_{s}" for s in SETS) + ("entropy",)
+
+
+def summarize(rows: pd.DataFrame, *, ci: str = "normal", seed: int = 0) -> pd.DataFrame:
+    """Return per (condition, layer) the mean and 95% interval of every metric (``<metric>_mean/_lo/_hi``) and n."""
+    out = []
+    for (condition, layer), group in rows.groupby(["condition", "layer"], sort=False, dropna=False):
+        record = {"condition": condition, "layer": layer, "n": len(group)}
+        for col in METRICS:
+            mean, lo, hi = interval(
+                group[col].to_numpy(dtype=np.float64), ci=ci, seed=seed + (0 if pd.isna(layer) else int(layer))
+            )
+            record.update({f"{col}_mean": mean, f"{col}_lo": lo, f"{col}_hi": hi})
+        out.append(record)
+    summary = pd.DataFrame(out)
+    summary["layer"] = summary["layer"].astype("Int64")
+    return summary
+
+
+def _first(part: pd.DataFrame, mask: pd.Series) -> int | None:
+    hits = part.loc[mask, "layer"]
+    return None if hits.empty else int(hits.min())
+
+
+def headline(summary: pd.DataFrame) -> dict:
+    """Return the run's reading: where the language moves, where the concept moves, mean vs single vs no patch."""
+    base = summary[summary["condition"] == "unpatched"].iloc[0]
+    out: dict = {"unpatched": {c: round(float(base[f"{c}_mean"]), 6) for c in ("p_cr_lr", "p_cd_lr", "top1_cr_lr")}}
+    part = summary[summary["condition"] == "donor"]
+    if len(part):
+        receiver_best = part[["p_cr_lr_mean", "p_cr_ld_mean"]].max(axis=1)
+        out["language_moves_at"] = _first(part, part["p_cr_ld_mean"] > part["p_cr_lr_mean"])
+        out["concept_moves_at"] = _first(part, part[["p_cd_ld_mean", "p_cd_lr_mean"]].max(axis=1) > receiver_best)
+        out["language_before_concept"] = (
+            None
+            if out["language_moves_at"] is None or out["concept_moves_at"] is None
+            else out["language_moves_at"] < out["concept_moves_at"]
+        )
+    for condition in ("single", "mean"):
+        part = summary[summary["condition"] == condition]
+        if len(part):
+            best = part.loc[part["p_cd_lr_mean"].idxmax()]
+            out[condition] = {
+                "best_layer": int(best["layer"]),
+                "p_cd_lr": round(float(best["p_cd_lr_mean"]), 6),
+                "top1_cd_lr": round(float(best["top1_cd_lr_mean"]), 6),
+                "mean_p_cd_lr_over_layers": round(float(part["p_cd_lr_mean"].mean()), 6),
+            }
+    return out

@@ -36,15 +36,12 @@ from llmlatent.data import check_lang
 from llmlatent.errors import UsageError
 from llmlatent.experiments import runs
 from llmlatent.experiments.settings import Settings, option
+from llmlatent.patching import SETS, headline, summarize
 
 if TYPE_CHECKING:
     from llmlatent.model import Model
 
 log = logging.getLogger(__name__)
-
-SETS = ("cd_lr", "cd_ld", "cr_lr", "cr_ld")
-METRICS = tuple(f"p_{s}" for s in SETS) + tuple(f"top1_{s}" for s in SETS) + ("entropy",)
-CONDITIONS = ("unpatched", "donor", "single", "mean")
 
 
 class PatchingError(UsageError):
@@ -229,17 +226,7 @@ def compute(model: Model, settings: PatchSettings) -> PatchResult:
         )
     with clock("decode"):
         rows = decode_rows(model, result, pairs, ld, lr)
-    if s.n_pairs is not None and len(pairs) < s.n_pairs:
-        log.warning("only %d donor/receiver pairs pass the filters (%d asked for)", len(pairs), s.n_pairs)
-    through_end = min(result.layers) + s.window >= model.n_layers  # every patch overwrites the last block too
-    if through_end:
-        log.warning(
-            "--window %d from layer %d overwrites every block through the last one (%d blocks): the curves "
-            "are flat, so no 'moves at' layer is reported",
-            s.window,
-            min(result.layers),
-            model.n_layers,
-        )
+    through_end = warn_if_flat(s, len(pairs), min(result.layers), model.n_layers)
     meta = {
         "donor": list(s.donor),
         "receiver": list(s.receiver),
@@ -257,11 +244,34 @@ def compute(model: Model, settings: PatchSettings) -> PatchResult:
         "window_reaches_last_block": through_end,
     }
     title = f"patching {s.donor[0]}→{s.donor[1]} into {s.receiver[0]}→{s.receiver[1]} · {model.name}"
-    table = pd.DataFrame({"pair_id": range(len(pairs)), "donor_concept": [d for d, _ in pairs],
-                          "receiver_concept": [r for _, r in pairs],
-                          "donor_prompt": frames[s.donor].loc[[d for d, _ in pairs], "prompt"].tolist(),
-                          "receiver_prompt": receivers})  # fmt: skip
+    table = pair_table(pairs, frames[s.donor], receivers)
     return PatchResult(rows, summarize(rows, ci=s.ci, seed=s.seed), {**meta, "ci": s.ci}, title, table)
+
+
+def warn_if_flat(s: PatchSettings, n_pairs: int, first_layer: int, n_layers: int) -> bool:
+    """Return whether every patch overwrites through the last block (flat curves), warning about it and about
+    fewer pairs than asked for."""
+    if s.n_pairs is not None and n_pairs < s.n_pairs:
+        log.warning("only %d donor/receiver pairs pass the filters (%d asked for)", n_pairs, s.n_pairs)
+    through_end = first_layer + s.window >= n_layers
+    if through_end:
+        log.warning(
+            "--window %d from layer %d overwrites every block through the last one (%d blocks): the curves "
+            "are flat, so no 'moves at' layer is reported",
+            s.window,
+            first_layer,
+            n_layers,
+        )
+    return through_end
+
+
+def pair_table(pairs: list[tuple[str, str]], donor_frame: pd.DataFrame, receiver_prompts: list[str]) -> pd.DataFrame:
+    """Return pairs.csv: which donor concept was patched into which receiver, with both prompts."""
+    donors = [d for d, _ in pairs]
+    return pd.DataFrame({"pair_id": range(len(pairs)), "donor_concept": donors,
+                         "receiver_concept": [r for _, r in pairs],
+                         "donor_prompt": donor_frame.loc[donors, "prompt"].tolist(),
+                         "receiver_prompt": receiver_prompts})  # fmt: skip
 
 
 def decode_rows(
@@ -302,56 +312,6 @@ def decode_rows(
     names = {t: model.tokenizer.decode([t]) for t in set(top)}
     rows["top_token"] = [names[t] for t in top]
     return rows
-
-
-def summarize(rows: pd.DataFrame, *, ci: str = "normal", seed: int = 0) -> pd.DataFrame:
-    """Return per (condition, layer) the mean and 95% interval of every metric (``<metric>_mean/_lo/_hi``) and n."""
-    from llmlatent.metrics import interval
-
-    out = []
-    for (condition, layer), group in rows.groupby(["condition", "layer"], sort=False, dropna=False):
-        record = {"condition": condition, "layer": layer, "n": len(group)}
-        for col in METRICS:
-            mean, lo, hi = interval(
-                group[col].to_numpy(dtype=np.float64), ci=ci, seed=seed + (0 if pd.isna(layer) else int(layer))
-            )
-            record.update({f"{col}_mean": mean, f"{col}_lo": lo, f"{col}_hi": hi})
-        out.append(record)
-    summary = pd.DataFrame(out)
-    summary["layer"] = summary["layer"].astype("Int64")
-    return summary
-
-
-def _first(part: pd.DataFrame, mask: pd.Series) -> int | None:
-    hits = part.loc[mask, "layer"]
-    return None if hits.empty else int(hits.min())
-
-
-def headline(summary: pd.DataFrame) -> dict:
-    """Return the run's reading: where the language moves, where the concept moves, mean vs single vs no patch."""
-    base = summary[summary["condition"] == "unpatched"].iloc[0]
-    out: dict = {"unpatched": {c: round(float(base[f"{c}_mean"]), 6) for c in ("p_cr_lr", "p_cd_lr", "top1_cr_lr")}}
-    part = summary[summary["condition"] == "donor"]
-    if len(part):
-        receiver_best = part[["p_cr_lr_mean", "p_cr_ld_mean"]].max(axis=1)
-        out["language_moves_at"] = _first(part, part["p_cr_ld_mean"] > part["p_cr_lr_mean"])
-        out["concept_moves_at"] = _first(part, part[["p_cd_ld_mean", "p_cd_lr_mean"]].max(axis=1) > receiver_best)
-        out["language_before_concept"] = (
-            None
-            if out["language_moves_at"] is None or out["concept_moves_at"] is None
-            else out["language_moves_at"] < out["concept_moves_at"]
-        )
-    for condition in ("single", "mean"):
-        part = summary[summary["condition"] == condition]
-        if len(part):
-            best = part.loc[part["p_cd_lr_mean"].idxmax()]
-            out[condition] = {
-                "best_layer": int(best["layer"]),
-                "p_cd_lr": round(float(best["p_cd_lr_mean"]), 6),
-                "top1_cd_lr": round(float(best["top1_cd_lr_mean"]), 6),
-                "mean_p_cd_lr_over_layers": round(float(part["p_cd_lr_mean"].mean()), 6),
-            }
-    return out
 
 
 def write(result: PatchResult, folder: Path) -> dict:
