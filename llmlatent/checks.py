@@ -95,10 +95,16 @@ def quiet(logger: logging.Logger) -> Iterator[None]:
 
 
 def torch_dtype(value: torch.dtype | str | None, name: str = "dtype") -> torch.dtype | None:
-    """Return ``value`` as a torch.dtype (a dtype, or its name such as ``"bfloat16"``; None stays None)."""
-    if value is None or isinstance(value, torch.dtype):
-        return value
-    found = getattr(torch, str(value).removeprefix("torch."), None)
-    if not isinstance(found, torch.dtype):
-        raise UsageError(f"{_label(name, None)} must be a torch dtype such as float32 or bfloat16, got {value!r}")
+    """Return ``value`` as a floating torch.dtype (a dtype, or its name such as ``"bfloat16"``; None stays None).
+
+    Models run in floating point only: ``int8`` and other integer or boolean dtypes are refused here, with one
+    line, instead of by transformers after the model's files are read.
+    """
+    if value is None:
+        return None
+    found = value if isinstance(value, torch.dtype) else getattr(torch, str(value).removeprefix("torch."), None)
+    if not isinstance(found, torch.dtype) or not found.is_floating_point:
+        raise UsageError(
+            f"{_label(name, None)} must be a torch dtype of floating point, such as float32 or bfloat16, got {value!r}"
+        )
     return found

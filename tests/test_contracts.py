@@ -90,3 +90,13 @@ def test_staged_dir_replaces_only_on_success(tmp_path):
     with staged_dir(final, ".out-") as tmp:
         (tmp / "new").write_text("new")
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in final.iterdir()] == ["new"]
+
+
+def test_model_dtypes_are_floating_point_only():
+    from llmlatent import checks
+
+    assert checks.torch_dtype("bfloat16") is torch.bfloat16 and checks.torch_dtype(torch.float32) is torch.float32
+    assert checks.torch_dtype(None) is None
+    for bad in ("int8", torch.int8, "bool", "floaty"):
+        with pytest.raises(UsageError, match="must be a torch dtype of floating point"):
+            checks.torch_dtype(bad)
