@@ -643,3 +643,20 @@ def test_cache_force_recollects_a_store_and_never_removes_another_folder(tiny_mo
     argv[-1] = str(mine)
     assert cli.main([*argv, "--force"]) == 2 and (mine / "thesis.tex").read_text() == "precious"
     assert "is not a latent store" in capsys.readouterr().err
+
+
+def test_resuming_a_store_in_another_dtype_says_so(tiny_models, tmp_path):
+    """A store resumed by the same model in another dtype names both dtypes and the offline fix."""
+    import copy
+
+    m = tiny_models["llama"]
+    prompts = tasks.build("translation", "fr", "zh", m.tokenizer, n=2)
+    store = latents.collect(m, prompts, tmp_path / "s", progress=False)
+    assert store.config["model_dtype"] == "torch.float32"
+    in_bf16 = copy.deepcopy(m)
+    in_bf16.hf.to(torch.bfloat16)
+    with pytest.raises(latents.FingerprintMismatch) as info:
+        latents.collect(in_bf16, prompts, tmp_path / "s", progress=False)
+    message = str(info.value)
+    assert "run in torch.float32, but the model now runs in torch.bfloat16" in message, message
+    assert "--dtype float32 to resume" in message

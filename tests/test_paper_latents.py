@@ -271,7 +271,9 @@ def test_embedded_default_fixture_parity(embedded, tmp_path):
     assert store.n_layers == embedded.n_layers and store.meta["paper_token_sets"]["english_ids"]["equal_to_stored"] == 4
     cached = lens.from_latents(store, head, progress=False)
     one_at_a_time = lens.sweep(embedded, store.prompt_set(), batch_size=1, progress=False)  # as the paper ran them
-    assert (one_at_a_time[NUMERIC] - cached[NUMERIC]).abs().max().max() == 0.0
+    diff = (one_at_a_time[NUMERIC] - cached[NUMERIC]).abs().max()
+    # the probabilities agree exactly; energy's float32 Gram product may move its last bit with the BLAS thread count
+    assert diff.drop("energy").max() == 0.0 and diff["energy"] <= 1e-6, diff
     # batched with left padding, Gemma's float32 forward moves the last digits (the live sweep's own noise)
     batched = (lens.sweep(embedded, store.prompt_set(), batch_size=16, progress=False)[NUMERIC] - cached[NUMERIC]).abs()
     assert batched.drop(columns="entropy").max().max() <= 1e-5 and batched["entropy"].max() <= 1e-4

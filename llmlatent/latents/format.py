@@ -129,11 +129,29 @@ def make_config(model: Model | Fingerprint, frame: pd.DataFrame, meta: dict, dty
         "n_layers": int(fingerprint["n_layers"]),
         "hidden_size": int(fingerprint["hidden_size"]),
         "dtype": dtype,
+        "model_dtype": str(getattr(getattr(model, "hf", None), "dtype", "")) or None,  # the model's run dtype
         "n_prompts": len(frame),
         "prompts_sha256": hashlib.sha256(blob.encode()).hexdigest(),
         "columns": kinds,
         "meta": meta,
     }
+
+
+def mismatch_message(path: Path, existing: Mapping, config: Mapping) -> str:
+    """Return why a store's model differs from the one resuming it: the same model in another dtype, or another."""
+    old, new = Fingerprint.of(existing["fingerprint"]), Fingerprint.of(config["fingerprint"])
+    same_shape = (old.model, old.n_layers, old.hidden_size) == (new.model, new.n_layers, new.hidden_size)
+    was, now = existing.get("model_dtype"), config.get("model_dtype")
+    if same_shape and was and now and was != now:
+        return (
+            f"{path} holds latents of {old.model} run in {was}, but the model now runs in {now} (its head's hash "
+            f"differs: {old.unembedding_sha256[:12]}… vs {new.unembedding_sha256[:12]}…); load the same model or "
+            f"folder with --dtype {was.removeprefix('torch.')} to resume, or collect into another folder"
+        )
+    return (
+        f"fingerprint mismatch: {path} holds latents of {describe(existing['fingerprint'])}, not of "
+        f"{describe(config['fingerprint'])}; collect into another folder"
+    )
 
 
 def describe(fp: Mapping) -> str:
@@ -263,10 +281,7 @@ def open_or_create(path: Path, config: dict, shard_size: int | None, *, repair: 
         if (path / STORE_FILE).exists():
             existing = read_config(path)
             if not Fingerprint.of(existing["fingerprint"]).same_model(config["fingerprint"]):  # the name may differ
-                raise FingerprintMismatch(
-                    f"fingerprint mismatch: {path} holds latents of {describe(existing['fingerprint'])}, not of "
-                    f"{describe(config['fingerprint'])}; collect into another folder"
-                )
+                raise FingerprintMismatch(mismatch_message(path, existing, config))
             wanted = dict(config, shard_size=existing["shard_size"] if shard_size is None else int(shard_size))
             for key, label in (("dtype", "storage dtype"), ("prompts_sha256", "prompts"), ("shard_size", "shard size")):
                 if existing[key] != wanted[key]:
