@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -115,8 +114,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
     clock, settings = Clock(), from_args(CacheSettings, args)
     latents.check_store_dir(args.out, shard_size=settings.shard_size, repair=settings.repair or args.force)
-    if args.force and Path(args.out).exists():  # a latent store (checked above), never another folder
-        shutil.rmtree(args.out)
+    if args.force:  # only a folder laid out as a latent store; any other is refused and kept
+        latents.remove_store(args.out)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     group = world > 1 and _join_group(args, rank)
     try:
@@ -175,7 +174,6 @@ def _join_group(args: argparse.Namespace, rank: int) -> bool:
 
 def cmd_import_latents(args: argparse.Namespace) -> int:
     """Import the paper's .pt latents (files, or folders in the dataset's layout) into one store each under --out."""
-    from pathlib import Path
 
     from tqdm.auto import tqdm
 

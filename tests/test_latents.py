@@ -643,6 +643,13 @@ def test_cache_force_recollects_a_store_and_never_removes_another_folder(tiny_mo
     argv[-1] = str(mine)
     assert cli.main([*argv, "--force"]) == 2 and (mine / "thesis.tex").read_text() == "precious"
     assert "is not a latent store" in capsys.readouterr().err
+    disguised = tmp_path / "disguised"  # a store.json and a shards/ folder of a user's own files
+    (disguised / "shards").mkdir(parents=True)
+    (disguised / "shards" / "data.txt").write_text("mine")
+    (disguised / "store.json").write_text("{}")
+    argv[-1] = str(disguised)
+    assert cli.main([*argv, "--force"]) == 2 and (disguised / "shards" / "data.txt").read_text() == "mine"
+    assert "holds files a latent store does not write" in capsys.readouterr().err
 
 
 def test_resuming_a_store_in_another_dtype_says_so(tiny_models, tmp_path):

@@ -202,8 +202,7 @@ def latent_step(m: Model, path: Path, *, n: int | None, seed: int, batch_size: i
         except (ValueError, OSError) as exc:
             log.info("latents %s: recollecting (%s)", path, exc)
     if path.exists():
-        latents.check_store_dir(path, repair=True)  # never delete a folder that is not a latent store
-        shutil.rmtree(path)
+        latents.remove_store(path)  # never a folder that is not laid out as a latent store
     log.info("collecting latents for %d fr→zh prompts into %s", len(prompts), path)
     return latents.collect(m, prompts, path, batch_size=batch_size)
 

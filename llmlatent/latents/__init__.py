@@ -12,6 +12,7 @@ from llmlatent.latents.format import (
     LatentStoreError,
     check_dtype,
     check_store_dir,
+    remove_store,
 )
 from llmlatent.latents.shards import info
 from llmlatent.latents.store import LatentStore, collect, load
@@ -23,6 +24,7 @@ __all__ = [
     "LatentStoreError",
     "check_dtype",
     "check_store_dir",
+    "remove_store",
     "collect",
     "info",
     "load",

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -233,6 +234,30 @@ def check_store_dir(path: str | os.PathLike, *, shard_size: int | None = None, r
     elif _has_finished_shards(path) and not (path / STORE_FILE).exists() and not repair:
         raise LatentStoreError(f"the latent store {path} has shards but no {STORE_FILE}; {REPAIR_HINT}")
     return path
+
+
+def remove_store(path: str | os.PathLike) -> None:
+    """Return None after deleting the latent store at ``path`` (nothing when missing); refuse anything else.
+
+    Only a folder laid out as llmlatent writes a store is deleted: at its top only store.json, its lock, set-aside
+    corrupt copies and ``shards/``, and in ``shards/`` only shard folders (``00000`` …), their temporaries
+    (``.tmp-00000-…``) and claim locks (``.claim-00000.lock``).
+    A user's folder that merely holds a file named store.json, or a ``shards/`` folder of other
+    files, is refused with one line and left as it is.
+    """
+    import shutil
+
+    path = check_store_dir(path, repair=True)  # the top level: ours only ('.', $HOME, a file refused too)
+    if not path.exists():
+        return
+    shards = path / "shards"
+    if (shards.exists() and not shards.is_dir()) or (shards.is_dir() and any(
+        not (p.is_dir() and (re.fullmatch(r"\d{5}", p.name) or p.name.startswith(".tmp-")))
+        and not (p.is_file() and re.fullmatch(r"\.claim-\d{5}\.lock", p.name))
+        for p in shards.iterdir()
+    )):  # fmt: skip
+        raise LatentStoreError(f"{shards} holds files a latent store does not write; remove {path} yourself")
+    shutil.rmtree(path)
 
 
 def _has_finished_shards(path: Path) -> bool:
