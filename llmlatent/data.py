@@ -1,4 +1,4 @@
-"""Word lists: the bundled en/fr/de/ru/zh data, display names, and the seed repository's CSV layouts.
+"""Word lists: the bundled word files (languages: :mod:`llmlatent.languages`) and the seed repository's layout.
 
 Bundled layout (``data/langs/<lang>.csv``, one row per concept, same concepts in every file):
 
@@ -29,41 +29,21 @@ whitespace-only words never reach a prompt; the builders count them as dropped (
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 
 import pandas as pd
 
 from .atomic import file_sha256
-from .errors import LlmlatentError
+from .errors import DataError
+from .languages import get
 
 log = logging.getLogger(__name__)
 
-LANGS = ("en", "fr", "de", "ru", "zh")
-DISPLAY = {"en": "English", "fr": "Français", "de": "Deutsch", "ru": "Русский", "zh": "中文"}
-ANSWER = {"en": "Answer", "fr": "Réponse", "de": "Antwort", "ru": "Ответ", "zh": "答案"}
 MASK = "___"
 COLUMNS = ("concept", "word", "cloze_masked", "cloze_filled")
 SEED_COLUMNS = ("lang", "word_original", "word_translation", "blank_prompt_translation_masked")
 SEED_PROMPT_COLUMNS = ("prompt", "out_token_str", "latent_token_str")
-
-
-class DataError(LlmlatentError, ValueError):
-    """Bad word data or an unknown language; the message says what is wrong."""
-
-
-def words_dir() -> Path:
-    """Return the bundled word-list folder (``$LLMLATENT_DATA`` overrides it)."""
-    env = os.environ.get("LLMLATENT_DATA")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "data" / "langs"
-
-
-def check_lang(lang: str, available: tuple[str, ...] = LANGS) -> str:
-    """Return ``lang`` if it is available, else raise a DataError listing the available codes."""
-    if lang not in available:
-        raise DataError(f"unknown language {lang!r}; available: {', '.join(available)}")
-    return lang
 
 
 def _missing(frame: pd.DataFrame, columns: tuple[str, ...], path: Path) -> None:
@@ -131,16 +111,8 @@ def _check_duplicates(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 
 def word_file(lang: str, directory: str | Path | None = None) -> Path:
-    """Return the word list of ``lang`` in ``directory`` (``<lang>.csv``, ``<lang>/clean.csv``; default: bundled)."""
-    check_lang(lang)
-    folder = Path(directory) if directory is not None else words_dir()
-    if not folder.is_dir():
-        raise DataError(f"word folder {folder} does not exist or is not a folder")
-    candidates = [folder / f"{lang}.csv", folder / lang / "clean.csv"]
-    path = next((p for p in candidates if p.exists()), None)
-    if path is None:
-        raise DataError(f"no word list for {lang!r} in {folder} (looked for {lang}.csv and {lang}/clean.csv)")
-    return path
+    """Return the word list of ``lang``: ``<lang>.csv`` or ``<lang>/clean.csv`` in ``directory``, else bundled."""
+    return get(lang, directory).path
 
 
 def read_words(lang: str, directory: str | Path | None = None) -> pd.DataFrame:
@@ -154,13 +126,14 @@ def read_words(lang: str, directory: str | Path | None = None) -> pd.DataFrame:
     rows with different content raises a DataError naming the lines.
     A duplicate-row warning is logged on the first read of a file's content only.
     """
-    path = word_file(lang, directory)
+    language = get(lang, directory)
+    path = language.path
     # parsed word lists are kept in memory keyed on the sha256 of the file's bytes (not its name or time
     # stamp), so an edited file is always parsed again; each call gets its own copy of the frame
-    key = (lang, str(path.resolve()), _sha256(path))
+    key = (lang, str(path.resolve()), _sha256(path), language.answer)
     if key in _WORDS:
         return _WORDS[key].copy()
-    frame = _read_words(lang, path)
+    frame = _read_words(lang, path, language.answer)
     if key[2] is not None and _sha256(path) == key[2]:  # kept only if the file did not change while parsed
         if len(_WORDS) >= 64:
             _WORDS.clear()
@@ -168,7 +141,7 @@ def read_words(lang: str, directory: str | Path | None = None) -> pd.DataFrame:
     return frame
 
 
-_WORDS: dict[tuple[str, str, str], pd.DataFrame] = {}  # read_words' memory: (lang, file, sha256) -> frame
+_WORDS: dict[tuple[str, str, str | None, str], pd.DataFrame] = {}  # read_words' memory: (lang, file, sha256, answer)
 
 
 def _sha256(path: Path) -> str | None:
@@ -179,8 +152,9 @@ def _sha256(path: Path) -> str | None:
         return None
 
 
-def _read_words(lang: str, path: Path) -> pd.DataFrame:
-    """Return :func:`read_words` of ``path`` (parsed, not memoised)."""
+def _read_words(lang: str, path: Path, answer: str) -> pd.DataFrame:
+    """Return :func:`read_words` of ``path`` (parsed, not memoised); ``answer`` is the cloze answer label ('' if
+    the language has none: its cloze columns are then empty, and a cloze build says which row to add)."""
     frame = read_csv(path, "word list")
     if "word_original" in frame.columns or "word_translation" in frame.columns:
         _missing(frame, SEED_COLUMNS, path)
@@ -199,8 +173,8 @@ def _read_words(lang: str, path: Path) -> pd.DataFrame:
         _missing(frame, COLUMNS, path)
         frame = frame[list(COLUMNS[:3])].copy()
         frame["concept"], frame["word"] = frame["concept"].str.strip(), frame["word"].str.strip()
-        head = [f'{m} {ANSWER[lang]}: "' for m in frame["cloze_masked"]]
-        frame["cloze_example"] = [f'{h}{w}".' for h, w in zip(head, frame["word"])]
+        head = [f'{m} {answer}: "' if answer else "" for m in frame["cloze_masked"]]
+        frame["cloze_example"] = [f'{h}{w}".' if h else "" for h, w in zip(head, frame["word"])]
         frame["cloze_query"] = head
     frame["cloze_filled"] = [m.replace(MASK, w) for m, w in zip(frame["cloze_masked"], frame["word"])]
     frame = _check_duplicates(frame, path)
@@ -217,8 +191,10 @@ def read_table(langs: list[str], directory: str | Path | None = None) -> pd.Data
     table: pd.DataFrame | None = None
     empty: set[str] = set()
     unnamed = 0
+    english = _concepts("en", directory)
     for lang in dict.fromkeys(langs):
         words = read_words(lang, directory)
+        _check_aligned(lang, words, english, directory)
         unnamed += int((words["concept"] == "").sum())
         words = words[words["concept"] != ""]
         empty |= set(words.loc[words["word"] == "", "concept"])
@@ -236,6 +212,25 @@ def read_table(langs: list[str], directory: str | Path | None = None) -> pd.Data
     table = table[~table["concept"].isin(empty)].reset_index(drop=True)
     table.attrs["empty_word"] = len(empty & present) + unnamed
     return table
+
+
+def _concepts(lang: str, directory: str | Path | None) -> set[str]:
+    """Return the named concepts of a language's words file."""
+    words = read_words(lang, directory)
+    return set(words.loc[words["concept"] != "", "concept"])
+
+
+def _check_aligned(lang: str, words: pd.DataFrame, english: set[str], directory: str | Path | None) -> None:
+    """Raise a DataError when a words file names concepts that the English file lacks (concepts are keyed by the
+    English word: a file may leave concepts out, never add or rename them)."""
+    extra = sorted(set(words.loc[words["concept"] != "", "concept"]) - english)
+    if extra:
+        path, en_path = get(lang, directory).path, get("en", directory).path
+        shown = ", ".join(repr(c) for c in extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+        raise DataError(
+            f"{path}: concept(s) {shown} are not in the English file {en_path}; the concept column must hold the "
+            "English words of the same concepts (fix the spelling, or add the concept to the English file)"
+        )
 
 
 def check_prompt_file(path: str | Path) -> Path:

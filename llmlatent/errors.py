@@ -26,3 +26,7 @@ class ModelLoadError(LlmlatentError, ValueError):
 
 class SteeringError(LlmlatentError, ValueError):
     """Bad steering input (layer, size, non-finite values, mismatched models); the message says which."""
+
+
+class DataError(LlmlatentError, ValueError):
+    """Bad word data or an unknown language; the message says what is wrong."""

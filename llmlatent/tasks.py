@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 
 from . import checks
-from .data import DISPLAY, LANGS, MASK, DataError, check_lang, read_prompt_file, read_table
+from .data import MASK, read_prompt_file, read_table
+from .errors import DataError
+from .languages import PAPER, check_lang, get
 from .tokens import (
     check_ids,
     check_tokenizer_object,
@@ -74,8 +76,8 @@ class PromptSet:
         return f"{len(self)} prompts kept ({task}); dropped: {drops}"
 
 
-def _line(src: str, tgt: str, src_word: str, tgt_word: str | None) -> str:
-    head = f'{DISPLAY[src]}: "{src_word}" - {DISPLAY[tgt]}: "'
+def _line(labels: tuple[str, str], src_word: str, tgt_word: str | None) -> str:
+    head = f'{labels[0]}: "{src_word}" - {labels[1]}: "'
     return head if tgt_word is None else f'{head}{tgt_word}"\n'
 
 
@@ -86,14 +88,14 @@ def _shots(rng: np.random.Generator, n_rows: int, query: int, k: int) -> list[in
     return [int(i) for i in rng.choice(pool, size=min(k, len(pool)), replace=False)]
 
 
-def _task_source(task: str, src: str, tgt: str) -> str:
+def _task_source(task: str, src: str, tgt: str, words_dir: str | Path | None = None) -> str:
     """Return the source language of ``task`` (cloze: ``tgt``) after checking the task and both languages."""
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
-    check_lang(tgt)
+    check_lang(tgt, words_dir)
     if task == "cloze":
         src = tgt
-    check_lang(src)
+    check_lang(src, words_dir)
     if task == "translation" and src == tgt:
         raise DataError(
             f"translation needs two different languages (got {src}→{tgt}); use task='repetition' for src = tgt"
@@ -171,15 +173,17 @@ def _choose(rng: np.random.Generator, keep: list, n: int | None) -> tuple[list, 
     return keep, notes
 
 
-def _prompt_text(task: str, src: str, tgt: str, col: dict[str, list], i: int, shots: list[int]) -> str:
+def _prompt_text(
+    task: str, langs: tuple[str, str], labels: tuple[str, str], col: dict[str, list], i: int, shots: list[int]
+) -> str:
     """Return the prompt of table row ``i`` with the example rows ``shots``."""
     if task == "cloze":
         # examples: filled lines of other concepts; query: the masked line cut where the answer starts
-        examples = col[f"cloze_example_{tgt}"]
-        return "".join(f"{examples[j]}\n" for j in shots) + col[f"cloze_query_{tgt}"][i]
-    src_words, tgt_words = col[f"word_{src}"], col[f"word_{tgt}"]
-    text = "".join(_line(src, tgt, src_words[j], tgt_words[j]) for j in shots)
-    return text + _line(src, tgt, src_words[i], None)
+        examples = col[f"cloze_example_{langs[1]}"]
+        return "".join(f"{examples[j]}\n" for j in shots) + col[f"cloze_query_{langs[1]}"][i]
+    src_words, tgt_words = col[f"word_{langs[0]}"], col[f"word_{langs[1]}"]
+    text = "".join(_line(labels, src_words[j], tgt_words[j]) for j in shots)
+    return text + _line(labels, src_words[i], None)
 
 
 def build(
@@ -205,10 +209,13 @@ def build(
     en); with ``cognate_filter`` also source/English overlaps. The same ``seed`` gives the same
     prompts byte for byte.
     """
-    n, src = checks.count(n, "n", optional=True), _task_source(task, src, tgt)
+    n, src = checks.count(n, "n", optional=True), _task_source(task, src, tgt, words_dir)
     check_tokenizer_object(tokenizer, f"tasks.build({task!r})")
     n_shots = (2 if task == "cloze" else 4) if n_shots is None else n_shots
     table = read_table(["en", src, tgt], words_dir)
+    labels = (get(src, words_dir).label, get(tgt, words_dir).label)  # the prompts' language labels
+    if task == "cloze" and not all(table[f"cloze_query_{tgt}"]):
+        get(tgt, words_dir).answer_label()  # raises: a bundled-layout file of a language without an answer label
     rng = np.random.default_rng(seed)
     dropped = dict.fromkeys(DROP_REASONS, 0)
     dropped["empty_word"] = int(table.attrs.get("empty_word", 0))
@@ -224,7 +231,7 @@ def build(
     records = [
         {"prompt_id": pid, "task": task, "src": src, "tgt": tgt, "concept": col["concept"][i],
          "src_word": col[f"word_{src}"][i], "tgt_word": col[f"word_{tgt}"][i], "en_word": col["word_en"][i],
-         "prompt": _prompt_text(task, src, tgt, col, i, _shots(rng, len(table), i, n_shots)),  # draws in order
+         "prompt": _prompt_text(task, (src, tgt), labels, col, i, _shots(rng, len(table), i, n_shots)),  # in order
          "target_ids": target_ids, "english_ids": english_ids, "source_ids": source_ids}
         for pid, (i, target_ids, english_ids, source_ids) in enumerate(keep)
     ]  # fmt: skip
@@ -378,5 +385,5 @@ def from_prompt_file(
 
 
 def all_pairs() -> list[tuple[str, str]]:
-    """Return every (src, tgt) translation pair among the five languages."""
-    return [(s, t) for s in LANGS for t in LANGS if s != t]
+    """Return every (src, tgt) translation pair among the paper's five languages."""
+    return [(s, t) for s in PAPER for t in PAPER if s != t]

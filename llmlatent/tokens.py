@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from .data import DataError
+from .errors import DataError
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -40,13 +40,14 @@ def test_every_field_has_its_flag_and_no_default_of_its_own(command):
     assert from_args(cls, p.parse_args(given)) == cls()  # nothing given: exactly the dataclass defaults
 
 
-def test_old_spellings_and_named_counts_reach_the_same_fields():
+def test_old_spellings_and_named_counts_reach_the_same_fields(tmp_path):
+    w = str(tmp_path)  # an existing (empty) words folder: the bundled languages are used
     steer = subparser("steer").parse_args(
-        ["--out", "x", "--words-dir", "w", "--latents", "s", "--generate", "2", "--random", "1", "--flip-prompts", "3",
+        ["--out", "x", "--words-dir", w, "--latents", "s", "--generate", "2", "--random", "1", "--flip-prompts", "3",
          "--no-flip", "--layers", "5,7", "9", "--wrong-pair", "de", "ru"]
     )  # fmt: skip
     s = from_args(SteeringSettings, steer)
-    assert (s.words, s.store_dir, s.n_generate, s.n_random, s.n_flip, s.flip) == ("w", "s", 2, 1, 3, False)
+    assert (s.words, s.store_dir, s.n_generate, s.n_random, s.n_flip, s.flip) == (w, "s", 2, 1, 3, False)
     assert s.layers == (5, 7, 9) and s.wrong_pair == ("de", "ru")
     for command, field in (("sweep", "n_prompts"), ("patch", "n_pairs"), ("reproduce", "n_prompts")):
         given = ["--n", "7"] + (["--out", "x"] if command != "reproduce" else [])

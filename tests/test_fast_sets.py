@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmlatent import data, tasks
-from llmlatent.data import DISPLAY, MASK
+from llmlatent import data, languages, tasks
+from llmlatent.data import MASK
+from llmlatent.languages import label
 from llmlatent.tokens import token_set
 
 MARKERS = {"llama2": "▁", "gemma3": "▁", "llama3": "Ġ"}
@@ -70,7 +71,7 @@ def reference_sets(tok, marker: str, words: list[str]) -> dict[str, list[int]]:
 @pytest.mark.parametrize("name", sorted(MARKERS))
 def test_token_sets_match_a_full_vocabulary_scan(real_tokenizer, name):
     tok = real_tokenizer(name)
-    words = sorted({w for lang in data.LANGS for w in data.read_words(lang)["word"]})
+    words = sorted({w for lang in languages.PAPER for w in data.read_words(lang)["word"]})
     expected = reference_sets(tok, MARKERS[name], words)
     for word in words:
         first = token_set(tok, word)
@@ -120,10 +121,10 @@ def reference_build(task: str, src: str, tgt: str, tok, seed: int, n: int | None
             )
         else:
             text = "".join(
-                f'{DISPLAY[src]}: "{table.loc[j, f"word_{src}"]}" - {DISPLAY[tgt]}: "{table.loc[j, f"word_{tgt}"]}"\n'
+                f'{label(src)}: "{table.loc[j, f"word_{src}"]}" - {label(tgt)}: "{table.loc[j, f"word_{tgt}"]}"\n'
                 for j in shots
             )
-            text += f'{DISPLAY[src]}: "{table.loc[i, f"word_{src}"]}" - {DISPLAY[tgt]}: "'
+            text += f'{label(src)}: "{table.loc[i, f"word_{src}"]}" - {label(tgt)}: "'
         row = table.loc[i]
         records.append(
             {

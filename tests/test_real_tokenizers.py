@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import real_tokenizers
 
-from llmlatent import data
+from llmlatent import data, languages
 from llmlatent.tokens import token_set, vocab_info
 
 
 @pytest.fixture(scope="module")
 def bundled_words() -> dict[str, list[str]]:
-    return {lang: data.read_words(lang)["word"].tolist() for lang in data.LANGS}
+    return {lang: data.read_words(lang)["word"].tolist() for lang in languages.PAPER}
 
 
 def own_first_token(tok, word: str) -> int:

@@ -295,12 +295,12 @@ def one_exact_line(capsys, argv: list[str], line: str) -> None:
 
 def word_folder(tmp_path: Path, fr: bytes) -> Path:
     """Return a copy of the bundled en/fr/zh word lists with ``fr.csv`` replaced by ``fr``."""
-    from llmlatent import data
+    from llmlatent import languages
 
     folder = tmp_path / "words"
     folder.mkdir()
     for lang in ("en", "zh"):
-        (folder / f"{lang}.csv").write_bytes((data.words_dir() / f"{lang}.csv").read_bytes())
+        (folder / f"{lang}.csv").write_bytes((languages.words_dir() / f"{lang}.csv").read_bytes())
     (folder / "fr.csv").write_bytes(fr)
     return folder
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from llmlatent import atomic, embedded, lens, model, steering, tasks, tokens, vector_file
-from llmlatent.data import DataError, read_prompt_file
-from llmlatent.errors import LlmlatentError, UsageError
+from llmlatent.data import read_prompt_file
+from llmlatent.errors import DataError, LlmlatentError, UsageError
 from llmlatent.steering import SteeringError, SteeringVector
 
 FINGERPRINT = {"model": "m", "unembedding_sha256": "ab" * 32, "n_layers": 3, "hidden_size": 8}

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from llmlatent import lens, tasks
-from llmlatent.data import words_dir
 from llmlatent.experiments import plots, reproduce, runs
 from llmlatent.experiments import sweep as experiment
+from llmlatent.languages import words_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from llmlatent import data, tasks
+from llmlatent import data, languages, tasks
 
 SEED = Path(__file__).parent / "data" / "seed_langs"
 PROMPTS = Path(__file__).parent / "data" / "seed_prompts.csv"
@@ -17,7 +17,7 @@ def seed_rows(lang: str) -> pd.DataFrame:
     return pd.read_csv(SEED / lang / "clean.csv", dtype=str, keep_default_na=False).set_index("word_original")
 
 
-@pytest.mark.parametrize("lang", data.LANGS)
+@pytest.mark.parametrize("lang", languages.PAPER)
 def test_cloze_prompts_as_the_papers_notebook(spm_tokenizer, lang):
     ps = tasks.build("cloze", lang, lang, spm_tokenizer, words_dir=SEED, seed=1)
     rows = seed_rows(lang)
@@ -25,7 +25,7 @@ def test_cloze_prompts_as_the_papers_notebook(spm_tokenizer, lang):
     for _, row in ps.df.iterrows():
         lines = row["prompt"].split("\n")
         masked = rows.loc[row["concept"], "blank_prompt_translation_masked"]
-        label = "答案：" if lang == "zh" else data.ANSWER[lang]
+        label = "答案：" if lang == "zh" else languages.get(lang).answer
         assert len(lines) == 3
         # the examples: other concepts' full masked lines, label and quoted answer included, verbatim
         for line in lines[:2]:
@@ -63,7 +63,7 @@ def test_seed_prompt_file(spm_tokenizer):
 
 def copy_seed(tmp_path: Path, edit: dict[str, callable]) -> Path:
     folder = tmp_path / "words"
-    for lang in data.LANGS:
+    for lang in languages.PAPER:
         frame = pd.read_csv(SEED / lang / "clean.csv", dtype=str, keep_default_na=False)
         frame = edit.get(lang, lambda f: f)(frame)
         (folder / lang).mkdir(parents=True)
@@ -121,8 +121,8 @@ def test_bad_word_files_name_the_file(tmp_path, content, message):
 def test_crlf_bom_and_unicode_still_work(spm_tokenizer, tmp_path):
     folder = tmp_path / "wörter ☁"
     folder.mkdir()
-    for lang in data.LANGS:
-        text = (data.words_dir() / f"{lang}.csv").read_text(encoding="utf-8")
+    for lang in languages.PAPER:
+        text = (languages.words_dir() / f"{lang}.csv").read_text(encoding="utf-8")
         (folder / f"{lang}.csv").write_bytes("\ufeff".encode() + text.replace("\n", "\r\n").encode("utf-8"))
     got = tasks.build("translation", "de", "zh", spm_tokenizer, words_dir=folder, n=5, seed=2)
     want = tasks.build("translation", "de", "zh", spm_tokenizer, n=5, seed=2)

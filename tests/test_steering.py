@@ -15,8 +15,7 @@ import torch
 from conftest import save_model
 
 from llmlatent import cli, steering
-from llmlatent.data import DataError
-from llmlatent.errors import OutputFolderError, UsageError
+from llmlatent.errors import DataError, OutputFolderError, UsageError
 from llmlatent.experiments.steering import demo as steering_sweep
 from llmlatent.experiments.steering import evaluate as steering_eval
 from llmlatent.experiments.steering import fit as steering_fit
@@ -625,7 +624,7 @@ def test_cached_run_recomputes_when_any_setting_changes(tiny_models, tiny_result
     assert steering_sweep.run_to_dir(model, out, **base) == first and calls == []  # same settings: cached
     words = tmp_path / "words"
     words.mkdir()
-    from llmlatent.data import LANGS
+    from llmlatent.languages import PAPER as LANGS
 
     for lang in LANGS:  # the bundled word files, one row fewer: another words digest
         src = Path(steering.__file__).parent.parent / "data" / "langs" / f"{lang}.csv"

@@ -32,10 +32,10 @@ import pandas as pd
 import torch
 
 from llmlatent import checks, decode, patching, tasks
-from llmlatent.data import check_lang
 from llmlatent.errors import UsageError
 from llmlatent.experiments import runs
 from llmlatent.experiments.settings import Settings, option
+from llmlatent.languages import check_lang
 from llmlatent.patching import SETS, headline, summarize
 
 if TYPE_CHECKING:
@@ -53,16 +53,23 @@ def parse_spec(text: str, name: str = "--donor") -> tuple[str, str]:
     parts = str(text).split(":")
     if len(parts) != 2 or not all(parts):
         raise PatchingError(f"{name} must look like SRC:TGT (e.g. de:fr), got {text!r}")
-    src, tgt = (check_lang(p.strip()) for p in parts)
+    src, tgt = (p.strip() for p in parts)  # availability is checked with the words folder (check_settings)
     if src == tgt:
         raise PatchingError(f"{name} {text!r}: the prompts translate, so source and target must differ")
     return src, tgt
 
 
 def check_settings(
-    donor: tuple[str, str], receiver: tuple[str, str], mean_over: Sequence[str] | None, n: int | None
+    donor: tuple[str, str],
+    receiver: tuple[str, str],
+    mean_over: Sequence[str] | None,
+    n: int | None,
+    words: str | Path | None = None,
 ) -> list[str]:
-    """Return the mean-over languages that are used (those ≠ the receiver's language) after checking every setting."""
+    """Return the mean-over languages that are used (those ≠ the receiver's language) after checking every setting
+    (languages: available in ``words`` or the bundled folder)."""
+    for lang in (*donor, *receiver):
+        check_lang(lang, words)
     if donor[1] == receiver[1]:
         raise PatchingError(
             f"donor and receiver must answer in different languages (both answer in {donor[1]}); "
@@ -72,7 +79,7 @@ def check_settings(
         raise PatchingError(f"--n must be at least 2 pairs (95% intervals need two), got {n}")
     if not mean_over:
         return []
-    langs = [check_lang(x) for x in mean_over]
+    langs = [check_lang(x, words) for x in mean_over]
     if len(set(langs)) < len(langs):
         raise PatchingError(f"--mean-over lists a language twice ({', '.join(langs)}); give each language once")
     used = [x for x in dict.fromkeys(langs) if x != receiver[1]]
@@ -165,7 +172,7 @@ class PatchSettings(Settings):
         self._set("receiver", tuple(self.receiver))
         self._set("mean_over", tuple(self.mean_over or ()))
         self._set("layers", None if self.layers is None else tuple(self.layers))
-        check_settings(self.donor, self.receiver, self.mean_over, self.n_pairs)
+        check_settings(self.donor, self.receiver, self.mean_over, self.n_pairs, self.words)
         checks.count(self.window, "window")
         checks.count(self.batch_size, "batch_size")
         for layer in self.layers or ():
@@ -191,14 +198,14 @@ def parse_langs(text: str, name: str) -> tuple[str, ...]:
     """Return the languages of a comma-separated list (``none`` or empty: no languages)."""
     if str(text).strip().lower() in ("", "none"):
         return ()
-    return tuple(check_lang(x.strip()) for x in str(text).split(",") if x.strip())
+    return tuple(x.strip() for x in str(text).split(",") if x.strip())  # checked in check_settings
 
 
 def compute(model: Model, settings: PatchSettings) -> PatchResult:
     """Return both experiments' rows (one per pair, condition and layer), summary and metadata; see the module
     docstring."""
     s, clock = settings, runs.Clock()
-    used = check_settings(s.donor, s.receiver, s.mean_over, s.n_pairs)
+    used = check_settings(s.donor, s.receiver, s.mean_over, s.n_pairs, s.words)
     mean_specs, single = [(x, s.receiver[1]) for x in used], (s.donor[0], s.receiver[1])
     with clock("donor_latents"):
         frames = _prompt_sets(model, [s.receiver, s.donor] + ([single] + mean_specs if used else []), s.seed, s.words)

@@ -20,8 +20,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from llmlatent import languages
 from llmlatent.atomic import atomic_file
-from llmlatent.data import DISPLAY
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -88,7 +88,7 @@ def save(fig: plt.Figure, path_stem: str | Path) -> list[Path]:
 
 def _label(name: str, meta: dict) -> str:
     lang = {"target": meta.get("tgt"), "english": "en", "source": meta.get("src")}.get(name)
-    return f"{name} ({DISPLAY.get(lang, lang)})" if lang else name
+    return f"{name} ({languages.label(lang)})" if lang else name
 
 
 def probability_axes(ax: plt.Axes, summary: pd.DataFrame, meta: dict | None = None, *, legend: bool = True) -> None:
@@ -326,7 +326,7 @@ def _patch_label(name: str, meta: dict) -> str:
     """Return a legend label such as ``donor concept in 中文`` for a token-set column (cd_lr …)."""
     concept = {"cd": "donor concept", "cr": "receiver concept"}[name[:2]]
     lang = (meta.get("receiver" if name.endswith("lr") else "donor") or [None, None])[1]
-    return f"{concept} in {DISPLAY.get(lang, lang)} (p_{name})"
+    return f"{concept} in {languages.label(lang)} (p_{name})"
 
 
 def _band(ax: plt.Axes, part: pd.DataFrame, column: str, color: str, label: str, style: str = "-") -> None:

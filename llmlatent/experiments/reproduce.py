@@ -20,13 +20,13 @@ import pandas as pd
 
 from llmlatent import checks, lens, tasks
 from llmlatent.adapter import same_model
-from llmlatent.data import LANGS
 from llmlatent.errors import LlmlatentError
 from llmlatent.experiments import plots, runs
 from llmlatent.experiments.patching import PatchSettings
 from llmlatent.experiments.settings import Settings, option
 from llmlatent.experiments.steering.plan import DEFAULT_N_CONCEPTS, SteeringSettings
 from llmlatent.experiments.sweep import SweepSettings
+from llmlatent.languages import PAPER as LANGS
 
 if TYPE_CHECKING:
     from llmlatent.latents import LatentStore

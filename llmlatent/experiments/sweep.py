@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from llmlatent import checks
-from llmlatent.data import DataError, check_lang
-from llmlatent.errors import LlmlatentError
+from llmlatent.errors import DataError, LlmlatentError
 from llmlatent.experiments import runs
 from llmlatent.experiments.settings import Settings, flag_name, option
+from llmlatent.languages import check_lang
 from llmlatent.tasks import TASKS, PromptSet
 from llmlatent.tokens import SET_COLUMNS
 
@@ -72,8 +72,8 @@ class PromptSettings(Settings):
             self._check_prompt_file()
             return
         task = self.task or "translation"
-        tgt = check_lang(self.tgt or "zh")
-        src = check_lang(self.src) if self.src else ("fr" if task == "translation" else tgt)
+        tgt = check_lang(self.tgt or "zh", self.words)
+        src = check_lang(self.src, self.words) if self.src else ("fr" if task == "translation" else tgt)
         if task == "translation" and src == tgt:
             raise DataError(f"translation needs two different languages (got {tgt}→{tgt}); use --task repetition")
         self._set("task", task), self._set("tgt", tgt), self._set("src", src)

@@ -28,7 +28,9 @@ import pandas as pd
 import torch
 
 from llmlatent.atomic import file_sha256
-from llmlatent.data import DISPLAY, LANGS, DataError, read_csv
+from llmlatent.data import read_csv
+from llmlatent.errors import DataError
+from llmlatent.languages import PAPER, label
 from llmlatent.latents.format import LatentStoreError, check_store_dir
 from llmlatent.latents.store import LatentStore, write_latents
 from llmlatent.tasks import PromptSet
@@ -79,8 +81,8 @@ def locate(path: str | os.PathLike) -> PaperFile:
         raise PaperFileError(f"{pt}: no such file" if not pt.exists() else f"{pt} is not a file")
     match = NAME.match(pt.name.removesuffix(".pt")) if pt.suffix == ".pt" else None
     langs = match["langs"].split("_") if match else []
-    if not match or any(lang not in LANGS for lang in langs):
-        raise PaperFileError(f"{pt}: not named like a file of the paper's dataset ({LAYOUT}; languages {LANGS})")
+    if not match or any(lang not in PAPER for lang in langs):
+        raise PaperFileError(f"{pt}: not named like a file of the paper's dataset ({LAYOUT}; languages {PAPER})")
     src, tgt = (langs * 2)[:2] if len(langs) == 1 else langs
     task = "cloze" if len(langs) == 1 else ("repetition" if src == tgt else "translation")
     csv = pt.with_name(f"{pt.name.removesuffix('_latents.pt')}_dataset.csv")
@@ -155,7 +157,7 @@ def read_paper_csv(file: PaperFile) -> pd.DataFrame:
     for column in ID_COLUMNS.values():
         frame[column] = [_id_list(v, file.csv, row, column) for row, v in enumerate(frame[column])]
     if file.task != "cloze":
-        head, tail = f'{DISPLAY[file.src]}: "', f'{DISPLAY[file.tgt]}: "'
+        head, tail = f'{label(file.src)}: "', f'{label(file.tgt)}: "'
         for row, prompt in enumerate(frame["prompt"]):
             last = prompt.rstrip(" ").split("\n")[-1]
             if not (last.startswith(head) and last.endswith(tail)):

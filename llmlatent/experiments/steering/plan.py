@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmlatent.data import LANGS, DataError, check_lang
-from llmlatent.errors import SteeringError
+from llmlatent.errors import DataError, SteeringError
 from llmlatent.experiments.settings import Settings, option
+from llmlatent.languages import check_lang, codes
 from llmlatent.steering import check_alpha, check_count, check_layer
 
 DEFAULT_ALPHAS = (0.5, 1.0, 2.0, 4.0)
@@ -22,9 +22,10 @@ def default_layers(n_layers: int, k: int = 6) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0.3 * (n_layers - 1), 0.9 * (n_layers - 1), k)})
 
 
-def default_wrong_pair(source: str, target: str, via: str) -> tuple[str, str]:
-    """Return the wrong-pair control (X, source): X is the first language not in {source, target, via}."""
-    other = next(lang for lang in LANGS if lang not in (source, target, via))
+def default_wrong_pair(source: str, target: str, via: str, words: str | None = None) -> tuple[str, str]:
+    """Return the wrong-pair control (X, source): X is the first available language (the paper's five first) not in
+    {source, target, via}."""
+    other = next(lang for lang in codes(words) if lang not in (source, target, via))
     return other, source
 
 
@@ -76,7 +77,7 @@ class SteeringSettings(Settings):
 
     def __post_init__(self) -> None:
         for lang in (self.source, self.target, self.via):
-            check_lang(lang)
+            check_lang(lang, self.words)
         if len({self.source, self.target, self.via}) < 3:
             raise DataError(
                 f"source, target and via must be three different languages "
@@ -113,12 +114,13 @@ class SteeringSettings(Settings):
         return tuple(sorted(values - {0.0}))
 
     def _checked_wrong_pair(self) -> tuple[str, str]:
-        pair = default_wrong_pair(self.source, self.target, self.via) if self.wrong_pair is None else self.wrong_pair
+        s = self
+        pair = default_wrong_pair(s.source, s.target, s.via, s.words) if s.wrong_pair is None else s.wrong_pair
         pair = tuple(pair)
         if len(pair) != 2 or pair[0] == pair[1]:
             self.fail(f"wrong_pair must be two different languages (towards, away from), got {pair!r}")
         for lang in pair:
-            check_lang(lang)
+            check_lang(lang, self.words)
         if self.via in pair:
             self.fail(
                 f"wrong_pair must not use the prompts' source language {self.via!r}: "
