@@ -24,7 +24,7 @@ from .decode import decode
 from .errors import UsageError
 from .lenses import Lens, as_lens
 from .model import Model
-from .tokens import SET_COLUMNS, check_tokenizer
+from .tokens import SET_COLUMNS, check_tokenizer, set_columns
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -98,7 +98,8 @@ def stats_frame(
         "prompt_id": np.repeat(np.asarray(prompt_ids), n_layers),
         "layer": np.tile(np.arange(n_layers), len(prompt_ids)),
     }
-    for name in SET_COLUMNS:
+    latent = [key.removeprefix("p_") for key in stats if key.startswith("p_latent_")]
+    for name in (*SET_COLUMNS, *latent):  # target, english, source, then the latent languages in their order
         if f"p_{name}" in stats:
             frame[f"p_{name}"] = stats[f"p_{name}"].numpy()
     frame["entropy"] = stats["entropy"].double().numpy()
@@ -111,12 +112,9 @@ def stats_frame(
 def row_sets(prompts: pd.DataFrame, n_layers: int) -> dict[str, list]:
     """Return the token-id set lists of a prompt frame, each repeated for every layer (prompt-major)."""
     sets = {}
-    for name, column in SET_COLUMNS.items():
-        if column in prompts:
-            values = [
-                None if v is None or (isinstance(v, float) and math.isnan(v)) else list(v) for v in prompts[column]
-            ]
-            sets[name] = [v for v in values for _ in range(n_layers)]
+    for name, column in set_columns(prompts.columns).items():
+        values = [None if v is None or (isinstance(v, float) and math.isnan(v)) else list(v) for v in prompts[column]]
+        sets[name] = [v for v in values for _ in range(n_layers)]
     return sets
 
 

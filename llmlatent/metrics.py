@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -78,6 +79,12 @@ def _bootstrap_ci(values: np.ndarray, seed: int, n_resamples: int) -> tuple[floa
     return (float(values.mean()), float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
+def probability_columns(columns: Iterable[str]) -> list[str]:
+    """Return the probability columns a summary has: p_target, p_english, p_source (always, NaN where absent), then
+    every p_latent_<code> among ``columns`` in their order."""
+    return [*PROBABILITIES, *(c for c in columns if c.startswith("p_latent_"))]
+
+
 def summarize(rows: pd.DataFrame, *, ci: str = "normal", seed: int = 0, n_resamples: int = 2000) -> pd.DataFrame:
     """Return per-layer means with 95% intervals: layer, p_*_mean/lo/hi, entropy_mean, energy_mean, n.
 
@@ -98,12 +105,12 @@ def summarize(rows: pd.DataFrame, *, ci: str = "normal", seed: int = 0, n_resamp
     out = []
     for layer, group in rows.groupby("layer", sort=True):
         record: dict[str, float | int] = {"layer": int(layer), "n": int(group["prompt_id"].nunique())}
-        for col in ("p_target", "p_english", "p_source"):
+        for col in probability_columns(rows.columns):
             values = group[col].to_numpy(dtype=np.float64) if col in group else np.array([math.nan])
             mean, lo, hi = (
                 _normal_ci(values) if ci == "normal" else _bootstrap_ci(values, seed + int(layer), n_resamples)
             )
-            if ci == "normal" and col in PROBABILITIES:  # a probability's interval cannot leave [0, 1] (NaN stays NaN)
+            if ci == "normal":  # a probability's interval cannot leave [0, 1] (NaN stays NaN)
                 lo, hi = float(np.clip(lo, 0.0, 1.0)), float(np.clip(hi, 0.0, 1.0))
             record.update({f"{col}_mean": mean, f"{col}_lo": lo, f"{col}_hi": hi})
         for col in ("entropy", "energy"):

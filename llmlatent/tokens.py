@@ -31,6 +31,7 @@ import math
 import numbers
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -49,6 +50,22 @@ BPE_MARKER = "Ġ"
 
 # the token-set columns of a prompt set (role → column of id lists); one owner, used by tasks, lens and latents
 SET_COLUMNS = {"target": "target_ids", "english": "english_ids", "source": "source_ids"}
+LATENT_PREFIX = "latent_"  # latent_<code>_ids: the concept's token set in latent language <code> (p_latent_<code>)
+
+
+def latent_column(code: str) -> str:
+    """Return the prompt-frame column of the token sets of latent language ``code`` (``latent_fr_ids``)."""
+    return f"{LATENT_PREFIX}{code}_ids"
+
+
+def set_columns(columns: Iterable[str]) -> dict[str, str]:
+    """Return name → column of the token-set columns among ``columns``: target, english, source (in that order, where
+    present), then every latent-language column in the given order (name ``latent_<code>``; its probability is
+    ``p_latent_<code>``)."""
+    columns = list(columns)
+    fixed = {name: column for name, column in SET_COLUMNS.items() if column in columns}
+    latent = {c.removesuffix("_ids"): c for c in columns if c.startswith(LATENT_PREFIX) and c.endswith("_ids")}
+    return {**fixed, **latent}
 
 
 class TokenSetError(DataError):
@@ -248,9 +265,7 @@ def _token_set(
 def check_ids(frame: pd.DataFrame, vocab_size: int | None = None) -> None:
     """Return None if every token id in the frame's set columns is an integer in [0, vocab_size); else TokenSetError."""
     upper = math.inf if vocab_size is None else vocab_size
-    for column in SET_COLUMNS.values():
-        if column not in frame.columns:
-            continue
+    for column in set_columns(frame.columns).values():
         for row, ids in enumerate(frame[column].tolist()):
             if ids is None or (isinstance(ids, float) and math.isnan(ids)):
                 continue

@@ -13,14 +13,14 @@ import pytest
 from conftest import save_model
 
 from llmlatent import lens, metrics, notebook, tasks
-from llmlatent.experiments import reproduce, sweep
+from llmlatent.experiments import reproduce, sweep, views
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_compare_variants_equals_separate_sweeps(tiny_models, spm_tokenizer):
     model = tiny_models["llama"]
-    table, curves = sweep.compare_variants(
+    table, curves = views.compare_variants(
         model,
         "translation",
         "fr",
@@ -40,16 +40,16 @@ def test_compare_variants_equals_separate_sweeps(tiny_models, spm_tokenizer):
 
 
 def test_variants_for_drops_the_cognate_filter_where_it_cannot_differ():
-    assert list(sweep.variants_for("translation", "fr", "zh")) == list(sweep.VARIANTS)
-    assert list(sweep.variants_for("translation", "en", "zh")) == ["default", "strict"]
-    assert list(sweep.variants_for("cloze", "fr", "fr")) == ["default", "strict"]
+    assert list(views.variants_for("translation", "fr", "zh")) == list(views.VARIANTS)
+    assert list(views.variants_for("translation", "en", "zh")) == ["default", "strict"]
+    assert list(views.variants_for("cloze", "fr", "fr")) == ["default", "strict"]
 
 
 def test_pivot_examples(tiny_models, spm_tokenizer):
     prompts = tasks.build("repetition", "zh", "zh", spm_tokenizer, n=3)
     rows = lens.sweep(tiny_models["llama"], prompts, progress=False)
     rows.insert(1, "concept", rows["prompt_id"].map(dict(zip(prompts.df["prompt_id"], prompts.df["concept"]))))
-    view = sweep.pivot_examples(rows, prompts.df, layer=1)
+    view = views.pivot_examples(rows, prompts.df, layer=1)
     assert len(view) == 3 and list(view.columns)[3:] == [
         "top_token_layer1",
         "p_english",
@@ -81,7 +81,7 @@ def test_sweep_run_reads_back_what_the_sweep_computed(tiny_models, tmp_path):
     assert math.isclose(view.headline["peak_english"]["value"], view.record["peak_english"]["value"], rel_tol=1e-6)
     assert view.meta["task"] == "translation" and view.report() == result.prompts.report()
     head = view.headline["peak_english"]["layer"]
-    assert len(sweep.pivot_examples(view.rows, view.prompts, layer=head)) == 3  # the notebooks' pivot table
+    assert len(views.pivot_examples(view.rows, view.prompts, layer=head)) == 3  # the notebooks' pivot table
     # keyword arguments name the same settings: the folder is reused (same record, nothing recomputed)
     again = notebook.sweep_run(m, kwargs, tmp_path / "fr-zh")
     assert again.record == view.record

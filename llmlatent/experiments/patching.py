@@ -325,14 +325,16 @@ def write(result: PatchResult, folder: Path) -> dict:
     """Return run.json's own fields after writing rows.csv, summary.csv and the figures (PNG+PDF) to ``folder``."""
     import matplotlib.pyplot as plt
 
-    from llmlatent.experiments import plots
+    from llmlatent.experiments import patchplots, plots
 
     result.rows.to_csv(folder / "rows.csv", index=False, float_format="%.8g")
     result.summary.to_csv(folder / "summary.csv", index=False, float_format="%.8g")
     result.pairs.to_csv(folder / "pairs.csv", index=False)
-    figures = [("language_concept", plots.patching_figure(result.summary, result.meta, result.title))]
+    figures = [("language_concept", patchplots.patching_figure(result.summary, result.meta, result.title))]
     if result.meta["mean_over"]:
-        figures.append(("mean_over_languages", plots.patching_mean_figure(result.summary, result.meta, result.title)))
+        figures.append(
+            ("mean_over_languages", patchplots.patching_mean_figure(result.summary, result.meta, result.title))
+        )
     for name, fig in figures:
         plots.save(fig, folder / name)
         plt.close(fig)

@@ -91,15 +91,42 @@ def _label(name: str, meta: dict) -> str:
     return f"{name} ({languages.label(lang)})" if lang else name
 
 
-def probability_axes(ax: plt.Axes, summary: pd.DataFrame, meta: dict | None = None, *, legend: bool = True) -> None:
-    """Draw p(target), p(English) and p(source) per layer with 95% bands on ``ax``."""
+LATENT_COLORS = ("#e6ab02", "#e7298a", "#66a61e", "#a6761d", "#1f78b4", "#666666", "#b15928", "#6a3d9a")
+
+
+def curves(summary: pd.DataFrame, meta: dict | None = None) -> list[tuple[str, str, str, str]]:
+    """Return (name, colour, line style, legend label) of every probability curve a summary holds: target, English,
+    source, then each latent language (dashed) other than the target and source, whose curves those already are."""
     meta = meta or {}
+    out = [(name, color, "-", _label(name, meta)) for name, color in COLORS.items()]
+    codes = [
+        c[len("p_latent_") : -len("_mean")]
+        for c in summary.columns
+        if c.startswith("p_latent_") and c.endswith("_mean")
+    ]
+    for i, code in enumerate(codes):  # a language keeps its colour in every panel of a grid
+        if code not in _shown(meta):
+            color = LATENT_COLORS[i % len(LATENT_COLORS)]
+            out.append((f"latent_{code}", color, "--", f"latent {code} ({languages.label(code)})"))
+    return out
+
+
+def _shown(meta: dict) -> set[str]:
+    """Return the languages whose concept curve is already drawn as p_target or p_source."""
+    shown = {meta.get("tgt")}
+    if meta.get("task") == "translation":
+        shown.add(meta.get("src"))
+    return {lang for lang in shown if lang}
+
+
+def probability_axes(ax: plt.Axes, summary: pd.DataFrame, meta: dict | None = None, *, legend: bool = True) -> None:
+    """Draw p(target), p(English), p(source) and every latent language's p per layer with 95% bands on ``ax``."""
     x = summary["layer"].to_numpy()
-    for name, color in COLORS.items():
+    for name, color, style, label in curves(summary, meta):
         mean = summary.get(f"p_{name}_mean")
         if mean is None or mean.isna().all():
             continue
-        ax.plot(x, mean, color=color, label=_label(name, meta), lw=2)
+        ax.plot(x, mean, style, color=color, label=label, lw=2)
         ax.fill_between(x, summary[f"p_{name}_lo"], summary[f"p_{name}_hi"], color=color, alpha=0.2, lw=0)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlim(x.min(), x.max())
@@ -146,6 +173,16 @@ def energy_figure(summary: pd.DataFrame, title: str | None = None) -> plt.Figure
     return fig
 
 
+def _grid_handles(summaries: dict) -> list[plt.Line2D]:
+    """Return the legend of a grid: target, english, source, and each latent language the summaries hold."""
+    handles = {k: plt.Line2D([], [], color=c, lw=2, label=k) for k, c in COLORS.items()}
+    for summary in summaries.values():
+        for name, color, style, _ in curves(summary):
+            label = name.replace("latent_", "latent ")
+            handles.setdefault(label, plt.Line2D([], [], color=color, ls=style, lw=2, label=label))
+    return list(handles.values())
+
+
 @styled
 def pair_grid(summaries: dict[tuple[str, str], pd.DataFrame], langs: list[str], title: str | None = None) -> plt.Figure:
     """Return a src × tgt grid of probability panels; panels with target ≠ English are highlighted."""
@@ -158,15 +195,14 @@ def pair_grid(summaries: dict[tuple[str, str], pd.DataFrame], langs: list[str], 
             if summary is None:
                 ax.axis("off")
                 continue
-            probability_axes(ax, summary, {"src": src, "tgt": tgt}, legend=False)
+            probability_axes(ax, summary, {"src": src, "tgt": tgt, "task": "translation"}, legend=False)
             ax.set_ylabel("")
             ax.set_title(f"{src}→{tgt}", fontsize=9)
             if tgt != "en":
                 for spine in ax.spines.values():
                     spine.set_edgecolor("#d95f02")
                     spine.set_linewidth(1.5)
-    handles = [plt.Line2D([], [], color=c, lw=2, label=k) for k, c in COLORS.items()]
-    fig.legend(handles=handles, loc="upper right", ncol=3, frameon=False)
+    fig.legend(handles=_grid_handles(summaries), loc="upper right", ncol=3, frameon=False)
     fig.supxlabel(LAYER_LABEL)
     fig.supylabel("probability")
     if title:
@@ -315,81 +351,3 @@ def steering_heatmap(summary: pd.DataFrame, direction: str, model_name: str = ""
         vmin=0,
         vmax=1,
     )
-
-
-# ---------------------------------------------------------------- activation patching (llmlatent.experiments.patching)
-
-PATCH_COLORS = {"cd_lr": "#d95f02", "cd_ld": "#7570b3", "cr_lr": "#1b9e77", "cr_ld": "#e7298a"}
-
-
-def _patch_label(name: str, meta: dict) -> str:
-    """Return a legend label such as ``donor concept in 中文`` for a token-set column (cd_lr …)."""
-    concept = {"cd": "donor concept", "cr": "receiver concept"}[name[:2]]
-    lang = (meta.get("receiver" if name.endswith("lr") else "donor") or [None, None])[1]
-    return f"{concept} in {languages.label(lang)} (p_{name})"
-
-
-def _band(ax: plt.Axes, part: pd.DataFrame, column: str, color: str, label: str, style: str = "-") -> None:
-    x = part["layer"].to_numpy(dtype=float)
-    ax.plot(x, part[f"{column}_mean"], style, color=color, lw=2, label=label)
-    ax.fill_between(
-        x, part[f"{column}_lo"].astype(float), part[f"{column}_hi"].astype(float), color=color, alpha=0.2, lw=0
-    )
-
-
-@styled
-def patching_figure(summary: pd.DataFrame, meta: dict, title: str | None = None) -> plt.Figure:
-    """Return the language-before-concept figure: the four token-set probabilities per patched layer (95% bands).
-
-    Dashed lines: the unpatched receiver (its own answer, C_r in L_r, and the donor concept in L_r).
-    """
-    part = summary[summary["condition"] == "donor"].sort_values("layer")
-    base = summary[summary["condition"] == "unpatched"].iloc[0]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for name, color in PATCH_COLORS.items():
-        _band(ax, part, f"p_{name}", color, _patch_label(name, meta))
-    for name in ("cr_lr", "cd_lr"):
-        ax.axhline(
-            base[f"p_{name}_mean"], color=PATCH_COLORS[name], ls="--", lw=1, label=f"unpatched receiver: p_{name}"
-        )
-    top = max(float(part[[f"p_{n}_hi" for n in PATCH_COLORS]].max().max()), float(base["p_cr_lr_mean"]))
-    ax.set_ylim(-0.01, min(1.02, 1.15 * top + 0.02))  # the curves can be small: zoom, the axis says how far
-    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    ax.set_xlabel("patched layer (after block, 0-based)")
-    ax.set_ylabel("probability")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=7, frameon=False)
-    if title:
-        ax.set_title(title, fontsize=9)
-    return fig
-
-
-@styled
-def patching_mean_figure(summary: pd.DataFrame, meta: dict, title: str | None = None) -> plt.Figure:
-    """Return the mean-over-languages figure: p(donor concept in the receiver's language) and its top-1 rate per layer.
-
-    Lines: the mean of the donor concept's latents over input languages vs one input language; dashed: no patch.
-    """
-    base = summary[summary["condition"] == "unpatched"].iloc[0]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
-    langs = ", ".join(meta.get("mean_over") or [])
-    single = (meta.get("single_spec") or ["?"])[0]
-    for ax, column, ylabel in (
-        (axes[0], "p_cd_lr", "p(donor concept in receiver's language)"),
-        (axes[1], "top1_cd_lr", "top-1 rate (donor concept)"),
-    ):
-        for condition, color, label in (
-            ("mean", "#d95f02", f"mean over {langs}"),
-            ("single", "#7570b3", f"single: {single}"),
-        ):
-            _band(ax, summary[summary["condition"] == condition].sort_values("layer"), column, color, label)
-        ax.axhline(base[f"{column}_mean"], color="black", ls="--", lw=1, label="no patch")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-        ax.set_xlabel("patched layer (after block, 0-based)")
-    axes[0].legend(loc="upper left", fontsize=7, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    return fig

@@ -28,9 +28,9 @@ from llmlatent import checks
 from llmlatent.errors import DataError, LlmlatentError
 from llmlatent.experiments import runs
 from llmlatent.experiments.settings import Settings, flag_name, option
-from llmlatent.languages import check_lang
+from llmlatent.languages import check_lang, parse_codes
 from llmlatent.tasks import TASKS, PromptSet
-from llmlatent.tokens import SET_COLUMNS
+from llmlatent.tokens import set_columns
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -62,8 +62,16 @@ class PromptSettings(Settings):
         None, "saved prompt CSV in the seed layout (prompt, out_token_str, latent_token_str)", digest=True
     )
     batch_size: int = option(16, "prompts per forward (does not change the numbers)", key=False)
+    latent: tuple[str, ...] = option(
+        ("en",), "latent languages: a curve p(concept in L) per layer for each L (en: the paper's p_english)"
+    )
+    latent_overlap: str = option(
+        "mark", "concepts whose latent-language set intersects the target's: mark (keep, count) or drop (from that "
+        "curve)", choices=("mark", "drop"),
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
+        self._set("latent", parse_codes(self.latent, self.words, flag="--latent"))
         checks.count(self.n_prompts, "n_prompts", optional=True, flag="--n-prompts")
         checks.count(self.batch_size, "batch_size")
         if self.words and self.prompts:
@@ -98,9 +106,21 @@ class PromptSettings(Settings):
     def build(self, tokenizer: PreTrainedTokenizerBase) -> PromptSet:
         """Return the prompt set these settings name, for ``tokenizer``."""
         from llmlatent import tasks
+        from llmlatent.latent_langs import add_latent_sets
 
         if self.prompts:
-            return tasks.from_prompt_file(self.prompts, tokenizer, strict=self.strict, n=self.n_prompts, seed=self.seed)
+            built = tasks.from_prompt_file(
+                self.prompts, tokenizer, strict=self.strict, n=self.n_prompts, seed=self.seed
+            )
+        else:
+            built = self._build_task(tokenizer)
+        return add_latent_sets(
+            built, self.latent, tokenizer, words_dir=self.words, strict=self.strict, overlap=self.latent_overlap
+        )
+
+    def _build_task(self, tokenizer: PreTrainedTokenizerBase) -> PromptSet:
+        from llmlatent import tasks
+
         return tasks.build(
             self.task,
             self.src,
@@ -129,6 +149,8 @@ class SweepSettings(PromptSettings):
     progress: bool = option(True, "progress bar", key=False, cli=False)
 
     def __post_init__(self) -> None:
+        if self.from_latents is not None or self.prompt_set is not None:  # PromptSettings' check is skipped
+            self._set("latent", parse_codes(self.latent, self.words, flag="--latent"))
         if self.from_latents is not None:
             self._check_store()
             return
@@ -142,7 +164,8 @@ class SweepSettings(PromptSettings):
     def _check_store(self) -> None:
         from llmlatent.latents.format import read_config
 
-        kept = ("seed", "batch_size")  # the intervals' seed; prompts per decoding batch
+        # the intervals' seed; prompts per decoding batch; latent languages (sets made for the head's tokenizer)
+        kept = ("seed", "batch_size", "latent", "latent_overlap", "words")
         given = [f.name for f in fields(PromptSettings) if f.name not in kept and getattr(self, f.name) != f.default]
         if given or self.prompt_set is not None:
             names = ", ".join(flag_name(n) for n in given) or "prompt_set"
@@ -152,11 +175,18 @@ class SweepSettings(PromptSettings):
     def prompts_for(self, model: Model) -> PromptSet:
         """Return the prompt set of this sweep (the given one, the store's, or the one the settings name, for the
         model's tokenizer)."""
+        from llmlatent.latent_langs import add_latent_sets
+
+        if self.from_latents is None and self.prompt_set is None:
+            return self.build(model.tokenizer)
         if self.from_latents is not None:
             from llmlatent import latents
 
-            return latents.load(self.from_latents, verify=False).prompt_set()
-        return self.prompt_set if self.prompt_set is not None else self.build(model.tokenizer)
+            given = latents.load(self.from_latents, verify=False).prompt_set()
+        else:
+            given = self.prompt_set
+        options = {"words_dir": self.words, "strict": bool(given.meta.get("strict")), "overlap": self.latent_overlap}
+        return add_latent_sets(given, self.latent, model.tokenizer, **options)
 
     def key_inputs(self, model: Model) -> dict:
         """Return the model-dependent inputs of the key: the prompts' meta and a digest of prompts and token sets
@@ -203,7 +233,7 @@ def token_sets(prompts: PromptSet, tokenizer: PreTrainedTokenizerBase) -> pd.Dat
     each probability summed, e.g. ``["<0xE4>", "云"]`` for 云 on Llama-2.
     """
     frame = prompts.df.copy()
-    for column in SET_COLUMNS.values():
+    for column in set_columns(frame.columns).values():
         ids = [list(map(int, s)) if s is not None and len(s) else None for s in frame[column]]
         frame[column] = [json.dumps(s) if s is not None else "" for s in ids]
         frame[column.replace("_ids", "_tokens")] = [
@@ -226,7 +256,7 @@ def prompts_digest(prompts: PromptSet) -> str:
     examples, ``strict``, ``cognate_filter`` and ``n_shots`` all reach the sweep only through these
     prompts and sets, so this digest changes whenever any of them changes what is computed.
     """
-    columns = ["prompt", *(c for c in SET_COLUMNS.values() if c in prompts.df)]
+    columns = ["prompt", *set_columns(prompts.df.columns).values()]
     blob = json.dumps(
         prompts.df[columns].to_numpy().tolist(),
         ensure_ascii=False,
@@ -326,72 +356,6 @@ def sweep_to_dir(
     """Return run.json's content after sweeping a prompt set built in Python into ``out`` (:func:`runs.run`)."""
     settings = SweepSettings(prompt_set=prompts, batch_size=batch_size, seed=seed, ci=ci, progress=progress)
     return runs.run(settings, model, out, force=force)
-
-
-def pivot_examples(rows: pd.DataFrame, prompts: pd.DataFrame, layer: int) -> pd.DataFrame:
-    """Return one row per prompt: its words, the lens's top token and p(English) at ``layer``, the last layer's top
-    token and p(target)."""
-    at = rows[rows["layer"] == layer].merge(prompts[["prompt_id", "tgt_word", "en_word"]], on="prompt_id")
-    last = rows[rows["layer"] == rows["layer"].max()][["prompt_id", "top_token", "p_target"]]
-    view = at.merge(last, on="prompt_id", suffixes=(f"_layer{layer}", "_last"))
-    return view[
-        ["concept", "tgt_word", "en_word", f"top_token_layer{layer}", "p_english", "top_token_last", "p_target_last"]
-    ]
-
-
-# token-set variants of one experiment: if the English peak survives them, it is not an artefact of loose prefix
-# matching (strict) or of cognates (the source word's tokens overlapping the English ones)
-VARIANTS = {
-    "default": {},
-    "strict": {"strict": True},
-    "cognate filter": {"cognate_filter": True},
-    "strict + cognate": {"strict": True, "cognate_filter": True},
-}
-
-
-def variants_for(task: str, src: str, tgt: str) -> dict[str, dict]:
-    """Return the variants that can differ for a task: the cognate filter needs a source language other than English
-    and the target."""
-    with_source = task == "translation" and src not in ("en", tgt)
-    return {k: v for k, v in VARIANTS.items() if with_source or "cognate_filter" not in v}
-
-
-def compare_variants(
-    model: Model,
-    task: str,
-    src: str,
-    tgt: str,
-    *,
-    n: int | None = None,
-    seed: int = 0,
-    batch_size: int = 16,
-    variants: dict[str, dict] | None = None,
-    words_dir: str | Path | None = None,
-) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """Return (a table with one row per variant: n_prompts, peak English layer and value, final target; {variant:
-    summary}).
-
-    Each variant is :func:`llmlatent.tasks.build` with extra options (default :func:`variants_for`), swept
-    with the same ``seed`` and summarised; draw the curves with :func:`llmlatent.experiments.plots.variants_figure`.
-    """
-    from llmlatent import lens, metrics, tasks
-
-    records, summaries = [], {}
-    for label, options in (variants_for(task, src, tgt) if variants is None else variants).items():
-        prompts = tasks.build(task, src, tgt, model.tokenizer, n=n, seed=seed, words_dir=words_dir, **options)
-        summary = metrics.summarize(lens.sweep(model, prompts, batch_size=batch_size, seed=seed, progress=False))
-        head = headline(summary)
-        summaries[label] = summary
-        records.append(
-            {
-                "variant": label,
-                "n_prompts": len(prompts),
-                "peak_english_layer": head["peak_english"]["layer"],
-                "peak_english": head["peak_english"]["value"],
-                "final_target": head["final_target"]["value"],
-            }
-        )
-    return pd.DataFrame(records), summaries
 
 
 def sweep_key(model: Model, prompts: PromptSet, *, seed: int = 0, ci: str = "normal") -> dict:

@@ -21,7 +21,7 @@ import torch
 from llmlatent.adapter import Fingerprint
 from llmlatent.atomic import atomic_file
 from llmlatent.errors import LlmlatentError, UsageError
-from llmlatent.tokens import SET_COLUMNS
+from llmlatent.tokens import set_columns
 
 if TYPE_CHECKING:
     from llmlatent.model import Model
@@ -73,7 +73,7 @@ def prompt_frame(prompts: PromptSet | pd.DataFrame) -> tuple[pd.DataFrame, dict]
 
 def column_kind(frame: pd.DataFrame, column: str) -> str:
     """Return how a metadata column is stored: ids (token-id list or None), bool, int64, float64 or string."""
-    if column in SET_COLUMNS.values():
+    if column in set_columns([column]).values():
         return "ids"
     dtype = frame[column].dtype
     if pd.api.types.is_bool_dtype(dtype):

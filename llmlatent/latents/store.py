@@ -47,7 +47,7 @@ from llmlatent.latents.format import (
 )
 from llmlatent.latents.shards import disk_size, fill_shards, shard_problem, shard_range, to_storage
 from llmlatent.lenses import Lens
-from llmlatent.tokens import SET_COLUMNS
+from llmlatent.tokens import set_columns
 
 if TYPE_CHECKING:
     from llmlatent.model import Model
@@ -211,7 +211,7 @@ class LatentStore:
 
             table = pa.concat_tables([ds.data.table.drop_columns(["latents"]) for ds in self._shards])
             frame = table.to_pandas()
-            for column in SET_COLUMNS.values():
+            for column in set_columns(frame.columns).values():
                 if column in frame:
                     frame[column] = [None if v is None else [int(x) for x in v] for v in frame[column]]
             self._prompts = frame
