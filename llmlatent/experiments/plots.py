@@ -173,9 +173,10 @@ def energy_figure(summary: pd.DataFrame, title: str | None = None) -> plt.Figure
     return fig
 
 
-def _grid_handles(summaries: dict) -> list[plt.Line2D]:
-    """Return the legend of a grid: target, english, source, and each latent language the summaries hold."""
-    handles = {k: plt.Line2D([], [], color=c, lw=2, label=k) for k, c in COLORS.items()}
+def _grid_handles(summaries: dict, skip: tuple[str, ...] = ()) -> list[plt.Line2D]:
+    """Return the legend of a grid: target, english, source (but ``skip``), and each latent language the summaries
+    hold."""
+    handles = {k: plt.Line2D([], [], color=c, lw=2, label=k) for k, c in COLORS.items() if k not in skip}
     for summary in summaries.values():
         for name, color, style, _ in curves(summary):
             label = name.replace("latent_", "latent ")
@@ -293,7 +294,7 @@ def task_row(summaries: dict[tuple[str, str], pd.DataFrame], task: str, title: s
         fontsize=7,
         frameon=False,
         loc="upper left",
-        handles=[plt.Line2D([], [], color=c, lw=2, label=k) for k, c in COLORS.items() if k != "source"],
+        handles=_grid_handles(summaries, skip=("source",)),
     )
     fig.supxlabel(LAYER_LABEL)
     if title:
@@ -351,3 +352,22 @@ def steering_heatmap(summary: pd.DataFrame, direction: str, model_name: str = ""
         vmin=0,
         vmax=1,
     )
+
+
+@styled
+def latent_languages_figure(summaries: dict[tuple[str, str], pd.DataFrame], title: str | None = None) -> plt.Figure:
+    """Return one panel per translation pair: p(target) solid and every latent language's p(concept) dashed, with a
+    shared legend (each language keeps its colour in every panel)."""
+    fig, axes = plt.subplots(1, len(summaries), figsize=(3.4 * len(summaries), 3.0), sharey=True, squeeze=False)
+    for ax, ((src, tgt), summary) in zip(axes[0], summaries.items()):
+        # the source language is drawn as a latent language (its curve is p_source); English is p_english
+        latent_only = summary.drop(columns=[c for c in summary if c.startswith("p_source_")])
+        probability_axes(ax, latent_only, {"src": src, "tgt": tgt}, legend=False)
+        ax.set_title(f"{src}→{tgt}", fontsize=9)
+    handles = _grid_handles(summaries, skip=("source",))
+    fig.legend(handles=handles, loc="upper center", ncol=6, frameon=False, fontsize=7)
+    fig.supxlabel(LAYER_LABEL)
+    fig.tight_layout(rect=(0, 0, 1, 0.85))
+    if title:
+        fig.suptitle(title, y=0.99, fontsize=10)
+    return fig

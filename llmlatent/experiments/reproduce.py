@@ -27,6 +27,7 @@ from llmlatent.experiments.settings import Settings, option
 from llmlatent.experiments.steering.plan import DEFAULT_N_CONCEPTS, SteeringSettings
 from llmlatent.experiments.sweep import SweepSettings
 from llmlatent.languages import PAPER as LANGS
+from llmlatent.languages import codes, parse_codes
 
 if TYPE_CHECKING:
     from llmlatent.latents import LatentStore
@@ -43,6 +44,9 @@ FEATURED = {  # run folder -> figure name in figures/
 LATENTS = "latents/translation-fr-zh"  # the fr→zh latent store; the steering demo takes its Chinese fit latents there
 STEERING = "steering/ru-zh"
 PATCHING = "patching_de-fr_into_ru-zh"  # directly under results/: not results/<task>/<pair>/, which holds sweeps
+LATENT_LANGUAGES = "latent_languages"  # sweeps whose every bundled language is a latent language
+LATENT_PAIRS = (("fr", "zh"), ("fr", "de"), ("fr", "ja"))
+LATENT_CANDIDATES = ("en", "fr", "de", "ru", "zh", "ja", "es", "ko")  # as many as a figure can tell apart
 
 
 class ReproduceError(LlmlatentError, ValueError):
@@ -63,8 +67,10 @@ class ReproduceSettings(Settings):
     seed: int = option(0, "seed of every step")
     batch_size: int = option(16, "prompts per forward of the sweeps and the latent store", key=False)
     only: str | None = option(None, "run one task's sweeps only", choices=tasks.TASKS)
+    latent: tuple[str, ...] = option(("en",), "latent languages of every sweep and of the grid figures")
 
     def __post_init__(self) -> None:
+        self._set("latent", parse_codes(self.latent, flag="--latent"))
         checks.count(self.n_prompts, "n_prompts", optional=True, flag="--n-prompts")
         checks.count(self.batch_size, "batch_size")
         for name in ("results", "figures"):
@@ -89,19 +95,23 @@ def run_specs() -> list[tuple[str, str, str]]:
     return specs
 
 
+def _shared(s: ReproduceSettings) -> dict:
+    """Return the sweep settings every paper sweep of the reproduction shares."""
+    return {"batch_size": s.batch_size, "latent": s.latent, "progress": True}
+
+
 def plan(s: ReproduceSettings) -> list[Step]:
     """Return every step's settings (validated now, before any model work); the store step is collected apart."""
     steps = [
         Step(
             f"{task}/{src}-{tgt}",
-            SweepSettings(
-                task=task, src=src, tgt=tgt, n_prompts=s.n_prompts, seed=s.seed, batch_size=s.batch_size, progress=True
-            ),
+            SweepSettings(task=task, src=src, tgt=tgt, n_prompts=s.n_prompts, seed=s.seed, **_shared(s)),
         )
         for task, src, tgt in run_specs()
         if s.only in (None, task)
     ]
     if s.only is None:
+        steps += latent_language_steps(s)
         store = str(Path(s.results) / LATENTS)
         steps.append(
             Step(
@@ -125,6 +135,47 @@ def plan(s: ReproduceSettings) -> list[Step]:
             )
         )
     return steps
+
+
+def latent_language_steps(s: ReproduceSettings) -> list[Step]:
+    """Return the latent-language sweeps: each of :data:`LATENT_PAIRS` whose languages are available, with every
+    available language of :data:`LATENT_CANDIDATES` as a latent language."""
+    available = codes()
+    latent = tuple(c for c in LATENT_CANDIDATES if c in available)
+    return [
+        Step(
+            f"{LATENT_LANGUAGES}/{src}-{tgt}",
+            SweepSettings(src=src, tgt=tgt, n_prompts=s.n_prompts, seed=s.seed, **{**_shared(s), "latent": latent}),
+        )
+        for src, tgt in LATENT_PAIRS
+        if src in available and tgt in available
+    ]
+
+
+def latent_languages(results: Path, figures: Path, model_name: str) -> list[Path]:
+    """Return the paths of the latent-languages figure after writing it and ``latent_languages.csv`` (per pair and
+    latent language: peak layer and value, final value, concepts whose set meets the target's)."""
+    folders = [f"{LATENT_LANGUAGES}/{src}-{tgt}" for src, tgt in LATENT_PAIRS]
+    summaries, rows = {}, []
+    for name, record in list_runs(results, folders).items():
+        summary = pd.read_csv(results / name / "summary.csv")
+        pair = (str(record["src"]), str(record["tgt"]))
+        summaries[pair] = summary
+        for lang in record.get("latent", ["en"]):
+            column = "p_english_mean" if lang == "en" else f"p_latent_{lang}_mean"
+            peak = summary.loc[summary[column].idxmax()]
+            overlap = (record.get("latent_target_overlap") or {}).get(lang, 0)
+            rows.append({"src": pair[0], "tgt": pair[1], "latent": lang, "peak_layer": int(peak["layer"])})
+            rows[-1].update(peak=peak[column], final=summary[column].iloc[-1], target_overlap=overlap)
+            rows[-1]["n_prompts"] = record["n_prompts"]
+    if not summaries:
+        return []
+    table = pd.DataFrame(rows)
+    table.to_csv(results / "latent_languages.csv", index=False, float_format="%.6g")
+    fig = plots.latent_languages_figure(summaries, title=f"every language as a latent language · {model_name}")
+    written = plots.save(fig, figures / "latent_languages")
+    plt.close(fig)
+    return written
 
 
 def list_runs(results: str | Path, folders: list[str] | None = None) -> dict[str, dict]:
@@ -269,6 +320,7 @@ def run_steps(s: ReproduceSettings, m: Model, *, force: bool = False) -> dict:
             runs.run(step.settings, m, results / step.folder, force=force)
     copy_figures(results, figures)
     grid_figures(results, figures, m.name)
+    latent_languages(results, figures, m.name)
     pivot_table(results).to_csv(results / "pivot_summary.csv", index=False, float_format="%.6g")
     log.info("reproduction finished in %.0f s", clock.total())
     return {"seconds": clock.total(), "runs": len(sweeps), "figures": sorted(p.name for p in figures.glob("*.png"))}
