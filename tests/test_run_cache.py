@@ -103,7 +103,7 @@ def test_reproduce_recomputes_exactly_when_a_setting_changes(tiny_models, tmp_pa
     from conftest import save_model
 
     path = save_model(tiny_models["gpt2"], tmp_path / "model")  # small BPE vocabulary: fast to load
-    monkeypatch.setattr(reproduce, "run_specs", lambda: [("repetition", "fr", "fr")])
+    monkeypatch.setattr(reproduce, "run_specs", lambda langs=(): [("repetition", "fr", "fr")])
     monkeypatch.setattr(plots, "save", lambda fig, stem: [])  # figures are not what this test is about (saves time)
     calls = []
     real = lens.sweep

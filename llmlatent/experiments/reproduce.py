@@ -68,9 +68,12 @@ class ReproduceSettings(Settings):
     batch_size: int = option(16, "prompts per forward of the sweeps and the latent store", key=False)
     only: str | None = option(None, "run one task's sweeps only", choices=tasks.TASKS)
     latent: tuple[str, ...] = option(("en",), "latent languages of every sweep and of the grid figures")
+    langs: tuple[str, ...] = option(LANGS, "languages of the translation grid and the repetition and cloze rows")
+    words: str | None = option(None, "folder of word CSVs looked at before the bundled ones (adds languages)")
 
     def __post_init__(self) -> None:
-        self._set("latent", parse_codes(self.latent, flag="--latent"))
+        self._set("langs", parse_codes(self.langs, self.words, flag="--langs", at_least=2))
+        self._set("latent", parse_codes(self.latent, self.words, flag="--latent"))
         checks.count(self.n_prompts, "n_prompts", optional=True, flag="--n-prompts")
         checks.count(self.batch_size, "batch_size")
         for name in ("results", "figures"):
@@ -87,17 +90,18 @@ class Step:
     settings: Settings
 
 
-def run_specs() -> list[tuple[str, str, str]]:
-    """Return every (task, src, tgt) the paper's figures need: 20 translation pairs, 5 repetition, 5 cloze."""
-    specs = [("translation", s, t) for s, t in tasks.all_pairs()]
-    specs += [("repetition", lang, lang) for lang in LANGS]
-    specs += [("cloze", lang, lang) for lang in LANGS]
+def run_specs(langs: tuple[str, ...] = LANGS) -> list[tuple[str, str, str]]:
+    """Return every (task, src, tgt) the paper's figures need: every translation pair of ``langs`` (20 for the
+    paper's five), one repetition and one cloze sweep per language."""
+    specs = [("translation", s, t) for s in langs for t in langs if s != t]
+    specs += [("repetition", lang, lang) for lang in langs]
+    specs += [("cloze", lang, lang) for lang in langs]
     return specs
 
 
 def _shared(s: ReproduceSettings) -> dict:
     """Return the sweep settings every paper sweep of the reproduction shares."""
-    return {"batch_size": s.batch_size, "latent": s.latent, "progress": True}
+    return {"batch_size": s.batch_size, "latent": s.latent, "words": s.words, "progress": True}
 
 
 def plan(s: ReproduceSettings) -> list[Step]:
@@ -107,7 +111,7 @@ def plan(s: ReproduceSettings) -> list[Step]:
             f"{task}/{src}-{tgt}",
             SweepSettings(task=task, src=src, tgt=tgt, n_prompts=s.n_prompts, seed=s.seed, **_shared(s)),
         )
-        for task, src, tgt in run_specs()
+        for task, src, tgt in run_specs(s.langs)
         if s.only in (None, task)
     ]
     if s.only is None:
@@ -178,10 +182,11 @@ def latent_languages(results: Path, figures: Path, model_name: str) -> list[Path
     return written
 
 
-def list_runs(results: str | Path, folders: list[str] | None = None) -> dict[str, dict]:
-    """Return folder → record of the sweeps under ``results`` (``folders``: only those; default the plan's sweeps)."""
+def list_runs(results: str | Path, folders: list[str] | None = None, langs: tuple[str, ...] = LANGS) -> dict[str, dict]:
+    """Return folder → record of the sweeps under ``results`` (``folders``: only those; default the plan's sweeps
+    of ``langs``)."""
     results = Path(results)
-    names = folders if folders is not None else [f"{t}/{a}-{b}" for t, a, b in run_specs()]
+    names = folders if folders is not None else [f"{t}/{a}-{b}" for t, a, b in run_specs(langs)]
     out = {}
     for name in names:
         record = runs.read_record(results / name)
@@ -190,20 +195,22 @@ def list_runs(results: str | Path, folders: list[str] | None = None) -> dict[str
     return out
 
 
-def load_summaries(results: Path, task: str, folders: list[str] | None = None) -> dict[tuple[str, str], pd.DataFrame]:
+def load_summaries(
+    results: Path, task: str, folders: list[str] | None = None, langs: tuple[str, ...] = LANGS
+) -> dict[tuple[str, str], pd.DataFrame]:
     """Return {(src, tgt): summary} of every finished sweep of ``task`` among the reproduction's folders."""
     found = {}
-    for name, record in list_runs(results, folders).items():
+    for name, record in list_runs(results, folders, langs).items():
         if record.get("task") == task and (Path(results) / name / "summary.csv").exists():
             found[(str(record["src"]), str(record["tgt"]))] = pd.read_csv(Path(results) / name / "summary.csv")
     return found
 
 
-def pivot_table(results: Path, folders: list[str] | None = None) -> pd.DataFrame:
+def pivot_table(results: Path, folders: list[str] | None = None, langs: tuple[str, ...] = LANGS) -> pd.DataFrame:
     """Return the English-pivot summary of every sweep: peak p_english (layer, value), p_source there, final
     p_target."""
     rows = []
-    for _, run in sorted(list_runs(results, folders).items()):
+    for _, run in sorted(list_runs(results, folders, langs).items()):
         rows.append(
             {
                 "task": run["task"],
@@ -220,17 +227,17 @@ def pivot_table(results: Path, folders: list[str] | None = None) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def grid_figures(results: Path, figures: Path, model_name: str) -> list[Path]:
+def grid_figures(results: Path, figures: Path, model_name: str, langs: tuple[str, ...] = LANGS) -> list[Path]:
     """Return the paths of the pair-grid figures (translation grid, repetition and cloze rows) re-rendered from
     results."""
     written = []
-    translation = load_summaries(results, "translation")
+    translation = load_summaries(results, "translation", langs=langs)
     if translation:
-        fig = plots.pair_grid(translation, list(LANGS), title=f"translation, all pairs · {model_name}")
+        fig = plots.pair_grid(translation, list(langs), title=f"translation, all pairs · {model_name}")
         written += plots.save(fig, figures / "grid_translation")
         plt.close(fig)
     for task in ("repetition", "cloze"):
-        summaries = load_summaries(results, task)
+        summaries = load_summaries(results, task, langs=langs)
         if not summaries:
             continue
         fig = plots.task_row(summaries, task)
@@ -319,8 +326,8 @@ def run_steps(s: ReproduceSettings, m: Model, *, force: bool = False) -> dict:
         for step in steps[len(sweeps) :]:
             runs.run(step.settings, m, results / step.folder, force=force)
     copy_figures(results, figures)
-    grid_figures(results, figures, m.name)
+    grid_figures(results, figures, m.name, s.langs)
     latent_languages(results, figures, m.name)
-    pivot_table(results).to_csv(results / "pivot_summary.csv", index=False, float_format="%.6g")
+    pivot_table(results, langs=s.langs).to_csv(results / "pivot_summary.csv", index=False, float_format="%.6g")
     log.info("reproduction finished in %.0f s", clock.total())
     return {"seconds": clock.total(), "runs": len(sweeps), "figures": sorted(p.name for p in figures.glob("*.png"))}

@@ -185,6 +185,8 @@ class SweepSettings(PromptSettings):
             given = latents.load(self.from_latents, verify=False).prompt_set()
         else:
             given = self.prompt_set
+        if self.latent == ("en",):  # the paper's latent language: the sets are the given ones
+            return given
         options = {"words_dir": self.words, "strict": bool(given.meta.get("strict")), "overlap": self.latent_overlap}
         return add_latent_sets(given, self.latent, model.tokenizer, **options)
 
