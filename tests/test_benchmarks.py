@@ -70,3 +70,10 @@ def test_bench_patch_tiny_mode_parity(bench_patch, tmp_path):
         == 0
     )
     assert (tmp_path / "b.json").exists()
+
+
+def test_bench_latent_runs_both_sweeps(tiny_models):
+    bench = _load(BENCH.parent / "bench_latent.py")
+    result = bench.benchmark(tiny_models["gemma3_text"], n=3, repeats=1, batch_size=2)
+    assert result["n_prompts"] == 3 and result["latent"] == ["en", "fr", "de", "ru", "zh"]
+    assert {"sweep_five_over_one", "decode_five_over_one"} <= set(result)  # timings: never asserted on
