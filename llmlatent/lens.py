@@ -184,8 +184,12 @@ def from_latents(
     tokenizer: PreTrainedTokenizerBase | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    prompts: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Return the tidy lens frame of a :class:`~llmlatent.latents.LatentStore`: the rows and columns of :func:`sweep`.
+
+    ``prompts`` replaces the store's prompt frame (the same rows in the same order, e.g. with latent-language
+    sets added by :func:`llmlatent.latent_langs.add_latent_sets`); the prompt texts must match the store's.
 
     No forward pass: the stored latents are decoded with ``unembedding`` (a
     :class:`~llmlatent.adapter.LoadedHead` from :func:`llmlatent.model.load_unembedding`, a loaded Model
@@ -201,7 +205,9 @@ def from_latents(
         lens = as_lens(unembedding.unembedding if isinstance(unembedding, LoadedHead) else unembedding)
     if tokenizer is None:
         raise UsageError("from_latents needs a tokenizer to name the top tokens: pass tokenizer=…")
-    frame = store.prompts
+    frame = store.prompts if prompts is None else prompts.reset_index(drop=True)
+    if prompts is not None and frame["prompt"].tolist() != store.prompts["prompt"].tolist():
+        raise UsageError("from_latents: the given prompts are not the store's prompts (same rows, same order)")
     parts = []
     bar = tqdm(total=len(store), desc="lens from latents", unit="prompt", disable=not progress)
     for start in range(0, len(store), batch_size):

@@ -163,3 +163,17 @@ def test_latent_en_writes_the_same_bytes_and_more_languages_only_add_columns(tmp
     assert {"p_latent_de_mean", "p_latent_ru_lo", "p_latent_ru_hi"} <= set(summary.columns)
     assert record["latent"] == ["en", "de", "ru"] and set(record["latent_target_overlap"]) == {"de", "ru"}
     assert not math.isnan(summary["p_latent_de_mean"].iloc[-1])
+
+
+def test_latent_sets_survive_a_latent_store_and_a_sweep_from_it(tmp_path, tiny_models, fr_zh, spm_tokenizer):
+    from llmlatent import latents
+
+    model = tiny_models["gemma3_text"]
+    several = add_latent_sets(fr_zh, ("en", "de"), spm_tokenizer)
+    store = latents.collect(model, several, tmp_path / "store", batch_size=4)
+    assert store.prompts["latent_de_ids"].tolist() == several.df["latent_de_ids"].tolist()
+    live = lens.sweep(model, several, progress=False)
+    stored = lens.from_latents(latents.load(tmp_path / "store"), model, progress=False)
+    assert np.abs(live["p_latent_de"].to_numpy() - stored["p_latent_de"].to_numpy()).max() <= 1e-3  # float16 store
+    later = compute(model, SweepSettings(from_latents=str(tmp_path / "store"), latent=("en", "ru")))
+    assert "p_latent_ru" in later.rows and "p_latent_de" in later.rows  # sets added to the store's own

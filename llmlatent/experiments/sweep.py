@@ -276,7 +276,9 @@ def compute(model: Model, settings: SweepSettings) -> SweepResult:
     started = time.perf_counter()
     if settings.from_latents is not None:  # model: a LoadedHead (or a Model); no forward pass
         store = latents.load(settings.from_latents)
-        rows = lens.from_latents(store, model, batch_size=settings.batch_size, progress=settings.progress)
+        rows = lens.from_latents(
+            store, model, batch_size=settings.batch_size, progress=settings.progress, prompts=prompts.df
+        )
     else:
         rows = lens.sweep(
             model, prompts, batch_size=settings.batch_size, seed=settings.seed, progress=settings.progress
