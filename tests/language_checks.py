@@ -29,9 +29,9 @@ from pathlib import Path
 import pandas as pd
 
 from llmlatent.data import COLUMNS, MASK, read_csv
+from llmlatent.languages import NOT_LANGUAGES
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "langs"
-META_FILES = ("languages.csv", "exceptions.csv")
 LANGUAGE_COLUMNS = ("code", "label", "answer", "script")
 EXCEPTION_COLUMNS = ("code", "concept", "check", "reason")
 CHECKS = ("zipf", "lingua", "loanword", "duplicate")
@@ -49,7 +49,7 @@ class Flag:
 
 def bundled_codes(folder: Path = DATA) -> list[str]:
     """Return the language codes of every word list in ``folder`` (``<code>.csv``), sorted."""
-    return sorted(p.stem for p in folder.glob("*.csv") if p.name not in META_FILES)
+    return sorted(p.stem for p in folder.glob("*.csv") if p.stem not in NOT_LANGUAGES)
 
 
 def read_language(code: str, folder: Path = DATA) -> pd.DataFrame:

@@ -30,7 +30,8 @@ from language_checks import (
 )
 
 from llmlatent.atomic import file_sha256
-from llmlatent.data import ANSWER, DISPLAY
+from llmlatent.data import read_words
+from llmlatent.languages import registry
 from llmlatent.tokens import token_set
 
 CODES = bundled_codes()
@@ -40,6 +41,13 @@ PAPER_SHA256 = {  # the paper's five files stay byte-identical
     "de": "9447f77df579cf007384ce7e57917c0f1ed0aaff31a11716052bd39fa98de151",
     "ru": "32d2c26e72915593a9a130adc5faf2f8a915e01b72e79e9d3a5e8f15f130f60d",
     "zh": "d93c46200c4622e4c572d446c30a1e3d7734e68eead5973b48ed29e36c2e1af2",
+}
+PAPER_LABELS = {  # code -> (prompt label, cloze answer label), exactly as the paper writes them
+    "en": ("English", "Answer"),
+    "fr": ("Français", "Réponse"),
+    "de": ("Deutsch", "Antwort"),
+    "ru": ("Русский", "Ответ"),
+    "zh": ("中文", "答案"),
 }
 
 
@@ -75,8 +83,20 @@ def test_languages_csv_has_one_row_per_file_and_unique_labels():
     assert sorted(table["code"]) == CODES, "every bundled file needs one languages.csv row, and every row a file"
     assert table["label"].is_unique and table["answer"].str.strip().all()
     assert table["script"].str.fullmatch(r"[A-Z][a-z]{3}").all(), "script: an ISO 15924 code such as Latn"
-    paper = table.set_index("code").loc[list(DISPLAY)]
-    assert dict(paper["label"]) == DISPLAY and dict(paper["answer"]) == ANSWER
+    rows = table.set_index("code")
+    assert {code: (rows.at[code, "label"], rows.at[code, "answer"]) for code in PAPER_LABELS} == PAPER_LABELS
+
+
+def test_the_package_reads_every_bundled_file_with_its_labels():
+    languages = registry()
+    assert sorted(languages) == CODES
+    table = pd.read_csv(DATA / "languages.csv", dtype=str, keep_default_na=False).set_index("code")
+    for code in CODES:
+        language = languages[code]
+        expected = tuple(table.loc[code, ["label", "answer", "script"]])
+        assert (language.label, language.answer, language.script) == expected
+        words = read_words(code)
+        assert len(words) == 149 and words["cloze_query"].str.endswith(f'{language.answer}: "').all()
 
 
 def test_exceptions_name_bundled_rows():
