@@ -80,6 +80,8 @@ def cmd_lens(args: argparse.Namespace) -> int:
     checks.count(args.k, "k", flag="-k")
     if args.out:
         checks.output_file(args.out, "out")
+    if args.generate:
+        return lens_generation(args, prompt)
     m = load_model(args)
     table = lens.top_tokens(m, prompt, k=args.k)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 24):
@@ -89,6 +91,43 @@ def cmd_lens(args: argparse.Namespace) -> int:
 
         with atomic_file(args.out) as tmp:  # complete under its name, or not there at all
             table.to_csv(tmp, index=False)
+    return 0
+
+
+def lens_generation(args: argparse.Namespace, prompt: str) -> int:
+    """Print the top-1 token of every layer × generated token; write the tidy CSV (--out) and the heatmap (--figure)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from llmlatent import checks, genlens
+    from llmlatent.experiments import genplots, plots
+    from llmlatent.experiments.patching import parse_langs
+
+    checks.count(args.generate, "generate", flag="--generate")
+    from llmlatent.data import LANGS
+
+    langs = LANGS if args.langs is None else parse_langs(args.langs, "--langs")
+    concepts = None if args.concepts is None else [c.strip() for c in args.concepts.split(",") if c.strip()]
+    if args.colour != "probability" and args.colour.removeprefix("p_") not in langs:
+        raise UsageError(f"--colour must be probability or p_<lang> of --langs ({', '.join(langs)}), got {args.colour}")
+    figure = args.figure or (str(Path(args.out).with_suffix("")) if args.out else None)
+    m = load_model(args)
+    gen = genlens.words_generation(m, prompt, langs, concepts=concepts, max_new_tokens=args.generate, k=args.k)
+    top = gen.rows[gen.rows["rank"] == 1]
+    wide = top.pivot(index="layer", columns="step", values="token").map(genplots.shown)
+    wide.columns = [genplots.shown(t, 12) for t in top.drop_duplicates("step")["generated_token"]]
+    with pd.option_context("display.width", 200, "display.max_columns", 40):
+        print(f"generated: {gen.texts[0]!r}")
+        print(wide.to_string())
+    if args.out:
+        from llmlatent.atomic import atomic_file
+
+        with atomic_file(args.out) as tmp:
+            gen.rows.to_csv(tmp, index=False, float_format="%.8g")
+    if figure:
+        fig = genplots.generation_heatmap(gen.rows, colour=args.colour, title=f"{m.name}: {gen.texts[0]!r}")
+        plots.save(fig, figure)
+        plt.close(fig)
     return 0
 
 
@@ -236,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=5)
     p.add_argument("--out", default=None, help="also write the tidy table to this CSV")
     p.add_argument("--no-escapes", dest="escapes", action="store_false", help="take the prompt literally")
+    p.add_argument("--generate", type=int, default=0, metavar="N", help="lens of each of N greedily generated tokens")
+    p.add_argument("--figure", default=None, help="--generate: heatmap PNG+PDF path (default: --out without .csv)")
+    p.add_argument("--colour", default="probability", help="--generate: heatmap colour, probability or p_<lang>")
+    p.add_argument("--langs", default=None, help="--generate: languages of the word sets and tags (default: all)")
+    p.add_argument("--concepts", default=None, help="--generate: concepts of the word sets (default: in the prompt)")
     add_flags(p, ModelOptions)
     p.set_defaults(func=cmd_lens)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,7 +40,7 @@ from .capture import capture_last, check_captured
 from .decode import decode
 from .errors import UsageError
 from .prefix import cache_kwarg
-from .tagging import lang_tags, script
+from .tagging import concepts_in, lang_tags, script, word_sets
 
 if TYPE_CHECKING:
     from .model import Model
@@ -220,6 +221,25 @@ def _generation_frame(
                           "generated_token": [names[generated[s]] for s in step]})  # fmt: skip
     layers = torch.arange(n_layers).repeat(steps)
     return _frame(model, hidden.reshape(-1, hidden.shape[-1]), layers, index, [sets] * len(index), k)
+
+
+def words_generation(
+    model: Model,
+    prompt: str,
+    langs: Sequence[str],
+    *,
+    concepts: Sequence[str] | None = None,
+    words_dir: str | Path | None = None,
+    **kwargs: object,
+) -> Generation:
+    """Return :func:`generation` of one prompt with a word set per language: the words of ``concepts`` in it.
+
+    ``concepts`` default to those whose word in any of ``langs`` occurs in the prompt
+    (:func:`llmlatent.tagging.concepts_in`); the sets give the ``p_<lang>``/``in_<lang>`` columns.
+    ``kwargs`` go to :func:`generation` (``max_new_tokens``, ``k``).
+    """
+    chosen = list(concepts) if concepts is not None else concepts_in(prompt, langs, words_dir)
+    return generation(model, prompt, word_sets(model.tokenizer, chosen, langs, words_dir), **kwargs)
 
 
 def language_share(rows: pd.DataFrame, rank: int = 1) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -133,3 +134,22 @@ def test_language_tags_and_concepts_in_a_prompt(spm_tokenizer):
     assert sets["en"] == token_set(spm_tokenizer, "cloud") and sets["zh"] == token_set(spm_tokenizer, "云")
     tags = tagging.lang_tags([sets["en"][0], sets["zh"][0], 10**6], sets)
     assert tags == ["en", "zh", ""]
+
+
+def test_lens_generate_command(tiny_models, monkeypatch, tmp_path, capsys):
+    from llmlatent import cli
+
+    model = tiny_models["gemma3_text"]
+    loads = []
+    monkeypatch.setattr(cli, "load_model", lambda args: loads.append(1) or model)
+    out = tmp_path / "gen.csv"
+    argv = ["lens", PROMPTS[0], "--generate", "3", "-k", "2", "--out", str(out), "--colour", "p_zh"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("generated: ")
+    rows = pd.read_csv(out)
+    assert set(rows["step"]) <= {0, 1, 2} and rows["rank"].max() == 2
+    assert {"p_en", "p_zh", "in_en", "lang_tags", "script"} <= set(rows.columns)
+    assert (tmp_path / "gen.png").stat().st_size > 0 and (tmp_path / "gen.pdf").stat().st_size > 0
+    assert cli.main([*argv[:-1], "p_xx"]) == 2 and len(loads) == 1  # refused before the model loads
+    assert "--colour must be probability or p_<lang>" in capsys.readouterr().err
