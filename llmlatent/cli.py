@@ -1,8 +1,9 @@
 """``python -m llmlatent <command>``: every experiment command's flags are generated from its settings dataclass.
 
-``sweep``, ``steer`` and ``patch`` run one experiment through :func:`llmlatent.experiments.runs.run` (a folder
-whose cache key matches is reused; ``--force`` recomputes); ``reproduce`` runs them all; ``cache`` writes a
-latent store, ``import-latents`` the paper's own latents into stores; ``lens`` and ``cache-info`` print.
+``sweep``, ``steer``, ``patch`` and ``detour`` run one experiment through :func:`llmlatent.experiments.runs.run`
+(a folder whose cache key matches is reused; ``--force`` recomputes); ``reproduce`` runs them all; ``cache``
+writes a latent store, ``import-latents`` the paper's own latents into stores; ``lens`` (``--generate N``: along
+a greedy generation) and ``cache-info`` print.
 Every bad value is answered (one line, exit status 2) before the model is loaded.
 """
 
@@ -46,15 +47,17 @@ def load_head(args: argparse.Namespace) -> LoadedHead:
 
 
 def _settings_class(command: str) -> type:
+    from llmlatent.experiments.detour import DetourSettings
     from llmlatent.experiments.patching import PatchSettings
     from llmlatent.experiments.steering.plan import SteeringSettings
     from llmlatent.experiments.sweep import SweepSettings
 
-    return {"sweep": SweepSettings, "steer": SteeringSettings, "patch": PatchSettings}[command]
+    classes = {"sweep": SweepSettings, "steer": SteeringSettings, "patch": PatchSettings, "detour": DetourSettings}
+    return classes[command]
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    """Run one experiment (sweep, steer, patch) into --out and print its headline numbers as JSON."""
+    """Run one experiment (sweep, steer, patch, detour) into --out and print its headline numbers as JSON."""
     from llmlatent.experiments import runs
 
     settings = from_args(_settings_class(args.command), args)  # every bad value is answered here
@@ -258,6 +261,7 @@ EXPERIMENTS = {  # command → (help, what --out is)
         "output folder",
     ),
     "patch": ("activation patching: donor latents into receiver prompts at each layer (Dumas et al.)", "output folder"),
+    "detour": ("every generated answer token at every layer: p(English) vs p(target) (Schut et al.)", "output folder"),
 }
 
 
