@@ -187,12 +187,19 @@ def generation(
     for start in range(0, len(prompts), batch_size):
         chunk = list(range(start, min(len(prompts), start + batch_size)))
         hidden, chosen, inputs = _greedy(model, [prompts[i] for i in chunk], max_new_tokens)
+        index, rows, row_sets = [], [], []
         for row, i in enumerate(chunk):
             ids = _until_eos(chosen[row].tolist(), model.tokenizer.eos_token_id)
             prompt_ids = inputs["input_ids"][row][inputs["attention_mask"][row].bool()].tolist()
-            frames.append(_generation_frame(model, i, hidden[row, : len(ids)], prompt_ids, ids, per_prompt[i], k))
+            index.append(_generation_index(model, i, prompt_ids, ids, model.n_layers))
+            rows.append(hidden[row, : len(ids)].reshape(-1, hidden.shape[-1]))  # step-major: layer = row mod layers
+            row_sets += [per_prompt[i]] * len(index[-1])
             all_ids.append(ids)
             texts.append(model.tokenizer.decode(ids, skip_special_tokens=True))
+        # the whole chunk's rows decoded together (one wide GEMM per vocabulary slice; the numbers are per row)
+        index = pd.concat(index, ignore_index=True)
+        frames.append(_frame(model, torch.cat(rows), torch.tensor(index["layer"].to_numpy()),
+                             index.drop(columns="layer"), row_sets, k))  # fmt: skip
     return Generation(pd.concat(frames, ignore_index=True), all_ids, texts)
 
 
@@ -201,26 +208,18 @@ def _until_eos(ids: list[int], eos: int | None) -> list[int]:
     return ids[: ids.index(eos) + 1] if eos is not None and eos in ids else ids
 
 
-def _generation_frame(
-    model: Model,
-    prompt_id: int,
-    hidden: torch.Tensor,
-    prompt_ids: list[int],
-    generated: list[int],
-    sets: dict[str, list[int]],
-    k: int,
+def _generation_index(
+    model: Model, prompt_id: int, prompt_ids: list[int], generated: list[int], n_layers: int
 ) -> pd.DataFrame:
-    """Return the rows of one prompt's generation: ``hidden`` [steps, layers, hidden] decoded at every layer."""
-    steps, n_layers = hidden.shape[:2]
+    """Return the leading columns of one prompt's generation rows (step-major, then layer)."""
     sequence = prompt_ids + generated
     names = {t: model.tokenizer.decode([t]) for t in set(sequence)}
-    step = np.repeat(np.arange(steps), n_layers)
+    step = np.repeat(np.arange(len(generated)), n_layers)
     position = len(prompt_ids) - 1 + step
-    index = pd.DataFrame({"prompt_id": prompt_id, "position": position,
-                          "input_token": [names[sequence[p]] for p in position], "step": step,
-                          "generated_token": [names[generated[s]] for s in step]})  # fmt: skip
-    layers = torch.arange(n_layers).repeat(steps)
-    return _frame(model, hidden.reshape(-1, hidden.shape[-1]), layers, index, [sets] * len(index), k)
+    return pd.DataFrame({"prompt_id": prompt_id, "position": position,
+                         "input_token": [names[sequence[p]] for p in position], "step": step,
+                         "generated_token": [names[generated[s]] for s in step],
+                         "layer": np.tile(np.arange(n_layers), len(generated))})  # fmt: skip
 
 
 def words_generation(
