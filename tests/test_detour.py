@@ -88,3 +88,17 @@ def test_detour_command(tiny_models, monkeypatch, capsys, tmp_path):
     assert cli.main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["n_prompts"] == {"zh": 2} and set(printed["detour"]) == {"zh"}
+
+
+def test_reproduce_plans_the_detour_step_and_copies_its_figures(tmp_path):
+    from llmlatent.experiments import reproduce
+
+    steps = [s for s in reproduce.plan(reproduce.ReproduceSettings(n_detour=5, seed=2)) if s.folder == "detour"]
+    assert len(steps) == 1 and steps[0].settings == detour.DetourSettings(n_prompts=5, seed=2)
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    (results / "detour").mkdir(parents=True)
+    figures.mkdir()
+    for name in ("detour.png", "generation.pdf"):
+        (results / "detour" / name).write_bytes(b"x")
+    reproduce.copy_figures(results, figures)
+    assert sorted(p.name for p in figures.iterdir()) == ["detour.png", "detour_generation.pdf"]

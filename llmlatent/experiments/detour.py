@@ -201,10 +201,11 @@ def write(result: DetourResult, folder: Path) -> dict:
     fig = genplots.detour_figure(result.summary[result.summary["step"] == 0], title="first answer token, every layer")
     plots.save(fig, folder / "detour")
     plt.close(fig)
-    first = result.rows[result.rows["tgt"] == result.meta["targets"][0]]
-    tgt = result.meta["targets"][0]
+    targets = result.meta["targets"]
+    tgt = "zh" if "zh" in targets else targets[0]  # the paper's featured target (single-character answers)
+    first = result.rows[result.rows["tgt"] == tgt]
     title = f"{first['src'].iloc[0]}→{tgt}, concept {first['concept'].iloc[0]!r}"
-    fig = genplots.generation_heatmap(first, prompt_id=0, colour="p_en", title=title)
+    fig = genplots.generation_heatmap(first, prompt_id=0, colour="probability", title=title)
     plots.save(fig, folder / "generation")
     plt.close(fig)
     return {**result.meta, "detour": result.headline}
