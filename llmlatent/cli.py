@@ -117,8 +117,8 @@ def lens_generation(args: argparse.Namespace, prompt: str) -> int:
     m = load_model(args)
     gen = genlens.words_generation(m, prompt, langs, concepts=concepts, max_new_tokens=args.generate, k=args.k)
     top = gen.rows[gen.rows["rank"] == 1]
-    wide = top.pivot(index="layer", columns="step", values="token").map(genplots.shown)
-    wide.columns = [genplots.shown(t, 12) for t in top.drop_duplicates("step")["generated_token"]]
+    wide = top.pivot(index="layer", columns="step", values="token").map(lambda t: repr(t)[1:-1])
+    wide.columns = [repr(t)[1:-1] for t in top.drop_duplicates("step")["generated_token"]]
     with pd.option_context("display.width", 200, "display.max_columns", 40):
         print(f"generated: {gen.texts[0]!r}")
         print(wide.to_string())

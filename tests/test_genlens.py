@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from llmlatent import genlens, tagging
+from llmlatent.errors import UsageError
 from llmlatent.tokens import token_set
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -153,3 +154,19 @@ def test_lens_generate_command(tiny_models, monkeypatch, tmp_path, capsys):
     assert (tmp_path / "gen.png").stat().st_size > 0 and (tmp_path / "gen.pdf").stat().st_size > 0
     assert cli.main([*argv[:-1], "p_xx"]) == 2 and len(loads) == 1  # refused before the model loads
     assert "--colour must be probability or p_<lang>" in capsys.readouterr().err
+
+
+def test_generation_heatmap_draws_dollar_signs_as_text(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from llmlatent.experiments import genplots, plots
+
+    rows = pd.DataFrame({"prompt_id": 0, "rank": 1, "layer": [0, 1, 0, 1], "step": [0, 0, 1, 1],
+                         "token": ["$", "$$\\", "a", "b"], "generated_token": ["$$", "$$", "$x", "$x"],
+                         "probability": [0.1, 0.9, 0.5, 0.5], "p_en": 0.0})  # fmt: skip
+    fig = genplots.generation_heatmap(rows, title="costs $5")
+    paths = plots.save(fig, tmp_path / "dollars")
+    plt.close(fig)
+    assert all(p.stat().st_size > 0 for p in paths)
+    with pytest.raises(UsageError, match="choose probability or one of"):
+        genplots.generation_heatmap(rows, colour="p_xx")

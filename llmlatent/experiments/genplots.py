@@ -15,9 +15,14 @@ from llmlatent.errors import UsageError
 from llmlatent.experiments.plots import COLORS, LAYER_LABEL, heatmap, styled
 
 
+def plain(text: str) -> str:
+    """Return ``text`` with ``$`` escaped, so matplotlib draws it as is (never as mathtext)."""
+    return text.replace("$", r"\$")
+
+
 def shown(token: str, width: int = 10) -> str:
-    """Return a token as a heatmap cell shows it: escapes visible, spaces as ␣, at most ``width`` characters."""
-    return repr(token)[1:-1].replace(" ", "\u2423")[:width]
+    """Return a token as a heatmap cell shows it: escapes visible, spaces as ␣, ≤ ``width`` characters, ``$`` safe."""
+    return plain(repr(token)[1:-1].replace(" ", "\u2423")[:width])
 
 
 @styled
@@ -43,7 +48,7 @@ def generation_heatmap(
     return heatmap(
         values,
         text=tokens,
-        title=f"{title or 'lens along generation'} · colour: {label}",
+        title=plain(f"{title or 'lens along generation'} · colour: {label}"),
         xlabel="step: generated token",
         ylabel=LAYER_LABEL,
         vmin=0,
