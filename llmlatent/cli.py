@@ -113,6 +113,11 @@ def lens_generation(args: argparse.Namespace, prompt: str) -> int:
     concepts = None if args.concepts is None else [c.strip() for c in args.concepts.split(",") if c.strip()]
     if args.colour != "probability" and args.colour.removeprefix("p_") not in langs:
         raise UsageError(f"--colour must be probability or p_<lang> of --langs ({', '.join(langs)}), got {args.colour}")
+    if concepts is not None:
+        from llmlatent.data import read_table
+        from llmlatent.tagging import check_concepts
+
+        check_concepts(concepts, read_table(list(langs)).set_index("concept"))
     figure = args.figure or (str(Path(args.out).with_suffix("")) if args.out else None)
     m = load_model(args)
     gen = genlens.words_generation(m, prompt, langs, concepts=concepts, max_new_tokens=args.generate, k=args.k)
@@ -265,15 +270,8 @@ EXPERIMENTS = {  # command → (help, what --out is)
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of every subcommand (experiment flags generated from the settings dataclasses)."""
-    from llmlatent.experiments.cache import CacheSettings, ImportSettings
-    from llmlatent.experiments.reproduce import ReproduceSettings
-
-    parser = argparse.ArgumentParser(prog="python -m llmlatent", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_lens_parser(sub: argparse._SubParsersAction) -> None:
+    """Return None after adding the ``lens`` command (one prompt's top tokens; ``--generate N``: along a generation)."""
     p = sub.add_parser("lens", help="top tokens of every layer for a hand prompt")
     p.add_argument("prompt", help='the prompt; \\n and \\" escapes are interpreted')
     p.add_argument("-k", type=int, default=5)
@@ -286,6 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concepts", default=None, help="--generate: concepts of the word sets (default: in the prompt)")
     add_flags(p, ModelOptions)
     p.set_defaults(func=cmd_lens)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of every subcommand (experiment flags generated from the settings dataclasses)."""
+    from llmlatent.experiments.cache import CacheSettings, ImportSettings
+    from llmlatent.experiments.reproduce import ReproduceSettings
+
+    parser = argparse.ArgumentParser(prog="python -m llmlatent", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    add_lens_parser(sub)
 
     for command, (text, out) in EXPERIMENTS.items():
         p = sub.add_parser(command, help=text)

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING
 
 import regex
 
-from .data import read_table
+from .data import DataError, read_table
 from .tokens import token_set
 
 if TYPE_CHECKING:
+    import pandas as pd
     from transformers import PreTrainedTokenizerBase
 
 # the scripts a token is tested for, in order; any other letter is "Other"
@@ -69,13 +70,26 @@ def word_sets(
 ) -> dict[str, list[int]]:
     """Return language → sorted token ids that start the word of any of ``concepts`` in that language.
 
-    Words come from the bundled (or ``words_dir``) word files; a concept missing in a language adds nothing.
+    Words come from the bundled (or ``words_dir``) word files; a concept that is not in every one of them
+    is refused (DataError).
     """
     table = read_table(list(langs), words_dir).set_index("concept")
-    chosen = [c for c in dict.fromkeys(concepts) if c in table.index]
+    chosen = check_concepts(concepts, table)
     return {
         lang: sorted({t for c in chosen for t in token_set(tokenizer, table.at[c, f"word_{lang}"])}) for lang in langs
     }
+
+
+def check_concepts(concepts: Sequence[str], table: pd.DataFrame) -> list[str]:
+    """Return ``concepts`` without repeats if each is in ``table`` (indexed by concept); else one DataError line."""
+    chosen = list(dict.fromkeys(concepts))
+    unknown = [c for c in chosen if c not in table.index]
+    if unknown:
+        raise DataError(
+            f"unknown concept(s) {', '.join(map(repr, unknown))}; concepts are the word files' concept column "
+            f"(in every language asked for), e.g. {', '.join(table.index[:3])}"
+        )
+    return chosen
 
 
 def concepts_in(text: str, langs: Sequence[str], words_dir: str | Path | None = None) -> list[str]:

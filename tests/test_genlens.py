@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from llmlatent import genlens, tagging
+from llmlatent.data import DataError
 from llmlatent.errors import UsageError
 from llmlatent.tokens import token_set
 
@@ -137,6 +138,8 @@ def test_language_tags_and_concepts_in_a_prompt(spm_tokenizer):
     assert tagging.concepts_in("Un nuageux", ["fr"]) == []  # whole words only
     sets = tagging.word_sets(spm_tokenizer, ["cloud"], ["en", "zh"])
     assert sets["en"] == token_set(spm_tokenizer, "cloud") and sets["zh"] == token_set(spm_tokenizer, "云")
+    with pytest.raises(DataError, match="unknown concept\\(s\\) 'clowd'"):
+        tagging.word_sets(spm_tokenizer, ["cloud", "clowd"], ["en"])
     tags = tagging.lang_tags([sets["en"][0], sets["zh"][0], 10**6], sets)
     assert tags == ["en", "zh", ""]
 
@@ -158,6 +161,8 @@ def test_lens_generate_command(tiny_models, monkeypatch, tmp_path, capsys):
     assert (tmp_path / "gen.png").stat().st_size > 0 and (tmp_path / "gen.pdf").stat().st_size > 0
     assert cli.main([*argv[:-1], "p_xx"]) == 2 and len(loads) == 1  # refused before the model loads
     assert "--colour must be probability or p_<lang>" in capsys.readouterr().err
+    assert cli.main([*argv, "--concepts", "cloud,clowd"]) == 2 and len(loads) == 1
+    assert "unknown concept(s) 'clowd'" in capsys.readouterr().err
 
 
 def test_generation_heatmap_draws_dollar_signs_as_text(tmp_path):
