@@ -102,3 +102,17 @@ def test_reproduce_plans_the_detour_step_and_copies_its_figures(tmp_path):
         (results / "detour" / name).write_bytes(b"x")
     reproduce.copy_figures(results, figures)
     assert sorted(p.name for p in figures.iterdir()) == ["detour.png", "detour_generation.pdf"]
+
+
+def test_first_answer_token_equals_the_last_prompt_token_sweep(tiny_models):
+    """Step 0 decodes the prompt's last position: the paper's sweep of the same prompts, number for number."""
+    from llmlatent import lens
+
+    model = tiny_models["llama"]
+    result = detour.compute(model, detour.DetourSettings(langs=("en", "ru"), n_prompts=4, max_new_tokens=2))
+    first = result.rows[(result.rows["step"] == 0) & (result.rows["rank"] == 1)].reset_index(drop=True)
+    swept = lens.sweep(model, tasks.build("translation", "fr", "ru", model.tokenizer, n=4, seed=0), progress=False)
+    assert first[["prompt_id", "layer"]].to_numpy().tolist() == swept[["prompt_id", "layer"]].to_numpy().tolist()
+    # (p_source differs by design: the detour removes the target's and English's ids from the source set)
+    for mine, theirs in (("p_en", "p_english"), ("p_ru", "p_target"), ("entropy", "entropy")):
+        assert np.allclose(first[mine], swept[theirs], atol=1e-6), mine
