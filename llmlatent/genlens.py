@@ -146,13 +146,13 @@ def _greedy(model: Model, prompts: list[str], max_new_tokens: int) -> tuple[torc
     inputs = model.encode(prompts)
     batch, cache, hidden, chosen = dict(inputs), None, [], []
     eos = model.tokenizer.eos_token_id
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=model.device)
+    done = torch.zeros(len(prompts), dtype=torch.bool)
     for _ in range(max_new_tokens):
         h, logits, cache = _step(model, batch, cache)
-        next_ids = logits.argmax(-1)
+        next_ids = logits.argmax(-1).to(batch["input_ids"].device)  # (the head may sit on another device)
         hidden.append(h.cpu())
         chosen.append(next_ids.cpu())
-        done |= next_ids == eos
+        done |= chosen[-1] == (-1 if eos is None else eos)
         if bool(done.all()):
             break
         mask = torch.cat([batch["attention_mask"], torch.ones_like(next_ids)[:, None]], dim=1)

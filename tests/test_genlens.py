@@ -194,3 +194,8 @@ def test_embedded_generation_lens_is_exact_under_the_cache(embedded):
     assert_same(gen.rows, full, entropy_bits=1e-4)  # 262k-token sums: float32 rounding reaches ~2e-5 bits
     last = gen.rows[(gen.rows["layer"] == embedded.n_layers - 1) & (gen.rows["rank"] == 1)]
     assert last["token_id"].tolist() == gen.token_ids[0]
+
+
+def test_generation_keeps_tokens_through_the_first_end_of_sequence():
+    assert genlens._until_eos([5, 1, 7, 1], 1) == [5, 1]
+    assert genlens._until_eos([5, 7], 1) == [5, 7] and genlens._until_eos([5, 1], None) == [5, 1]
