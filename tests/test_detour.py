@@ -35,6 +35,9 @@ def test_detour_end_to_end(tiny_models, tmp_path):
     assert line["p_source"] == pytest.approx(part["p_fr"].mean()) and line["n_prompts"] == 3
     assert set(record["detour"]) == {"fr", "zh"}
     assert runs.run(settings, model, folder)["cache_key"] == record["cache_key"]  # reused
+    runs.run(settings, model, tmp_path / "again")  # computed anew: the same bytes
+    for name in ("rows.csv", "summary.csv"):
+        assert (tmp_path / "again" / name).read_bytes() == (folder / name).read_bytes()
     # the rows are the generation lens of the same prompts with the concept's word sets
     prompts = tasks.build("translation", "fr", "zh", model.tokenizer, n=3, seed=0).df
     sets = [{"en": list(r.english_ids), "zh": list(r.target_ids)} for r in prompts.itertuples()]
