@@ -1,8 +1,9 @@
 """``python -m llmlatent <command>``: every experiment command's flags are generated from its settings dataclass.
 
-``sweep``, ``steer`` and ``patch`` run one experiment through :func:`llmlatent.experiments.runs.run` (a folder
-whose cache key matches is reused; ``--force`` recomputes); ``reproduce`` runs them all; ``cache`` writes a
-latent store, ``import-latents`` the paper's own latents into stores; ``lens`` and ``cache-info`` print.
+``sweep``, ``steer``, ``patch`` and ``detour`` run one experiment through :func:`llmlatent.experiments.runs.run`
+(a folder whose cache key matches is reused; ``--force`` recomputes); ``reproduce`` runs them all; ``cache``
+writes a latent store, ``import-latents`` the paper's own latents into stores; ``lens`` (``--generate N``: along
+a greedy generation) and ``cache-info`` print.
 Every bad value is answered (one line, exit status 2) before the model is loaded.
 """
 
@@ -46,15 +47,17 @@ def load_head(args: argparse.Namespace) -> LoadedHead:
 
 
 def _settings_class(command: str) -> type:
+    from llmlatent.experiments.detour import DetourSettings
     from llmlatent.experiments.patching import PatchSettings
     from llmlatent.experiments.steering.plan import SteeringSettings
     from llmlatent.experiments.sweep import SweepSettings
 
-    return {"sweep": SweepSettings, "steer": SteeringSettings, "patch": PatchSettings}[command]
+    classes = {"sweep": SweepSettings, "steer": SteeringSettings, "patch": PatchSettings, "detour": DetourSettings}
+    return classes[command]
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    """Run one experiment (sweep, steer, patch) into --out and print its headline numbers as JSON."""
+    """Run one experiment (sweep, steer, patch, detour) into --out and print its headline numbers as JSON."""
     from llmlatent.experiments import runs
 
     settings = from_args(_settings_class(args.command), args)  # every bad value is answered here
@@ -80,6 +83,8 @@ def cmd_lens(args: argparse.Namespace) -> int:
     checks.count(args.k, "k", flag="-k")
     if args.out:
         checks.output_file(args.out, "out")
+    if args.generate:
+        return lens_generation(args, prompt)
     m = load_model(args)
     table = lens.top_tokens(m, prompt, k=args.k)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 24):
@@ -89,6 +94,47 @@ def cmd_lens(args: argparse.Namespace) -> int:
 
         with atomic_file(args.out) as tmp:  # complete under its name, or not there at all
             table.to_csv(tmp, index=False)
+    return 0
+
+
+def lens_generation(args: argparse.Namespace, prompt: str) -> int:
+    """Print the top-1 token of every layer × generated token; write the tidy CSV (--out) and the heatmap (--figure)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from llmlatent import checks, genlens
+    from llmlatent.experiments import genplots, plots
+
+    checks.count(args.generate, "generate", flag="--generate")
+    from llmlatent.languages import PAPER, parse_codes
+
+    langs = PAPER if args.langs is None else parse_codes(args.langs, flag="--langs")
+    concepts = None if args.concepts is None else [c.strip() for c in args.concepts.split(",") if c.strip()]
+    if args.colour != "probability" and args.colour.removeprefix("p_") not in langs:
+        raise UsageError(f"--colour must be probability or p_<lang> of --langs ({', '.join(langs)}), got {args.colour}")
+    if concepts is not None:
+        from llmlatent.data import read_table
+        from llmlatent.tagging import check_concepts
+
+        check_concepts(concepts, read_table(list(langs)).set_index("concept"))
+    figure = args.figure or (str(Path(args.out).with_suffix("")) if args.out else None)
+    m = load_model(args)
+    gen = genlens.words_generation(m, prompt, langs, concepts=concepts, max_new_tokens=args.generate, k=args.k)
+    top = gen.rows[gen.rows["rank"] == 1]
+    wide = top.pivot(index="layer", columns="step", values="token").map(lambda t: repr(t)[1:-1])
+    wide.columns = [repr(t)[1:-1] for t in top.drop_duplicates("step")["generated_token"]]
+    with pd.option_context("display.width", 200, "display.max_columns", 40):
+        print(f"generated: {gen.texts[0]!r}")
+        print(wide.to_string())
+    if args.out:
+        from llmlatent.atomic import atomic_file
+
+        with atomic_file(args.out) as tmp:
+            gen.rows.to_csv(tmp, index=False, float_format="%.8g")
+    if figure:
+        fig = genplots.generation_heatmap(gen.rows, colour=args.colour, title=f"{m.name}: {gen.texts[0]!r}")
+        plots.save(fig, figure)
+        plt.close(fig)
     return 0
 
 
@@ -219,7 +265,24 @@ EXPERIMENTS = {  # command → (help, what --out is)
         "output folder",
     ),
     "patch": ("activation patching: donor latents into receiver prompts at each layer (Dumas et al.)", "output folder"),
+    "detour": ("every generated answer token at every layer: p(English) vs p(target) (Schut et al.)", "output folder"),
 }
+
+
+def add_lens_parser(sub: argparse._SubParsersAction) -> None:
+    """Return None after adding the ``lens`` command (one prompt's top tokens; ``--generate N``: along a generation)."""
+    p = sub.add_parser("lens", help="top tokens of every layer for a hand prompt")
+    p.add_argument("prompt", help='the prompt; \\n and \\" escapes are interpreted')
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--out", default=None, help="also write the tidy table to this CSV")
+    p.add_argument("--no-escapes", dest="escapes", action="store_false", help="take the prompt literally")
+    p.add_argument("--generate", type=int, default=0, metavar="N", help="lens of each of N greedily generated tokens")
+    p.add_argument("--figure", default=None, help="--generate: heatmap PNG+PDF path (default: --out without .csv)")
+    p.add_argument("--colour", default="probability", help="--generate: heatmap colour, probability or p_<lang>")
+    p.add_argument("--langs", default=None, help="--generate: languages of the word sets and tags (default: all)")
+    p.add_argument("--concepts", default=None, help="--generate: concepts of the word sets (default: in the prompt)")
+    add_flags(p, ModelOptions)
+    p.set_defaults(func=cmd_lens)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,13 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("lens", help="top tokens of every layer for a hand prompt")
-    p.add_argument("prompt", help='the prompt; \\n and \\" escapes are interpreted')
-    p.add_argument("-k", type=int, default=5)
-    p.add_argument("--out", default=None, help="also write the tidy table to this CSV")
-    p.add_argument("--no-escapes", dest="escapes", action="store_false", help="take the prompt literally")
-    add_flags(p, ModelOptions)
-    p.set_defaults(func=cmd_lens)
+    add_lens_parser(sub)
 
     for command, (text, out) in EXPERIMENTS.items():
         p = sub.add_parser(command, help=text)

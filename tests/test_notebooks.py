@@ -27,7 +27,7 @@ RUNNER = pytest.StashKey["Runner | None"]()  # set by tests/conftest.py when col
 
 # Small parameters per notebook; "{tmp}" is replaced by the test's tmp_path.
 SMALL: dict[str, dict] = {
-    "01_logit_lens_playground.ipynb": {"k": 3, "positions": 4},
+    "01_logit_lens_playground.ipynb": {"k": 3, "positions": 4, "generate": 2},
     "02_translation.ipynb": {"n": 6, "out_dir": "{tmp}/02", "latent": "en,de"},
     "03_repetition.ipynb": {"n": 6, "out_dir": "{tmp}/03", "compare_filters": True},  # the variants cell, cheaply
     "04_cloze.ipynb": {"n": 6, "out_dir": "{tmp}/04"},

@@ -26,7 +26,8 @@ def test_reproduce_runs_and_reuses_cache(tiny_path, tmp_path):
     pivot = pd.read_csv(results / "pivot_summary.csv")
     assert sorted(pivot["tgt"]) == ["de", "en", "fr", "ru", "zh"] and (pivot["n_prompts"] == 3).all()
     assert (figures / "grid_repetition.png").exists() and (figures / "repetition_zh_probabilities.pdf").exists()
-    assert (figures / "hand_prompt_lens.png").exists()
+    assert (figures / "hand_prompt_lens.png").exists() and (figures / "hand_prompt_generation.pdf").exists()
+    assert set(pd.read_csv(results / "hand_prompt_generation.csv")["rank"]) == {1, 2, 3}
     stamp = (results / "repetition" / "zh-zh" / "rows.csv").stat().st_mtime_ns
     reproduce.run_all(str(tiny_path), results=results, figures=figures, n=3, only="repetition")
     assert (results / "repetition" / "zh-zh" / "rows.csv").stat().st_mtime_ns == stamp  # reused

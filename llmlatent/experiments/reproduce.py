@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from llmlatent import checks, lens, tasks
+from llmlatent import checks, genlens, lens, tasks
 from llmlatent.adapter import same_model
 from llmlatent.errors import LlmlatentError
-from llmlatent.experiments import plots, runs
+from llmlatent.experiments import genplots, plots, runs
+from llmlatent.experiments.detour import DetourSettings
 from llmlatent.experiments.patching import PatchSettings
 from llmlatent.experiments.settings import Settings, option
 from llmlatent.experiments.steering.plan import DEFAULT_N_CONCEPTS, SteeringSettings
@@ -47,6 +48,7 @@ PATCHING = "patching_de-fr_into_ru-zh"  # directly under results/: not results/<
 LATENT_LANGUAGES = "latent_languages"  # sweeps whose every bundled language is a latent language
 LATENT_PAIRS = (("fr", "zh"), ("fr", "de"), ("fr", "ja"))
 LATENT_CANDIDATES = ("en", "fr", "de", "ru", "zh", "ja", "es", "ko")  # as many as a figure can tell apart
+DETOUR = "detour"  # the Schut et al. measurement (every generated answer token at every layer)
 
 
 class ReproduceError(LlmlatentError, ValueError):
@@ -55,7 +57,7 @@ class ReproduceError(LlmlatentError, ValueError):
 
 @dataclass(frozen=True)
 class ReproduceSettings(Settings):
-    """The whole reproduction: 30 sweeps, the fr→zh latent store, the steering demo, patching, every figure."""
+    """The whole reproduction: 30 sweeps, the fr→zh latent store, steering, patching, the detour, every figure."""
 
     error = ReproduceError
 
@@ -64,6 +66,7 @@ class ReproduceSettings(Settings):
     n_prompts: int | None = option(None, "prompts per sweep and in the latent store (default: all)", aliases=("--n",))
     n_concepts: int = option(DEFAULT_N_CONCEPTS, "concepts of the steering demo, cut into fit / select / test")
     n_pairs: int = option(32, "donor/receiver pairs of the patching step (about 2 minutes on 2 idle cores)")
+    n_detour: int = option(8, "prompts per target language of the detour step (about 50 s on one core)")
     seed: int = option(0, "seed of every step")
     batch_size: int = option(16, "prompts per forward of the sweeps and the latent store", key=False)
     only: str | None = option(None, "run one task's sweeps only", choices=tasks.TASKS)
@@ -138,6 +141,7 @@ def plan(s: ReproduceSettings) -> list[Step]:
                 ),
             )
         )
+        steps.append(Step(DETOUR, DetourSettings(n_prompts=s.n_detour, seed=s.seed)))
     return steps
 
 
@@ -266,11 +270,16 @@ def latent_step(m: Model, path: Path, *, n: int | None, seed: int, batch_size: i
 
 
 def hand_prompt(m: Model, results: Path, figures: Path) -> None:
-    """Write the hand prompt's top tokens per layer (CSV) and its layer × rank figure."""
+    """Write the hand prompt's top tokens per layer and its lens along a 4-token generation (CSVs and figures)."""
     table = lens.top_tokens(m, HAND_PROMPT, k=5)
     table.to_csv(results / "hand_prompt_top_tokens.csv", index=False)
     fig = plots.top_token_heatmap(table, title="logit lens, hand prompt (fr→zh, query 'nuage')")
     plots.save(fig, figures / "hand_prompt_lens")
+    plt.close(fig)
+    gen = genlens.words_generation(m, HAND_PROMPT, LANGS, max_new_tokens=4, k=3)
+    gen.rows.to_csv(results / "hand_prompt_generation.csv", index=False, float_format="%.8g")
+    fig = genplots.generation_heatmap(gen.rows, title=f"lens along generation, hand prompt: {gen.texts[0]!r}")
+    plots.save(fig, figures / "hand_prompt_generation")
     plt.close(fig)
 
 
@@ -285,6 +294,8 @@ def copy_figures(results: Path, figures: Path) -> None:
         shutil.copyfile(path, figures / f"steering_{path.name.removeprefix('heatmap_')}")
     for path in (results / PATCHING).glob("*.p[nd][gf]"):
         shutil.copyfile(path, figures / f"patching_{path.name}")
+    for path in (results / DETOUR).glob("*.p[nd][gf]"):
+        shutil.copyfile(path, figures / (path.name if path.stem == "detour" else f"detour_{path.name}"))
 
 
 def run_all(
