@@ -188,6 +188,13 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def copy_file(source: str | Path, target: str | Path) -> Path:
+    """Return ``target`` after copying ``source`` there through :func:`atomic_file`: complete, or not there at all."""
+    with atomic_file(target) as tmp:
+        shutil.copyfile(source, tmp)
+    return Path(target)
+
+
 @contextlib.contextmanager
 def staged_dir(final: str | Path, prefix: str) -> Iterator[Path]:
     """Yield a new temporary folder beside ``final`` that replaces ``final`` (whatever it holds) if the block succeeds.

@@ -10,6 +10,7 @@ Every bad value is answered (one line, exit status 2) before the model is loaded
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -359,6 +360,12 @@ INTERRUPTED = (
 )
 
 
+DISK_FULL = (
+    "no space left on the device while writing {where} (files are written under temporary names: no partial one "
+    "was kept); free some space there (df -h) and rerun the same command"
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status (domain errors print one line, status 2; Ctrl-C 130)."""
     parser = build_parser()
@@ -385,3 +392,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(INTERRUPTED, file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk where no command said more (result folders and stores do)
+        if exc.errno != errno.ENOSPC:
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: {DISK_FULL.format(where=exc.filename or 'an output file')}", file=sys.stderr)
+        return 2

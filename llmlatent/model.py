@@ -166,6 +166,35 @@ def _config(path: str, name: str, trust_remote_code: bool) -> tuple[object, str 
         ) from exc
 
 
+def check_options(
+    name_or_path: str | os.PathLike | None,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
+) -> tuple[str | torch.device, torch.dtype]:
+    """Return (device, dtype) that :func:`load` will use, after the checks it makes before reading any file.
+
+    The device must exist (unless ``device_map`` places the model), the dtype be floating point, and Gemma
+    never run in float16. Notebooks call this before the model loads (``llmlatent.notebook.check``).
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_map is None:
+        check_device(device)
+    dtype = torch_dtype(dtype) or default_dtype(device)
+    name = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
+    if dtype == torch.float16 and "gemma" in name.lower():
+        raise ModelLoadError("Gemma must not run in float16 (activations overflow): use bfloat16 or float32")
+    return device, dtype
+
+
+def read_config(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False) -> object:
+    """Return the transformers config of a model folder or hub id (config.json only); ModelLoadError if unreachable."""
+    path, name = _resolve(name_or_path)
+    return _config(path, name, trust_remote_code)[0]
+
+
 def load(
     name_or_path: str | os.PathLike | None = None,
     *,
@@ -182,14 +211,8 @@ def load(
     accelerate (models larger than one GPU). ``blocks``/``final_norm`` override the adapter's
     attribute paths for architectures it does not know.
     """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device_map is None:
-        check_device(device)
-    dtype = torch_dtype(dtype) or default_dtype(device)
+    device, dtype = check_options(name_or_path, dtype=dtype, device=device, device_map=device_map)
     path, name = _resolve(name_or_path)
-    if dtype == torch.float16 and "gemma" in name.lower():
-        raise ModelLoadError("Gemma must not run in float16 (activations overflow): use bfloat16 or float32")
     config, token = _config(path, name, trust_remote_code)
     hf = _from_pretrained(
         path, name, config, token, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code

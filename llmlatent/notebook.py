@@ -1,27 +1,126 @@
 """Notebook helpers (a face: it may import the experiments): the numbered notebooks' setup cell and sweep in one call.
 
-:func:`load` is the setup cell (inline figures, log lines, pandas options, the model); :func:`sweep_run`
-runs (or reuses) one lens sweep and reads its CSVs back as a :class:`SweepView`, the one code path of
-notebooks 02, 03 and 04.
+:func:`check` validates the parameters cell in one call before any model loads; :func:`load` is the setup
+cell (inline figures, log lines, pandas options, the model); :func:`sweep_run` runs (or reuses) one lens
+sweep and reads its CSVs back as a :class:`SweepView`, the one code path of notebooks 02, 03 and 04.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .errors import LlmlatentError, UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
 
+    from .experiments.settings import Settings
     from .experiments.sweep import SweepSettings
     from .model import Model
 
 log = logging.getLogger("llmlatent")
+
+
+class ParameterError(UsageError):
+    """A bad value in a notebook's parameters cell; the message names the parameter, its value and the fix."""
+
+
+def check(
+    experiment: type[Settings] | None = None,
+    /,
+    *,
+    names: Mapping[str, str] | None = None,
+    counts: Mapping[str, Any] | None = None,
+    model: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    device: str | None = None,
+    device_map: str | None = None,
+    **fields: Any,
+) -> Settings | None:
+    """Return ``experiment(**fields)`` (None without an experiment) after checking every notebook parameter.
+
+    Nothing is loaded: the model options are checked as :func:`llmlatent.model.load` checks them (a model
+    other than the default must have a readable config.json), ``counts`` (parameter → value) must be whole
+    numbers ≥ 1, and the experiment's own settings validate ``fields`` (a string for a field with a
+    command-line parser, such as ``"de:fr"``, is parsed first; a value outside a field's declared choices
+    is refused). ``names`` maps a field to the notebook parameter that sets it (``{"n_prompts": "n"}``).
+    A failure raises :class:`ParameterError`, whose one line names the parameter, its value and the fix.
+    """
+    options = {"model": model, "dtype": dtype, "device": device, "device_map": device_map}
+    _blame(_check_model, options, dict.fromkeys(options), {})
+    for name, value in (counts or {}).items():
+        _blame(lambda v, name=name: _count(v[name], name), {name: value}, {}, {})
+    if experiment is None:
+        return None
+    defaults = {f.name: f.default for f in dataclasses.fields(experiment) if f.default is not dataclasses.MISSING}
+    return _blame(lambda v: _build(experiment, v), fields, defaults, dict(names or {}))
+
+
+def _count(value: Any, name: str) -> int:
+    """Return ``value`` after checking it is a whole number ≥ 1 (:func:`llmlatent.checks.count`)."""
+    from .checks import count
+
+    return count(value, name, flag=name)
+
+
+def _check_model(options: dict) -> None:
+    from . import model
+
+    model.check_options(options["model"], dtype=options["dtype"], device=options["device"],
+                        device_map=options["device_map"])  # fmt: skip
+    if options["model"] is not None:
+        model.read_config(options["model"])
+
+
+def _build(experiment: type[Settings], fields: dict) -> Settings:
+    """Return ``experiment(**fields)`` after parsing strings of fields with a parser and checking declared choices."""
+    values = dict(fields)
+    for f in dataclasses.fields(experiment):
+        value, meta = values.get(f.name), f.metadata
+        if isinstance(value, str) and meta.get("parse") is not None:
+            values[f.name] = value = meta["parse"](value)
+        if value is not None and meta.get("choices") and value not in meta["choices"]:
+            raise UsageError(f"{f.name} must be one of {', '.join(meta['choices'])}, got {value!r}")
+    return experiment(**values)
+
+
+def _blame(validate: Callable[[dict], Any], values: dict, defaults: dict, names: dict) -> Any:
+    """Return ``validate(values)``; on a LlmlatentError raise ParameterError naming the culprit parameters.
+
+    A parameter sets one or more fields (``names``). It is a culprit when resetting its fields to their
+    defaults makes the error go away or change; when none is (a conflict of several), every parameter that
+    differs from its defaults is named.
+    """
+    try:
+        return validate(values)
+    except LlmlatentError as exc:
+        message = str(exc)
+        params: dict[str, list[str]] = {}
+        for k in values:
+            params.setdefault(names.get(k, k), []).append(k)
+        changed = [p for p, ks in params.items() if any(k not in defaults or values[k] != defaults[k] for k in ks)]
+
+        def culprit(param: str) -> bool:
+            if not all(k in defaults for k in params[param]):
+                return False
+            try:
+                validate({**values, **{k: defaults[k] for k in params[param]}})
+            except LlmlatentError as other:
+                return str(other) != message
+            return True
+
+        named = [p for p in changed if culprit(p)] or changed or list(params)
+        which = ", ".join(f"{p} = {values[params[p][0]]!r}" for p in named)
+        raise ParameterError(
+            f"notebook parameter {which}: {message}; fix it in the parameters cell (papermill: -p {named[0]} VALUE)"
+        ) from None
 
 
 def setup(level: int = logging.INFO) -> None:

@@ -22,6 +22,7 @@ import pandas as pd
 
 from llmlatent import languages
 from llmlatent.atomic import atomic_file
+from llmlatent.experiments import precision
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -59,12 +60,14 @@ def style() -> Iterator[None]:
 
 
 def styled(builder: Callable[P, R]) -> Callable[P, R]:
-    """Return ``builder`` wrapped to run inside :func:`style` (texts created there keep the CJK fallback)."""
+    """Return ``builder`` wrapped to run inside :func:`style` (texts keep the CJK fallback), drawing from its
+    arguments' floats rounded to 4 significant digits (:func:`~llmlatent.experiments.precision.shown`: float
+    noise across machines moves no pixel)."""
 
     @functools.wraps(builder)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         with style():
-            return builder(*args, **kwargs)
+            return builder(*map(precision.shown, args), **{k: precision.shown(v) for k, v in kwargs.items()})
 
     return wrapper
 

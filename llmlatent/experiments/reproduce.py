@@ -10,7 +10,6 @@ and the grid figures read only the folders of these steps.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ import pandas as pd
 
 from llmlatent import checks, genlens, lens, tasks
 from llmlatent.adapter import same_model
+from llmlatent.atomic import copy_file
 from llmlatent.errors import LlmlatentError
 from llmlatent.experiments import genplots, plots, runs
 from llmlatent.experiments.detour import DetourSettings
@@ -284,18 +284,18 @@ def hand_prompt(m: Model, results: Path, figures: Path) -> None:
 
 
 def copy_figures(results: Path, figures: Path) -> None:
-    """Copy the featured sweeps', the steering heatmaps' and the patching figures into ``figures``."""
+    """Copy the featured sweeps', the steering heatmaps' and the patching figures into ``figures`` (each atomically)."""
     for run_dir, name in FEATURED.items():
         for suffix in ("png", "pdf"):
             for kind in ("probabilities", "energy"):
                 if (results / run_dir / f"{kind}.{suffix}").exists():
-                    shutil.copyfile(results / run_dir / f"{kind}.{suffix}", figures / f"{name}_{kind}.{suffix}")
+                    copy_file(results / run_dir / f"{kind}.{suffix}", figures / f"{name}_{kind}.{suffix}")
     for path in (results / STEERING).glob("heatmap_*.*"):
-        shutil.copyfile(path, figures / f"steering_{path.name.removeprefix('heatmap_')}")
+        copy_file(path, figures / f"steering_{path.name.removeprefix('heatmap_')}")
     for path in (results / PATCHING).glob("*.p[nd][gf]"):
-        shutil.copyfile(path, figures / f"patching_{path.name}")
+        copy_file(path, figures / f"patching_{path.name}")
     for path in (results / DETOUR).glob("*.p[nd][gf]"):
-        shutil.copyfile(path, figures / (path.name if path.stem == "detour" else f"detour_{path.name}"))
+        copy_file(path, figures / (path.name if path.stem == "detour" else f"detour_{path.name}"))
 
 
 def run_all(

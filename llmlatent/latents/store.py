@@ -46,6 +46,7 @@ from llmlatent.latents.format import (
     shard_dir,
 )
 from llmlatent.latents.shards import disk_size, fill_shards, shard_problem, shard_range, to_storage
+from llmlatent.latents.space import check_free_space, disk_full
 from llmlatent.lenses import Lens
 from llmlatent.tokens import set_columns
 
@@ -95,7 +96,10 @@ def collect(
     frame, meta = prompt_frame(prompts)
     rank, world = _rank_world(rank, world_size)
     path = Path(path)
-    config = open_or_create(path, make_config(model, frame, meta, dtype), shard_size, repair=repair)
+    wanted = make_config(model, frame, meta, dtype)
+    check_free_space(path, wanted)  # the size is known now: refuse before anything is created
+    with disk_full(path, wanted):  # store.json itself may not fit
+        config = open_or_create(path, wanted, shard_size, repair=repair)
     mine = [k for k in range(config["n_shards"]) if k % world == rank]
 
     def forward(start: int, stop: int, bar: tqdm) -> np.ndarray:
@@ -107,7 +111,9 @@ def collect(
             bar.update(len(idx))
         return out
 
-    fill_shards(path, config, frame, mine, forward, "latents" if world == 1 else f"latents (rank {rank}/{world})")
+    desc = "latents" if world == 1 else f"latents (rank {rank}/{world})"
+    with disk_full(path, config):  # finished shards are kept, the unfinished one is removed
+        fill_shards(path, config, frame, mine, forward, desc, progress)
     return _after_rank(path, config, rank, world)
 
 
@@ -136,13 +142,17 @@ def write_latents(
         raise LatentStoreError(f"latents of shape {tuple(latents.shape)} do not fit {want} (prompts, layers, hidden)")
     stored = to_storage(latents, dtype)  # float16's range is checked before anything is written
     path = Path(path)
-    config = open_or_create(path, make_config(fingerprint, frame, meta, dtype), shard_size)
+    wanted = make_config(fingerprint, frame, meta, dtype)
+    check_free_space(path, wanted)
+    with disk_full(path, wanted):
+        config = open_or_create(path, wanted, shard_size)
 
     def take(start: int, stop: int, bar: tqdm) -> np.ndarray:
         bar.update(stop - start)
         return stored[start:stop]
 
-    fill_shards(path, config, frame, list(range(config["n_shards"])), take, "write latents", progress)
+    with disk_full(path, config):
+        fill_shards(path, config, frame, list(range(config["n_shards"])), take, "write latents", progress)
     return load(path)
 
 
