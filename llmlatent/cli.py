@@ -47,10 +47,12 @@ def load_head(args: argparse.Namespace) -> LoadedHead:
 
 def _settings_class(command: str) -> type:
     from llmlatent.experiments.patching import PatchSettings
+    from llmlatent.experiments.steerbench.plan import SteerBenchSettings
     from llmlatent.experiments.steering.plan import SteeringSettings
     from llmlatent.experiments.sweep import SweepSettings
 
-    return {"sweep": SweepSettings, "steer": SteeringSettings, "patch": PatchSettings}[command]
+    commands = {"sweep": SweepSettings, "steer": SteeringSettings, "patch": PatchSettings}
+    return {**commands, "steer-bench": SteerBenchSettings}[command]
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
@@ -219,6 +221,10 @@ EXPERIMENTS = {  # command → (help, what --out is)
         "output folder",
     ),
     "patch": ("activation patching: donor latents into receiver prompts at each layer (Dumas et al.)", "output folder"),
+    "steer-bench": (
+        "steering benchmark: every ordered pair of --langs, four vector methods, (layer, α) held out",
+        "output folder",
+    ),
 }
 
 
