@@ -209,3 +209,23 @@ def test_bad_input_is_one_line_before_the_model_loads(tmp_path, monkeypatch, cap
     assert not (tmp_path / "o").exists()
     with pytest.raises(SteerBenchError, match="more than once"):
         SteerBenchSettings(langs=("de", "de"))
+
+
+def test_reproduce_plans_the_small_benchmark_and_copies_its_figure(tmp_path):
+    from llmlatent.experiments import reproduce
+
+    results = tmp_path / "results"
+    (step,) = [
+        s
+        for s in reproduce.plan(reproduce.ReproduceSettings(results=str(results), bench_concepts=12, seed=3))
+        if s.folder == reproduce.STEERBENCH
+    ]
+    assert step.settings.langs == ("en", "fr", "de", "ru", "zh") and step.settings.n_concepts == 12
+    assert step.settings.seed == 3 and step.settings.store_dir == str(results / "latents" / "steerbench")
+    (results / reproduce.STEERBENCH).mkdir(parents=True)
+    (results / reproduce.STEERBENCH / "heatmaps.png").write_bytes(b"png")
+    (tmp_path / "figures").mkdir()
+    reproduce.copy_figures(results, tmp_path / "figures")
+    assert (tmp_path / "figures" / "steerbench_heatmaps.png").read_bytes() == b"png"
+    with pytest.raises(Exception, match="at least 3"):
+        reproduce.plan(reproduce.ReproduceSettings(results=str(results), bench_concepts=2))

@@ -25,6 +25,7 @@ from llmlatent.errors import LlmlatentError
 from llmlatent.experiments import plots, runs
 from llmlatent.experiments.patching import PatchSettings
 from llmlatent.experiments.settings import Settings, option
+from llmlatent.experiments.steerbench.plan import SteerBenchSettings
 from llmlatent.experiments.steering.plan import DEFAULT_N_CONCEPTS, SteeringSettings
 from llmlatent.experiments.sweep import SweepSettings
 
@@ -43,6 +44,7 @@ FEATURED = {  # run folder -> figure name in figures/
 LATENTS = "latents/translation-fr-zh"  # the fr→zh latent store; the steering demo takes its Chinese fit latents there
 STEERING = "steering/ru-zh"
 PATCHING = "patching_de-fr_into_ru-zh"  # directly under results/: not results/<task>/<pair>/, which holds sweeps
+STEERBENCH = "steerbench"  # every ordered pair of the five languages, small splits; its fit stores in latents/
 
 
 class ReproduceError(LlmlatentError, ValueError):
@@ -51,7 +53,7 @@ class ReproduceError(LlmlatentError, ValueError):
 
 @dataclass(frozen=True)
 class ReproduceSettings(Settings):
-    """The whole reproduction: 30 sweeps, the fr→zh latent store, the steering demo, patching, every figure."""
+    """The whole reproduction: 30 sweeps, the fr→zh latent store, the steering demo and benchmark, patching, figures."""
 
     error = ReproduceError
 
@@ -60,6 +62,7 @@ class ReproduceSettings(Settings):
     n_prompts: int | None = option(None, "prompts per sweep and in the latent store (default: all)", aliases=("--n",))
     n_concepts: int = option(DEFAULT_N_CONCEPTS, "concepts of the steering demo, cut into fit / select / test")
     n_pairs: int = option(32, "donor/receiver pairs of the patching step (about 2 minutes on 2 idle cores)")
+    bench_concepts: int = option(30, "concepts of the steering benchmark step, cut into fit / select / test")
     seed: int = option(0, "seed of every step")
     batch_size: int = option(16, "prompts per forward of the sweeps and the latent store", key=False)
     only: str | None = option(None, "run one task's sweeps only", choices=tasks.TASKS)
@@ -123,6 +126,10 @@ def plan(s: ReproduceSettings) -> list[Step]:
                     batch_size=32,
                 ),
             )
+        )
+        bench_store = str(Path(s.results) / "latents" / "steerbench")
+        steps.append(
+            Step(STEERBENCH, SteerBenchSettings(n_concepts=s.bench_concepts, seed=s.seed, store_dir=bench_store))
         )
     return steps
 
@@ -227,6 +234,8 @@ def copy_figures(results: Path, figures: Path) -> None:
         shutil.copyfile(path, figures / f"steering_{path.name.removeprefix('heatmap_')}")
     for path in (results / PATCHING).glob("*.p[nd][gf]"):
         shutil.copyfile(path, figures / f"patching_{path.name}")
+    for path in (results / STEERBENCH).glob("heatmaps.p[nd][gf]"):
+        shutil.copyfile(path, figures / f"steerbench_{path.name}")
 
 
 def run_all(

@@ -242,3 +242,14 @@ EXPERIMENT = runs.register(
         "steerbench", SteerBenchSettings, compute, write, record="summary.json", headline=HEADLINE, describe=describe
     )
 )
+
+
+def run_to_dir(model: Model, out: str | Path, *, force: bool = False, **settings: object) -> dict:
+    """Return summary.json's content after running ``SteerBenchSettings(**settings)`` into ``out`` (runs.run)."""
+    return runs.run(SteerBenchSettings(**settings), model, out, force=force)
+
+
+def read_results(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return (table, best) of a run folder: the tidy table with intervals and the best method per pair."""
+    out = Path(out)
+    return pd.read_csv(out / "table.csv"), pd.read_csv(out / "best.csv")
