@@ -56,7 +56,7 @@ def _settings_class(command: str) -> type:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    """Run one experiment (sweep, steer, patch) into --out and print its headline numbers as JSON."""
+    """Run one experiment (sweep, steer, patch, steer-bench) into --out and print its headline numbers as JSON."""
     from llmlatent.experiments import runs
 
     settings = from_args(_settings_class(args.command), args)  # every bad value is answered here

@@ -229,3 +229,19 @@ def test_reproduce_plans_the_small_benchmark_and_copies_its_figure(tmp_path):
     assert (tmp_path / "figures" / "steerbench_heatmaps.png").read_bytes() == b"png"
     with pytest.raises(Exception, match="at least 3"):
         reproduce.plan(reproduce.ReproduceSettings(results=str(results), bench_concepts=2))
+
+
+def test_bench_script_baseline_equals_a_bare_forward(tiny_models, tmp_path):
+    """benchmarks/bench_steerbench.py on a tiny model: the α = 0 rows equal a bare forward (timings never asserted)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_steerbench.py"
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    s = SteerBenchSettings(**{**SMALL, "langs": ("en", "zh"), "methods": ("mean_diff",)})
+    out = module.benchmark(tiny_models["gemma3_text"], s, repeats=1, log=lambda _msg: None)
+    assert out["baseline_parity_max_abs_diff"] <= 1e-4
+    assert out["pairs"] == 2 and out["settings_evaluated"] == 2 * (1 + 2) + 2 * (1 + 1 + 1)
+    assert {"bench_seconds", "settings_x_bare_seconds", "bench_over_settings_x_bare"} <= set(out)
