@@ -118,10 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     bench_lens.common_args(parser)
     parser.add_argument("--langs", default="en,fr,de,ru,zh")
     parser.add_argument("--n-concepts", type=int, default=None, help="the benchmark's n_concepts (default: its own)")
+    parser.add_argument("--layers", default=None, help="the benchmark's layers, e.g. 8,12 (default: its own)")
+    parser.add_argument("--alphas", default=None, help="the benchmark's alphas, e.g. 2,4 (default: its own)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="generation length (default: its own)")
     args = parser.parse_args(argv)
     bench_lens.prepare(args)
     model = model_mod.load(args.model)
-    extra = {} if args.n_concepts is None else {"n_concepts": args.n_concepts}
+    extra = {
+        "n_concepts": args.n_concepts,
+        "layers": args.layers and tuple(int(x) for x in args.layers.split(",")),
+        "alphas": args.alphas and tuple(float(x) for x in args.alphas.split(",")),
+        "max_new_tokens": args.max_new_tokens,
+    }
+    extra = {k: v for k, v in extra.items() if v is not None}
     s = SteerBenchSettings(langs=tuple(args.langs.split(",")), progress=False, **extra)
     out = {**bench_lens.environment(model), "command": "python benchmarks/bench_steerbench.py " + " ".join(argv)}
     out.update(benchmark(model, s, args.repeats, lambda msg: print(msg, flush=True)))

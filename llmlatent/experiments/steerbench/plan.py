@@ -14,7 +14,7 @@ from llmlatent.steering import check_count, check_layer
 
 DEFAULT_ALPHAS = (1.0, 2.0, 4.0)
 DEFAULT_N_CONCEPTS = 60  # 20 fit + 20 select + 20 test concepts
-DEFAULT_N_LAYERS = 4  # candidate layers spread over 30-90 % of the depth
+DEFAULT_N_LAYERS = 3  # candidate layers spread over 30-90 % of the depth
 
 
 class SteerBenchError(SteeringError):
@@ -57,7 +57,7 @@ class SteerBenchSettings(Settings):
     n_vias: int = option(4, "input languages of each language's fit prompts (its μ averages over them)")
     seed: int = option(0, "seed of the splits, the few-shot examples and the random controls")
     n_random: int = option(1, "random directions of the common norm per chosen setting (the control)")
-    max_new_tokens: int = option(4, "greedy generation length (language forcing is judged on it)")
+    max_new_tokens: int = option(3, "greedy generation length (language forcing is judged on it)")
     words: str | None = option(
         None, "folder of word CSVs (bundled or seed layout)", digest=True, aliases=("--words-dir",)
     )
