@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from llmlatent import cli, language_vectors
+from llmlatent.errors import LlmlatentError, SteeringError
 from llmlatent.experiments import runs
 from llmlatent.experiments.steerbench import bench, score
 from llmlatent.experiments.steerbench.plan import SteerBenchError, SteerBenchSettings
-from llmlatent.langid import LanguageId
+from llmlatent.langid import LanguageId, LanguageIdError
 from llmlatent.language_vectors import LanguageMeans
 from llmlatent.steering import SteeringVector
 
@@ -63,7 +64,7 @@ def test_methods_give_the_expected_directions_at_equal_norm():
         assert abs(float(scaled.norm()) - norms[4]) <= 1e-4 * norms[4], method
         assert float(scaled.double() @ expected) / (float(scaled.norm()) * float(expected.norm())) > 0.9999
     assert language_vectors.direction(means, "english_fit", "fr", "en", 4) is None  # μ_en − μ_en: undefined
-    with pytest.raises(Exception, match="zero steering direction"):
+    with pytest.raises(SteeringError, match="zero steering direction"):
         language_vectors.equal_norm(torch.zeros(4), 1.0)
     pairs = [(s, t) for s in ("en", "fr", "zh") for t in ("en", "fr", "zh") if s != t]
     mean = sum(float((mu[t] - mu[s]).norm()) for s, t in pairs) / len(pairs)
@@ -90,7 +91,7 @@ def test_language_id_on_fixed_strings():
     assert not lid.forced("", "fr", False)
     assert lid.forced("hotel", "fr", True)  # a same-script cognate: the concept's token set decides
     assert LanguageId(["en", "zh"]).detect("Haus") in ("en", None)  # restricted to the languages in play
-    with pytest.raises(Exception, match="cannot identify"):
+    with pytest.raises(LanguageIdError, match="cannot identify"):
         LanguageId(["en", "xx"])
 
 
@@ -227,7 +228,7 @@ def test_reproduce_plans_the_small_benchmark_and_copies_its_figure(tmp_path):
     (tmp_path / "figures").mkdir()
     reproduce.copy_figures(results, tmp_path / "figures")
     assert (tmp_path / "figures" / "steerbench_heatmaps.png").read_bytes() == b"png"
-    with pytest.raises(Exception, match="at least 3"):
+    with pytest.raises(LlmlatentError, match="at least 3"):
         reproduce.plan(reproduce.ReproduceSettings(results=str(results), bench_concepts=2))
 
 
