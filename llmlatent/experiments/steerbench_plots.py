@@ -10,6 +10,7 @@ import pandas as pd
 
 from llmlatent.experiments.plots import styled
 from llmlatent.experiments.steerbench.report import score_matrix
+from llmlatent.language_vectors import METHODS
 
 
 def _panel(ax: plt.Axes, values: pd.DataFrame, title: str, fmt: str, vmin: float, vmax: float, cmap: str) -> object:
@@ -19,7 +20,6 @@ def _panel(ax: plt.Axes, values: pd.DataFrame, title: str, fmt: str, vmin: float
     ax.set_xticks(range(values.shape[1]), list(values.columns))
     ax.set_yticks(range(values.shape[0]), list(values.index))
     ax.set_xlabel("target")
-    ax.set_ylabel("source")
     ax.set_title(title, fontsize=9)
     for r in range(data.shape[0]):
         for c in range(data.shape[1]):
@@ -38,15 +38,17 @@ def benchmark_heatmaps(
     """Return one figure: per method the source × target test score (the chosen layer and α), then the best layer.
 
     The last panel is the layer (after block i, 0-based) chosen on the select split for each pair's best
-    method (highest test score): where the language direction acts best.
+    method (highest test score; for a tie the earliest layer of the tied methods): where the language
+    direction acts best.
     """
     langs = list(langs)
-    methods = list(dict.fromkeys(table["method"]))
+    methods = [m for m in METHODS if m in set(table["method"])]
     fig, axes = plt.subplots(1, len(methods) + 1, figsize=(2.9 * (len(methods) + 1), 3.2), squeeze=False)
     image = None
     for ax, method in zip(axes[0], methods):
         values = score_matrix(table, method).reindex(index=langs, columns=langs)
         image = _panel(ax, values, f"{method}: test score", ".2f", 0.0, 1.0, "viridis")
+    axes[0][0].set_ylabel("source")
     fig.colorbar(image, ax=axes[0][: len(methods)].tolist(), shrink=0.8, label="score (harmonic mean)")
     layers = best.pivot_table(index="source", columns="target", values="layer", aggfunc="first")
     layers = layers.reindex(index=langs, columns=langs)

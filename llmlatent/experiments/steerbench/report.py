@@ -89,7 +89,11 @@ def tidy_table(rows: pd.DataFrame, chosen: pd.DataFrame, seed: int) -> pd.DataFr
 
 
 def best_per_pair(table: pd.DataFrame) -> pd.DataFrame:
-    """Return per pair the method of highest test score (its chosen layer and α), beside α = 0 and the runner-up."""
+    """Return per pair the method of highest test score (its chosen layer and α), beside α = 0 and the runner-up.
+
+    Methods with the same top score (``mean_diff`` and ``pca`` often give the same top-1 tokens) tie:
+    ``best_method`` is ``tie`` and ``tied`` names them; ``layer`` is then the earliest of theirs.
+    """
     test = table[(table["split"] == "test") & (table["metric"] == "score")]
     steered = test[test["setting"] == "steered"].sort_values(
         ["source", "target", "value", "layer"], ascending=[True, True, False, True], kind="stable"
@@ -98,11 +102,13 @@ def best_per_pair(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (source, target), part in steered.groupby(["source", "target"], sort=False):
         top = part.iloc[0]
+        tied = sorted(part.loc[part["value"] >= top["value"] - 1e-9, "method"])
         rows.append(
             {
                 "source": source,
                 "target": target,
-                "best_method": top["method"],
+                "best_method": top["method"] if len(tied) == 1 else "tie",
+                "tied": "+".join(tied),
                 "layer": int(top["layer"]),
                 "alpha": float(top["alpha"]),
                 "test_score": float(top["value"]),
@@ -140,7 +146,7 @@ def record(
     test = table[(table["split"] == "test") & (table["metric"] == "score")]
     means = test[test["setting"] == "steered"].groupby("method")["value"].mean()
     controls = test[test["setting"] != "steered"].groupby("setting")["value"].mean()
-    wins = best["best_method"].value_counts()
+    wins = best["best_method"].value_counts()  # strict wins; a tie counts for no method
     return {
         "langs": list(s.langs),
         "methods": list(s.methods),
@@ -153,6 +159,8 @@ def record(
         "reported_on": "test",
         "language_id": {"detector": "lingua", "restricted_to": list(s.langs), "token_set_first": True},
         "wins": {m: int(wins.get(m, 0)) for m in s.methods},
+        "ties": int(wins.get("tie", 0)),
+        "in_top_tie_or_win": {m: int(best["tied"].str.split("+").map(lambda x, m=m: m in x).sum()) for m in s.methods},
         "mean_test_score": {m: round(float(v), 6) for m, v in means.items()},
         "mean_control_score": {k: round(float(v), 6) for k, v in controls.items()},
         "best": best.to_dict(orient="records"),
