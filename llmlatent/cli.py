@@ -50,15 +50,17 @@ def load_head(args: argparse.Namespace) -> LoadedHead:
 def _settings_class(command: str) -> type:
     from llmlatent.experiments.detour import DetourSettings
     from llmlatent.experiments.patching import PatchSettings
+    from llmlatent.experiments.steerbench.plan import SteerBenchSettings
     from llmlatent.experiments.steering.plan import SteeringSettings
     from llmlatent.experiments.sweep import SweepSettings
 
-    classes = {"sweep": SweepSettings, "steer": SteeringSettings, "patch": PatchSettings, "detour": DetourSettings}
-    return classes[command]
+    commands = {"sweep": SweepSettings, "steer": SteeringSettings, "patch": PatchSettings, "detour": DetourSettings}
+    return {**commands, "steer-bench": SteerBenchSettings}[command]
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    """Run one experiment (sweep, steer, patch, detour) into --out and print its headline numbers as JSON."""
+    """Run one experiment (sweep, steer, patch, detour, steer-bench) into --out and print its headline numbers as
+    JSON."""
     from llmlatent.experiments import runs
 
     settings = from_args(_settings_class(args.command), args)  # every bad value is answered here
@@ -267,6 +269,10 @@ EXPERIMENTS = {  # command → (help, what --out is)
     ),
     "patch": ("activation patching: donor latents into receiver prompts at each layer (Dumas et al.)", "output folder"),
     "detour": ("every generated answer token at every layer: p(English) vs p(target) (Schut et al.)", "output folder"),
+    "steer-bench": (
+        "steering benchmark: every ordered pair of --langs, four vector methods, (layer, α) held out",
+        "output folder",
+    ),
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -84,21 +85,76 @@ def generate_many(
     step = prefix.copies_per_forward(len(settings), max_rows)
     for start in range(0, len(settings), step):
         part = settings[start : start + step]
-        with prefix.cached(len(part)) as cache, torch.inference_mode():
-            kwargs = {k: v.repeat(len(part), 1) for k, v in prefix.inputs.items() if k != "position_ids"}
-            if cache is not None:
-                kwargs[cache_kwarg(model)] = cache
-            with apply_rows(model, part, prefix.rows, positions):
-                ids = model.hf.generate(
-                    **kwargs,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    use_cache=True,
-                    pad_token_id=tok.pad_token_id,
-                )
+        ids = _generate_part(model, prefix, part, max_new_tokens, positions)
         texts = [tok.decode(row, skip_special_tokens=True) for row in ids[:, prefix.width :]]
         out += [texts[j * prefix.rows : (j + 1) * prefix.rows] for j in range(len(part))]
     return out
+
+
+def _generate_part(
+    model: Model, prefix: Prefix, part: Sequence[Setting], max_new_tokens: int, positions: str, logits: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Return the greedy ids of ``part``'s copies of the prompts (with ``logits``: also the first step's logits)."""
+    with prefix.cached(len(part)) as cache, torch.inference_mode():
+        kwargs = {k: v.repeat(len(part), 1) for k, v in prefix.inputs.items() if k != "position_ids"}
+        if cache is not None:
+            kwargs[cache_kwarg(model)] = cache
+        with apply_rows(model, part, prefix.rows, positions):
+            out = model.hf.generate(
+                **kwargs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=model.tokenizer.pad_token_id,
+                output_logits=logits,
+                return_dict_in_generate=logits,
+            )
+    return (out.sequences, out.logits[0]) if logits else out
+
+
+@dataclass
+class Scored:
+    """Greedy generations of many settings and their first step: ``texts[j][i]``, ``p[name]`` and ``top1`` [S, rows]."""
+
+    texts: list[list[str]]
+    p: dict[str, torch.Tensor]
+    top1: torch.Tensor
+
+
+def generate_scored(
+    model: Model,
+    prefix: Prefix,
+    settings: Sequence[Setting],
+    sets: Mapping[str, Sequence[Sequence[int]]],
+    *,
+    max_new_tokens: int = 4,
+    max_rows: int = 256,
+) -> Scored:
+    """Return the greedy generations of every setting and, from their first step, p(token set) per row and the top-1.
+
+    Steered as :func:`generate_many` with ``positions="generated"`` (one tiled prefix cache, up to
+    ``max_rows`` rows per ``generate`` call). ``sets[name][i]`` is a token-id set of prompt row i; its
+    probability is summed from the float32 softmax of the first step's logits (the model's own head), which
+    is the next-token distribution of the steered prompt (tests/test_steerbench.py checks it against full
+    steered forwards). The top-1 is the first greedy token.
+    """
+    max_new_tokens = check_count(max_new_tokens, "max_new_tokens", minimum=1)
+    settings, tok = list(settings), model.tokenizer
+    texts: list[list[str]] = []
+    p: dict[str, list[torch.Tensor]] = {name: [] for name in sets}
+    top1: list[torch.Tensor] = []
+    step = prefix.copies_per_forward(len(settings), max_rows)
+    for start in range(0, len(settings), step):
+        part = settings[start : start + step]
+        ids, logits = _generate_part(model, prefix, part, max_new_tokens, "generated", logits=True)
+        probs = torch.softmax(logits.float(), dim=-1).cpu()
+        for name, per_row in sets.items():
+            mass = [probs[r, list(per_row[r % prefix.rows])].sum() for r in range(probs.shape[0])]
+            p[name].append(torch.stack(mass).reshape(len(part), prefix.rows))
+        top1.append(ids[:, prefix.width].cpu().reshape(len(part), prefix.rows))
+        decoded = [tok.decode(row, skip_special_tokens=True) for row in ids[:, prefix.width :]]
+        texts += [decoded[j * prefix.rows : (j + 1) * prefix.rows] for j in range(len(part))]
+    return Scored(texts, {k: torch.cat(v) for k, v in p.items()}, torch.cat(top1))
 
 
 def generate(

@@ -11,10 +11,12 @@ from llmlatent import cli
 from llmlatent.experiments.patching import PatchSettings
 from llmlatent.experiments.reproduce import ReproduceSettings
 from llmlatent.experiments.settings import ModelOptions, add_flags, flag_name, from_args
+from llmlatent.experiments.steerbench.plan import SteerBenchSettings
 from llmlatent.experiments.steering.plan import SteeringSettings
 from llmlatent.experiments.sweep import SweepSettings
 
 COMMANDS = {"sweep": SweepSettings, "steer": SteeringSettings, "patch": PatchSettings, "reproduce": ReproduceSettings}
+COMMANDS["steer-bench"] = SteerBenchSettings
 
 
 def subparser(command: str) -> argparse.ArgumentParser:

@@ -50,6 +50,15 @@ SMALL: dict[str, dict] = {
         "langs": ["en", "zh"],
     },
     "08_patching.ipynb": {"n": 3, "layers": [4, 12, 17], "mean_over": ["de", "en"], "out_dir": "{tmp}/08"},
+    "10_steering_benchmark.ipynb": {
+        "langs": ["en", "zh"],
+        "n_concepts": 6,
+        "layers": [6],
+        "alphas": [4.0],
+        "max_new_tokens": 2,
+        "out_dir": "{tmp}/10",
+        "latents_dir": "{tmp}/10_latents",
+    },
 }
 
 

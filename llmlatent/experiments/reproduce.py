@@ -25,6 +25,7 @@ from llmlatent.experiments import genplots, plots, runs
 from llmlatent.experiments.detour import DetourSettings
 from llmlatent.experiments.patching import PatchSettings
 from llmlatent.experiments.settings import Settings, option
+from llmlatent.experiments.steerbench.plan import SteerBenchSettings
 from llmlatent.experiments.steering.plan import DEFAULT_N_CONCEPTS, SteeringSettings
 from llmlatent.experiments.sweep import SweepSettings
 from llmlatent.languages import PAPER as LANGS
@@ -49,6 +50,7 @@ LATENT_LANGUAGES = "latent_languages"  # sweeps whose every bundled language is 
 LATENT_PAIRS = (("fr", "zh"), ("fr", "de"), ("fr", "ja"))
 LATENT_CANDIDATES = ("en", "fr", "de", "ru", "zh", "ja", "es", "ko")  # as many as a figure can tell apart
 DETOUR = "detour"  # the Schut et al. measurement (every generated answer token at every layer)
+STEERBENCH = "steerbench"  # every ordered pair of the five languages, small splits; its fit stores in latents/
 
 
 class ReproduceError(LlmlatentError, ValueError):
@@ -57,7 +59,8 @@ class ReproduceError(LlmlatentError, ValueError):
 
 @dataclass(frozen=True)
 class ReproduceSettings(Settings):
-    """The whole reproduction: 30 sweeps, the fr→zh latent store, steering, patching, the detour, every figure."""
+    """The whole reproduction: 30 sweeps, the fr→zh latent store, the steering demo and benchmark, patching, the
+    detour, every figure."""
 
     error = ReproduceError
 
@@ -67,6 +70,7 @@ class ReproduceSettings(Settings):
     n_concepts: int = option(DEFAULT_N_CONCEPTS, "concepts of the steering demo, cut into fit / select / test")
     n_pairs: int = option(32, "donor/receiver pairs of the patching step (about 2 minutes on 2 idle cores)")
     n_detour: int = option(8, "prompts per target language of the detour step (about 50 s on one core)")
+    bench_concepts: int = option(30, "concepts of the steering benchmark step, cut into fit / select / test")
     seed: int = option(0, "seed of every step")
     batch_size: int = option(16, "prompts per forward of the sweeps and the latent store", key=False)
     only: str | None = option(None, "run one task's sweeps only", choices=tasks.TASKS)
@@ -142,6 +146,10 @@ def plan(s: ReproduceSettings) -> list[Step]:
             )
         )
         steps.append(Step(DETOUR, DetourSettings(n_prompts=s.n_detour, seed=s.seed)))
+        bench_store = str(Path(s.results) / "latents" / "steerbench")
+        steps.append(
+            Step(STEERBENCH, SteerBenchSettings(n_concepts=s.bench_concepts, seed=s.seed, store_dir=bench_store))
+        )
     return steps
 
 
@@ -296,6 +304,8 @@ def copy_figures(results: Path, figures: Path) -> None:
         copy_file(path, figures / f"patching_{path.name}")
     for path in (results / DETOUR).glob("*.p[nd][gf]"):
         copy_file(path, figures / (path.name if path.stem == "detour" else f"detour_{path.name}"))
+    for path in (results / STEERBENCH).glob("heatmaps.p[nd][gf]"):
+        copy_file(path, figures / f"steerbench_{path.name}")
 
 
 def run_all(

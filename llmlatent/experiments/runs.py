@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # bump when the content or layout of a kind of result changes, so old folders are recomputed
-FORMAT_VERSION = {"sweep": 3, "steering": 3, "patching": 3, "latents": 1}
+FORMAT_VERSION = {"sweep": 3, "steering": 3, "patching": 3, "latents": 1, "steerbench": 1}
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,8 @@ class Evaluator:
         return rows[GROUP + [c for c in rows.columns if c not in GROUP]]
 
 
-def _answer(text: str) -> str:
+def answer_of(text: str) -> str:
+    """Return the answer word of a generation: the text before its closing quote or line end, stripped."""
     return re.split(r'["\n”»]', text, maxsplit=1)[0].strip()
 
 
@@ -174,7 +175,7 @@ def generations(
             max_rows=MAX_ROWS,
         )
         for j, (item, generated) in enumerate(zip(items, texts)):
-            answers = [_answer(t) for t in generated]
+            answers = [answer_of(t) for t in generated]
             out[j].append(
                 pd.DataFrame(
                     {

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 
@@ -27,6 +28,22 @@ def default_wrong_pair(source: str, target: str, via: str, words: str | None = N
     {source, target, via}."""
     other = next(lang for lang in codes(words) if lang not in (source, target, via))
     return other, source
+
+
+def checked_alphas(alphas: Sequence[float], fail: Callable[[str], NoReturn], what: str) -> tuple[float, ...]:
+    """Return the sorted non-zero α of ``alphas``; ``fail`` gets one line for a value outside [0, MAX_ALPHA] or none.
+
+    ``what`` says what α multiplies in that line.
+    """
+    values = set()
+    for a in alphas:
+        a = check_alpha(a)
+        if a < 0 or a > MAX_ALPHA:
+            fail(f"alphas must be between 0 and {MAX_ALPHA:g} ({what}), got {a:g}")
+        values.add(a)
+    if not values - {0.0}:
+        fail("alphas needs at least one non-zero value (α = 0, the baseline, is always included)")
+    return tuple(sorted(values - {0.0}))
 
 
 @dataclass(frozen=True)
@@ -100,18 +117,8 @@ class SteeringSettings(Settings):
         self._set("reuse_stores", tuple(self.reuse_stores or ()))
 
     def _checked_alphas(self) -> tuple[float, ...]:
-        values = set()
-        for a in DEFAULT_ALPHAS if self.alphas is None else self.alphas:  # None: the defaults
-            a = check_alpha(a)
-            if a < 0 or a > MAX_ALPHA:
-                self.fail(
-                    f"alphas must be between 0 and {MAX_ALPHA:g} (multiples of Δ; the flip direction covers "
-                    f"−Δ), got {a:g}"
-                )
-            values.add(a)
-        if not values - {0.0}:
-            self.fail("alphas needs at least one non-zero value (α = 0, the baseline, is always included)")
-        return tuple(sorted(values - {0.0}))
+        alphas = DEFAULT_ALPHAS if self.alphas is None else self.alphas  # None: the defaults
+        return checked_alphas(alphas, self.fail, "multiples of Δ; the flip direction covers −Δ")
 
     def _checked_wrong_pair(self) -> tuple[str, str]:
         s = self
