@@ -46,11 +46,13 @@ def load_head(args: argparse.Namespace) -> LoadedHead:
 
 
 def _settings_class(command: str) -> type:
+    from llmlatent.experiments.geometry import GeometrySettings
     from llmlatent.experiments.patching import PatchSettings
     from llmlatent.experiments.steering.plan import SteeringSettings
     from llmlatent.experiments.sweep import SweepSettings
 
-    return {"sweep": SweepSettings, "steer": SteeringSettings, "patch": PatchSettings}[command]
+    classes = {"sweep": SweepSettings, "steer": SteeringSettings, "patch": PatchSettings, "geometry": GeometrySettings}
+    return classes[command]
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
@@ -219,6 +221,10 @@ EXPERIMENTS = {  # command → (help, what --out is)
         "output folder",
     ),
     "patch": ("activation patching: donor latents into receiver prompts at each layer (Dumas et al.)", "output folder"),
+    "geometry": (
+        "MDS of latent paths, Procrustes ranks, latent norms of a latent store (no forward pass)",
+        "output folder",
+    ),
 }
 
 
