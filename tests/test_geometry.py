@@ -41,6 +41,16 @@ def test_classical_mds_against_the_full_eigendecomposition():
     assert (got[np.abs(got).argmax(0), [0, 1]] > 0).all()  # the sign convention
 
 
+def test_classical_mds_by_lanczos_equals_the_dense_decomposition(monkeypatch):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(geometry.LANCZOS_FROM + 50, 3)) * [4.0, 2.0, 1.0]
+    d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    lanczos = geometry.classical_mds(d)
+    monkeypatch.setattr(geometry, "LANCZOS_FROM", 10**9)
+    dense = geometry.classical_mds(d)
+    assert np.abs(lanczos - dense).max() <= 1e-8
+
+
 def test_procrustes_recovers_q_and_every_token_ranks_itself_first():
     torch.manual_seed(0)
     u = torch.randn(300, 16, dtype=torch.float64)

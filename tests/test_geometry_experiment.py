@@ -75,3 +75,18 @@ def test_bad_input_gets_one_line(store, tiny_models, tmp_path, capsys):
         GeometrySettings()
     with pytest.raises(latents.FingerprintMismatch):  # another model's head is refused
         compute(tiny_models["llama"], GeometrySettings(from_latents=str(st.path)))
+
+
+def test_reproduce_draws_the_geometry_of_its_latent_store(tiny_models, tmp_path):
+    from llmlatent.experiments import reproduce
+
+    m = tiny_models["gemma3_text"]  # tied embeddings, Gemma's (1 + w) norm, a live model
+    out = tmp_path / "results"
+    reproduce.latent_step(m, out / reproduce.LATENTS, n=4, seed=0, batch_size=4, force=False)
+    first = reproduce.geometry_step(m, out, seed=0, force=False)
+    assert first["n_paths"] == 4 and first["model"]["model"] == m.name
+    (tmp_path / "figures").mkdir()
+    reproduce.copy_figures(out, tmp_path / "figures")
+    assert (tmp_path / "figures" / "geometry_fr_zh_mds.png").exists()
+    assert (tmp_path / "figures" / "geometry_fr_zh_norms.pdf").exists()
+    assert reproduce.geometry_step(m, out, seed=0, force=False) == first  # reused by key

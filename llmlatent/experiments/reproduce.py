@@ -41,6 +41,7 @@ FEATURED = {  # run folder -> figure name in figures/
     "cloze/fr-fr": "cloze_fr",
 }
 LATENTS = "latents/translation-fr-zh"  # the fr→zh latent store; the steering demo takes its Chinese fit latents there
+GEOMETRY = "geometry/translation-fr-zh"  # the geometry of that store (no forward pass)
 STEERING = "steering/ru-zh"
 PATCHING = "patching_de-fr_into_ru-zh"  # directly under results/: not results/<task>/<pair>/, which holds sweeps
 
@@ -51,7 +52,7 @@ class ReproduceError(LlmlatentError, ValueError):
 
 @dataclass(frozen=True)
 class ReproduceSettings(Settings):
-    """The whole reproduction: 30 sweeps, the fr→zh latent store, the steering demo, patching, every figure."""
+    """The whole reproduction: 30 sweeps, the fr→zh latent store and its geometry, steering, patching, every figure."""
 
     error = ReproduceError
 
@@ -207,6 +208,17 @@ def latent_step(m: Model, path: Path, *, n: int | None, seed: int, batch_size: i
     return latents.collect(m, prompts, path, batch_size=batch_size)
 
 
+def geometry_step(m: Model, results: Path, *, seed: int, force: bool) -> dict:
+    """Return the record of the geometry of the fr→zh latent store (MDS, Procrustes ranks, norms; no forward pass).
+
+    Its settings are built here, after the store exists (they check the store), not in :func:`plan`.
+    """
+    from llmlatent.experiments.geometry import GeometrySettings
+
+    settings = GeometrySettings(from_latents=str(results / LATENTS), seed=seed)
+    return runs.run(settings, m, results / GEOMETRY, force=force)
+
+
 def hand_prompt(m: Model, results: Path, figures: Path) -> None:
     """Write the hand prompt's top tokens per layer (CSV) and its layer × rank figure."""
     table = lens.top_tokens(m, HAND_PROMPT, k=5)
@@ -227,6 +239,8 @@ def copy_figures(results: Path, figures: Path) -> None:
         shutil.copyfile(path, figures / f"steering_{path.name.removeprefix('heatmap_')}")
     for path in (results / PATCHING).glob("*.p[nd][gf]"):
         shutil.copyfile(path, figures / f"patching_{path.name}")
+    for path in (results / GEOMETRY).glob("*.p[nd][gf]"):
+        shutil.copyfile(path, figures / f"geometry_fr_zh_{path.name}")
 
 
 def run_all(
@@ -252,6 +266,10 @@ def run_steps(s: ReproduceSettings, m: Model, *, force: bool = False) -> dict:
     steps = plan(s)
     for step in steps:  # every folder is checked before the first computation
         runs.check_out(results / step.folder, runs.experiment_of(step.settings))
+    if s.only is None:
+        from llmlatent.experiments import geometry
+
+        runs.check_out(results / GEOMETRY, geometry.EXPERIMENT)
     if s.only is None and (results / LATENTS).exists():
         from llmlatent import latents
 
@@ -265,6 +283,7 @@ def run_steps(s: ReproduceSettings, m: Model, *, force: bool = False) -> dict:
         runs.run(step.settings, m, results / step.folder, force=force)
     if s.only is None:
         latent_step(m, results / LATENTS, n=s.n_prompts, seed=s.seed, batch_size=s.batch_size, force=force)
+        geometry_step(m, results, seed=s.seed, force=force)
         for step in steps[len(sweeps) :]:
             runs.run(step.settings, m, results / step.folder, force=force)
     copy_figures(results, figures)
