@@ -3,12 +3,15 @@ Llama-2 lines as a dashed reference overlay; the styles and atomic saving of :mo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.collections import LineCollection
 
 from llmlatent.data import DISPLAY
+from llmlatent.errors import LlmlatentError
 from llmlatent.experiments.plots import COLORS, LAYER_LABEL, styled
 
 
@@ -84,6 +87,82 @@ def norm_figure(norms: pd.DataFrame, title: str | None = None) -> plt.Figure:
         axis.set_ylabel(label, color=color)
     ax.set_xlabel(LAYER_LABEL)
     ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+class PaperLinesError(LlmlatentError, ValueError):
+    """A --paper-repo folder without the paper's lines, or a lines file in another format."""
+
+
+PAPER_LINES = "R/data/data_for_sphere_plots"  # in a clone of epfl-dlab/llm-latent-language
+PAPER_SIZES = ("7b", "13b", "70b")
+PAPER_COLUMNS = ("entropy", "energy", "en", "zh")  # one row per layer, 1-based, no layer column
+
+
+def read_paper_lines(repo: str | Path) -> dict[str, pd.DataFrame]:
+    """Return {size: frame} of the paper's Llama-2 translate-to-zh lines (``{size}_zh_lines.csv``) found in a clone.
+
+    Each frame has the file's columns (entropy in bits, energy, p(en), p(zh)) plus ``layer`` (1-based, as the
+    paper counts: row j is after block j) and ``depth`` = layer / n_layers, the relative depth on which they
+    are drawn beside a model with another number of layers (0-based layer i there is at depth (i+1)/L).
+    """
+    folder = Path(repo) / PAPER_LINES
+    if not folder.is_dir():
+        raise PaperLinesError(
+            f"--paper-repo {repo}: no {PAPER_LINES} folder there; pass a clone of epfl-dlab/llm-latent-language"
+        )
+    found = {}
+    for size in PAPER_SIZES:
+        path = folder / f"{size}_zh_lines.csv"
+        if not path.exists():
+            continue
+        try:
+            frame = pd.read_csv(path)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise PaperLinesError(
+                f"{path} is not a CSV ({exc}); expected the columns {','.join(PAPER_COLUMNS)}"
+            ) from exc
+        missing = [c for c in PAPER_COLUMNS if c not in frame]
+        values = frame[[c for c in PAPER_COLUMNS if c in frame]].apply(pd.to_numeric, errors="coerce")
+        if missing or len(frame) < 2 or not np.isfinite(values.to_numpy()).all():
+            problem = f"lacks {', '.join(missing)}" if missing else "has fewer than 2 rows or a non-numeric value"
+            raise PaperLinesError(f"{path} {problem}; expected one numeric row per layer: {','.join(PAPER_COLUMNS)}")
+        values.insert(0, "layer", np.arange(1, len(values) + 1))
+        values["depth"] = values["layer"] / len(values)
+        found[size] = values
+    if not found:
+        raise PaperLinesError(f"--paper-repo {repo}: {folder} holds no {{7b,13b,70b}}_zh_lines.csv")
+    return found
+
+
+OVERLAYS = {  # figure → [(our summary column, the paper's column, label, colour)]
+    "probabilities": [
+        ("p_target_mean", "zh", "p(target)", COLORS["target"]),
+        ("p_english_mean", "en", "p(English)", COLORS["english"]),
+    ],
+    "entropy": [("entropy_mean", "entropy", "entropy (bits)", "#444444")],
+    "energy": [("energy_mean", "energy", "token energy", "#e7298a")],
+}
+
+
+@styled
+def overlay_figure(summary: pd.DataFrame, lines: dict[str, pd.DataFrame], kind: str, title: str = "") -> plt.Figure:
+    """Return one of our curves (solid) with the paper's Llama-2 lines (dashed, one dash style per size) over
+    relative depth: ``kind`` is probabilities, entropy or energy."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    depth = (summary["layer"].to_numpy() + 1) / len(summary)  # after block i of L: depth (i + 1) / L
+    dashes = {"7b": (4, 2), "13b": (2, 2), "70b": (6, 2, 1, 2)}
+    for ours, theirs, label, color in OVERLAYS[kind]:
+        ax.plot(depth, summary[ours], color=color, lw=2, label=f"{label}, this model")
+        for size, frame in lines.items():
+            ax.plot(frame["depth"], frame[theirs], color=color, lw=1.2, dashes=dashes[size], alpha=0.8,
+                    label=f"{label}, Llama-2-{size} (paper, →zh)")  # fmt: skip
+    ax.set_xlabel("relative depth (after block i of L: (i + 1) / L)")
+    ax.set_ylabel(OVERLAYS[kind][0][2] if kind != "probabilities" else "probability")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
     if title:
         ax.set_title(title, fontsize=10)
     return fig

@@ -64,6 +64,9 @@ class ReproduceSettings(Settings):
     seed: int = option(0, "seed of every step")
     batch_size: int = option(16, "prompts per forward of the sweeps and the latent store", key=False)
     only: str | None = option(None, "run one task's sweeps only", choices=tasks.TASKS)
+    paper_repo: str | None = option(
+        None, "a clone of epfl-dlab/llm-latent-language: its Llama-2 lines dashed on the fr→zh figures", key=False
+    )
 
     def __post_init__(self) -> None:
         checks.count(self.n_prompts, "n_prompts", optional=True, flag="--n-prompts")
@@ -72,6 +75,10 @@ class ReproduceSettings(Settings):
             path = Path(getattr(self, name))
             if path.exists() and not path.is_dir():
                 self.fail(f"--{name} {path} is an existing file; pass a folder (it is created if missing)")
+        if self.paper_repo is not None:
+            from llmlatent.experiments.geoplots import read_paper_lines
+
+            read_paper_lines(self.paper_repo)  # no lines there, or another format: one line before any work
 
 
 @dataclass(frozen=True)
@@ -219,6 +226,22 @@ def geometry_step(m: Model, results: Path, *, seed: int, force: bool) -> dict:
     return runs.run(settings, m, results / GEOMETRY, force=force)
 
 
+def paper_overlays(results: Path, figures: Path, paper_repo: str | Path, model_name: str) -> list[Path]:
+    """Return the figures written with the paper's Llama-2 →zh lines dashed over the fr→zh sweep's curves."""
+    from llmlatent.experiments import geoplots
+
+    summary = load_summaries(results, "translation", ["translation/fr-zh"]).get(("fr", "zh"))
+    if summary is None:
+        log.warning("no translation/fr-zh sweep under %s: no paper overlay drawn", results)
+        return []
+    lines, written = geoplots.read_paper_lines(paper_repo), []
+    for kind in geoplots.OVERLAYS:
+        fig = geoplots.overlay_figure(summary, lines, kind, f"translation fr→zh · {model_name} vs the paper's Llama-2")
+        written += plots.save(fig, figures / f"paper_overlay_fr_zh_{kind}")
+        plt.close(fig)
+    return written
+
+
 def hand_prompt(m: Model, results: Path, figures: Path) -> None:
     """Write the hand prompt's top tokens per layer (CSV) and its layer × rank figure."""
     table = lens.top_tokens(m, HAND_PROMPT, k=5)
@@ -288,6 +311,8 @@ def run_steps(s: ReproduceSettings, m: Model, *, force: bool = False) -> dict:
             runs.run(step.settings, m, results / step.folder, force=force)
     copy_figures(results, figures)
     grid_figures(results, figures, m.name)
+    if s.paper_repo is not None:
+        paper_overlays(results, figures, s.paper_repo, m.name)
     pivot_table(results).to_csv(results / "pivot_summary.csv", index=False, float_format="%.6g")
     log.info("reproduction finished in %.0f s", clock.total())
     return {"seconds": clock.total(), "runs": len(sweeps), "figures": sorted(p.name for p in figures.glob("*.png"))}
