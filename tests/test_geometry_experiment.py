@@ -42,6 +42,7 @@ def test_geometry_end_to_end_from_the_command_line(store, llama2_folder, tmp_pat
     logits = (u @ (a @ b) @ e[int(row["target_token_id"])]).numpy()
     assert row["rank_zh"] == 1 + (logits > logits[int(row["target_token_id"])]).sum()
     assert row["rank_en"] == 1 + (logits > logits[int(row["english_token_id"])]).sum()
+    assert (ranks["rank_en_other_concept"] >= 1).all()  # the control: another concept's English token
     summary = pd.read_csv(out / "ranks_summary.tsv", sep="\t").set_index("statistic")
     assert summary.loc["Median", "rank_zh"] == ranks["rank_zh"].median()
     norms = pd.read_csv(out / "norms.csv")

@@ -168,12 +168,14 @@ def input_embeddings(source: Model | LoadedHead) -> torch.Tensor:
 def procrustes_ranks(u: torch.Tensor, e: torch.Tensor, words: pd.DataFrame, tgt: str) -> tuple[pd.DataFrame, dict]:
     """Return (one row per prompt with its Procrustes ranks and relative ranks, the rotation's statistics)."""
     rotation = geometry.procrustes(e, u)
-    own, english = geometry.procrustes_ranks(
-        u, e, rotation, words["target_token_id"].astype(int).tolist(), words["english_token_id"].astype(int).tolist()
-    )
+    target, english = words["target_token_id"].astype(int).tolist(), words["english_token_id"].astype(int).tolist()
+    own, translation = geometry.procrustes_ranks(u, e, rotation, target, english)
+    # control: the English token of the next prompt (another concept), so "English ranks high" can be told apart
+    # from "this word's translation ranks high"
+    _, control = geometry.procrustes_ranks(u, e, rotation, target, english[1:] + english[:1])
     ranks = words.copy()
-    ranks[f"rank_{tgt}"], ranks["rank_en"] = own, english
-    for column in (f"rank_{tgt}", "rank_en"):
+    ranks[f"rank_{tgt}"], ranks["rank_en"], ranks["rank_en_other_concept"] = own, translation, control
+    for column in (f"rank_{tgt}", "rank_en", "rank_en_other_concept"):
         ranks[column.replace("rank", "relrank")] = (ranks[column] - 1) / (u.shape[0] - 1)
     d = rotation.shape[0]
     stats = {
@@ -226,8 +228,9 @@ def compute(model: Model | LoadedHead, settings: GeometrySettings) -> GeometryRe
         norms = norms_per_layer(all_latents, unembedding)
     tokenizer = model.tokenizer
     mds["token"] = [None if pd.isna(i) else tokenizer.convert_ids_to_tokens(int(i)) for i in mds["token_id"]]
-    columns = [f"rank_{tgt}", "rank_en", f"relrank_{tgt}", "relrank_en"]
-    meta = {**store.meta, "n_prompts": len(words), "n_paths": len(picked), "vocab_size": int(u.shape[0]), **rotation}
+    columns = [f"rank_{tgt}", "rank_en", "rank_en_other_concept", f"relrank_{tgt}", "relrank_en"]
+    meta = {**store.meta, "model_name": model.name, "n_prompts": len(words), "n_paths": len(picked)}
+    meta.update(vocab_size=int(u.shape[0]), **rotation)
     return GeometryResult(mds, paths, ranks, geometry.rank_summary(ranks[columns]), norms, meta, clock.rounded())
 
 
@@ -256,7 +259,8 @@ def write(result: GeometryResult, folder: Path) -> dict:
     result.ranks.to_csv(folder / "ranks.csv", index=False, float_format="%.8g")
     result.norms.to_csv(folder / "norms.csv", index=False, float_format="%.8g")
     result.rank_summary.to_csv(folder / "ranks_summary.tsv", sep="\t", index=False, float_format="%.6g")
-    title = f"{result.meta.get('task', '')} {result.meta.get('src', '')}→{result.meta.get('tgt', '')}"
+    meta = result.meta
+    title = f"{meta.get('task', '')} {meta.get('src', '')}→{meta.get('tgt', '')} · {meta.get('model_name', '')}"
     for name, fig in (
         ("mds", geoplots.mds_figure(result.mds, result.meta, title)),
         ("norms", geoplots.norm_figure(result.norms, title)),
@@ -270,6 +274,7 @@ def write(result: GeometryResult, folder: Path) -> dict:
         **reading(result.paths),
         f"median_rank_{tgt}": float(medians[f"rank_{tgt}"]),
         "median_rank_en": float(medians["rank_en"]),
+        "median_rank_en_other_concept": float(medians["rank_en_other_concept"]),
         "timings": result.seconds,
     }
 
