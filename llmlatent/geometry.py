@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from llmlatent.adapter import norm_scale
+from llmlatent.errors import UsageError
 
 if TYPE_CHECKING:
     from llmlatent.adapter import Unembedding
@@ -77,7 +78,7 @@ def token_sample(n_tokens: int, path_ids: Sequence[int], vocab_size: int) -> lis
     """Return the paper's token sample: ids n_tokens−1 … 0 (a fixed block), the first entries replaced by
     ``path_ids`` (the sampled prompts' target then English tokens; an id may appear twice, as in the paper)."""
     if len(path_ids) > n_tokens:
-        raise ValueError(f"{len(path_ids)} path tokens do not fit in a sample of {n_tokens}")
+        raise UsageError(f"{len(path_ids)} path tokens do not fit in a sample of {n_tokens}")
     ids = list(range(min(n_tokens, vocab_size) - 1, -1, -1))
     ids[: len(path_ids)] = [int(i) for i in path_ids]
     return ids
@@ -171,7 +172,7 @@ def procrustes_ranks(
     points at the word in output space.
     """
     if len(token_ids) != len(other_ids):
-        raise ValueError(f"{len(token_ids)} tokens but {len(other_ids)} partners")
+        raise UsageError(f"{len(token_ids)} tokens but {len(other_ids)} partners")
     u = unembedding.float()
     rotated = (embeddings[list(token_ids)].double() @ rotation.T).float()  # row form of R·E[:, token]
     own_ids = torch.as_tensor(list(token_ids), dtype=torch.long)
