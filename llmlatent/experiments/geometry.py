@@ -192,7 +192,7 @@ def norms_per_layer(latents: torch.Tensor, unembedding: object) -> pd.DataFrame:
 
     n, n_layers, d = latents.shape
     norm = geometry.latent_norms(latents).numpy()
-    energy = metrics.token_energy(unembedding, latents.reshape(n * n_layers, d)).reshape(n, n_layers).numpy()
+    energy = metrics.token_energy(unembedding, latents.reshape(n * n_layers, d)).reshape(n, n_layers).cpu().numpy()
     rows = []
     for layer in range(n_layers):
         record = {"layer": layer}
@@ -213,7 +213,7 @@ def compute(model: Model | LoadedHead, settings: GeometrySettings) -> GeometryRe
     words = prompt_tokens(store.prompts, model.tokenizer)
     rows = store.prompts.reset_index(drop=True).reset_index().set_index("prompt_id").loc[words["prompt_id"], "index"]
     all_latents = store.latents()[torch.from_numpy(np.array(rows, dtype=np.int64))]
-    u = geometry.scaled_unembedding(unembedding)
+    u = geometry.scaled_unembedding(unembedding).cpu()  # the analyses run on CPU whatever the head's device
     rng = np.random.default_rng(settings.seed)
     picked = np.sort(rng.choice(len(words), size=min(settings.n_paths, len(words)), replace=False))
     eps = float(getattr(unembedding.final_norm, "eps", getattr(unembedding.final_norm, "variance_epsilon", 1e-6)))
@@ -223,7 +223,7 @@ def compute(model: Model | LoadedHead, settings: GeometrySettings) -> GeometryRe
         )
     with clock("procrustes"):
         tgt = str(store.meta.get("tgt", "target"))
-        ranks, rotation = procrustes_ranks(u, input_embeddings(model), words, tgt)
+        ranks, rotation = procrustes_ranks(u, input_embeddings(model).cpu(), words, tgt)
     with clock("norms"):
         norms = norms_per_layer(all_latents, unembedding)
     tokenizer = model.tokenizer
