@@ -49,13 +49,14 @@ def load_head(args: argparse.Namespace) -> LoadedHead:
 
 def _settings_class(command: str) -> type:
     from llmlatent.experiments.detour import DetourSettings
+    from llmlatent.experiments.geometry import GeometrySettings
     from llmlatent.experiments.patching import PatchSettings
     from llmlatent.experiments.steerbench.plan import SteerBenchSettings
     from llmlatent.experiments.steering.plan import SteeringSettings
     from llmlatent.experiments.sweep import SweepSettings
 
     commands = {"sweep": SweepSettings, "steer": SteeringSettings, "patch": PatchSettings, "detour": DetourSettings}
-    return {**commands, "steer-bench": SteerBenchSettings}[command]
+    return {**commands, "steer-bench": SteerBenchSettings, "geometry": GeometrySettings}[command]
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
@@ -87,7 +88,9 @@ def cmd_lens(args: argparse.Namespace) -> int:
     if args.out:
         checks.output_file(args.out, "out")
     if args.generate:
-        return lens_generation(args, prompt)
+        from llmlatent.cli_lens import lens_generation
+
+        return lens_generation(args, prompt, load_model)
     m = load_model(args)
     table = lens.top_tokens(m, prompt, k=args.k)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 24):
@@ -97,47 +100,6 @@ def cmd_lens(args: argparse.Namespace) -> int:
 
         with atomic_file(args.out) as tmp:  # complete under its name, or not there at all
             table.to_csv(tmp, index=False)
-    return 0
-
-
-def lens_generation(args: argparse.Namespace, prompt: str) -> int:
-    """Print the top-1 token of every layer × generated token; write the tidy CSV (--out) and the heatmap (--figure)."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    from llmlatent import checks, genlens
-    from llmlatent.experiments import genplots, plots
-
-    checks.count(args.generate, "generate", flag="--generate")
-    from llmlatent.languages import PAPER, parse_codes
-
-    langs = PAPER if args.langs is None else parse_codes(args.langs, flag="--langs")
-    concepts = None if args.concepts is None else [c.strip() for c in args.concepts.split(",") if c.strip()]
-    if args.colour != "probability" and args.colour.removeprefix("p_") not in langs:
-        raise UsageError(f"--colour must be probability or p_<lang> of --langs ({', '.join(langs)}), got {args.colour}")
-    if concepts is not None:
-        from llmlatent.data import read_table
-        from llmlatent.tagging import check_concepts
-
-        check_concepts(concepts, read_table(list(langs)).set_index("concept"))
-    figure = args.figure or (str(Path(args.out).with_suffix("")) if args.out else None)
-    m = load_model(args)
-    gen = genlens.words_generation(m, prompt, langs, concepts=concepts, max_new_tokens=args.generate, k=args.k)
-    top = gen.rows[gen.rows["rank"] == 1]
-    wide = top.pivot(index="layer", columns="step", values="token").map(lambda t: repr(t)[1:-1])
-    wide.columns = [repr(t)[1:-1] for t in top.drop_duplicates("step")["generated_token"]]
-    with pd.option_context("display.width", 200, "display.max_columns", 40):
-        print(f"generated: {gen.texts[0]!r}")
-        print(wide.to_string())
-    if args.out:
-        from llmlatent.atomic import atomic_file
-
-        with atomic_file(args.out) as tmp:
-            gen.rows.to_csv(tmp, index=False, float_format="%.8g")
-    if figure:
-        fig = genplots.generation_heatmap(gen.rows, colour=args.colour, title=f"{m.name}: {gen.texts[0]!r}")
-        plots.save(fig, figure)
-        plt.close(fig)
     return 0
 
 
@@ -271,6 +233,10 @@ EXPERIMENTS = {  # command → (help, what --out is)
     "detour": ("every generated answer token at every layer: p(English) vs p(target) (Schut et al.)", "output folder"),
     "steer-bench": (
         "steering benchmark: every ordered pair of --langs, four vector methods, (layer, α) held out",
+        "output folder",
+    ),
+    "geometry": (
+        "MDS of latent paths, Procrustes ranks, latent norms of a latent store (no forward pass)",
         "output folder",
     ),
 }

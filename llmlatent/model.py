@@ -391,3 +391,27 @@ def _fill(unembedding: Unembedding, plan: dict[str, list[tuple[str, str]]], loca
                             f"{found} in {name!r} has shape {tuple(tensor.shape)}, expected {tuple(targets[key].shape)}"
                         )
                     targets[key].copy_(tensor)
+
+
+def load_input_embeddings(
+    name_or_path: str | os.PathLike | None = None, *, trust_remote_code: bool = False
+) -> torch.Tensor:
+    """Return a model's input embedding matrix [vocab, hidden] (float32), read alone from its safetensors files.
+
+    ``None`` = the embedded default. Only the tensor named like the model's input embedding is read (for
+    the Procrustes analysis of :mod:`llmlatent.geometry`); Gemma's √d scaling of embeddings in the forward
+    is not applied (a scalar changes neither the rotation nor any rank).
+    """
+    import safetensors
+
+    path, name = _resolve(name_or_path)
+    config, token = _config(path, name, trust_remote_code)
+    with torch.device("meta"):
+        hf = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    wanted = next(n for n, m in hf.named_modules() if m is hf.get_input_embeddings()) + ".weight"
+    weight_map, local = _checkpoint_files(path, token)
+    found = _find_key(wanted, weight_map)
+    if found is None:
+        raise ModelLoadError(f"cannot find {wanted!r} (the input embedding) in the safetensors files of {name!r}")
+    with safetensors.safe_open(local(weight_map[found]), framework="pt", device="cpu") as fh:
+        return fh.get_tensor(found).float()

@@ -77,3 +77,22 @@ def test_bench_latent_runs_both_sweeps(tiny_models):
     result = bench.benchmark(tiny_models["gemma3_text"], n=3, repeats=1, batch_size=2)
     assert result["n_prompts"] == 3 and result["latent"] == ["en", "fr", "de", "ru", "zh"]
     assert {"sweep_five_over_one", "decode_five_over_one"} <= set(result)  # timings: never asserted on
+
+
+BENCH_PAPER = BENCH.parent / "bench_paper.py"
+
+
+def test_bench_paper_at_a_tiny_shape_imports_exactly_and_sweeps(real_tokenizer, tmp_path, monkeypatch):
+    real_tokenizer("llama2")  # skips when the fixture tokenizer cannot be fetched
+    bench_paper = _load(BENCH_PAPER)
+    monkeypatch.setitem(bench_paper.SHAPE, "n_layers", 2)
+    monkeypatch.setitem(bench_paper.SHAPE, "hidden", 64)
+    head_dir = bench_paper.fake_llama2_head(tmp_path / "head")
+    result = bench_paper.bench_import(tmp_path, head_dir, size_gb=12 * 2 * 64 * 4 / 1e9)  # 12 prompts
+    assert result["n_prompts"] == 12 and result["bytes"] > 12 * 2 * 64 * 4
+    from llmlatent import latents
+
+    stored = latents.load(tmp_path / "import-store").latents()
+    assert torch.equal(stored, torch.load(tmp_path / "import" / "7b_fr_zh_latents.pt", weights_only=True))
+    sweep = bench_paper.bench_sweep(tmp_path, head_dir, n=6)
+    assert sweep["n_prompts"] == 6 and sweep["n_layers"] == 2

@@ -50,6 +50,7 @@ SMALL: dict[str, dict] = {
         "langs": ["en", "zh"],
     },
     "08_patching.ipynb": {"n": 3, "layers": [4, 12, 17], "mean_over": ["de", "en"], "out_dir": "{tmp}/08"},
+    "09_geometry.ipynb": {"store_dir": "{tmp}/09_store", "n": 4, "n_paths": 4, "n_tokens": 300, "out_dir": "{tmp}/09"},
     "10_steering_benchmark.ipynb": {
         "langs": ["en", "zh"],
         "n_concepts": 6,

@@ -44,6 +44,7 @@ FEATURED = {  # run folder -> figure name in figures/
     "cloze/fr-fr": "cloze_fr",
 }
 LATENTS = "latents/translation-fr-zh"  # the fr→zh latent store; the steering demo takes its Chinese fit latents there
+GEOMETRY = "geometry/translation-fr-zh"  # the geometry of that store (no forward pass)
 STEERING = "steering/ru-zh"
 PATCHING = "patching_de-fr_into_ru-zh"  # directly under results/: not results/<task>/<pair>/, which holds sweeps
 LATENT_LANGUAGES = "latent_languages"  # sweeps whose every bundled language is a latent language
@@ -59,8 +60,8 @@ class ReproduceError(LlmlatentError, ValueError):
 
 @dataclass(frozen=True)
 class ReproduceSettings(Settings):
-    """The whole reproduction: 30 sweeps, the fr→zh latent store, the steering demo and benchmark, patching, the
-    detour, every figure."""
+    """The whole reproduction: 30 sweeps, the fr→zh latent store and its geometry, the steering demo and benchmark,
+    patching, the detour, every figure."""
 
     error = ReproduceError
 
@@ -77,6 +78,9 @@ class ReproduceSettings(Settings):
     latent: tuple[str, ...] = option(("en",), "latent languages of every sweep and of the grid figures")
     langs: tuple[str, ...] = option(LANGS, "languages of the translation grid and the repetition and cloze rows")
     words: str | None = option(None, "folder of word CSVs looked at before the bundled ones (adds languages)")
+    paper_repo: str | None = option(
+        None, "a clone of epfl-dlab/llm-latent-language: its Llama-2 lines dashed on the fr→zh figures", key=False
+    )
 
     def __post_init__(self) -> None:
         self._set("langs", parse_codes(self.langs, self.words, flag="--langs", at_least=2))
@@ -87,6 +91,10 @@ class ReproduceSettings(Settings):
             path = Path(getattr(self, name))
             if path.exists() and not path.is_dir():
                 self.fail(f"--{name} {path} is an existing file; pass a folder (it is created if missing)")
+        if self.paper_repo is not None:
+            from llmlatent.experiments.geoplots import read_paper_lines
+
+            read_paper_lines(self.paper_repo)  # no lines there, or another format: one line before any work
 
 
 @dataclass(frozen=True)
@@ -277,6 +285,33 @@ def latent_step(m: Model, path: Path, *, n: int | None, seed: int, batch_size: i
     return latents.collect(m, prompts, path, batch_size=batch_size)
 
 
+def geometry_step(m: Model, results: Path, *, seed: int, force: bool) -> dict:
+    """Return the record of the geometry of the fr→zh latent store (MDS, Procrustes ranks, norms; no forward pass).
+
+    Its settings are built here, after the store exists (they check the store), not in :func:`plan`.
+    """
+    from llmlatent.experiments.geometry import GeometrySettings
+
+    settings = GeometrySettings(from_latents=str(results / LATENTS), seed=seed)
+    return runs.run(settings, m, results / GEOMETRY, force=force)
+
+
+def paper_overlays(results: Path, figures: Path, paper_repo: str | Path, model_name: str) -> list[Path]:
+    """Return the figures written with the paper's Llama-2 →zh lines dashed over the fr→zh sweep's curves."""
+    from llmlatent.experiments import geoplots
+
+    summary = load_summaries(results, "translation", ["translation/fr-zh"]).get(("fr", "zh"))
+    if summary is None:
+        log.warning("no translation/fr-zh sweep under %s: no paper overlay drawn", results)
+        return []
+    lines, written = geoplots.read_paper_lines(paper_repo), []
+    for kind in geoplots.OVERLAYS:
+        fig = geoplots.overlay_figure(summary, lines, kind, f"translation fr→zh · {model_name} vs the paper's Llama-2")
+        written += plots.save(fig, figures / f"paper_overlay_fr_zh_{kind}")
+        plt.close(fig)
+    return written
+
+
 def hand_prompt(m: Model, results: Path, figures: Path) -> None:
     """Write the hand prompt's top tokens per layer and its lens along a 4-token generation (CSVs and figures)."""
     table = lens.top_tokens(m, HAND_PROMPT, k=5)
@@ -306,6 +341,8 @@ def copy_figures(results: Path, figures: Path) -> None:
         copy_file(path, figures / (path.name if path.stem == "detour" else f"detour_{path.name}"))
     for path in (results / STEERBENCH).glob("heatmaps.p[nd][gf]"):
         copy_file(path, figures / f"steerbench_{path.name}")
+    for path in (results / GEOMETRY).glob("*.p[nd][gf]"):
+        copy_file(path, figures / f"geometry_fr_zh_{path.name}")
 
 
 def run_all(
@@ -331,6 +368,10 @@ def run_steps(s: ReproduceSettings, m: Model, *, force: bool = False) -> dict:
     steps = plan(s)
     for step in steps:  # every folder is checked before the first computation
         runs.check_out(results / step.folder, runs.experiment_of(step.settings))
+    if s.only is None:
+        from llmlatent.experiments import geometry
+
+        runs.check_out(results / GEOMETRY, geometry.EXPERIMENT)
     if s.only is None and (results / LATENTS).exists():
         from llmlatent import latents
 
@@ -344,11 +385,14 @@ def run_steps(s: ReproduceSettings, m: Model, *, force: bool = False) -> dict:
         runs.run(step.settings, m, results / step.folder, force=force)
     if s.only is None:
         latent_step(m, results / LATENTS, n=s.n_prompts, seed=s.seed, batch_size=s.batch_size, force=force)
+        geometry_step(m, results, seed=s.seed, force=force)
         for step in steps[len(sweeps) :]:
             runs.run(step.settings, m, results / step.folder, force=force)
     copy_figures(results, figures)
     grid_figures(results, figures, m.name, s.langs)
     latent_languages(results, figures, m.name)
+    if s.paper_repo is not None:
+        paper_overlays(results, figures, s.paper_repo, m.name)
     pivot_table(results, langs=s.langs).to_csv(results / "pivot_summary.csv", index=False, float_format="%.6g")
     log.info("reproduction finished in %.0f s", clock.total())
     return {"seconds": clock.total(), "runs": len(sweeps), "figures": sorted(p.name for p in figures.glob("*.png"))}
