@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .adapter import Adapter, Fingerprint, LoadedHead, Unembedding, adapter_for, text_config
+from .checkpoint import checkpoint_files, find_key
 from .checks import torch_dtype
 from .embedded import DEFAULT_MODEL, default_model_path
 from .errors import ModelLoadError, UsageError
@@ -279,42 +279,6 @@ def from_hf(hf: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, name: str =
     return Model(hf=hf, tokenizer=_prepare_tokenizer(tokenizer), adapter=adapter_for(hf, **paths), name=name)
 
 
-def _checkpoint_files(path: str, token: str | None) -> tuple[dict[str, str], object]:
-    """Return (tensor name → safetensors file name, file name → local path) of a model folder or hub id."""
-    from safetensors import safe_open
-    from transformers.utils import cached_file
-
-    def local(filename: str) -> str | None:
-        try:
-            return cached_file(path, filename, token=token, _raise_exceptions_for_missing_entries=False)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot read {filename} of {path!r}: {exc}") from exc
-
-    index = local("model.safetensors.index.json")
-    if index:
-        return json.loads(Path(index).read_text())["weight_map"], local
-    single = local("model.safetensors")
-    if not single:
-        raise ModelLoadError(
-            f"{path!r} has no safetensors weights (model.safetensors or model.safetensors.index.json); "
-            "load_unembedding reads only safetensors (never pickle): convert the model with save_pretrained"
-        )
-    with safe_open(single, framework="pt") as fh:
-        return dict.fromkeys(fh.keys(), "model.safetensors"), local
-
-
-def _find_key(key: str, keys: dict, fallbacks: tuple[str, ...] = ()) -> str | None:
-    for candidate in (key, *fallbacks):
-        if candidate in keys:
-            return candidate
-    for candidate in (key, *fallbacks):  # checkpoints saved under another prefix (e.g. language_model.)
-        tail = candidate.split(".", 1)[-1]
-        matches = [k for k in keys if k.endswith("." + candidate) or k.endswith("." + tail) or k == tail]
-        if len(matches) == 1:
-            return matches[0]
-    return None
-
-
 def load_unembedding(
     name_or_path: str | os.PathLike | None = None,
     *,
@@ -340,7 +304,7 @@ def load_unembedding(
     except ValueError as exc:
         raise ModelLoadError(f"{name!r} ({type(config).__name__}) is not a causal language model: {exc}") from exc
     unembedding = adapter_for(hf, final_norm=final_norm).unembedding
-    weight_map, local = _checkpoint_files(path, token)
+    weight_map, local = checkpoint_files(path, token)
     plan = _head_plan(hf, config, unembedding, weight_map, name)
     del hf
     unembedding.to(dtype).to_empty(device=device)
@@ -367,7 +331,7 @@ def _head_plan(
         sub, _, leaf = key.partition(".")
         wanted = f"{module_names[id(getattr(unembedding, sub))]}.{leaf}"
         fallbacks = (f"{module_names[id(embed)]}.weight",) if sub == "head" and leaf == "weight" and tied else ()
-        found = _find_key(wanted, weight_map, fallbacks)
+        found = find_key(wanted, weight_map, fallbacks)
         if found is None:
             raise ModelLoadError(
                 f"cannot find {wanted!r} (the {sub.replace('_', ' ')}) in the safetensors files of {name!r}"
@@ -409,8 +373,8 @@ def load_input_embeddings(
     with torch.device("meta"):
         hf = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     wanted = next(n for n, m in hf.named_modules() if m is hf.get_input_embeddings()) + ".weight"
-    weight_map, local = _checkpoint_files(path, token)
-    found = _find_key(wanted, weight_map)
+    weight_map, local = checkpoint_files(path, token)
+    found = find_key(wanted, weight_map)
     if found is None:
         raise ModelLoadError(f"cannot find {wanted!r} (the input embedding) in the safetensors files of {name!r}")
     with safetensors.safe_open(local(weight_map[found]), framework="pt", device="cpu") as fh:
