@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.collections import LineCollection
 
-from llmlatent.data import DISPLAY
+from llmlatent import languages
 from llmlatent.errors import LlmlatentError
 from llmlatent.experiments.plots import COLORS, LAYER_LABEL, styled
 
@@ -44,7 +44,7 @@ def mds_figure(points: pd.DataFrame, meta: dict | None = None, title: str | None
     tgt = meta.get("tgt")
     handles = ax.get_legend_handles_labels()[0]
     handles += [plt.Line2D([], [], color=COLORS[r], lw=0, marker="$a$") for r in ("target", "english")]
-    ax.legend(handles, ["token (unembedding)", "latent", f"target word ({DISPLAY.get(tgt, tgt)})", "English word"],
+    ax.legend(handles, ["token (unembedding)", "latent", f"target word ({languages.label(tgt)})", "English word"],
               fontsize=7, loc="best")  # fmt: skip
     outside = _zoom(ax, points)
     if outside:
