@@ -182,6 +182,8 @@ def _grid_handles(summaries: dict, skip: tuple[str, ...] = ()) -> list[plt.Line2
     handles = {k: plt.Line2D([], [], color=c, lw=2, label=k) for k, c in COLORS.items() if k not in skip}
     for summary in summaries.values():
         for name, color, style, _ in curves(summary):
+            if name in skip:
+                continue
             label = name.replace("latent_", "latent ")
             handles.setdefault(label, plt.Line2D([], [], color=color, ls=style, lw=2, label=label))
     return list(handles.values())
@@ -368,9 +370,9 @@ def latent_languages_figure(summaries: dict[tuple[str, str], pd.DataFrame], titl
         probability_axes(ax, latent_only, {"src": src, "tgt": tgt}, legend=False)
         ax.set_title(f"{src}→{tgt}", fontsize=9)
     handles = _grid_handles(summaries, skip=("source",))
-    fig.legend(handles=handles, loc="upper center", ncol=6, frameon=False, fontsize=7)
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.93), ncol=5, frameon=False, fontsize=7)
     fig.supxlabel(LAYER_LABEL)
-    fig.tight_layout(rect=(0, 0, 1, 0.85))
+    fig.tight_layout(rect=(0, 0, 1, 0.78))
     if title:
         fig.suptitle(title, y=0.99, fontsize=10)
     return fig
