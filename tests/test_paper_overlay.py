@@ -36,12 +36,14 @@ def test_lines_are_read_on_a_relative_depth_axis_and_drawn_dashed(tmp_path):
     fig = geoplots.overlay_figure(summary, lines, "probabilities")
     drawn = {line.get_label(): line for line in fig.axes[0].lines}
     ours = drawn["p(target), this model"]
-    assert np.allclose(ours.get_xdata(), np.arange(1, 19) / 18) and ours.get_linestyle() == "-"
+    # figures draw values rounded to 4 significant digits of each column's span (experiments/precision.py)
+    close = lambda a, b: np.allclose(a, b, rtol=0, atol=1e-4)  # noqa: E731
+    assert close(ours.get_xdata(), np.arange(1, 19) / 18) and ours.get_linestyle() == "-"
     paper = drawn["p(English), Llama-2-7b (paper, →zh)"]
-    assert np.allclose(paper.get_xdata(), np.arange(1, 33) / 32) and np.allclose(paper.get_ydata(), seven["en"])
+    assert close(paper.get_xdata(), np.arange(1, 33) / 32) and close(paper.get_ydata(), seven["en"])
     assert paper.get_linestyle() == "--"
     fig = geoplots.overlay_figure(summary, lines, "entropy")
-    assert np.allclose(fig.axes[0].lines[2].get_ydata(), thirteen["entropy"])
+    assert np.allclose(fig.axes[0].lines[2].get_ydata(), thirteen["entropy"], rtol=0, atol=0.01)  # span ~11 bits
     plt.close("all")
 
 
