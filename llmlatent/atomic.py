@@ -208,7 +208,18 @@ def staged_dir(final: str | Path, prefix: str) -> Iterator[Path]:
     tmp = make_temp_dir(prefix, final.parent)
     try:
         yield tmp
-        if final.exists():
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, final)
+
+
+def replace_dir(tmp: str | Path, final: str | Path) -> None:
+    """Return None after renaming the finished folder ``tmp`` onto ``final`` (removing whatever ``final`` holds);
+    ``tmp`` is removed if that fails. The second half of :func:`staged_dir`, for a caller that stages and
+    commits in two steps (the latent store's pipelined shard writer)."""
+    try:
+        if Path(final).exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     finally:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 import pickle
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -104,7 +106,7 @@ def read_paper_file(path: str | os.PathLike) -> torch.Tensor:
     """
     path = Path(path)
     try:
-        value = torch.load(path, weights_only=True, map_location="cpu")
+        value = _load(path)
     except pickle.UnpicklingError as exc:
         wanted = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
         asks = f"it asks to call {wanted[1]}" if wanted else "it asks to run code or build objects other than tensors"
@@ -118,6 +120,21 @@ def read_paper_file(path: str | os.PathLike) -> torch.Tensor:
             f"{path}: cannot be read as a torch.save file (truncated or corrupt: {first}); download it again"
         ) from None
     return check_tensor(value, path)
+
+
+def _load(path: Path) -> object:
+    """Return ``torch.load(path, weights_only=True)``, memory-mapped when the file allows it.
+
+    Memory-mapping (files in torch.save's zip format, as the dataset's are) reads nothing until the
+    tensor is used: the finiteness check and the shard writes then read the page cache directly instead of
+    a 1 GB copy. A legacy-format file cannot be mapped and is read whole.
+    """
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+        return torch.load(path, weights_only=True, map_location="cpu")
 
 
 def check_tensor(value: object, path: Path) -> torch.Tensor:
@@ -135,8 +152,11 @@ def check_tensor(value: object, path: Path) -> torch.Tensor:
     if value.numel() == 0:
         raise PaperFileError(f"{path}: holds an empty tensor {list(value.shape)}, not {expected}")
     value = value.float()
-    bad = ~torch.isfinite(value)
-    if bad.any():
+    # aminmax propagates NaN and keeps ±inf, so both ends are finite exactly when every value is (tested against
+    # torch.isfinite); one reduction without a mask is ~15x faster on a 1 GB tensor; the mask only locates a bad one
+    low, high = (float(v) for v in torch.aminmax(value))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        bad = ~torch.isfinite(value)
         row, layer, _ = (int(i) for i in bad.nonzero()[0])
         raise PaperFileError(
             f"{path}: {int(bad.sum())} latent values are NaN or infinite (first: prompt {row}, block {layer}); "
@@ -269,10 +289,13 @@ def import_paper(
     file = locate(pt_path)
     frame = read_paper_csv(file)
     out_store = check_store_dir(out_store, shard_size=shard_size)
-    latents = read_paper_file(file.pt)
-    check_fits(file, latents, len(frame), source)
-    prompts, keep = paper_prompts(file, frame, tokenizer)
-    prompts.meta.update(source=SOURCE, source_file=file.pt.name, source_sha256=file_sha256(file.pt), pair=file.pair)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # hashlib releases the GIL: the source's sha256 runs beside
+        source_sha256 = pool.submit(file_sha256, file.pt)  # the load, the checks and the token sets
+        latents = read_paper_file(file.pt)
+        check_fits(file, latents, len(frame), source)
+        prompts, keep = paper_prompts(file, frame, tokenizer)
+        prompts.meta.update(source=SOURCE, source_file=file.pt.name, source_sha256=source_sha256.result())
+    prompts.meta["pair"] = file.pair
     prompts.meta.update(source_csv=file.csv.name, source_csv_sha256=file_sha256(file.csv), n_source_rows=len(frame))
     prompts.meta["note"] = NOTE
     rows = latents if len(keep) == len(frame) else latents[torch.tensor(keep)]

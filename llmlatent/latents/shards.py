@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from llmlatent.atomic import file_sha256, staged_dir
+from llmlatent.atomic import file_sha256, make_temp_dir, replace_dir
 from llmlatent.latents.format import (
     SHARD_FILE,
     STORAGE,
@@ -101,17 +102,29 @@ def claim(path: Path, k: int, *, wait: bool) -> Iterator[bool]:
         lock.release()
 
 
-def write_shard(path: Path, config: dict, k: int, frame: pd.DataFrame, latents: np.ndarray) -> None:
-    """Write shard ``k`` into a temporary folder, fsync it, and rename it into place (atomic)."""
-    from datasets import Dataset
-
+def stage_shard(path: Path, config: dict, k: int, frame: pd.DataFrame, latents: np.ndarray) -> Path:
+    """Return a new temporary folder holding shard ``k``'s dataset (removed again if writing it fails)."""
     start, stop = shard_range(config, k)
-    # an existing final folder is an invalid leftover (found by the caller, who holds the shard's claim)
-    with staged_dir(shard_dir(path, k), f".tmp-{k:05d}-") as tmp:
+    tmp = make_temp_dir(f".tmp-{k:05d}-", path / "shards")
+    try:
         data = records(frame.iloc[start:stop], config["columns"])
         data["latents"] = latents
         with quiet_datasets():
-            Dataset.from_dict(data, features=features(config)).save_to_disk(str(tmp))
+            shard_dataset(data, features(config), shard_fingerprint(config, k)).save_to_disk(str(tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def finish_shard(path: Path, config: dict, k: int, tmp: Path) -> None:
+    """Fsync and hash the files of staged shard ``k``, write its shard.json and rename it into place (atomic).
+
+    An existing final folder is an invalid leftover (found by the caller, who holds the shard's claim);
+    ``tmp`` is removed if anything fails.
+    """
+    start, stop = shard_range(config, k)
+    try:
         files = {}
         for file in sorted(tmp.iterdir()):
             with open(file, "rb") as fh:
@@ -126,6 +139,94 @@ def write_shard(path: Path, config: dict, k: int, frame: pd.DataFrame, latents: 
             "files": files,
         }
         write_json(tmp / SHARD_FILE, info)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, shard_dir(path, k))
+
+
+class Finisher:
+    """Finishes staged shards (:func:`finish_shard`: fsync, sha256, rename) on one worker thread, one at a time,
+    while the caller computes and stages the next shard: hashing releases the GIL, so on two cores it is hidden.
+
+    ``submit`` first waits for the shard before (at most one is pending) and then hands over the new one with
+    its held claim; the claim is released by the caller's thread once the shard is finished (file locks are
+    per thread). Leaving the block waits for the pending shard, also after an error: finished shards are kept.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmlatent-shard")
+        self._pending: tuple[contextlib.ExitStack, Future] | None = None
+
+    def submit(self, held: contextlib.ExitStack, path: Path, config: dict, k: int, tmp: Path) -> None:
+        """Return None after waiting for the pending shard and starting :func:`finish_shard` of staged ``tmp``
+        under ``held``; if the pending shard failed, ``tmp`` is removed and that error raised."""
+        try:
+            self.wait()
+            self._pending = (held, self._pool.submit(finish_shard, path, config, k, tmp))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            held.close()
+            raise
+
+    def wait(self) -> None:
+        """Return None once the pending shard is finished and its claim released (its error re-raised here)."""
+        if self._pending is None:
+            return
+        held, future = self._pending
+        self._pending = None
+        try:
+            future.result()
+        finally:
+            held.close()
+
+    def __enter__(self) -> Finisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown()
+
+
+def shard_fingerprint(config: dict, k: int) -> str:
+    """Return the ``datasets`` fingerprint of shard ``k``: a digest of what names its content (store, rows, dtype).
+
+    ``datasets`` would otherwise hash every byte of the table through dill (a quarter of an import's time);
+    the fingerprint only keys its own cache of ``map`` results, kept inside the shard folder, which a rewrite
+    of the shard replaces as a whole. The file sha256s in shard.json stay the check of the content.
+    """
+    start, stop = shard_range(config, k)
+    name = [config["fingerprint"], config["prompts_sha256"], config["dtype"], start, stop]
+    return hashlib.sha256(json.dumps(name, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def shard_dataset(data: dict, features: object, fingerprint: str) -> object:
+    """Return the ``datasets.Dataset`` of one shard's columns, the latents wrapped without a copy.
+
+    Equal to ``Dataset.from_dict(data, features=features)`` (tested), which converts the float array
+    through per-row sequences and fingerprints the table; here the flat latents buffer becomes the
+    values of two nested list arrays (offsets every ``hidden`` and every ``layers`` values: Array2D's
+    storage) and the fingerprint is given.
+    """
+    import pyarrow as pa
+    from datasets import Dataset, DatasetInfo
+
+    schema = features.arrow_schema
+    columns = []
+    for name in features:
+        if name != "latents":
+            columns.append(pa.array(data[name], type=schema.field(name).type))
+            continue
+        latents = np.ascontiguousarray(data[name])
+        rows, layers, hidden = latents.shape
+        values = pa.array(latents.reshape(-1))
+        inner = pa.ListArray.from_arrays(pa.array(np.arange(0, len(values) + 1, hidden, dtype=np.int32)), values)
+        outer = pa.ListArray.from_arrays(pa.array(np.arange(0, rows * layers + 1, layers, dtype=np.int32)), inner)
+        columns.append(pa.ExtensionArray.from_storage(schema.field(name).type, outer))
+    table = pa.Table.from_arrays(columns, schema=schema)
+    return Dataset(table, info=DatasetInfo(features=features), fingerprint=fingerprint)
 
 
 def to_storage(latents: torch.Tensor, dtype: str) -> np.ndarray:
@@ -150,6 +251,7 @@ def fill_shards(
     """Write every unfinished shard of ``shards``, each under its claim, with ``make(start, stop, bar)``'s latents.
 
     First pass: shards no other process has claimed; second pass: wait for the claimed ones (their holder may die).
+    Shard k is finished (hashed, renamed) by a :class:`Finisher` while shard k + 1 is computed and staged.
     """
     todo = [k for k in shards if not finished(path, config, k)]
     if len(todo) < len(shards):
@@ -158,30 +260,43 @@ def fill_shards(
         )
     total = sum(shard_range(config, k)[1] - shard_range(config, k)[0] for k in todo)
     bar = tqdm(total=total, desc=desc, unit="prompt", disable=not progress)
-    for wait in (False, True):
-        busy = []
-        for k in todo:
-            with claim(path, k, wait=wait) as mine_now:
-                if mine_now:
-                    _write_one(path, config, k, frame, make, bar)
-                else:
+    with Finisher() as finisher:
+        for wait in (False, True):
+            busy = []
+            for k in todo:
+                held = contextlib.ExitStack()
+                if not held.enter_context(claim(path, k, wait=wait)):
+                    held.close()
                     busy.append(k)
-        if busy:
-            log.info("%d shard(s) of %s are being computed by another process; waiting for them", len(busy), path)
-        todo = busy
+                    continue
+                try:
+                    tmp = _stage_one(path, config, k, frame, make, bar)
+                except BaseException:
+                    held.close()
+                    raise
+                if tmp is None:
+                    held.close()
+                else:
+                    finisher.submit(held, path, config, k, tmp)
+            finisher.wait()  # before the second pass looks at the shards others hold
+            if busy:
+                log.info("%d shard(s) of %s are being computed by another process; waiting for them", len(busy), path)
+            todo = busy
     bar.close()
 
 
-def _write_one(path: Path, config: dict, k: int, frame: pd.DataFrame, make: Callable, bar: tqdm) -> None:
-    """Write shard ``k`` from ``make``'s latents unless another process wrote it meanwhile (we hold its claim)."""
+def _stage_one(path: Path, config: dict, k: int, frame: pd.DataFrame, make: Callable, bar: tqdm) -> Path | None:
+    """Return shard ``k`` staged from ``make``'s latents, or None if another process wrote it meanwhile (we hold
+    its claim)."""
     start, stop = shard_range(config, k)
     if finished(path, config, k):  # another process wrote it while we waited
         bar.update(stop - start)
-        return
+        return None
     for stale in (path / "shards").glob(f".tmp-{k:05d}-*"):  # a killed run's; safe: we hold the claim
         shutil.rmtree(stale, ignore_errors=True)
-    write_shard(path, config, k, frame, make(start, stop, bar))
+    tmp = stage_shard(path, config, k, frame, make(start, stop, bar))
     log.info("computed shard %d of %s (prompts %d-%d) in process %d", k, path, start, stop - 1, os.getpid())
+    return tmp
 
 
 def finished(path: Path, config: dict, k: int) -> bool:

@@ -4,7 +4,7 @@ A store's size is known before the first forward pass: prompts × layers × widt
 a little Arrow and JSON around them), so :func:`check_free_space` refuses before anything is created.
 Another process may still fill the disk meanwhile; :func:`disk_full` then says where, how much and what
 to do. Finished shards are kept (a rerun resumes) and the unfinished shard's temporary folder is removed
-by the shard writer (:func:`llmlatent.atomic.staged_dir`).
+by the shard writer (:func:`llmlatent.latents.shards.stage_shard` and ``finish_shard``).
 """
 
 from __future__ import annotations

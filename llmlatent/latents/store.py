@@ -153,7 +153,8 @@ def write_latents(
 
     with disk_full(path, config):
         fill_shards(path, config, frame, list(range(config["n_shards"])), take, "write latents", progress)
-    return load(path)
+    # every shard was hashed as it was written or verified by fill_shards: no second read of the store
+    return load(path, verify=False)
 
 
 def _after_rank(path: Path, config: dict, rank: int, world: int) -> LatentStore | None:
