@@ -77,3 +77,50 @@ def test_reproduce_draws_the_overlays_from_the_fr_zh_sweep(tiny_models, tmp_path
         f"paper_overlay_fr_zh_{k}.{s}" for k in ("probabilities", "entropy", "energy") for s in ("png", "pdf")
     )
     assert reproduce.paper_overlays(tmp_path / "nothing", figures, tmp_path / "paper", "tiny") == []
+
+
+def _sweep(*extra):
+    return main(["sweep", "--task", "translation", "--src", "fr", "--n", "3", *map(str, extra)])
+
+
+def test_sweep_draws_the_overlays_and_keys_them_by_the_lines(llama2_folder, tmp_path, capsys):
+    import json
+
+    write_lines(tmp_path / "paper", "7b", 32)
+    out = tmp_path / "out"
+    args = ("--tgt", "zh", "--model", llama2_folder, "--out", out, "--paper-repo", tmp_path / "paper")
+    assert _sweep(*args) == 0
+    record = json.loads((out / "run.json").read_text())
+    overlays = sorted(f for f in record["files"] if f.startswith("paper_"))
+    assert overlays == sorted(
+        f"paper_overlay_{k}.{s}" for k in ("energy", "entropy", "probabilities") for s in ("png", "pdf")
+    )
+    assert record["paper_lines"] == ["7b"] and all((out / f).stat().st_size > 0 for f in overlays)
+    assert _sweep(*args) == 0
+    assert json.loads((out / "run.json").read_text()) == record  # reused: same prompts, same lines
+    write_lines(tmp_path / "paper", "13b", 40)  # other lines: the figures change, so the key does
+    assert _sweep(*args) == 0
+    again = json.loads((out / "run.json").read_text())
+    assert again["paper_lines"] == ["13b", "7b"] and again["cache_key"] != record["cache_key"]
+    assert _sweep("--tgt", "zh", "--model", llama2_folder, "--out", tmp_path / "plain") == 0
+    plain = json.loads((tmp_path / "plain" / "run.json").read_text())
+    assert "paper_lines" not in plain and not any(f.startswith("paper_") for f in plain["files"])
+    capsys.readouterr()
+
+
+def test_sweep_refuses_the_lines_beside_another_target(tiny_models, llama2_folder, tmp_path, capsys):
+    from llmlatent import latents, tasks
+    from llmlatent.experiments.geoplots import PaperLinesError
+
+    write_lines(tmp_path / "paper", "7b", 32)
+    out = tmp_path / "out"
+    assert _sweep("--tgt", "de", "--model", llama2_folder, "--out", out, "--paper-repo", tmp_path / "paper") == 2
+    err = capsys.readouterr().err.strip()
+    assert "translations into Chinese, these prompts are translation into de" in err and "\n" not in err, err
+    assert not out.exists()
+    m = tiny_models["llama"]
+    store = latents.collect(m, tasks.build("repetition", "zh", "zh", m.tokenizer, n=2), tmp_path / "s", progress=False)
+    with pytest.raises(PaperLinesError, match="these prompts are repetition into zh"):
+        SweepSettings(from_latents=str(store.path), paper_repo=str(tmp_path / "paper"))
+    with pytest.raises(PaperLinesError, match="no R/data/data_for_sphere_plots folder"):
+        SweepSettings(task="translation", tgt="zh", paper_repo=str(tmp_path))

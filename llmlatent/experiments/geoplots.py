@@ -166,3 +166,38 @@ def overlay_figure(summary: pd.DataFrame, lines: dict[str, pd.DataFrame], kind: 
     if title:
         ax.set_title(title, fontsize=10)
     return fig
+
+
+def overlay_lines(repo: str | Path, meta: dict) -> dict[str, pd.DataFrame]:
+    """Return the paper's lines of ``repo`` (:func:`read_paper_lines`) for curves of prompts with ``meta``.
+
+    The lines are the paper's translations into Chinese: a known task other than translation or a known
+    target other than zh is refused with one line (Llama-2's p(zh) beside a p(German) would read as a
+    comparison it is not); prompts that record neither (a prompt file) are drawn, labelled "→zh".
+    """
+    task, tgt = meta.get("task"), meta.get("tgt")
+    if task not in (None, "translation") or tgt not in (None, "zh"):
+        raise PaperLinesError(
+            f"--paper-repo: the paper's lines are its translations into Chinese, these prompts are {task} into "
+            f"{tgt}; sweep --task translation --tgt zh, or drop --paper-repo"
+        )
+    return read_paper_lines(repo)
+
+
+def lines_digest(repo: str | Path) -> str:
+    """Return a sha256 over the CSVs of the paper's lines folder in ``repo``: what a figure drawn from them used."""
+    from llmlatent.experiments.settings import content_digest
+
+    return content_digest(Path(repo) / PAPER_LINES)
+
+
+def write_overlays(summary: pd.DataFrame, lines: dict[str, pd.DataFrame], title: str, stem: Path) -> list[Path]:
+    """Return the files written: ``{stem}_{kind}.png/.pdf`` of :func:`overlay_figure` for every kind."""
+    from llmlatent.experiments import plots
+
+    written = []
+    for kind in OVERLAYS:
+        fig = overlay_figure(summary, lines, kind, title)
+        written += plots.save(fig, stem.with_name(f"{stem.name}_{kind}"))
+        plt.close(fig)
+    return written

@@ -304,12 +304,8 @@ def paper_overlays(results: Path, figures: Path, paper_repo: str | Path, model_n
     if summary is None:
         log.warning("no translation/fr-zh sweep under %s: no paper overlay drawn", results)
         return []
-    lines, written = geoplots.read_paper_lines(paper_repo), []
-    for kind in geoplots.OVERLAYS:
-        fig = geoplots.overlay_figure(summary, lines, kind, f"translation fr→zh · {model_name} vs the paper's Llama-2")
-        written += plots.save(fig, figures / f"paper_overlay_fr_zh_{kind}")
-        plt.close(fig)
-    return written
+    lines, title = geoplots.read_paper_lines(paper_repo), f"translation fr→zh · {model_name} vs the paper's Llama-2"
+    return geoplots.write_overlays(summary, lines, title, figures / "paper_overlay_fr_zh")
 
 
 def hand_prompt(m: Model, results: Path, figures: Path) -> None:

@@ -14,8 +14,6 @@ caches, writes atomically and records. For the sweep::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, fields
@@ -29,8 +27,8 @@ from llmlatent.errors import DataError, LlmlatentError
 from llmlatent.experiments import runs
 from llmlatent.experiments.settings import Settings, flag_name, option
 from llmlatent.languages import check_lang, parse_codes
+from llmlatent.provenance import prompts_digest, sets_table
 from llmlatent.tasks import TASKS, PromptSet
-from llmlatent.tokens import set_columns
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -145,6 +143,10 @@ class SweepSettings(PromptSettings):
         None, "latent store to sweep with no forward pass (--model then names the head: final norm + unembedding only)",
         key=False,  # its content enters the key (key_inputs), not its path
     )  # fmt: skip
+    paper_repo: str | None = option(
+        None, "a clone of epfl-dlab/llm-latent-language: its Llama-2 →zh lines dashed beside these curves "
+        "(paper_overlay_*.png, relative depth)", key=False,  # the lines' content enters the key (key_inputs)
+    )  # fmt: skip
     prompt_set: PromptSet | None = option(None, "prompts built in Python (tasks.custom …)", key=False, cli=False)
     progress: bool = option(True, "progress bar", key=False, cli=False)
 
@@ -153,13 +155,26 @@ class SweepSettings(PromptSettings):
             self._set("latent", parse_codes(self.latent, self.words, flag="--latent"))
         if self.from_latents is not None:
             self._check_store()
-            return
-        if self.prompt_set is not None:
+        elif self.prompt_set is not None:
             if len(self.prompt_set) == 0:
                 self.fail("the prompt set is empty; build one with at least one prompt")
             checks.count(self.batch_size, "batch_size")
-            return
-        super().__post_init__()
+        else:
+            super().__post_init__()
+        if self.paper_repo is not None:  # no lines there, or another task or target: one line before any work
+            from llmlatent.experiments.geoplots import overlay_lines
+
+            overlay_lines(self.paper_repo, self._named_prompts_meta())
+
+    def _named_prompts_meta(self) -> dict:
+        """Return what the settings already say of the prompts' task and target (a prompt file: nothing)."""
+        if self.from_latents is not None:
+            from llmlatent.latents.format import read_config
+
+            return read_config(Path(self.from_latents))["meta"]
+        if self.prompt_set is not None:
+            return self.prompt_set.meta
+        return {} if self.prompts else {"task": self.task, "tgt": self.tgt}
 
     def _check_store(self) -> None:
         from llmlatent.latents.format import read_config
@@ -196,9 +211,15 @@ class SweepSettings(PromptSettings):
         if self.from_latents is not None:
             from llmlatent.latents.shards import store_digest
 
-            return {"latent_store_sha256": store_digest(self.from_latents)}
-        prompts = self.prompts_for(model)
-        return {"prompt_meta": prompts.meta, "prompts_sha256": prompts_digest(prompts)}
+            inputs = {"latent_store_sha256": store_digest(self.from_latents)}
+        else:
+            prompts = self.prompts_for(model)
+            inputs = {"prompt_meta": prompts.meta, "prompts_sha256": prompts_digest(prompts)}
+        if self.paper_repo is not None:  # the overlay figures' lines
+            from llmlatent.experiments.geoplots import lines_digest
+
+            inputs["paper_lines_sha256"] = lines_digest(self.paper_repo)
+        return inputs
 
 
 @dataclass(frozen=True)
@@ -213,6 +234,7 @@ class SweepResult:
     ci: str
     batch_size: int
     sweep_seconds: float
+    paper_lines: dict[str, pd.DataFrame] | None = None  # --paper-repo's lines, drawn beside the curves
 
 
 def headline(summary: pd.DataFrame) -> dict:
@@ -227,44 +249,11 @@ def headline(summary: pd.DataFrame) -> dict:
     }
 
 
-def token_sets(prompts: PromptSet, tokenizer: PreTrainedTokenizerBase) -> pd.DataFrame:
-    """Return the prompt table with each token set as JSON lists of ids and of vocabulary strings.
-
-    Columns ``target_ids``/``target_tokens``, ``english_ids``/``english_tokens`` and
-    ``source_ids``/``source_tokens`` (empty where p_source is undefined) record exactly which tokens
-    each probability summed, e.g. ``["<0xE4>", "云"]`` for 云 on Llama-2.
-    """
-    frame = prompts.df.copy()
-    for column in set_columns(frame.columns).values():
-        ids = [list(map(int, s)) if s is not None and len(s) else None for s in frame[column]]
-        frame[column] = [json.dumps(s) if s is not None else "" for s in ids]
-        frame[column.replace("_ids", "_tokens")] = [
-            json.dumps(tokenizer.convert_ids_to_tokens(s), ensure_ascii=False) if s is not None else "" for s in ids
-        ]
-    return frame
-
-
 def title_of(meta: dict, model_name: str) -> str:
     """Return a figure title such as ``translation fr→zh · google/gemma-3-270m``."""
     task = meta.get("task", "")
     pair = meta.get("tgt", "") if task == "cloze" else f"{meta.get('src', '')}→{meta.get('tgt', '')}"
     return f"{task} {pair} · {model_name}"
-
-
-def prompts_digest(prompts: PromptSet) -> str:
-    """Return a sha256 over every prompt text and its token-id sets, in order (the sweep's whole input).
-
-    The word lists (bundled or ``--words``), a ``--prompts`` file, ``n``, the seed of the few-shot
-    examples, ``strict``, ``cognate_filter`` and ``n_shots`` all reach the sweep only through these
-    prompts and sets, so this digest changes whenever any of them changes what is computed.
-    """
-    columns = ["prompt", *set_columns(prompts.df.columns).values()]
-    blob = json.dumps(
-        prompts.df[columns].to_numpy().tolist(),
-        ensure_ascii=False,
-        default=lambda v: v.tolist() if hasattr(v, "tolist") else list(v),
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def compute(model: Model, settings: SweepSettings) -> SweepResult:
@@ -286,15 +275,20 @@ def compute(model: Model, settings: SweepSettings) -> SweepResult:
     seconds = time.perf_counter() - started
     rows.insert(1, "concept", rows["prompt_id"].map(dict(zip(prompts.df["prompt_id"], prompts.df["concept"]))))
     summary = metrics.summarize(rows, ci=settings.ci, seed=settings.seed)
+    if settings.paper_repo is not None:
+        from llmlatent.experiments.geoplots import overlay_lines
+
+        lines = overlay_lines(settings.paper_repo, prompts.meta)  # a prompt file's target is known now
     return SweepResult(
         prompts,
-        token_sets(prompts, model.tokenizer),
+        sets_table(prompts, model.tokenizer),
         rows,
         summary,
         title_of(prompts.meta, model.name),
         settings.ci,
         settings.batch_size,
         seconds,
+        lines if settings.paper_repo is not None else None,
     )
 
 
@@ -314,6 +308,13 @@ def write(result: SweepResult, folder: Path) -> dict:
     ):
         plots.save(fig, folder / name)
         plt.close(fig)
+    if result.paper_lines is not None:
+        from llmlatent.experiments.geoplots import write_overlays
+
+        write_overlays(
+            result.summary, result.paper_lines, f"{result.title} vs the paper's Llama-2", folder / "paper_overlay"
+        )
+        meta["paper_lines"] = sorted(result.paper_lines)  # the sizes drawn; their sha256 is in the key
     return {
         **meta,
         "n_prompts": len(result.prompts),
