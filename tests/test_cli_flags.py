@@ -68,3 +68,14 @@ def test_a_new_field_gets_a_flag_without_touching_the_cli():
     p = argparse.ArgumentParser()
     add_flags(p, Extra)
     assert from_args(Extra, p.parse_args(["--latent-langs", "en,fr", "zh"])).latent_langs == ("en", "fr", "zh")
+
+
+@pytest.mark.parametrize("command", ["patch", "reproduce"])
+def test_too_few_pairs_names_the_flag_given(command, tmp_path, capsys):
+    from llmlatent.cli import main
+
+    out = ["--out", str(tmp_path / "o")] if command == "patch" else ["--results", str(tmp_path / "o")]
+    assert main([command, "--n-pairs", "1", *out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --n-pairs must be at least 2 pairs (95% intervals need two), got 1", err
+    assert not (tmp_path / "o").exists()

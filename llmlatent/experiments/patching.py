@@ -76,7 +76,7 @@ def check_settings(
             "e.g. --donor de:fr --receiver ru:zh"
         )
     if n is not None and n < 2:
-        raise PatchingError(f"--n must be at least 2 pairs (95% intervals need two), got {n}")
+        raise PatchingError(f"--n-pairs must be at least 2 pairs (95% intervals need two), got {n}")
     if not mean_over:
         return []
     langs = [check_lang(x, words) for x in mean_over]
