@@ -28,7 +28,7 @@ RUNNER = pytest.StashKey["Runner | None"]()  # set by tests/conftest.py when col
 # Small parameters per notebook; "{tmp}" is replaced by the test's tmp_path.
 SMALL: dict[str, dict] = {
     "01_logit_lens_playground.ipynb": {"k": 3, "positions": 4, "generate": 2},
-    "02_translation.ipynb": {"n": 6, "out_dir": "{tmp}/02", "latent": "en,de"},
+    "02_translation.ipynb": {"n": 6, "out_dir": "{tmp}/02", "latent": "en,de", "paper_repo": "{tmp}/paper"},
     "03_repetition.ipynb": {"n": 6, "out_dir": "{tmp}/03", "compare_filters": True},  # the variants cell, cheaply
     "04_cloze.ipynb": {"n": 6, "out_dir": "{tmp}/04"},
     "05_latents.ipynb": {"n": 6, "cache_dir": "{tmp}/05"},
@@ -61,6 +61,19 @@ SMALL: dict[str, dict] = {
         "latents_dir": "{tmp}/10_latents",
     },
 }
+
+
+def _made_up_paper_repo(tmp: Path) -> None:
+    """Write a clone-shaped folder whose 7b_zh_lines.csv has the paper's format (made-up numbers, not its data)."""
+    folder = tmp / "paper" / "R" / "data" / "data_for_sphere_plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    depth = [(i + 1) / 32 for i in range(32)]
+    rows = ["entropy,energy,en,zh"] + [f"{14 - 12 * d:.3f},0.25,{d * (1 - d):.3f},{d**4:.3f}" for d in depth]
+    (folder / "7b_zh_lines.csv").write_text("\n".join(rows) + "\n")
+
+
+PREPARE = {"02_translation.ipynb": _made_up_paper_repo}  # inputs a notebook's SMALL parameters point to
+WRITES = {"02_translation.ipynb": ["02/fr-zh/paper_overlay_probabilities.png"]}  # files it must write under {tmp}
 
 
 def notebook_paths() -> list[Path]:
@@ -225,6 +238,7 @@ class Runner:
             try:
                 out_dir = self.root / path.stem
                 out_dir.mkdir(parents=True, exist_ok=True)
+                PREPARE.get(path.name, lambda tmp: None)(out_dir)
                 future.set_result(_run_notebook(path, out_dir, self.kernel, threads=1, running=self.running))
             except BaseException as exc:  # reported by that notebook's test
                 future.set_exception(exc)
@@ -278,3 +292,5 @@ def test_notebook_runs(path, notebook_runs):
         pytest.fail(f"{path.name}: cell {count} raised {error.ename}: {error.evalue}", pytrace=False)
     unexecuted = [c for c in executed.cells if c.cell_type == "code" and c.source.strip() and c.execution_count is None]
     assert not unexecuted, f"{path.name}: {len(unexecuted)} cells did not run: {stderr}"
+    missing = [f for f in WRITES.get(path.name, []) if not (out.parent / f).is_file()]
+    assert not missing, f"{path.name} did not write {missing}"
