@@ -126,3 +126,23 @@ def test_legacy_and_zip_files_read_the_same(tmp_path):
     assert torch.equal(paper.read_paper_file(tmp_path / "zip.pt"), x)
     assert torch.equal(paper.read_paper_file(tmp_path / "legacy.pt"), x)
     assert np.array_equal(shards.to_storage(paper.read_paper_file(tmp_path / "zip.pt"), "float32"), x.numpy())
+
+
+def test_a_shard_beyond_arrow_list_offsets_is_one_line():
+    from llmlatent.latents import LatentStoreError
+
+    huge = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=(2**12, 2**10, 2**9), strides=(0, 0, 0))
+    config = {"columns": {}, "n_layers": 2**10, "hidden_size": 2**9, "dtype": "float32"}
+    with pytest.raises(LatentStoreError, match=r"beyond the 2\^31 an Arrow list can index; .* \(at most 4095\)"):
+        shards.shard_dataset({"latents": huge}, features(config), "0" * 16)
+
+
+def test_a_shard_size_beyond_arrow_list_offsets_is_refused_before_anything_is_written(tmp_path):
+    from llmlatent.latents import LatentStoreError
+
+    wide = Fingerprint(model="given", n_layers=80, hidden_size=8192, unembedding_sha256="0" * 64)  # Llama-2-70B
+    frame = _frame(2)
+    latents = torch.zeros(2, 80, 8192)
+    with pytest.raises(LatentStoreError, match=r"shard size 4000 is too large .* at most 3276 prompts"):
+        write_latents(wide, frame, latents, tmp_path / "s", shard_size=4000, progress=False)
+    assert not (tmp_path / "s").exists()

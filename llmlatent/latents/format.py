@@ -295,6 +295,12 @@ def open_or_create(path: Path, config: dict, shard_size: int | None, *, repair: 
     from llmlatent import checks
 
     checks.count(shard_size, "shard_size", optional=True)
+    per_prompt = config["n_layers"] * config["hidden_size"]
+    if shard_size is not None and shard_size * per_prompt >= 2**31:  # a shard's latents: one Arrow list column
+        raise LatentStoreError(  # (32-bit offsets); refused before anything is created
+            f"shard size {shard_size} is too large for {config['n_layers']} layers × {config['hidden_size']}: at most "
+            f"{(2**31 - 1) // per_prompt} prompts fit one shard; pass a smaller --shard-size"
+        )
     path.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path / LOCK_FILE)):
         if repair and (path / STORE_FILE).exists():
