@@ -133,7 +133,10 @@ def test_a_shard_beyond_arrow_list_offsets_is_one_line():
 
     huge = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=(2**12, 2**10, 2**9), strides=(0, 0, 0))
     config = {"columns": {}, "n_layers": 2**10, "hidden_size": 2**9, "dtype": "float32"}
-    with pytest.raises(LatentStoreError, match=r"beyond the 2\^31 an Arrow list can index; .* \(at most 4095\)"):
+    with pytest.raises(
+        LatentStoreError,
+        match=r"shard size 4096 is too large .* beyond the 2\^31 an Arrow list can index; at most 4095 prompts",
+    ):
         shards.shard_dataset({"latents": huge}, features(config), "0" * 16)
 
 

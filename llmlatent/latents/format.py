@@ -283,6 +283,17 @@ def _set_aside(path: Path) -> None:
     os.replace(path / STORE_FILE, path / f"{STORE_FILE}.corrupt-{n}")
 
 
+def check_shard_values(rows: int, layers: int, hidden: int) -> None:
+    """Return None if a shard of ``rows`` prompts fits Array2D's storage (Arrow lists, 32-bit offsets: fewer than
+    2^31 latent values); else raise LatentStoreError naming the largest shard size that fits."""
+    if (size := rows * layers * hidden) >= 2**31:
+        raise LatentStoreError(
+            f"shard size {rows} is too large for {layers} layers × {hidden}: {size:,} values, beyond the 2^31 an "
+            f"Arrow list can index; at most {(2**31 - 1) // (layers * hidden)} prompts fit one shard; "
+            "pass a smaller --shard-size"
+        )
+
+
 def open_or_create(path: Path, config: dict, shard_size: int | None, *, repair: bool = False) -> dict:
     """Return the store's config, creating the store (under a file lock; ranks race here) or checking it fits.
 
@@ -295,12 +306,8 @@ def open_or_create(path: Path, config: dict, shard_size: int | None, *, repair: 
     from llmlatent import checks
 
     checks.count(shard_size, "shard_size", optional=True)
-    per_prompt = config["n_layers"] * config["hidden_size"]
-    if shard_size is not None and shard_size * per_prompt >= 2**31:  # a shard's latents: one Arrow list column
-        raise LatentStoreError(  # (32-bit offsets); refused before anything is created
-            f"shard size {shard_size} is too large for {config['n_layers']} layers × {config['hidden_size']}: at most "
-            f"{(2**31 - 1) // per_prompt} prompts fit one shard; pass a smaller --shard-size"
-        )
+    if shard_size is not None:  # refused before anything is created
+        check_shard_values(int(shard_size), config["n_layers"], config["hidden_size"])
     path.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path / LOCK_FILE)):
         if repair and (path / STORE_FILE).exists():

@@ -26,6 +26,7 @@ from llmlatent.latents.format import (
     SHARD_FILE,
     STORAGE,
     LatentStoreError,
+    check_shard_values,
     features,
     read_config,
     records,
@@ -219,13 +220,9 @@ def shard_dataset(data: dict, features: object, fingerprint: str) -> object:
         if name != "latents":
             columns.append(pa.array(data[name], type=schema.field(name).type))
             continue
-        rows, layers, hidden = data[name].shape
-        if (size := rows * layers * hidden) >= 2**31:  # Array2D's storage is Arrow lists with 32-bit offsets
-            raise LatentStoreError(
-                f"a shard of {rows} prompts × {layers} layers × {hidden} holds {size:,} values, beyond the "
-                f"2^31 an Arrow list can index; pass a smaller shard size (at most {(2**31 - 1) // (layers * hidden)})"
-            )
+        check_shard_values(*data[name].shape)  # before any copy
         latents = np.ascontiguousarray(data[name])
+        rows, layers, hidden = latents.shape
         values = pa.array(latents.reshape(-1))
         inner = pa.ListArray.from_arrays(pa.array(np.arange(0, len(values) + 1, hidden, dtype=np.int32)), values)
         outer = pa.ListArray.from_arrays(pa.array(np.arange(0, rows * layers + 1, layers, dtype=np.int32)), inner)
