@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_lens  # noqa: E402
 
-from llmlatent import latents, lens, tasks  # noqa: E402
+from llmlatent import latents, tasks
 from llmlatent import model as model_mod  # noqa: E402
+from llmlatent.lens import last_token as lens
 
 TARGET = 1.1
 

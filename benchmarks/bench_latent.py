@@ -1,6 +1,6 @@
 """Benchmark: a sweep with 5 latent languages beside the same sweep with English alone (target ≤ 1.05×).
 
-The latent languages add one token-set sum each to the streamed unembedding (:func:`llmlatent.decode.decode`):
+The latent languages add one token-set sum each to the streamed unembedding (:func:`llmlatent.lens.decode.decode`):
 a gather of a few dozen logits per row, next to the matmul over the whole vocabulary that every row pays
 anyway. In one process, on the same prompts and model, the two sweeps alternate ``--repeats`` times (so that
 load changes on a shared machine hit both alike), each timed as a whole ``lens.sweep`` (forward + decode), and
@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from llmlatent import capture, lens, tasks
-from llmlatent.latent_langs import add_latent_sets
+from llmlatent import capture, tasks
+from llmlatent.latent_sets import add_latent_sets
+from llmlatent.lens import last_token as lens
 
 LATENT = ("en", "fr", "de", "ru", "zh")  # the paper's five: 4 sets beyond English (zh: the target's own)
 

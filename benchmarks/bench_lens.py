@@ -53,8 +53,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llmlatent import capture, lens, tasks  # noqa: E402
+from llmlatent import capture, tasks
 from llmlatent import model as model_mod  # noqa: E402
+from llmlatent.lens import last_token as lens
 from llmlatent.metrics import LOG2  # noqa: E402
 
 METRICS = ("p_target", "p_english", "entropy")

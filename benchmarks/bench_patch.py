@@ -37,9 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_lens  # noqa: E402
 
-from llmlatent import decode, patching, tasks  # noqa: E402
 from llmlatent import model as model_mod  # noqa: E402
+from llmlatent import patching, tasks
 from llmlatent.experiments import patching as patch_experiment
+from llmlatent.lens import decode
 
 TARGETS = {"patch_over_bare": 2.5, "naive_over_patch": 5.0}
 PARITY_REL_TOL = 1e-5  # relative difference of final latents (float32 rounding of batched vs one-token attention)

@@ -2,7 +2,7 @@
 
 In one process, alternating runs: (a) for every pair and split the benchmark evaluates, a bare batched
 forward (``model.hf(**model.encode(batch), logits_to_keep=1)``, batches of the benchmark's size) over
-its prompts; (b) :func:`llmlatent.experiments.steerbench.bench.compute` with the default settings (the
+its prompts; (b) :func:`llmlatent.experiments.steering.bench.bench.compute` with the default settings (the
 whole call: prompts, language means, the select grid of methods × layers × α tiled on one prefix cache
 per batch with greedy generations, the test split's chosen settings and controls, the report). The
 first repeat collects the fit latents into a temporary store folder; later repeats reuse them, as a
@@ -32,8 +32,8 @@ import bench_lens  # noqa: E402
 from bench_steer import bare_chunks  # noqa: E402
 
 from llmlatent import model as model_mod  # noqa: E402
-from llmlatent.experiments.steerbench import bench  # noqa: E402
-from llmlatent.experiments.steerbench.plan import SteerBenchSettings  # noqa: E402
+from llmlatent.experiments.steering.bench import bench  # noqa: E402
+from llmlatent.experiments.steering.bench.plan import SteerBenchSettings  # noqa: E402
 
 TARGET = 0.3
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .errors import LlmlatentError
+from llmlatent.errors import LlmlatentError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -281,7 +281,8 @@ class LoadedHead:
     """A model's final norm + unembedding loaded without the model (:func:`llmlatent.model.load_unembedding`).
 
     ``name`` is the model's display name, ``tokenizer`` its tokenizer (None when the model has no
-    tokenizer files; pass ``tokenizer=`` to :func:`llmlatent.lens.from_latents` then), ``config`` its HF config.
+    tokenizer files; pass ``tokenizer=`` to :func:`llmlatent.lens.last_token.from_latents` then), ``config`` its
+    HF config.
     """
 
     unembedding: Unembedding

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import OutputFolderError
+from llmlatent.errors import OutputFolderError
 
 
 def _protected(out: Path) -> str | None:

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import LlmlatentError
+from llmlatent.errors import LlmlatentError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from .model import Model
+    from llmlatent.model import Model
 
 
 class PaddingError(LlmlatentError, ValueError):
@@ -117,7 +117,7 @@ def length_batches(
     ``max_padding_ratio`` × the batch's real tokens. Results do not depend on the batching (left padding
     with an attention mask); only the time and memory do.
     """
-    from .checks import count
+    from llmlatent.checks import count
 
     count(batch_size, "batch_size")
     lengths = [len(ids) for ids in model.tokenizer(list(prompts))["input_ids"]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import ModelLoadError
+from llmlatent.errors import ModelLoadError
 
 
 def checkpoint_files(path: str, token: str | None) -> tuple[dict[str, str], object]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UsageError
+from llmlatent.errors import UsageError
 
 
 def _label(name: str, flag: str | None) -> str:

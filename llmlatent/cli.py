@@ -51,7 +51,7 @@ def _settings_class(command: str) -> type:
     from llmlatent.experiments.detour import DetourSettings
     from llmlatent.experiments.geometry import GeometrySettings
     from llmlatent.experiments.patching import PatchSettings
-    from llmlatent.experiments.steerbench.plan import SteerBenchSettings
+    from llmlatent.experiments.steering.bench.plan import SteerBenchSettings
     from llmlatent.experiments.steering.plan import SteeringSettings
     from llmlatent.experiments.sweep import SweepSettings
 
@@ -77,7 +77,8 @@ def cmd_lens(args: argparse.Namespace) -> int:
     """Print the top tokens of every layer for one hand-written prompt."""
     import pandas as pd
 
-    from llmlatent import checks, lens
+    from llmlatent import checks
+    from llmlatent.lens import last_token as lens
 
     prompt = args.prompt
     if args.escapes:

@@ -18,19 +18,21 @@ def lens_generation(args: argparse.Namespace, prompt: str, load_model: Callable[
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from llmlatent import checks, genlens
-    from llmlatent.experiments import genplots, plots
+    from llmlatent import checks
+    from llmlatent.experiments.figures import generation as genplots
+    from llmlatent.experiments.figures import plots
+    from llmlatent.lens import generation as genlens
 
     checks.count(args.generate, "generate", flag="--generate")
-    from llmlatent.languages import PAPER, parse_codes
+    from llmlatent.languages.registry import PAPER, parse_codes
 
     langs = PAPER if args.langs is None else parse_codes(args.langs, flag="--langs")
     concepts = None if args.concepts is None else [c.strip() for c in args.concepts.split(",") if c.strip()]
     if args.colour != "probability" and args.colour.removeprefix("p_") not in langs:
         raise UsageError(f"--colour must be probability or p_<lang> of --langs ({', '.join(langs)}), got {args.colour}")
     if concepts is not None:
-        from llmlatent.data import read_table
-        from llmlatent.tagging import check_concepts
+        from llmlatent.languages.scripts import check_concepts
+        from llmlatent.languages.words import read_table
 
         check_concepts(concepts, read_table(list(langs)).set_index("concept"))
     figure = args.figure or (str(Path(args.out).with_suffix("")) if args.out else None)

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .atomic import staged_dir, umask_modes
-from .errors import ModelLoadError
+from llmlatent.atomic import staged_dir, umask_modes
+from llmlatent.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

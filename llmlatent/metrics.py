@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .errors import UsageError
+from llmlatent.errors import UsageError
 
 if TYPE_CHECKING:
-    from .adapter import Unembedding
+    from llmlatent.adapter import Unembedding
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from .adapter import Adapter, Fingerprint, LoadedHead, Unembedding, adapter_for, text_config
-from .checkpoint import checkpoint_files, find_key
-from .checks import torch_dtype
-from .embedded import DEFAULT_MODEL, default_model_path
-from .errors import ModelLoadError, UsageError
-from .lenses import Lens, LogitLens
+from llmlatent.adapter import Adapter, Fingerprint, LoadedHead, Unembedding, adapter_for, text_config
+from llmlatent.checkpoint import checkpoint_files, find_key
+from llmlatent.checks import torch_dtype
+from llmlatent.embedded import DEFAULT_MODEL, default_model_path
+from llmlatent.errors import ModelLoadError, UsageError
+from llmlatent.lens.base import Lens, LogitLens
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -55,7 +55,7 @@ class Model:
     """A loaded causal LM with its tokenizer, family adapter and lens (default: the logit lens of its head).
 
     ``lens`` is what every sweep, patching and steering decode reads block outputs with; assign another
-    :class:`llmlatent.lenses.Lens` (a tuned lens …) to change them all.
+    :class:`llmlatent.lens.base.Lens` (a tuned lens …) to change them all.
     """
 
     hf: torch.nn.Module
@@ -293,7 +293,7 @@ def load_unembedding(
     norm and output embedding are materialised and filled from the shards named by
     ``model.safetensors.index.json`` (tied models: the input embedding), reading only those tensors.
     ``.unembedding.fingerprint()`` equals the loaded model's; ``.tokenizer`` is None when the model has
-    no tokenizer files. Pass the result to :func:`llmlatent.lens.from_latents`.
+    no tokenizer files. Pass the result to :func:`llmlatent.lens.last_token.from_latents`.
     """
     dtype = torch_dtype(dtype)
     path, name = _resolve(name_or_path)

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import LlmlatentError, UsageError
+from llmlatent.errors import LlmlatentError, UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from .experiments.settings import Settings
-    from .experiments.sweep import SweepSettings
-    from .model import Model
+    from llmlatent.experiments.settings import Settings
+    from llmlatent.experiments.sweep import SweepSettings
+    from llmlatent.model import Model
 
 log = logging.getLogger("llmlatent")
 
@@ -65,13 +65,13 @@ def check(
 
 def _count(value: Any, name: str) -> int:
     """Return ``value`` after checking it is a whole number ≥ 1 (:func:`llmlatent.checks.count`)."""
-    from .checks import count
+    from llmlatent.checks import count
 
     return count(value, name, flag=name)
 
 
 def _check_model(options: dict) -> None:
-    from . import model
+    from llmlatent import model
 
     model.check_options(options["model"], dtype=options["dtype"], device=options["device"],
                         device_map=options["device_map"])  # fmt: skip
@@ -155,7 +155,7 @@ def load(
     level: int = logging.INFO,
 ) -> Model:
     """Return the loaded model after :func:`setup`, logging its fingerprint (the notebooks' setup cell in one call)."""
-    from .model import load as load_model
+    from llmlatent.model import load as load_model
 
     setup(level)
     m = load_model(model, dtype=dtype, device=device, device_map=device_map)

@@ -18,7 +18,7 @@ left-padded (:meth:`llmlatent.model.Model.encode`), so the last prompt token is
 the last column of every row; attention masks and position ids follow the padding.
 
 Results are the raw residual after the last block at the last position ([N, hidden]); decode them with
-:func:`llmlatent.decode.decode` (streamed vocabulary slices) to get next-token statistics.
+:func:`llmlatent.lens.decode.decode` (streamed vocabulary slices) to get next-token statistics.
 """
 
 from __future__ import annotations
@@ -33,12 +33,20 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import checks
-from .capture import batched, block_output, capture_last, check_captured, check_left_padded, forward_last, length_order
-from .errors import LlmlatentError
-from .metrics import interval
-from .model import Model
-from .prefix import Prefix, no_logits
+from llmlatent import checks
+from llmlatent.capture import (
+    batched,
+    block_output,
+    capture_last,
+    check_captured,
+    check_left_padded,
+    forward_last,
+    length_order,
+)
+from llmlatent.errors import LlmlatentError
+from llmlatent.metrics import interval
+from llmlatent.model import Model
+from llmlatent.prefix import Prefix, no_logits
 
 if TYPE_CHECKING:
     from llmlatent.latents import LatentStore
@@ -137,7 +145,7 @@ def patch(
     One full forward of the receiver prompts in which the last token's residual after blocks
     ``layer`` … ``layer + window − 1`` (clipped at the last block) is replaced by ``donor_latents``
     [B, layers, hidden] at those blocks (row i into receiver i). ``[:, -1]`` is what the head reads:
-    decode it with :func:`llmlatent.decode.decode`. This is the reference path; :func:`sweep` runs all
+    decode it with :func:`llmlatent.lens.decode.decode`. This is the reference path; :func:`sweep` runs all
     layers far faster and gives the same numbers.
     """
     donor_latents = _check_latents(model, donor_latents, len(receiver_prompts))

@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .capture import capture_last, check_left_padded
-from .errors import LlmlatentError
+from llmlatent.capture import capture_last, check_left_padded
+from llmlatent.errors import LlmlatentError
 
 if TYPE_CHECKING:
     from transformers import Cache
 
-    from .model import Model
+    from llmlatent.model import Model
 
 # bytes of tiled KV cache one forward may build: copies of a large model's cache (e.g. 7B, ~40 MB per
 # 75-token row in bf16) would otherwise outgrow the memory the model leaves; small models hit max_rows first
@@ -173,7 +173,7 @@ class Prefix:
         without one) and returns a context manager holding hooks for its copies · rows rows (copy-major);
         they are registered before the capture hook, so the capture sees their effect.
         The result is the raw residual the final norm and head read: decode it with
-        :func:`llmlatent.decode.decode`.
+        :func:`llmlatent.lens.decode.decode`.
         """
         model = self.model
         last = torch.full((copies * self.rows,), -1, dtype=torch.long)

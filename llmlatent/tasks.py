@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from . import checks
-from .data import MASK, read_prompt_file, read_table
-from .errors import DataError
-from .languages import PAPER, check_lang, get
-from .tokens import (
+from llmlatent import checks
+from llmlatent.errors import DataError
+from llmlatent.languages.registry import PAPER, check_lang, get
+from llmlatent.languages.words import MASK, read_prompt_file, read_table
+from llmlatent.tokens import (
     check_ids,
     check_tokenizer_object,
     token_set,

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from .errors import DataError
+from llmlatent.errors import DataError
 
 if TYPE_CHECKING:
     import pandas as pd

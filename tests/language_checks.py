@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from llmlatent.data import COLUMNS, MASK, read_csv
-from llmlatent.languages import NOT_LANGUAGES
+from llmlatent.languages.registry import NOT_LANGUAGES
+from llmlatent.languages.words import COLUMNS, MASK, read_csv
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "langs"
 LANGUAGE_COLUMNS = ("code", "label", "answer", "script")

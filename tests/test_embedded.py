@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmlatent import lens, model
+from llmlatent import model
+from llmlatent.lens import last_token as lens
 
 pytestmark = pytest.mark.embedded
 PROMPT = 'Français: "fleur" - 中文: "花"\nFrançais: "nuage" - 中文: "'

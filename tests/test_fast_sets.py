@@ -12,9 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmlatent import data, languages, tasks
-from llmlatent.data import MASK
-from llmlatent.languages import label
+from llmlatent import tasks
+from llmlatent.languages import registry as languages
+from llmlatent.languages import words as data
+from llmlatent.languages.registry import label
+from llmlatent.languages.words import MASK
 from llmlatent.tokens import token_set
 
 MARKERS = {"llama2": "▁", "gemma3": "▁", "llama3": "Ġ"}

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 from conftest import save_model
 
-from llmlatent import lens, metrics, notebook, tasks
+from llmlatent import metrics, notebook, tasks
 from llmlatent.experiments import reproduce, sweep, views
+from llmlatent.lens import last_token as lens
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from llmlatent import capture, decode, patching, tasks
+from llmlatent import capture, patching, tasks
+from llmlatent.lens import decode
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import real_tokenizers
 
-from llmlatent import data, languages
+from llmlatent.languages import registry as languages
+from llmlatent.languages import words as data
 from llmlatent.tokens import token_set, vocab_info
 
 

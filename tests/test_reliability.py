@@ -224,7 +224,9 @@ def test_only_domain_errors_become_one_line(monkeypatch, capsys, tmp_path):
 
 
 def test_every_error_class_derives_from_the_base():
-    from llmlatent import adapter, data, latents, steering
+    from llmlatent import adapter, latents
+    from llmlatent.languages import words as data
+    from llmlatent.steering import vector as steering
 
     for cls in (
         UsageError,
@@ -295,7 +297,7 @@ def one_exact_line(capsys, argv: list[str], line: str) -> None:
 
 def word_folder(tmp_path: Path, fr: bytes) -> Path:
     """Return a copy of the bundled en/fr/zh word lists with ``fr.csv`` replaced by ``fr``."""
-    from llmlatent import languages
+    from llmlatent.languages import registry as languages
 
     folder = tmp_path / "words"
     folder.mkdir()

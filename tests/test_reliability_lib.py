@@ -15,10 +15,13 @@ import pandas as pd
 import pytest
 import torch
 
-from llmlatent import atomic, embedded, lens, model, steering, tasks, tokens, vector_file
-from llmlatent.data import read_prompt_file
+from llmlatent import atomic, embedded, model, tasks, tokens
 from llmlatent.errors import DataError, LlmlatentError, UsageError
-from llmlatent.steering import SteeringError, SteeringVector
+from llmlatent.languages.words import read_prompt_file
+from llmlatent.lens import last_token as lens
+from llmlatent.steering import file as vector_file
+from llmlatent.steering import vector as steering
+from llmlatent.steering.vector import SteeringError, SteeringVector
 
 FINGERPRINT = {"model": "m", "unembedding_sha256": "ab" * 32, "n_layers": 3, "hidden_size": 8}
 
@@ -268,7 +271,7 @@ def write_prompts(path, rows):
 def test_repeated_prompt_rows_are_used_once_with_a_warning(tmp_path, spm_tokenizer, caplog):
     rows = [['Français: "chat" - 中文: "', "猫", "cat"], ['Deutsch: "Hund" - 中文: "', "狗", "dog"]]
     path = write_prompts(tmp_path / "p.csv", [rows[0], rows[1], rows[0], rows[0]])
-    with caplog.at_level(logging.WARNING, logger="llmlatent.data"):
+    with caplog.at_level(logging.WARNING, logger="llmlatent.languages.words"):
         frame = read_prompt_file(path)
     assert frame.values.tolist() == rows and frame.attrs["duplicate_prompt"] == 2
     assert "data rows 1, 3, 4 are the same prompt row; using it once" in caplog.text

@@ -7,7 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from llmlatent import data, languages, tasks
+from llmlatent import tasks
+from llmlatent.languages import registry as languages
+from llmlatent.languages import words as data
 
 SEED = Path(__file__).parent / "data" / "seed_langs"
 PROMPTS = Path(__file__).parent / "data" / "seed_prompts.csv"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from llmlatent import data, languages, tasks
+from llmlatent import tasks
+from llmlatent.languages import registry as languages
+from llmlatent.languages import words as data
 
 
 @pytest.mark.parametrize("lang", languages.PAPER)

@@ -2,7 +2,7 @@
 
 For every non-English target language of ``langs``, few-shot translation prompts ``src → target`` (the
 sweep's prompts, :func:`llmlatent.tasks.build`, with the paper's filters) are answered greedily for
-``max_new_tokens`` tokens (:func:`llmlatent.genlens.generation`, KV-cached). At every generated token and
+``max_new_tokens`` tokens (:func:`llmlatent.lens.generation.generation`, KV-cached). At every generated token and
 every layer the lens gives ``p_<lang>`` for every language of ``langs`` (and the source): the probability
 mass of the token set (the paper's rule) of the concept's word in that language.
 
@@ -28,13 +28,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from llmlatent import checks, genlens, tasks
-from llmlatent.data import read_table
+from llmlatent import checks, tasks
 from llmlatent.errors import UsageError
 from llmlatent.experiments import runs
 from llmlatent.experiments.patching import parse_langs
 from llmlatent.experiments.settings import Settings, option
-from llmlatent.languages import check_lang, codes, parse_codes
+from llmlatent.languages.registry import check_lang, codes, parse_codes
+from llmlatent.languages.words import read_table
+from llmlatent.lens import generation as genlens
 from llmlatent.tokens import token_set
 
 if TYPE_CHECKING:
@@ -196,7 +197,8 @@ def write(result: DetourResult, folder: Path) -> dict:
     """Return run.json's own fields after writing rows.csv, summary.csv, detour.png/pdf and a generation heatmap."""
     import matplotlib.pyplot as plt
 
-    from llmlatent.experiments import genplots, plots
+    from llmlatent.experiments.figures import generation as genplots
+    from llmlatent.experiments.figures import plots
 
     result.rows.to_csv(folder / "rows.csv", index=False, float_format="%.8g")
     result.summary.to_csv(folder / "summary.csv", index=False, float_format="%.8g")

@@ -252,7 +252,8 @@ def write(result: GeometryResult, folder: Path) -> dict:
     """Return run.json's own fields after writing the tables (CSV, the paper's TSV) and the figures (PNG + PDF)."""
     import matplotlib.pyplot as plt
 
-    from llmlatent.experiments import geoplots, plots
+    from llmlatent.experiments.figures import geometry as geoplots
+    from llmlatent.experiments.figures import plots
 
     result.mds.to_csv(folder / "mds.csv", index=False, float_format="%.8g")
     result.paths.to_csv(folder / "paths.csv", index=False)

@@ -31,11 +31,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llmlatent import checks, decode, patching, tasks
+from llmlatent import checks, patching, tasks
 from llmlatent.errors import UsageError
 from llmlatent.experiments import runs
 from llmlatent.experiments.settings import Settings, option
-from llmlatent.languages import check_lang
+from llmlatent.languages.registry import check_lang
+from llmlatent.lens import decode
 from llmlatent.patching import SETS, headline, summarize
 
 if TYPE_CHECKING:
@@ -325,7 +326,8 @@ def write(result: PatchResult, folder: Path) -> dict:
     """Return run.json's own fields after writing rows.csv, summary.csv and the figures (PNG+PDF) to ``folder``."""
     import matplotlib.pyplot as plt
 
-    from llmlatent.experiments import patchplots, plots
+    from llmlatent.experiments.figures import patching as patchplots
+    from llmlatent.experiments.figures import plots
 
     result.rows.to_csv(folder / "rows.csv", index=False, float_format="%.8g")
     result.summary.to_csv(folder / "summary.csv", index=False, float_format="%.8g")

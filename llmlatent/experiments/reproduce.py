@@ -17,19 +17,23 @@ from typing import TYPE_CHECKING
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from llmlatent import checks, genlens, lens, tasks
+from llmlatent import checks, tasks
 from llmlatent.adapter import same_model
 from llmlatent.atomic import copy_file
 from llmlatent.errors import LlmlatentError
-from llmlatent.experiments import genplots, plots, runs
+from llmlatent.experiments import runs
 from llmlatent.experiments.detour import DetourSettings
+from llmlatent.experiments.figures import generation as genplots
+from llmlatent.experiments.figures import plots
 from llmlatent.experiments.patching import PatchSettings
 from llmlatent.experiments.settings import Settings, option
-from llmlatent.experiments.steerbench.plan import SteerBenchSettings
+from llmlatent.experiments.steering.bench.plan import SteerBenchSettings
 from llmlatent.experiments.steering.plan import DEFAULT_N_CONCEPTS, SteeringSettings
 from llmlatent.experiments.sweep import SweepSettings
-from llmlatent.languages import PAPER as LANGS
-from llmlatent.languages import codes, parse_codes
+from llmlatent.languages.registry import PAPER as LANGS
+from llmlatent.languages.registry import codes, parse_codes
+from llmlatent.lens import generation as genlens
+from llmlatent.lens import last_token as lens
 
 if TYPE_CHECKING:
     from llmlatent.latents import LatentStore
@@ -92,7 +96,7 @@ class ReproduceSettings(Settings):
             if path.exists() and not path.is_dir():
                 self.fail(f"--{name} {path} is an existing file; pass a folder (it is created if missing)")
         if self.paper_repo is not None:
-            from llmlatent.experiments.geoplots import read_paper_lines
+            from llmlatent.experiments.figures.geometry import read_paper_lines
 
             read_paper_lines(self.paper_repo)  # no lines there, or another format: one line before any work
 
@@ -298,7 +302,7 @@ def geometry_step(m: Model, results: Path, *, seed: int, force: bool) -> dict:
 
 def paper_overlays(results: Path, figures: Path, paper_repo: str | Path, model_name: str) -> list[Path]:
     """Return the figures written with the paper's Llama-2 →zh lines dashed over the fr→zh sweep's curves."""
-    from llmlatent.experiments import geoplots
+    from llmlatent.experiments.figures import geometry as geoplots
 
     summary = load_summaries(results, "translation", ["translation/fr-zh"]).get(("fr", "zh"))
     if summary is None:

@@ -26,7 +26,7 @@ from llmlatent import checks
 from llmlatent.errors import DataError, LlmlatentError
 from llmlatent.experiments import runs
 from llmlatent.experiments.settings import Settings, flag_name, option
-from llmlatent.languages import check_lang, parse_codes
+from llmlatent.languages.registry import check_lang, parse_codes
 from llmlatent.provenance import prompts_digest, sets_table
 from llmlatent.tasks import TASKS, PromptSet
 
@@ -84,13 +84,13 @@ class PromptSettings(Settings):
             raise DataError(f"translation needs two different languages (got {tgt}→{tgt}); use --task repetition")
         self._set("task", task), self._set("tgt", tgt), self._set("src", src)
         if self.words:  # empty, non-UTF-8 or duplicate-concept word files fail now, not after the model load
-            from llmlatent import data
+            from llmlatent.languages import words as data
 
             with checks.quiet(data.log):
                 data.read_table(["en", src, tgt], self.words)
 
     def _check_prompt_file(self) -> None:
-        from llmlatent import data
+        from llmlatent.languages import words as data
 
         checks.input_file(self.prompts, "prompts")
         given = [f"--{k.replace('_', '-')}" for k in ("task", "src", "tgt", "cognate_filter") if getattr(self, k)]
@@ -104,7 +104,7 @@ class PromptSettings(Settings):
     def build(self, tokenizer: PreTrainedTokenizerBase) -> PromptSet:
         """Return the prompt set these settings name, for ``tokenizer``."""
         from llmlatent import tasks
-        from llmlatent.latent_langs import add_latent_sets
+        from llmlatent.latent_sets import add_latent_sets
 
         if self.prompts:
             built = tasks.from_prompt_file(
@@ -162,7 +162,7 @@ class SweepSettings(PromptSettings):
         else:
             super().__post_init__()
         if self.paper_repo is not None:  # no lines there, or another task or target: one line before any work
-            from llmlatent.experiments.geoplots import overlay_lines
+            from llmlatent.experiments.figures.geometry import overlay_lines
 
             overlay_lines(self.paper_repo, self._named_prompts_meta())
 
@@ -190,7 +190,7 @@ class SweepSettings(PromptSettings):
     def prompts_for(self, model: Model) -> PromptSet:
         """Return the prompt set of this sweep (the given one, the store's, or the one the settings name, for the
         model's tokenizer)."""
-        from llmlatent.latent_langs import add_latent_sets
+        from llmlatent.latent_sets import add_latent_sets
 
         if self.from_latents is None and self.prompt_set is None:
             return self.build(model.tokenizer)
@@ -216,7 +216,7 @@ class SweepSettings(PromptSettings):
             prompts = self.prompts_for(model)
             inputs = {"prompt_meta": prompts.meta, "prompts_sha256": prompts_digest(prompts)}
         if self.paper_repo is not None:  # the overlay figures' lines
-            from llmlatent.experiments.geoplots import lines_digest
+            from llmlatent.experiments.figures.geometry import lines_digest
 
             inputs["paper_lines_sha256"] = lines_digest(self.paper_repo)
         return inputs
@@ -258,7 +258,8 @@ def title_of(meta: dict, model_name: str) -> str:
 
 def compute(model: Model, settings: SweepSettings) -> SweepResult:
     """Return the sweep of ``settings`` on ``model``: the lens at the last token after every block, summarised."""
-    from llmlatent import latents, lens, metrics
+    from llmlatent import latents, metrics
+    from llmlatent.lens import last_token as lens
 
     prompts = settings.prompts_for(model)
     log.info(prompts.report())
@@ -276,7 +277,7 @@ def compute(model: Model, settings: SweepSettings) -> SweepResult:
     rows.insert(1, "concept", rows["prompt_id"].map(dict(zip(prompts.df["prompt_id"], prompts.df["concept"]))))
     summary = metrics.summarize(rows, ci=settings.ci, seed=settings.seed)
     if settings.paper_repo is not None:
-        from llmlatent.experiments.geoplots import overlay_lines
+        from llmlatent.experiments.figures.geometry import overlay_lines
 
         lines = overlay_lines(settings.paper_repo, prompts.meta)  # a prompt file's target is known now
     return SweepResult(
@@ -296,7 +297,7 @@ def write(result: SweepResult, folder: Path) -> dict:
     """Return run.json's own fields after writing rows.csv, summary.csv, prompts.csv and the figures (PNG+PDF)."""
     import matplotlib.pyplot as plt
 
-    from llmlatent.experiments import plots
+    from llmlatent.experiments.figures import plots
 
     result.rows.to_csv(folder / "rows.csv", index=False, float_format="%.8g")
     result.summary.to_csv(folder / "summary.csv", index=False, float_format="%.8g")
@@ -309,7 +310,7 @@ def write(result: SweepResult, folder: Path) -> dict:
         plots.save(fig, folder / name)
         plt.close(fig)
     if result.paper_lines is not None:
-        from llmlatent.experiments.geoplots import write_overlays
+        from llmlatent.experiments.figures.geometry import write_overlays
 
         write_overlays(
             result.summary, result.paper_lines, f"{result.title} vs the paper's Llama-2", folder / "paper_overlay"

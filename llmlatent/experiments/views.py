@@ -57,9 +57,11 @@ def compare_variants(
     summary}).
 
     Each variant is :func:`llmlatent.tasks.build` with extra options (default :func:`variants_for`), swept
-    with the same ``seed`` and summarised; draw the curves with :func:`llmlatent.experiments.plots.variants_figure`.
+    with the same ``seed`` and summarised; draw the curves with
+    :func:`llmlatent.experiments.figures.plots.variants_figure`.
     """
-    from llmlatent import lens, metrics, tasks
+    from llmlatent import metrics, tasks
+    from llmlatent.lens import last_token as lens
 
     records, summaries = [], {}
     for label, options in (variants_for(task, src, tgt) if variants is None else variants).items():

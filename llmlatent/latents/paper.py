@@ -30,9 +30,9 @@ import pandas as pd
 import torch
 
 from llmlatent.atomic import file_sha256
-from llmlatent.data import read_csv
 from llmlatent.errors import DataError
-from llmlatent.languages import PAPER, label
+from llmlatent.languages.registry import PAPER, label
+from llmlatent.languages.words import read_csv
 from llmlatent.latents.format import LatentStoreError, check_store_dir
 from llmlatent.latents.store import LatentStore, write_latents
 from llmlatent.tasks import PromptSet

@@ -47,7 +47,7 @@ from llmlatent.latents.format import (
 )
 from llmlatent.latents.shards import disk_size, fill_shards, shard_problem, shard_range, to_storage
 from llmlatent.latents.space import check_free_space, disk_full
-from llmlatent.lenses import Lens
+from llmlatent.lens.base import Lens
 from llmlatent.tokens import set_columns
 
 if TYPE_CHECKING:

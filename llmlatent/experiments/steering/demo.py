@@ -39,7 +39,7 @@ from llmlatent.experiments.steering.evaluate import GROUP, Batch, Evaluator, Ite
 from llmlatent.experiments.steering.fit import fit_stores, open_stores, rescaled
 from llmlatent.experiments.steering.plan import Splits, SteeringSettings, make_splits
 from llmlatent.experiments.steering.report import best_json, pick, summarize
-from llmlatent.steering import SteeringVector, mean_difference
+from llmlatent.steering.vector import SteeringVector, mean_difference
 
 if TYPE_CHECKING:
     from llmlatent.model import Model
@@ -289,7 +289,7 @@ def write(result: SteeringResult, folder: Path) -> dict:
     """
     import matplotlib.pyplot as plt
 
-    from llmlatent.experiments import plots
+    from llmlatent.experiments.figures import plots
 
     result.rows.to_csv(folder / "rows.csv", index=False, float_format="%.8g")
     result.summary.to_csv(folder / "summary.csv", index=False, float_format="%.8g")

@@ -2,9 +2,9 @@
 
 A batch is prompts of one language with the KV cache of all but their last token
 (:class:`llmlatent.prefix.Prefix`). Every setting (vector, α) of a call runs on that one cache:
-:func:`llmlatent.steered.steered_final` gives the last block's output at the last prompt token for up
+:func:`llmlatent.steering.batched.steered_final` gives the last block's output at the last prompt token for up
 to ``max_rows`` rows (settings × prompts) per forward, and all rows of the call are decoded together
-by :func:`llmlatent.decode.decode` (streamed vocabulary slices; the next-token distribution of the
+by :func:`llmlatent.lens.decode.decode` (streamed vocabulary slices; the next-token distribution of the
 model's own final norm and head, in float32). Per prompt and setting: p(correct target answer),
 p(correct source answer) and the top-1 token (its script, and whether it belongs to a correct word).
 """
@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from tqdm.auto import tqdm
 
-from llmlatent.decode import decode
+from llmlatent.lens.decode import decode
 from llmlatent.prefix import Prefix
-from llmlatent.steered import generate_many, steered_final
+from llmlatent.steering.batched import generate_many, steered_final
 
 if TYPE_CHECKING:
     from llmlatent.model import Model
-    from llmlatent.steering import SteeringVector
+    from llmlatent.steering.vector import SteeringVector
 
 CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
 SCRIPTS = {

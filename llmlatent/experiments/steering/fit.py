@@ -12,7 +12,7 @@ import pandas as pd
 
 from llmlatent import tasks
 from llmlatent.adapter import same_model
-from llmlatent.steering import SteeringVector
+from llmlatent.steering.vector import SteeringVector
 
 if TYPE_CHECKING:
     from llmlatent.latents import LatentStore

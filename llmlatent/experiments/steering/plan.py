@@ -10,8 +10,8 @@ import numpy as np
 
 from llmlatent.errors import DataError, SteeringError
 from llmlatent.experiments.settings import Settings, option
-from llmlatent.languages import check_lang, codes
-from llmlatent.steering import check_alpha, check_count, check_layer
+from llmlatent.languages.registry import check_lang, codes
+from llmlatent.steering.vector import check_alpha, check_count, check_layer
 
 DEFAULT_ALPHAS = (0.5, 1.0, 2.0, 4.0)
 DEFAULT_N_CONCEPTS = 96  # 32 fit + 32 select + 32 test concepts

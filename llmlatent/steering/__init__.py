@@ -1,0 +1,10 @@
+"""Steering the output language: a direction added to the residual stream after one block.
+
+- ``vector``: :class:`~llmlatent.steering.vector.SteeringVector` and its ``apply()`` context manager;
+  ``mean_difference`` (Δ = μ_target − μ_source of cached latents, CAA).
+- ``hook``: the forward hooks of one steering setting.
+- ``batched``: steered last-token forwards and greedy generations under many settings at once, over one
+  prompt-prefix KV cache.
+- ``file``: the safetensors file format of a vector, hashed and fingerprinted.
+- ``language_means``: per-language latent means and the benchmark's vector methods built from them.
+"""

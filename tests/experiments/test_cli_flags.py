@@ -1,0 +1,81 @@
+"""The command line is generated from the settings dataclasses: one flag per field, defaults only in the dataclass."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from llmlatent import cli
+from llmlatent.experiments.patching import PatchSettings
+from llmlatent.experiments.reproduce import ReproduceSettings
+from llmlatent.experiments.settings import ModelOptions, add_flags, flag_name, from_args
+from llmlatent.experiments.steering.bench.plan import SteerBenchSettings
+from llmlatent.experiments.steering.plan import SteeringSettings
+from llmlatent.experiments.sweep import SweepSettings
+
+COMMANDS = {"sweep": SweepSettings, "steer": SteeringSettings, "patch": PatchSettings, "reproduce": ReproduceSettings}
+COMMANDS["steer-bench"] = SteerBenchSettings
+
+
+def subparser(command: str) -> argparse.ArgumentParser:
+    parser = cli.build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices[command]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_field_has_its_flag_and_no_default_of_its_own(command):
+    cls, p = COMMANDS[command], subparser(command)
+    flags = set(p._option_string_actions)
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("cli", True):
+            continue
+        name = flag_name(f.name)
+        assert name in flags or flag_name("no_" + f.name) in flags, f.name
+        assert set(f.metadata.get("aliases", ())) <= flags
+    for f in dataclasses.fields(ModelOptions):
+        assert flag_name(f.name) in flags
+    assert "--force" in flags
+    given = ["--out", "x"] if command != "reproduce" else []
+    assert from_args(cls, p.parse_args(given)) == cls()  # nothing given: exactly the dataclass defaults
+
+
+def test_old_spellings_and_named_counts_reach_the_same_fields(tmp_path):
+    w = str(tmp_path)  # an existing (empty) words folder: the bundled languages are used
+    steer = subparser("steer").parse_args(
+        ["--out", "x", "--words-dir", w, "--latents", "s", "--generate", "2", "--random", "1", "--flip-prompts", "3",
+         "--no-flip", "--layers", "5,7", "9", "--wrong-pair", "de", "ru"]
+    )  # fmt: skip
+    s = from_args(SteeringSettings, steer)
+    assert (s.words, s.store_dir, s.n_generate, s.n_random, s.n_flip, s.flip) == (w, "s", 2, 1, 3, False)
+    assert s.layers == (5, 7, 9) and s.wrong_pair == ("de", "ru")
+    for command, field in (("sweep", "n_prompts"), ("patch", "n_pairs"), ("reproduce", "n_prompts")):
+        given = ["--n", "7"] + (["--out", "x"] if command != "reproduce" else [])
+        assert getattr(from_args(COMMANDS[command], subparser(command).parse_args(given)), field) == 7
+    patch = from_args(
+        PatchSettings, subparser("patch").parse_args(["--out", "x", "--donor", "en:de", "--mean-over", "none"])
+    )
+    assert patch.donor == ("en", "de") and patch.mean_over == ()
+
+
+def test_a_new_field_gets_a_flag_without_touching_the_cli():
+    @dataclasses.dataclass(frozen=True)
+    class Extra(SweepSettings):
+        latent_langs: tuple[str, ...] = dataclasses.field(default=("en",), metadata={"help": "latent languages"})
+
+    p = argparse.ArgumentParser()
+    add_flags(p, Extra)
+    assert from_args(Extra, p.parse_args(["--latent-langs", "en,fr", "zh"])).latent_langs == ("en", "fr", "zh")
+
+
+@pytest.mark.parametrize("command", ["patch", "reproduce"])
+def test_too_few_pairs_names_the_flag_given(command, tmp_path, capsys):
+    from llmlatent.cli import main
+
+    out = ["--out", str(tmp_path / "o")] if command == "patch" else ["--results", str(tmp_path / "o")]
+    assert main([command, "--n-pairs", "1", *out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --n-pairs must be at least 2 pairs (95% intervals need two), got 1", err
+    assert not (tmp_path / "o").exists()
