@@ -2,7 +2,7 @@
 
 - **The library** is every module under ``llmlatent/`` outside ``llmlatent/experiments/`` and the faces; it
   never imports ``llmlatent.experiments``.
-- **The faces** (``cli``, ``cli_lens``, ``notebook``, ``__main__``) sit on top and may import anything.
+- **The faces** (``cli``, ``notebook``, ``__main__``) sit on top and may import anything.
 - No import cycle, and every imported name has one owner: ``from llmlatent.x import name`` names the module
   that defines ``name`` (a package's ``__init__`` may gather its own submodules' names; no private name is
   imported across modules).
@@ -18,7 +18,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "llmlatent"
-FACES = {"llmlatent.cli", "llmlatent.cli_lens", "llmlatent.notebook", "llmlatent.__main__"}
+FACES = {"llmlatent.cli", "llmlatent.notebook", "llmlatent.__main__"}
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:

@@ -30,7 +30,7 @@ import pandas as pd
 
 from llmlatent import checks, tasks
 from llmlatent.errors import UsageError
-from llmlatent.experiments import runs
+from llmlatent.experiments.base import Clock, Experiment
 from llmlatent.experiments.patching import parse_langs
 from llmlatent.experiments.settings import Settings, option
 from llmlatent.languages.registry import check_lang, codes, parse_codes
@@ -122,7 +122,7 @@ def prompt_sets(prompts: pd.DataFrame, table: pd.DataFrame, langs: list[str], to
 
 def compute(model: Model, settings: DetourSettings) -> DetourResult:
     """Return the rows, summary and headline of the detour measurement (see the module docstring)."""
-    s, clock, parts = settings, runs.Clock(), []
+    s, clock, parts = settings, Clock(), []
     for tgt in s.targets():
         src = s.source_of(tgt)
         langs = list(dict.fromkeys([*s.langs, src]))
@@ -223,6 +223,14 @@ def describe(s: DetourSettings) -> str:
     return f"detour into {','.join(s.targets())} from {s.src}"
 
 
-EXPERIMENT = runs.register(
-    runs.Experiment("detour", DetourSettings, compute, write, headline=HEADLINE, describe=describe)
+EXPERIMENT = Experiment(
+    "detour",
+    DetourSettings,
+    compute,
+    write,
+    command="detour",
+    help="every generated answer token at every layer: p(English) vs p(target) (Schut et al.)",
+    format_version=1,
+    headline=HEADLINE,
+    describe=describe,
 )

@@ -27,7 +27,7 @@ import torch
 
 from llmlatent import checks, geometry
 from llmlatent.errors import LlmlatentError
-from llmlatent.experiments import runs
+from llmlatent.experiments.base import Clock, Experiment
 from llmlatent.experiments.settings import Settings, option
 
 if TYPE_CHECKING:
@@ -206,7 +206,7 @@ def compute(model: Model | LoadedHead, settings: GeometrySettings) -> GeometryRe
     """Return the three analyses of the store ``settings`` names, decoded with ``model``'s head (no forward pass)."""
     from llmlatent import latents
 
-    clock = runs.Clock()
+    clock = Clock()
     store = latents.load(settings.from_latents)
     store.check(model)
     unembedding = model.unembedding
@@ -286,6 +286,14 @@ def describe(settings: GeometrySettings) -> str:
 
 
 HEADLINE = ("n_paths", "paths_english_before_target", "median_rank_en", "seconds")
-EXPERIMENT = runs.register(
-    runs.Experiment("geometry", GeometrySettings, compute, write, headline=HEADLINE, describe=describe)
+EXPERIMENT = Experiment(
+    "geometry",
+    GeometrySettings,
+    compute,
+    write,
+    command="geometry",
+    help="MDS of latent paths, Procrustes ranks, latent norms of a latent store (no forward pass)",
+    format_version=1,
+    headline=HEADLINE,
+    describe=describe,
 )

@@ -33,7 +33,7 @@ import torch
 
 from llmlatent import checks, patching, tasks
 from llmlatent.errors import UsageError
-from llmlatent.experiments import runs
+from llmlatent.experiments.base import Clock, Experiment
 from llmlatent.experiments.settings import Settings, option
 from llmlatent.languages.registry import check_lang
 from llmlatent.lens import decode
@@ -205,7 +205,7 @@ def parse_langs(text: str, name: str) -> tuple[str, ...]:
 def compute(model: Model, settings: PatchSettings) -> PatchResult:
     """Return both experiments' rows (one per pair, condition and layer), summary and metadata; see the module
     docstring."""
-    s, clock = settings, runs.Clock()
+    s, clock = settings, Clock()
     used = check_settings(s.donor, s.receiver, s.mean_over, s.n_pairs, s.words)
     mean_specs, single = [(x, s.receiver[1]) for x in used], (s.donor[0], s.receiver[1])
     with clock("donor_latents"):
@@ -355,13 +355,14 @@ def describe(s: PatchSettings) -> str:
     return f"{s.donor[0]}→{s.donor[1]} into {s.receiver[0]}→{s.receiver[1]}"
 
 
-EXPERIMENT = runs.register(
-    runs.Experiment("patching", PatchSettings, compute, write, headline=HEADLINE, describe=describe)
+EXPERIMENT = Experiment(
+    "patching",
+    PatchSettings,
+    compute,
+    write,
+    command="patch",
+    help="activation patching: donor latents into receiver prompts at each layer (Dumas et al.)",
+    format_version=3,
+    headline=HEADLINE,
+    describe=describe,
 )
-
-
-def run_to_dir(model: Model, out: str | Path, *, force: bool = False, **kwargs: object) -> dict:
-    """Return run.json's content after running :class:`PatchSettings` (``kwargs``; ``n`` = ``n_pairs``) into ``out``."""
-    renames = {"n": "n_pairs", "words_dir": "words", "store_dir": "latents"}
-    settings = PatchSettings(**{renames.get(k, k): v for k, v in kwargs.items()})
-    return runs.run(settings, model, out, force=force)

@@ -22,6 +22,7 @@ from llmlatent.adapter import same_model
 from llmlatent.atomic import copy_file
 from llmlatent.errors import LlmlatentError
 from llmlatent.experiments import runs
+from llmlatent.experiments.base import Clock
 from llmlatent.experiments.detour import DetourSettings
 from llmlatent.experiments.figures import generation as genplots
 from llmlatent.experiments.figures import plots
@@ -363,7 +364,7 @@ def run_all(
 
 def run_steps(s: ReproduceSettings, m: Model, *, force: bool = False) -> dict:
     """Return a summary of the full reproduction after running (or reusing) every step and writing all figures."""
-    clock = runs.Clock()
+    clock = Clock()
     results, figures = Path(s.results), Path(s.figures)
     steps = plan(s)
     for step in steps:  # every folder is checked before the first computation

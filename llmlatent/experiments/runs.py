@@ -1,11 +1,12 @@
 """One run helper for every experiment: settings → cache key → reuse or compute → atomic folder → record.
 
-Every experiment module registers one :class:`Experiment`: its kind, record file, frozen settings class,
-``compute(model, settings)`` returning a typed result, and ``write(result, folder)`` writing the tidy CSVs
-and figures and returning the record's own fields. :func:`run` does the rest, the same way for every
-command: a folder whose stored key equals the new key is reused, ``force=True`` recomputes, the new
-folder replaces the old one atomically, and the record gets the settings, model identity, versions,
-timings, the list of files written (``files``) and the cache key.
+Every experiment module declares one :class:`~llmlatent.experiments.base.Experiment` (its kind, format version,
+record file, frozen settings class, ``compute(model, settings)`` returning a typed result, and
+``write(result, folder)`` writing the tidy CSVs and figures and returning the record's own fields), and
+:data:`llmlatent.experiments.EXPERIMENTS` lists them. :func:`run` finds the experiment of a settings class in that
+list and does the rest, the same way for every command: a folder whose stored key equals the new key is reused,
+``force=True`` recomputes, the new folder replaces the old one atomically, and the record gets the settings, model
+identity, versions, timings, the list of files written (``files``) and the cache key.
 
 A previous result is recognised only by a record llmlatent wrote (``cache_key`` of this kind) in a folder
 that holds nothing but the files its record lists; anything else is refused before any computation.
@@ -14,20 +15,18 @@ that holds nothing but the files its record lists; anything else is refused befo
 from __future__ import annotations
 
 import errno
-import importlib
 import json
 import logging
 import platform
-import sys
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from llmlatent import experiments
 from llmlatent.atomic import atomic_dir, check_output_dir
 from llmlatent.errors import OutputFolderError
+from llmlatent.experiments.base import Clock, Experiment
 from llmlatent.experiments.settings import content_digest
 
 if TYPE_CHECKING:
@@ -36,46 +35,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# bump when the content or layout of a kind of result changes, so old folders are recomputed
-FORMAT_VERSION = {"sweep": 3, "steering": 3, "patching": 3, "latents": 1, "steerbench": 1}
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """One experiment: ``compute(model, settings) → result`` and ``write(result, folder) → record fields``."""
-
-    kind: str
-    settings: type
-    compute: Callable[[Model, Any], Any]
-    write: Callable[[Any, Path], dict]
-    record: str = "run.json"
-    headline: tuple[str, ...] = ()  # record keys printed by the command line
-    describe: Callable[[Any], str] = str  # the settings in a log line
-
-
-_EXPERIMENTS: dict[type, Experiment] = {}
-
-
-def register(experiment: Experiment) -> Experiment:
-    """Return ``experiment`` after making it the one that :func:`run` uses for its settings class."""
-    _EXPERIMENTS[experiment.settings] = experiment
-    return experiment
-
 
 def experiment_of(settings: Settings) -> Experiment:
-    """Return the experiment registered for the class of ``settings``."""
-    module = getattr(type(settings), "experiment_module", None)
-    if type(settings) not in _EXPERIMENTS and module:  # settings defined apart from their experiment: import it
-        importlib.import_module(module)
-    try:
-        return _EXPERIMENTS[type(settings)]
-    except KeyError:
-        raise TypeError(f"no experiment is registered for {type(settings).__name__}") from None
-
-
-def late_bound(function: Callable) -> Callable:
-    """Return the function its module holds now under ``function``'s name (a test or notebook may swap it)."""
-    return getattr(sys.modules[function.__module__], function.__name__, function)
+    """Return the experiment of :data:`llmlatent.experiments.EXPERIMENTS` whose settings class is ``settings``'."""
+    for experiment in experiments.EXPERIMENTS:
+        if isinstance(experiment, Experiment) and experiment.settings is type(settings):
+            return experiment
+    raise TypeError(f"no experiment of llmlatent.experiments.EXPERIMENTS takes {type(settings).__name__}")
 
 
 def versions() -> dict[str, str]:
@@ -96,7 +62,7 @@ def versions() -> dict[str, str]:
 words_digest = content_digest  # the word-file folders of --words
 
 
-def cache_key(kind: str, fingerprint: Mapping, settings: Mapping) -> dict:
+def cache_key(experiment: Experiment, fingerprint: Mapping, settings: Mapping) -> dict:
     """Return the JSON-able cache key of a result: kind, format version, model identity and every setting.
 
     The model enters by identity (unembedding hash, layers, hidden size), not by name, so a model loaded
@@ -108,8 +74,8 @@ def cache_key(kind: str, fingerprint: Mapping, settings: Mapping) -> dict:
     fp = Fingerprint.of(fingerprint).to_dict()
     model = {k: fp[k] for k in IDENTITY_KEYS}
     key = {
-        "kind": kind,
-        "format": FORMAT_VERSION.get(kind, 1),
+        "kind": experiment.kind,
+        "format": experiment.format_version,
         "llmlatent": __version__,
         "model": model,
         "settings": dict(settings),
@@ -117,15 +83,18 @@ def cache_key(kind: str, fingerprint: Mapping, settings: Mapping) -> dict:
     return json.loads(json.dumps(key, sort_keys=True, default=str))
 
 
-def key_of(settings: Settings, model: Model) -> dict:
-    """Return the cache key of ``settings`` on ``model``: its key fields, its model-dependent inputs and dtype."""
+def key_of(settings: Settings, model: Model, experiment: Experiment | None = None) -> dict:
+    """Return the cache key of ``settings`` on ``model``: its key fields, its model-dependent inputs and dtype.
+
+    ``experiment`` defaults to the one of :data:`llmlatent.experiments.EXPERIMENTS` that takes ``settings``.
+    """
     fields = settings.key_fields()
     extra = getattr(settings, "key_inputs", None)
     if extra is not None:
         fields.update(extra(model))
     hf = getattr(model, "hf", None)  # a LoadedHead (a sweep from a latent store) has only its head
     fields["dtype"] = str(getattr(hf, "dtype", "")) if hf is not None else str(model.unembedding.head.weight.dtype)
-    return cache_key(experiment_of(settings).kind, model.fingerprint(), fields)
+    return cache_key(experiment or experiment_of(settings), model.fingerprint(), fields)
 
 
 def read_record(folder: str | Path, record: str = "run.json") -> dict | None:
@@ -176,30 +145,6 @@ def cached(folder: str | Path, key: Mapping, record: str = "run.json") -> dict |
     return saved
 
 
-class Clock:
-    """Named wall-clock timings: ``with clock("fit"): …`` adds the block's seconds under ``"fit"``."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-    def total(self) -> float:
-        """Return the seconds since the clock was made."""
-        return time.perf_counter() - self.started
-
-    def rounded(self) -> dict[str, float]:
-        """Return every timing rounded to milliseconds (for a record)."""
-        return {k: round(v, 3) for k, v in self.seconds.items()}
-
-
 @contextmanager
 def disk_full(out: Path, tmp: Path) -> Iterator[None]:
     """Yield; a full disk while writing ``tmp`` becomes one line naming ``out``, the bytes written and the fix."""
@@ -215,20 +160,24 @@ def disk_full(out: Path, tmp: Path) -> Iterator[None]:
         ) from exc
 
 
-def run(settings: Settings, model: Model, out: str | Path, *, force: bool = False) -> dict:
+def run(
+    settings: Settings, model: Model, out: str | Path, *, force: bool = False, experiment: Experiment | None = None
+) -> dict:
     """Return the record of ``out`` after computing ``settings`` on ``model`` there, or reusing a matching result.
 
-    ``out`` is checked first (:func:`check_out`), so a bad folder fails before any computation.
+    ``out`` is checked first (:func:`check_out`), so a bad folder fails before any computation. ``experiment``
+    defaults to the one of :data:`llmlatent.experiments.EXPERIMENTS` that takes ``settings``; pass another (e.g.
+    ``dataclasses.replace(EXPERIMENT, compute=…)``) to run it with the same folder, key and record.
     """
-    experiment = experiment_of(settings)
+    experiment = experiment or experiment_of(settings)
     out = check_out(out, experiment)
-    key = key_of(settings, model)
+    key = key_of(settings, model, experiment)
     if not force and (record := cached(out, key, experiment.record)) is not None:
         log.info("%s %s: cached (same model and settings)", experiment.kind, out)
         return record
     clock = Clock()
     log.info("%s: %s", experiment.kind, experiment.describe(settings))
-    result = late_bound(experiment.compute)(model, settings)
+    result = experiment.compute(model, settings)
     compute_seconds = clock.total()
     ours = lambda folder: is_ours(folder, experiment.kind, experiment.record)  # noqa: E731
     with atomic_dir(out, ours) as tmp, disk_full(out, tmp):

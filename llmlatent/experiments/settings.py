@@ -35,13 +35,15 @@ def option(
     parse: Callable[[str], Any] | None = None,
     metavar: str | None = None,
     cli: bool = True,
+    positional: bool = False,
 ) -> Any:
     """Return a dataclass field carrying its command-line help, aliases and cache-key role.
 
     ``key=False``: the value does not change the result (batch size, a cache folder) and stays out of the
     cache key. ``digest=True``: a file or folder whose *content* (sha256) enters the key instead of its
     path. ``parse`` turns one command-line string into the value (e.g. ``de:fr`` → ``("de", "fr")``).
-    ``cli=False``: an API-only field (no flag).
+    ``cli=False``: an API-only field (no flag). ``positional=True``: a positional argument instead of a flag (a
+    tuple takes one or more values, each kept whole).
     """
     meta = {
         "help": help,
@@ -52,6 +54,7 @@ def option(
         "parse": parse,
         "metavar": metavar,
         "cli": cli,
+        "positional": positional,
     }
     return dataclasses.field(default=default, metadata=meta, compare=key)  # equal settings = equal results
 
@@ -61,7 +64,6 @@ class Settings:
     """Base of every experiment's settings: validation in ``__post_init__``, one error class per experiment."""
 
     error: ClassVar[type[LlmlatentError]] = UsageError
-    experiment_module: ClassVar[str | None] = None  # the module registering the experiment, if defined elsewhere
 
     def fail(self, message: str) -> typing.NoReturn:
         """Raise this experiment's error class with ``message`` (one line: what is wrong and how to fix it)."""
@@ -158,6 +160,11 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Settings], *, skip: Seq
         if f.name in skip or not f.metadata.get("cli", True):
             continue
         meta, (kind, _) = f.metadata, _base_type(hints[f.name])
+        if meta.get("positional"):
+            many = {"nargs": "+"} if typing.get_origin(kind) is tuple else {}
+            text = meta.get("help", "").replace("%", "%%")
+            parser.add_argument(f.name, help=text, metavar=meta.get("metavar"), **many)
+            continue
         names = [flag_name(f.name), *meta.get("aliases", ())]
         default = None if f.default is MISSING else f.default
         shown = ", ".join(map(str, default)) if isinstance(default, tuple) else default
@@ -190,6 +197,9 @@ def from_args(cls: type[Settings], args: argparse.Namespace, **overrides: Any) -
         if not hasattr(args, f.name):
             continue
         raw, (kind, _) = getattr(args, f.name), _base_type(hints[f.name])
+        if f.metadata.get("positional") and isinstance(raw, list):
+            values[f.name] = tuple(raw)  # positional values are kept whole (a path may hold a comma)
+            continue
         values[f.name] = convert(raw, kind, f.metadata.get("parse"), flag_name(f.name))
     return cls(**{**values, **overrides})
 
@@ -224,13 +234,27 @@ class ModelOptions(Settings):
     trust_remote_code: bool = option(False, "allow model code from the hub (only if you trust it)")
 
     def load(self) -> Any:
-        """Return the loaded model (:func:`llmlatent.model.load`)."""
+        """Return the loaded model (:func:`llmlatent.model.load`); under torchrun each rank takes its own GPU unless
+        ``device`` or ``device_map`` is given."""
         from llmlatent import model
 
         return model.load(
             self.model,
             dtype=self.dtype,
-            device=self.device,
+            device=self.device if self.device is not None or self.device_map is not None else rank_device(),
             device_map=self.device_map,
             trust_remote_code=self.trust_remote_code,
         )
+
+
+def rank_device() -> str | None:
+    """Return ``cuda:<LOCAL_RANK>`` in a process of a torchrun group (``WORLD_SIZE`` > 1) with GPUs, else None."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', os.environ.get('RANK', '0')))}"

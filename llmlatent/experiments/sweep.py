@@ -1,8 +1,8 @@
 """The lens sweep, the paper's main experiment, and the model of every experiment's shape.
 
 An experiment is a frozen settings dataclass (defaults and validation once), ``compute`` and ``write``,
-registered with :func:`llmlatent.experiments.runs.register`; :func:`llmlatent.experiments.runs.run`
-caches, writes atomically and records. For the sweep::
+declared as one ``EXPERIMENT`` and listed in :data:`llmlatent.experiments.EXPERIMENTS`;
+:func:`llmlatent.experiments.runs.run` caches, writes atomically and records. For the sweep::
 
     settings = SweepSettings(task="translation", src="fr", tgt="zh", n_prompts=50)
     record = runs.run(settings, model, "results/translation/fr-zh")      # or reuses a matching folder
@@ -24,7 +24,7 @@ import pandas as pd
 
 from llmlatent import checks
 from llmlatent.errors import DataError, LlmlatentError
-from llmlatent.experiments import runs
+from llmlatent.experiments.base import Experiment
 from llmlatent.experiments.settings import Settings, flag_name, option
 from llmlatent.languages.registry import check_lang, parse_codes
 from llmlatent.provenance import prompts_digest, sets_table
@@ -343,27 +343,14 @@ def describe(settings: SweepSettings) -> str:
 HEADLINE = ("n_prompts", "seconds", "peak_english", "final_target")  # the record keys the command line prints
 
 
-EXPERIMENT = runs.register(
-    runs.Experiment("sweep", SweepSettings, compute, write, headline=HEADLINE, describe=describe)
+EXPERIMENT = Experiment(
+    "sweep",
+    SweepSettings,
+    compute,
+    write,
+    command="sweep",
+    help="per-layer lens over a task's prompts (the paper's main experiment)",
+    format_version=3,
+    headline=HEADLINE,
+    describe=describe,
 )
-
-
-def sweep_to_dir(
-    model: Model,
-    prompts: PromptSet,
-    out: str | Path,
-    *,
-    batch_size: int = 16,
-    seed: int = 0,
-    ci: str = "normal",
-    progress: bool = True,
-    force: bool = False,
-) -> dict:
-    """Return run.json's content after sweeping a prompt set built in Python into ``out`` (:func:`runs.run`)."""
-    settings = SweepSettings(prompt_set=prompts, batch_size=batch_size, seed=seed, ci=ci, progress=progress)
-    return runs.run(settings, model, out, force=force)
-
-
-def sweep_key(model: Model, prompts: PromptSet, *, seed: int = 0, ci: str = "normal") -> dict:
-    """Return the cache key of sweeping ``prompts`` on ``model`` (batch size is no part of it: it changes nothing)."""
-    return runs.key_of(SweepSettings(prompt_set=prompts, seed=seed, ci=ci), model)

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from llmlatent import tasks
-from llmlatent.experiments import runs
+from llmlatent.experiments.base import Clock, Experiment
 from llmlatent.experiments.steering.evaluate import GROUP, Batch, Evaluator, Item, batches, generations
 from llmlatent.experiments.steering.fit import fit_stores, open_stores, rescaled
 from llmlatent.experiments.steering.plan import Splits, SteeringSettings, make_splits
@@ -159,7 +159,7 @@ def with_generation_means(summary: pd.DataFrame, gens: pd.DataFrame) -> pd.DataF
 def compute(model: Model, s: SteeringSettings) -> SteeringResult:
     """Return the steering run: Δ fitted, (layer, α) chosen on the select split, reported on test with controls."""
     torch.manual_seed(s.seed)
-    clock, cpu, layers = runs.Clock(), time.process_time(), s.layers_for(model.n_layers)
+    clock, cpu, layers = Clock(), time.process_time(), s.layers_for(model.n_layers)
     with clock("prompts"):
         frames, splits = prompt_frames(model, s)
     log.info(
@@ -247,7 +247,7 @@ def report(
     ev: Evaluator,
     todo: dict,
     held: dict,
-    clock: runs.Clock,
+    clock: Clock,
     layers: list[int],
     splits: Splits,
     vectors: dict[int, SteeringVector],
@@ -324,21 +324,23 @@ def describe(s: SteeringSettings) -> str:
     return f"{s.source}→{s.target} via {s.via}"
 
 
-EXPERIMENT = runs.register(
-    runs.Experiment(
-        "steering", SteeringSettings, compute, write, record="best.json", headline=HEADLINE, describe=describe
-    )
+EXPERIMENT = Experiment(
+    "steering",
+    SteeringSettings,
+    compute,
+    write,
+    command="steer",
+    help="language steering: fit μ_target − μ_source, choose layer × α on a select split, report on test",
+    format_version=3,
+    record="best.json",
+    headline=HEADLINE,
+    describe=describe,
 )
 
 
 def sweep(model: Model, **settings: object) -> SteeringResult:
     """Return :func:`compute` of ``SteeringSettings(**settings)`` (``words_dir`` is accepted for ``words``)."""
     return compute(model, _settings(settings))
-
-
-def run_to_dir(model: Model, out: str | Path, *, force: bool = False, **settings: object) -> dict:
-    """Return best.json's content after running ``SteeringSettings(**settings)`` into ``out`` (:func:`runs.run`)."""
-    return runs.run(_settings(settings), model, out, force=force)
 
 
 def _settings(kwargs: dict) -> SteeringSettings:

@@ -51,7 +51,6 @@ class SteeringSettings(Settings):
     """The RU→ZH-style demo: fit Δ = μ_target − μ_source, choose (layer, α) on select concepts, report on test."""
 
     error = SteeringError
-    experiment_module = "llmlatent.experiments.steering.demo"  # compute and write live there
 
     source: str = option("ru", "language the steered prompts answer in")
     target: str = option("zh", "language to steer towards")

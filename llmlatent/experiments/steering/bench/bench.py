@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from llmlatent import tasks
 from llmlatent.adapter import Fingerprint
 from llmlatent.embedded import cache_dir
-from llmlatent.experiments import runs
+from llmlatent.experiments.base import Clock, Experiment
 from llmlatent.experiments.steering.bench.plan import SteerBenchSettings
 from llmlatent.experiments.steering.bench.report import best_per_pair, record, tidy_table
 from llmlatent.experiments.steering.bench.score import PairPrompts, baseline, choose, evaluate, summarize
@@ -174,7 +174,7 @@ def run_pair(
 def compute(model: Model, s: SteerBenchSettings) -> BenchResult:
     """Return the benchmark: means fitted once, each pair × method's (layer, α) chosen on select, reported on test."""
     torch.manual_seed(s.seed)
-    clock, cpu, layers = runs.Clock(), time.process_time(), s.layers_for(model.n_layers)
+    clock, cpu, layers = Clock(), time.process_time(), s.layers_for(model.n_layers)
     with clock("prompts"):
         frames, splits = prompt_frames(model, s)
     log.info(
@@ -239,16 +239,18 @@ def describe(s: SteerBenchSettings) -> str:
     return f"steer-bench {','.join(s.langs)}"
 
 
-EXPERIMENT = runs.register(
-    runs.Experiment(
-        "steerbench", SteerBenchSettings, compute, write, record="summary.json", headline=HEADLINE, describe=describe
-    )
+EXPERIMENT = Experiment(
+    "steerbench",
+    SteerBenchSettings,
+    compute,
+    write,
+    command="steer-bench",
+    help="steering benchmark: every ordered pair of --langs, four vector methods, (layer, α) held out",
+    format_version=1,
+    record="summary.json",
+    headline=HEADLINE,
+    describe=describe,
 )
-
-
-def run_to_dir(model: Model, out: str | Path, *, force: bool = False, **settings: object) -> dict:
-    """Return summary.json's content after running ``SteerBenchSettings(**settings)`` into ``out`` (runs.run)."""
-    return runs.run(SteerBenchSettings(**settings), model, out, force=force)
 
 
 def read_results(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:

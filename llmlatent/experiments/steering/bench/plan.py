@@ -35,7 +35,6 @@ class SteerBenchSettings(Settings):
     """Every ordered pair of ``langs``, four vector methods, (layer, α) chosen on select concepts, reported on test."""
 
     error = SteerBenchError
-    experiment_module = "llmlatent.experiments.steering.bench.bench"  # compute and write live there
 
     langs: tuple[str, ...] = option(PAPER, "languages; every ordered pair is steered (e.g. en,fr,de,ru,zh)")
     methods: tuple[str, ...] = option(METHODS, f"vector methods ({', '.join(METHODS)})")
