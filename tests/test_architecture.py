@@ -179,13 +179,13 @@ def test_the_checker_sees_cycles_upward_edges_and_reexports(tmp_path):
 
 
 def test_every_settings_class_finds_its_experiment_in_a_fresh_process():
-    """runs.run works from the settings alone: a settings class defined apart from its experiment imports it."""
+    """runs.run works from the settings alone: it finds the experiment in the one list, whichever module came first."""
     import subprocess
     import sys
 
     code = (
-        "from llmlatent.experiments import runs\n"
         "from llmlatent.experiments.steering.plan import SteeringSettings\n"
+        "from llmlatent.experiments import runs\n"
         "from llmlatent.experiments.patching import PatchSettings\n"
         "from llmlatent.experiments.sweep import SweepSettings\n"
         "print(*(runs.experiment_of(s()).kind for s in (SteeringSettings, PatchSettings, SweepSettings)))\n"

@@ -154,20 +154,27 @@ def test_from_store(tiny_models, tmp_path):
         patching.from_store(store, ["no-such-concept"])
 
 
+def run_patching(model, out, *, force=False, **settings):
+    """Return run.json's content after ``runs.run`` of ``PatchSettings(**settings)``."""
+    from llmlatent.experiments import runs
+    from llmlatent.experiments.patching import PatchSettings
+
+    return runs.run(PatchSettings(**settings), model, out, force=force)
+
+
 def test_experiment_folder_is_complete_seeded_and_cached(tiny_models, tmp_path):
-    from llmlatent.experiments import patching as pe
 
     model = tiny_models["gemma3_text"]
     kwargs = dict(
         donor=("de", "fr"),
         receiver=("ru", "zh"),
         mean_over=("de", "en", "zh"),
-        n=3,
+        n_pairs=3,
         seed=4,
         layers=[0, 2],
         batch_size=2,
     )
-    run = pe.run_to_dir(model, tmp_path / "a", **kwargs)
+    run = run_patching(model, tmp_path / "a", **kwargs)
     names = {p.name for p in (tmp_path / "a").iterdir()}
     assert {
         "rows.csv",
@@ -188,11 +195,11 @@ def test_experiment_folder_is_complete_seeded_and_cached(tiny_models, tmp_path):
     assert rows.groupby("condition").size().to_dict() == {"unpatched": 3, "donor": 6, "single": 6, "mean": 6}
     for column in ("p_cd_lr", "p_cd_ld", "p_cr_lr", "p_cr_ld"):
         assert rows[column].between(0, 1).all()
-    pe.run_to_dir(model, tmp_path / "b", **kwargs)
+    run_patching(model, tmp_path / "b", **kwargs)
     for name in ("rows.csv", "summary.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     (tmp_path / "b" / "rows.csv").write_text("stale")  # a cached folder is reused only with force=False
-    pe.run_to_dir(model, tmp_path / "b", force=False, **kwargs)
+    run_patching(model, tmp_path / "b", force=False, **kwargs)
     assert (tmp_path / "b" / "rows.csv").read_text() == "stale"
 
 
@@ -252,14 +259,14 @@ def test_window_through_the_last_block_reports_no_moves_at(tiny_models, tmp_path
     from llmlatent.experiments import patching as pe
 
     model = tiny_models["gemma3_text"]
-    kwargs = dict(mean_over=(), n=500, seed=4, layers=[0, 1], batch_size=2)
+    kwargs = dict(mean_over=(), n_pairs=500, seed=4, layers=[0, 1], batch_size=2)
     with caplog.at_level("WARNING"):
-        run = pe.run_to_dir(model, tmp_path / "w", window=model.n_layers, **kwargs)
+        run = run_patching(model, tmp_path / "w", window=model.n_layers, **kwargs)
     assert run["window_reaches_last_block"] is True
     assert run["language_moves_at"] is None and run["concept_moves_at"] is None
     assert "overwrites every block through the last one" in caplog.text
     assert "donor/receiver pairs pass the filters (500 asked for)" in caplog.text  # --n beyond the pairs: said
-    normal = pe.run_to_dir(model, tmp_path / "n", window=1, **{**kwargs, "n": 3})
+    normal = run_patching(model, tmp_path / "n", window=1, **{**kwargs, "n_pairs": 3})
     assert normal["window_reaches_last_block"] is False
     import pandas as pd
 

@@ -79,3 +79,70 @@ def test_too_few_pairs_names_the_flag_given(command, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "error: --n-pairs must be at least 2 pairs (95% intervals need two), got 1", err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_cli_offers_exactly_the_experiment_list():
+    """One subcommand per entry of experiments.EXPERIMENTS (plus reproduce and cache-info), each complete."""
+    from llmlatent.experiments import EXPERIMENTS, runs
+    from llmlatent.experiments.base import Experiment
+
+    parser = cli.build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    commands = [entry.command for entry in EXPERIMENTS]
+    assert len(set(commands)) == len(commands)
+    assert set(sub.choices) == {*commands, "reproduce", "cache-info"}
+    experiments = [entry for entry in EXPERIMENTS if isinstance(entry, Experiment)]
+    assert {e.command for e in experiments} == {"sweep", "steer", "patch", "detour", "steer-bench", "geometry"}
+    assert len({e.kind for e in experiments}) == len({e.settings for e in experiments}) == len(experiments)
+    for entry in EXPERIMENTS:
+        assert entry.command and entry.help and dataclasses.is_dataclass(entry.settings), entry
+        assert sub.choices[entry.command].get_default("entry") is entry
+    for e in experiments:
+        assert isinstance(e.format_version, int) and e.format_version >= 1, e.kind
+        assert runs.experiment_of(e.settings.__new__(e.settings)) is e  # run finds it through the list
+    # old result folders stay valid: these numbers enter every cache key (bump one only with a format change)
+    versions = {e.kind: e.format_version for e in experiments}
+    assert versions == {"sweep": 3, "steering": 3, "patching": 3, "detour": 1, "steerbench": 1, "geometry": 1}
+
+
+def test_lens_keeps_its_spellings():
+    from llmlatent.experiments.lens import LensSettings
+
+    p = subparser("lens")
+    flags = set(p._option_string_actions)
+    assert {"-k", "--out", "--no-escapes", "--generate", "--figure", "--colour", "--langs", "--concepts"} <= flags
+    assert p._option_string_actions["--generate"].metavar == "N"
+    plain = from_args(LensSettings, p.parse_args(["Bonjour\\n"]))
+    assert plain == LensSettings(prompt="Bonjour\\n") and plain.text == "Bonjour\n" and plain.k == 5
+    given = ["a\\nb", "-k", "3", "--no-escapes", "--generate", "2", "--colour", "p_fr", "--langs", "en,fr"]
+    s = from_args(LensSettings, p.parse_args([*given, "--concepts", "cat", "--out", "x.csv"]))
+    assert (s.text, s.k, s.generate, s.colour, s.languages(), s.concept_list()) == (
+        "a\\nb",
+        3,
+        2,
+        "p_fr",
+        ("en", "fr"),
+        ["cat"],
+    )
+    assert s.figure_path() == "x" and LensSettings(prompt="a", figure="f", out="x.csv").figure_path() == "f"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["  "], "the prompt is empty"),
+        (["hi", "-k", "0"], "-k"),
+        (["hi", "-k", "two"], "-k must be an integer"),
+        (["hi", "--out", "."], "is a folder"),
+        (["hi", "--out", "no/such/folder/t.csv"], "does not exist"),
+        (["hi", "--generate", "-1"], "--generate"),
+        (["hi", "--generate", "2", "--langs", "en,xx"], "xx"),
+        (["hi", "--generate", "2", "--colour", "p_zh", "--langs", "en,fr"], "--colour must be probability or p_<lang>"),
+        (["hi", "--generate", "2", "--concepts", "nosuchconcept"], "unknown concept"),
+    ],
+)
+def test_lens_flags_are_checked_before_the_model_loads(argv, message, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "load_model", lambda args: pytest.fail("the model must not load"))
+    assert cli.main(["lens", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err

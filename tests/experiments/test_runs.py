@@ -34,7 +34,7 @@ BASE = {
 def _key(model, tokenizer, *, sweep_seed=0, ci="normal", **changes):
     opts = {**BASE, **changes}
     prompts = tasks.build(opts.pop("task"), opts.pop("src"), opts.pop("tgt"), tokenizer, **opts)
-    return experiment.sweep_key(model, prompts, seed=sweep_seed, ci=ci)
+    return runs.key_of(experiment.SweepSettings(prompt_set=prompts, seed=sweep_seed, ci=ci), model)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def base_run(tiny_models, spm_tokenizer, tmp_path_factory):
     model = tiny_models["llama"]
     out = tmp_path_factory.mktemp("run") / "fr-zh"
     prompts = tasks.build("translation", "fr", "zh", spm_tokenizer, n=3, seed=0)
-    run = experiment.sweep_to_dir(model, prompts, out, batch_size=2, seed=0, progress=False)
+    run = runs.run(experiment.SweepSettings(prompt_set=prompts, batch_size=2, seed=0, progress=False), model, out)
     return model, out, run
 
 
@@ -132,8 +132,8 @@ def test_fingerprint_is_the_one_definition_of_same_model(tiny_models, tmp_path):
     assert not same_model(fp, {**stored, "unembedding_sha256": "0" * 16})
     assert not same_model(fp, {**stored, "n_layers": 4})
     assert not same_model(fp, tiny_models["qwen2"].fingerprint())
-    key = experiment.runs.cache_key("sweep", renamed, {"n": 1})
-    assert key == experiment.runs.cache_key("sweep", fp, {"n": 1})  # the cache key keys on identity, not the name
+    key = runs.cache_key(experiment.EXPERIMENT, renamed, {"n": 1})
+    assert key == runs.cache_key(experiment.EXPERIMENT, fp, {"n": 1})  # the cache key keys on identity, not the name
 
 
 def test_a_folder_is_ours_only_by_record_and_manifest(base_run, tmp_path):
@@ -171,5 +171,5 @@ def test_a_full_disk_while_writing_is_one_line_and_leaves_nothing(tiny_models, s
 
     monkeypatch.setattr(plots, "save", full)
     with pytest.raises(OutputFolderError, match=r"no space left on the device of .*out after writing .* MB"):
-        experiment.sweep_to_dir(tiny_models["llama"], prompts, tmp_path / "out", progress=False)
+        runs.run(experiment.SweepSettings(prompt_set=prompts, progress=False), tiny_models["llama"], tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no result, no temporary folder

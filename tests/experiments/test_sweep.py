@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from llmlatent import cli, metrics, tasks
+from llmlatent.experiments import runs
 from llmlatent.experiments import sweep as experiment
 from llmlatent.lens import last_token as lens
 
@@ -87,10 +88,11 @@ def test_summarize_normal_and_bootstrap():
         metrics.summarize(rows, ci="magic")
 
 
-def test_sweep_to_dir_is_deterministic(tiny_models, prompts, tmp_path):
+def test_a_swept_prompt_set_is_deterministic(tiny_models, prompts, tmp_path):
     model = tiny_models["mistral"]
-    run = experiment.sweep_to_dir(model, prompts, tmp_path / "a", seed=0, progress=False)
-    experiment.sweep_to_dir(model, prompts, tmp_path / "b", seed=0, progress=False)
+    settings = experiment.SweepSettings(prompt_set=prompts, seed=0, progress=False)
+    run = runs.run(settings, model, tmp_path / "a")
+    runs.run(settings, model, tmp_path / "b")
     for name in ("rows.csv", "summary.csv", "prompts.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     for name in ("probabilities.png", "probabilities.pdf", "energy.png", "energy.pdf", "run.json"):
@@ -106,7 +108,7 @@ def test_failed_run_leaves_nothing(tiny_models, prompts, tmp_path, monkeypatch):
 
     monkeypatch.setattr(metrics, "summarize", boom)
     with pytest.raises(RuntimeError):
-        experiment.sweep_to_dir(tiny_models["llama"], prompts, tmp_path / "out", progress=False)
+        runs.run(experiment.SweepSettings(prompt_set=prompts, progress=False), tiny_models["llama"], tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
 
 

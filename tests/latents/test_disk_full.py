@@ -34,7 +34,7 @@ def test_a_full_disk_outside_result_folders_is_one_line(tiny_models, tmp_path, m
 
 
 def test_other_os_errors_keep_their_traceback(monkeypatch):
-    monkeypatch.setattr(cli, "cmd_lens", lambda args: (_ for _ in ()).throw(PermissionError(errno.EACCES, "no")))
+    monkeypatch.setattr(cli, "load_model", lambda args: (_ for _ in ()).throw(PermissionError(errno.EACCES, "no")))
     with pytest.raises(PermissionError):
         cli.main(["lens", "Bonjour"])
 

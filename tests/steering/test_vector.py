@@ -431,6 +431,16 @@ def test_same_model_by_id_and_by_path_combine(tiny_models, tmp_path):
         vec + SteeringVector(1, torch.ones(by_id.hidden_size), {"fingerprint": stranger})
 
 
+def run_steering(model, out, *, force=False, experiment=None, **settings):
+    """Return best.json's content after ``runs.run`` of ``SteeringSettings(**settings)`` (``words_dir``: ``words``)."""
+    from llmlatent.experiments import runs
+    from llmlatent.experiments.steering.plan import SteeringSettings
+
+    if "words_dir" in settings:
+        settings["words"] = settings.pop("words_dir")
+    return runs.run(SteeringSettings(**settings), model, out, force=force, experiment=experiment)
+
+
 @pytest.fixture(scope="module")
 def tiny_result(tiny_models):
     """One real sweep result on the tiny Gemma 3 (seed 1, SMALL), returned by counting stand-ins of ``sweep``."""
@@ -440,7 +450,7 @@ def tiny_result(tiny_models):
 def test_sweep_on_tiny_model(tiny_models, tiny_result, tmp_path, monkeypatch):
     model = tiny_models["gemma3_text"]
     out = tmp_path / "out"
-    best = steering_sweep.run_to_dir(model, out, seed=1, **SMALL)
+    best = run_steering(model, out, seed=1, **SMALL)
     names = {p.name for p in out.iterdir()}
     assert {
         "rows.csv",
@@ -578,11 +588,16 @@ def test_fit_latents_come_from_a_store_that_holds_them(tiny_models, tmp_path):
 
 
 def test_reproduce_steering_step_passes_settings_and_reuses_by_key(tiny_models, tiny_result, tmp_path, monkeypatch):
+    import dataclasses
+
+    from llmlatent import experiments
     from llmlatent.experiments import reproduce, runs
 
     model = tiny_models["gemma3_text"]
     calls = []
-    monkeypatch.setattr(steering_sweep, "compute", lambda m, s: calls.append(vars(s)) or tiny_result)
+    counting = dataclasses.replace(steering_sweep.EXPERIMENT, compute=lambda m, s: calls.append(vars(s)) or tiny_result)
+    listed = tuple(counting if e is steering_sweep.EXPERIMENT else e for e in experiments.EXPERIMENTS)
+    monkeypatch.setattr(experiments, "EXPERIMENTS", listed)  # reproduce's steps find it in the list
     out = tmp_path / "results"
     reproduce.latent_step(model, out / reproduce.LATENTS, n=4, seed=0, batch_size=4, force=False)  # steps run after it
 
@@ -616,14 +631,16 @@ def test_cached_run_recomputes_when_any_setting_changes(tiny_models, tiny_result
         calls.append(vars(s))
         return result
 
-    monkeypatch.setattr(steering_sweep, "compute", fake_compute)
+    import dataclasses
+
+    counting = dataclasses.replace(steering_sweep.EXPERIMENT, compute=fake_compute)
     from llmlatent.experiments.figures import plots
 
     monkeypatch.setattr(plots, "save", lambda fig, stem: [])  # figures are not what this test is about
-    first = steering_sweep.run_to_dir(model, out, **base)
+    first = run_steering(model, out, **base, experiment=counting)
     assert len(calls) == 1 and calls[0]["seed"] == 1 and calls[0]["n_concepts"] == 12
     calls.clear()
-    assert steering_sweep.run_to_dir(model, out, **base) == first and calls == []  # same settings: cached
+    assert run_steering(model, out, **base, experiment=counting) == first and calls == []  # same settings: cached
     words = tmp_path / "words"
     words.mkdir()
     from llmlatent.languages.registry import PAPER as LANGS
@@ -651,12 +668,12 @@ def test_cached_run_recomputes_when_any_setting_changes(tiny_models, tiny_result
     ]
     for change in changes:
         calls.clear()
-        steering_sweep.run_to_dir(model, out, **{**base, **change})
+        run_steering(model, out, **{**base, **change}, experiment=counting)
         assert len(calls) == 1, change
         calls.clear()
-        steering_sweep.run_to_dir(model, out, **{**base, **change})
+        run_steering(model, out, **{**base, **change}, experiment=counting)
         assert calls == [], change  # and the new result is cached in turn
-    steering_sweep.run_to_dir(model, out, **{**base, **changes[-1]}, force=True)
+    run_steering(model, out, **{**base, **changes[-1]}, force=True, experiment=counting)
     assert len(calls) == 1
 
 
@@ -691,7 +708,7 @@ def test_settings_are_checked_before_the_model_loads(tmp_path, monkeypatch, caps
     assert cli.main(["steer", "--out", str(tmp_path / "full")]) == 2
     assert "not empty" in capsys.readouterr().err and (tmp_path / "full" / "notes.txt").exists()
     with pytest.raises(OutputFolderError):
-        steering_sweep.run_to_dir(None, tmp_path / "full")
+        run_steering(None, tmp_path / "full")
     assert not (tmp_path / "o").exists()
 
 
