@@ -224,6 +224,6 @@ def generation_table(generations: pd.DataFrame, direction: str) -> pd.DataFrame:
 
 
 def read_results(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (summary, generations) of a run folder written by :func:`run_to_dir`."""
+    """Return (summary, generations) of a run folder written by :func:`llmlatent.experiments.runs.run`."""
     out = Path(out)
     return pd.read_csv(out / "summary.csv"), pd.read_csv(out / "generations.csv")
