@@ -199,6 +199,11 @@ def _letters(names: tuple[str, ...]) -> regex.Pattern:
     return regex.compile("|".join(rf"\p{{Script={name}}}" for name in names))
 
 
+def in_scripts(text: str, names: Sequence[str]) -> bool:
+    """Return True when ``text`` holds a letter of any of the Unicode scripts ``names`` (e.g. ``("Han",)``)."""
+    return bool(_letters(tuple(names)).search(text))
+
+
 def in_script(text: str, code: str, words_dir: str | Path | None = None) -> bool:
     """Return True when ``text`` holds a letter of language ``code``'s script (see :class:`OutputJudge`)."""
     return bool(_letters(_language_scripts(code, words_dir)).search(text))
@@ -225,7 +230,7 @@ class OutputJudge:
 
     def in_script(self, text: str, lang: str) -> bool:
         """Return True when ``text`` holds a letter of ``lang``'s script (any of them: ja is Han, kana)."""
-        return bool(_letters(self._scripts(lang)).search(text))
+        return in_scripts(text, self._scripts(lang))
 
     def shared_with(self, lang: str) -> tuple[str, ...]:
         """Return the other languages in play written in one of ``lang``'s scripts: those its script share counts."""
