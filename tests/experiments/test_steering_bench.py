@@ -248,3 +248,16 @@ def test_bench_script_baseline_equals_a_bare_forward(tiny_models, tmp_path):
     assert out["baseline_parity_max_abs_diff"] <= 1e-4
     assert out["pairs"] == 2 and out["settings_evaluated"] == 2 * (1 + 2) + 2 * (1 + 1 + 1)
     assert {"bench_seconds", "settings_x_bare_seconds", "bench_over_settings_x_bare"} <= set(out)
+
+
+def test_figures_import_nothing_of_the_benchmark():
+    """figures/steerbench.py draws the benchmark's table without importing bench/ (no bench ↔ figures cycle)."""
+    import ast
+    from pathlib import Path
+
+    from llmlatent.experiments.figures import steerbench as figures
+
+    tree = ast.parse(Path(figures.__file__).read_text(encoding="utf-8"))
+    imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not any(name.startswith("llmlatent.experiments.steering") for name in imported), imported
