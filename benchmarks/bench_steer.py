@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bench_lens  # noqa: E402
 
 from llmlatent import model as model_mod  # noqa: E402
-from llmlatent import tasks  # noqa: E402
+from llmlatent.experiments.steering import core as steering_core  # noqa: E402
 from llmlatent.experiments.steering import demo as steering_sweep
 from llmlatent.experiments.steering import plan as steering_plan  # noqa: E402
 
@@ -50,12 +50,9 @@ def held_out(
     """Return (direction, split) → the prompt frame that the sweep evaluates there (the sweep's own splits)."""
     wrong = steering_plan.default_wrong_pair(source, target, via)
     langs = list(dict.fromkeys([source, target, *wrong]))
-    frames = {
-        lang: tasks.build("translation", via, lang, model.tokenizer, seed=seed).df.set_index("concept", drop=False)
-        for lang in langs
-    }
-    pool = sorted(set.intersection(*(set(f.index) for f in frames.values())))
-    splits = steering_plan.make_splits(pool, seed, n_concepts, n_flip)
+    built = steering_core.prompt_frames(model.tokenizer, [(via, lang) for lang in langs], seed)
+    frames = {lang: built[(via, lang)] for lang in langs}
+    splits = steering_core.make_splits(steering_core.concept_pool(frames), seed, n_concepts, n_flip)
     name, flip = f"{source}→{target}", f"{target}→{source}"
     chosen = {
         (name, "select"): (source, splits.select),

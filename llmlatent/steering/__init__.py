@@ -1,6 +1,7 @@
 """Steering the output language: a direction added to the residual stream after one block.
 
-- ``vector``: :class:`~llmlatent.steering.vector.SteeringVector` and its ``apply()`` context manager;
+- ``vector``: :class:`~llmlatent.steering.vector.SteeringVector` and its ``apply()`` context manager; a
+  :class:`~llmlatent.steering.vector.Setting` (vector, α), one setting of many steered at once;
   ``mean_difference`` (Δ = μ_target − μ_source of cached latents, CAA).
 - ``hook``: the forward hooks of one steering setting.
 - ``batched``: steered last-token forwards and greedy generations under many settings at once, over one

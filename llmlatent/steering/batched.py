@@ -1,6 +1,7 @@
 """Steered runs: last-token forwards and greedy generations under many steering settings at once.
 
-A setting is ``(vector, α)`` (:data:`llmlatent.steering.vector.Setting`; None or α = 0: unsteered). Each adds
+A setting is :class:`llmlatent.steering.vector.Setting` ``(vector, α)``; no vector or α = 0: unsteered (a plain
+``(vector, α)`` pair is taken as one). Each adds
 ``α · vector`` after block ``vector.layer`` at the last prompt token (generations: also at every decoded
 token). All settings share one :class:`~llmlatent.prefix.Prefix`, the KV cache of the prompts without
 their last token, and up to ``max_rows`` rows (settings × prompts) run as one forward: the rows of
@@ -46,7 +47,7 @@ def steered_final(model: Model, prefix: Prefix, settings: Sequence[Setting], *, 
     Decode with :func:`llmlatent.lens.decode.decode`: the distribution the model's own head gives
     (tests/test_steering.py checks it against full steered forwards).
     """
-    settings = list(settings)
+    settings = [Setting.of(x) for x in settings]
     parts = []
     step = prefix.copies_per_forward(len(settings), max_rows)
     for start in range(0, len(settings), step):
@@ -81,7 +82,7 @@ def generate_many(
         prefix = Prefix(model, inputs, reuse=False)
     if positions == "last" and prefix.cache is not None:
         raise SteeringError('positions="last" steers the prompt forward, which a prefix cache skips; use "generated"')
-    settings, tok, out = list(settings), model.tokenizer, []
+    settings, tok, out = [Setting.of(x) for x in settings], model.tokenizer, []
     step = prefix.copies_per_forward(len(settings), max_rows)
     for start in range(0, len(settings), step):
         part = settings[start : start + step]
@@ -139,7 +140,7 @@ def generate_scored(
     steered forwards). The top-1 is the first greedy token.
     """
     max_new_tokens = check_count(max_new_tokens, "max_new_tokens", minimum=1)
-    settings, tok = list(settings), model.tokenizer
+    settings, tok = [Setting.of(x) for x in settings], model.tokenizer
     texts: list[list[str]] = []
     p: dict[str, list[torch.Tensor]] = {name: [] for name in sets}
     top1: list[torch.Tensor] = []
@@ -173,4 +174,5 @@ def generate(
     :meth:`SteeringVector.apply`: ``"generated"`` steers the last prompt token and every decoded
     token, ``"last"`` only the last prompt token. No vector (or α = 0) gives the unsteered greedy answer.
     """
-    return generate_many(model, prompts, [(vector, alpha)], max_new_tokens=max_new_tokens, positions=positions)[0]
+    setting = Setting(vector, alpha)
+    return generate_many(model, prompts, [setting], max_new_tokens=max_new_tokens, positions=positions)[0]

@@ -341,7 +341,47 @@ def from_prompts(
 
 # ---------------------------------------------------------------- many settings at once (rows tiled over a prefix)
 
-Setting = tuple["SteeringVector | None", float]  # (vector, α); None or α = 0: no steering
+
+@dataclass(frozen=True, eq=False)
+class Setting:
+    """One steering setting: ``alpha · vector`` added after block ``vector.layer``; no vector or α = 0: unsteered.
+
+    ``layer`` is the vector's layer, or None without a vector ("no layer" is None, never ``pd.NA``).
+    """
+
+    vector: SteeringVector | None = None
+    alpha: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.vector is not None and not isinstance(self.vector, SteeringVector):
+            raise SteeringError(f"a steering setting needs a SteeringVector or None, got {type(self.vector).__name__}")
+        object.__setattr__(self, "alpha", check_alpha(self.alpha))
+
+    @property
+    def layer(self) -> int | None:
+        """Return the block the setting steers after (None: no vector)."""
+        return None if self.vector is None else self.vector.layer
+
+    @property
+    def steers(self) -> bool:
+        """Return True when the setting changes anything (a vector and α ≠ 0)."""
+        return self.vector is not None and self.alpha != 0
+
+    @classmethod
+    def of(cls, value: Setting | tuple[SteeringVector | None, float]) -> Setting:
+        """Return ``value`` as a Setting (a ``(vector, α)`` pair is accepted too)."""
+        if isinstance(value, Setting):
+            return value
+        try:
+            vector, alpha = value
+        except (TypeError, ValueError):
+            raise SteeringError(
+                f"a steering setting is Setting(vector, alpha) or (vector, alpha), got {value!r}"
+            ) from None
+        return cls(vector, alpha)
+
+
+UNSTEERED = Setting()
 
 
 @contextlib.contextmanager
@@ -354,10 +394,12 @@ def apply_rows(
     rows are zero (adding 0.0 leaves them bit-for-bit unchanged). ``positions`` as in
     :meth:`SteeringVector.apply`. The hooks are removed on exit, also after an exception.
     """
+    settings = [Setting.of(x) for x in settings]
     deltas: dict[int, torch.Tensor] = {}
-    for j, (vector, alpha) in enumerate(settings):
-        if vector is None or check_alpha(alpha) == 0:
+    for j, setting in enumerate(settings):
+        if not setting.steers:
             continue
+        vector, alpha = setting.vector, setting.alpha
         vector.check_shape(model)
         delta = deltas.setdefault(vector.layer, torch.zeros(len(settings) * rows, model.hidden_size))
         delta[j * rows : (j + 1) * rows] += vector.vector * float(alpha)  # the same float32 product as apply()

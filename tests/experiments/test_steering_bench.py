@@ -12,12 +12,13 @@ import torch
 from llmlatent import cli
 from llmlatent.errors import LlmlatentError, SteeringError
 from llmlatent.experiments import runs
-from llmlatent.experiments.steering.bench import bench, score
+from llmlatent.experiments.steering import core
+from llmlatent.experiments.steering.bench import bench
 from llmlatent.experiments.steering.bench.plan import SteerBenchError, SteerBenchSettings
 from llmlatent.languages.identify import LanguageId, LanguageIdError
 from llmlatent.steering import language_means as language_vectors
 from llmlatent.steering.language_means import LanguageMeans
-from llmlatent.steering.vector import SteeringVector
+from llmlatent.steering.vector import Setting, SteeringVector
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -114,13 +115,13 @@ def test_tiled_scoring_equals_one_full_steered_forward_per_setting(tiny_models, 
     gen = torch.Generator().manual_seed(0)
     vec = SteeringVector(1, torch.randn(model.hidden_size, generator=gen) * 20, {})
     other = SteeringVector(0, torch.randn(model.hidden_size, generator=gen) * 12, {})
-    settings = [(None, 0.0), (vec, 1.0), (vec, 3.0), (other, 2.0)]
+    settings = [Setting(None, 0.0), Setting(vec, 1.0), Setting(vec, 3.0), Setting(other, 2.0)]
     sets = {"a": [[5, 9, 17], [3], [100, 101]], "b": [[1], [2, 4], []]}
     prefix = Prefix.of(model, PROMPTS)
     for max_rows in (len(PROMPTS), 256):  # one setting per generate call, all tiled
         got = generate_scored(model, prefix, settings, sets, max_new_tokens=3, max_rows=max_rows)
-        for j, (v, a) in enumerate(settings):
-            probs = full_next_token(model, PROMPTS, v, a)
+        for j, setting in enumerate(settings):
+            probs = full_next_token(model, PROMPTS, setting.vector, setting.alpha)
             for name, rows in sets.items():
                 want = torch.stack([probs[i, ids].sum() for i, ids in enumerate(rows)])
                 assert torch.allclose(got.p[name][j], want, atol=1e-4), (name, j)
@@ -164,15 +165,15 @@ def test_benchmark_on_tiny_model_reuses_means_and_holds_out_test(tiny_models, tm
     assert all(v["resumed"] for v in second["fit_latents"]["stores"].values())
     assert second["best"] == first["best"]
 
-    def poisoned(prompts, lid, pair, split, items, max_new):  # the test split's rows turned upside down
-        rows = real(prompts, lid, pair, split, items, max_new)
+    def poisoned(prompt_batches, items, split, scorer):  # the test split's rows turned upside down
+        rows = real(prompt_batches, items, split, scorer)
         if split == "test":
             rows = rows.assign(
                 forced=~rows["forced"], concept_kept=~rows["concept_kept"], p_target=1 - rows["p_target"]
             )
         return rows
 
-    real = score.evaluate
+    real = core.evaluate
     monkeypatch.setattr(bench, "evaluate", poisoned)
     result = bench.compute(model, s)
     clean = pd.read_csv(tmp_path / "a" / "chosen.csv")
@@ -247,3 +248,16 @@ def test_bench_script_baseline_equals_a_bare_forward(tiny_models, tmp_path):
     assert out["baseline_parity_max_abs_diff"] <= 1e-4
     assert out["pairs"] == 2 and out["settings_evaluated"] == 2 * (1 + 2) + 2 * (1 + 1 + 1)
     assert {"bench_seconds", "settings_x_bare_seconds", "bench_over_settings_x_bare"} <= set(out)
+
+
+def test_figures_import_nothing_of_the_benchmark():
+    """figures/steerbench.py draws the benchmark's table without importing bench/ (no bench ↔ figures cycle)."""
+    import ast
+    from pathlib import Path
+
+    from llmlatent.experiments.figures import steerbench as figures
+
+    tree = ast.parse(Path(figures.__file__).read_text(encoding="utf-8"))
+    imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not any(name.startswith("llmlatent.experiments.steering") for name in imported), imported

@@ -16,12 +16,12 @@ from conftest import save_model
 
 from llmlatent import cli
 from llmlatent.errors import DataError, OutputFolderError, UsageError
+from llmlatent.experiments.steering import core as steering_core
 from llmlatent.experiments.steering import demo as steering_sweep
-from llmlatent.experiments.steering import evaluate as steering_eval
 from llmlatent.experiments.steering import fit as steering_fit
-from llmlatent.experiments.steering import plan as steering_plan
+from llmlatent.languages.scripts import in_script
 from llmlatent.steering import vector as steering
-from llmlatent.steering.vector import SteeringError, SteeringVector
+from llmlatent.steering.vector import Setting, SteeringError, SteeringVector
 
 PROMPTS = [
     'Français: "fleur" - 中文: "花"\nFrançais: "nuage" - 中文: "',
@@ -236,6 +236,27 @@ class FakeStore:
         return self.data if layer is None else self.data[:, layer]
 
 
+def test_setting_is_one_frozen_type_with_no_layer_as_none():
+    """Setting(vector, α): the layer is the vector's or None (never pd.NA); pairs convert; bad input is one error."""
+    import dataclasses
+
+    vec = SteeringVector(3, torch.ones(4), {})
+    setting = Setting(vec, 2)
+    assert (setting.layer, setting.alpha, setting.steers) == (3, 2.0, True) and isinstance(setting.alpha, float)
+    assert Setting().layer is None and not Setting().steers and not Setting(vec, 0.0).steers
+    assert Setting.of((vec, 1.5)).alpha == 1.5 and Setting.of(setting) is setting
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setting.alpha = 1.0
+    with pytest.raises(SteeringError, match="alpha must be finite"):
+        Setting(vec, float("nan"))
+    with pytest.raises(SteeringError, match="needs a SteeringVector or None"):
+        Setting(torch.ones(4), 1.0)
+    with pytest.raises(SteeringError, match=r"Setting\(vector, alpha\) or \(vector, alpha\)"):
+        Setting.of(vec)
+    item = steering_core.Item.baseline()
+    assert item.layer is None and item.columns()["layer"] is None
+
+
 def test_mean_difference_and_bad_input(tiny_models):
     gen = torch.Generator().manual_seed(0)
     zh = FakeStore(torch.randn(6, 3, 4, generator=gen), list("abcdef"), "zh")
@@ -286,19 +307,19 @@ def test_mean_difference_and_bad_input(tiny_models):
 
 def test_split_concepts_is_seeded_and_disjoint():
     concepts = [f"c{i}" for i in range(21)]
-    fit, select, test = steering_plan.split_concepts(concepts, seed=3, n=12)
+    fit, select, test = steering_core.split_concepts(concepts, seed=3, n=12)
     assert len(fit) == len(select) == len(test) == 4
     assert not set(fit) & set(select) and not set(fit) & set(test) and not set(select) & set(test)
-    assert (fit, select, test) == steering_plan.split_concepts(concepts, seed=3, n=12)
-    assert (fit, select, test) != steering_plan.split_concepts(concepts, seed=4, n=12)
-    assert [len(x) for x in steering_plan.split_concepts(concepts, seed=0)] == [7, 7, 7]
-    splits = steering_plan.make_splits(concepts, seed=3, n=12, n_flip=2)
+    assert (fit, select, test) == steering_core.split_concepts(concepts, seed=3, n=12)
+    assert (fit, select, test) != steering_core.split_concepts(concepts, seed=4, n=12)
+    assert [len(x) for x in steering_core.split_concepts(concepts, seed=0)] == [7, 7, 7]
+    splits = steering_core.make_splits(concepts, seed=3, n=12, n_flip=2)
     assert set(splits.flip_select) <= set(select) and set(splits.flip_test) <= set(test) and len(splits.flip_test) == 2
     with pytest.raises(DataError, match="at least 3 concepts"):
-        steering_plan.split_concepts(["a", "b"], seed=0)
-    assert steering_plan.default_layers(18) == [5, 7, 9, 11, 13, 15]
-    assert steering_plan.default_layers(3) == [1, 2]
-    assert steering_eval.has_script("云", "zh") and not steering_eval.has_script("▁облако", "zh")
+        steering_core.split_concepts(["a", "b"], seed=0)
+    assert steering_core.default_layers(18) == [5, 7, 9, 11, 13, 15]
+    assert steering_core.default_layers(3) == [1, 2]
+    assert in_script("云", "zh") and not in_script("▁облако", "zh")
 
 
 SMALL = dict(
@@ -334,8 +355,9 @@ def test_many_settings_on_one_prefix_equal_full_forwards(tiny_models, family):
 
     model = tiny_models[family]
     vec, other = vector_for(model, layer=1, scale=20.0), vector_for(model, layer=2, scale=12.0, seed=1)
-    settings = [(None, 0.0), (vec, 1.0), (vec, 3.0), (vec, 0.0), (other, -2.0), (vec, 1.0)]
-    reference = [_full_steered(model, PROMPTS, v, a) for v, a in settings]
+    settings = [Setting(None, 0.0), Setting(vec, 1.0), Setting(vec, 3.0), Setting(vec, 0.0), Setting(other, -2.0)]
+    settings.append(Setting(vec, 1.0))
+    reference = [_full_steered(model, PROMPTS, x.vector, x.alpha) for x in settings]
     prefix = Prefix.of(model, PROMPTS)
     length = prefix.width - 1
     assert prefix.cache is not None and prefix.cache.get_seq_length() == length
@@ -363,8 +385,8 @@ def test_generations_of_many_settings_equal_one_at_a_time(tiny_models, family):
 
     model = tiny_models[family]
     vec = vector_for(model, layer=1, scale=20.0)
-    settings = [(None, 1.0), (vec, 1.0), (vec, 3.0)]
-    plain = [steered.generate(model, PROMPTS, v, a, max_new_tokens=4) for v, a in settings]
+    settings = [Setting(None, 1.0), Setting(vec, 1.0), Setting(vec, 3.0)]
+    plain = [steered.generate(model, PROMPTS, x.vector, x.alpha, max_new_tokens=4) for x in settings]
     inputs = model.encode(PROMPTS)
     assert steered.generate(model, inputs, vec, 1.0, max_new_tokens=4) == plain[1]  # texts or encoded inputs
     prefix = Prefix(model, inputs)
@@ -401,7 +423,7 @@ def test_per_row_deltas_must_match_the_batch(tiny_models):
     model = tiny_models["llama"]
     vec = vector_for(model, layer=1)
     with pytest.raises(SteeringError, match="per-row steering deltas for 6 rows, but the batch has 3 rows"):
-        with steering.apply_rows(model, [(vec, 1.0), (vec, 2.0)], rows=3):
+        with steering.apply_rows(model, [(vec, 1.0), (vec, 2.0)], rows=3):  # (vector, α) pairs are Settings too
             model.run(model.encode(PROMPTS))
     assert no_hooks(model)
 
@@ -465,15 +487,16 @@ def test_sweep_on_tiny_model(tiny_models, tiny_result, tmp_path, monkeypatch):
     for key in (
         "layer",
         "alpha",
-        "cjk_top1_share",
+        "target_script_top1_share",
         "correct_target_top1_share",
         "p_target_answer",
         "p_source_answer",
-        "baseline_cjk_top1_share",
-        "random_control_cjk_top1_share",
-        "wrong_pair_cjk_top1_share",
-        "select_cjk_top1_share",
-        "cjk_top1_share_ci95",
+        "baseline_target_script_top1_share",
+        "random_control_target_script_top1_share",
+        "wrong_pair_target_script_top1_share",
+        "select_target_script_top1_share",
+        "target_script_top1_share_ci95",
+        "target_script_shared_with",
         "seconds",
         "flip",
         "splits",
@@ -491,7 +514,8 @@ def test_sweep_on_tiny_model(tiny_models, tiny_result, tmp_path, monkeypatch):
     assert best["n"] == 4 and best["wrong_pair"]["towards"] == "en" and best["wrong_pair"]["away_from"] == "ru"
     flip = best["flip"]
     assert flip["direction"] == "zh→ru" and flip["layer"] == best["layer"] and flip["random_control_draws"] == 2
-    assert flip["n"] == 3 and "random_control_cjk_top1_share" in flip
+    assert flip["n"] == 3 and "random_control_target_script_top1_share" in flip
+    assert not any(key.startswith("cjk") or "_cjk_" in key for key in on_disk)  # the record names no script
     vec = steering.load(next(out.glob("vector_ru_to_zh_layer*.safetensors")))
     assert vec.layer == best["layer"] and vec.meta["target"] == "zh" and vec.meta["n_target"] == 4
     assert vec.meta["fit_concepts"] == splits["fit"]
@@ -732,7 +756,7 @@ def test_ru_to_zh_on_embedded_default(embedded, tmp_path):
 
     zh = tasks.build("translation", "fr", "zh", embedded.tokenizer, seed=0)
     ru = tasks.build("translation", "fr", "ru", embedded.tokenizer, seed=0)
-    fit, _, test = steering_plan.split_concepts(list(zh.df["concept"]), seed=0, n=36)
+    fit, _, test = steering_core.split_concepts(list(zh.df["concept"]), seed=0, n=36)
     fit_sets = [tasks.PromptSet(s.df[s.df["concept"].isin(fit)], meta=s.meta) for s in (zh, ru)]
     vec = steering.from_prompts(embedded, *fit_sets, tmp_path / "stores", layers=[9])[9]
     assert (vec.meta["target"], vec.meta["source"], vec.meta["n_target"]) == ("zh", "ru", 12)
@@ -741,7 +765,7 @@ def test_ru_to_zh_on_embedded_default(embedded, tmp_path):
     def cjk_share() -> float:
         with torch.no_grad():
             top = embedded.hf(**inputs, logits_to_keep=1).logits[:, -1].argmax(-1).tolist()
-        return sum(steering_eval.has_script(embedded.tokenizer.decode([t]), "zh") for t in top) / len(top)
+        return sum(in_script(embedded.tokenizer.decode([t]), "zh") for t in top) / len(top)
 
     baseline = cjk_share()
     with vec.apply(embedded, alpha=2.0):

@@ -9,8 +9,19 @@ import numpy as np
 import pandas as pd
 
 from llmlatent.experiments.figures.plots import styled
-from llmlatent.experiments.steering.bench.report import score_matrix
 from llmlatent.steering.language_means import METHODS
+
+
+def score_matrix(table: pd.DataFrame, method: str, setting: str = "steered") -> pd.DataFrame:
+    """Return the source × target matrix of a method's test score in the benchmark's tidy table (NaN on the diagonal
+    and where undefined)."""
+    part = table[
+        (table["split"] == "test")
+        & (table["metric"] == "score")
+        & (table["method"] == method)
+        & (table["setting"] == setting)
+    ]
+    return part.pivot_table(index="source", columns="target", values="value", aggfunc="first")
 
 
 def _panel(ax: plt.Axes, values: pd.DataFrame, title: str, fmt: str, vmin: float, vmax: float, cmap: str) -> object:

@@ -1,6 +1,6 @@
 """The language-steering demo: fit Δ = μ_target − μ_source, choose (layer, α) on one split, report on another.
 
-The concepts are cut into three disjoint, seeded splits (:mod:`.plan`): **fit** (Δ is the mean difference
+The concepts are cut into three disjoint, seeded splits (:func:`.core.make_splits`): **fit** (Δ is the mean difference
 of their last-token latents), **select** (the layer × α grid is evaluated here and the best setting
 chosen) and **test** (only the chosen setting and its controls are evaluated here, and these are the
 numbers to report). Prompts differ only in the output language (``Français: "nuage" - Русский: "`` vs
@@ -15,9 +15,10 @@ numbers to report). Prompts differ only in the output language (``Français: "nu
   ``random`` control and its baseline, reported on the test split.
 
 :func:`compute` reads top to bottom: prompts and splits → fit → grid on select → choose → controls on
-test → flip → generations → report. Settings are evaluated by :mod:`.evaluate` (the last prompt token
-only, on a KV cache of the rest of the prompt computed once per batch, many settings per forward); the
-numbers and best.json come from :mod:`.report`.
+test → flip → generations → report. The loop's pieces are :mod:`.core`'s (the benchmark runs the same ones);
+settings are scored by :class:`.score.NextToken` (the last prompt token only, on a KV cache of the rest of the
+prompt computed once per batch, many settings per forward; the top-1 token judged by its script); the numbers
+and best.json come from :mod:`.report`.
 """
 
 from __future__ import annotations
@@ -32,16 +33,18 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
-from llmlatent import tasks
 from llmlatent.experiments.base import Clock, Experiment
-from llmlatent.experiments.steering.evaluate import GROUP, Batch, Evaluator, Item, batches, generations
+from llmlatent.experiments.steering import core, score
+from llmlatent.experiments.steering.core import Batch, Item, Splits
 from llmlatent.experiments.steering.fit import fit_stores, open_stores, rescaled
-from llmlatent.experiments.steering.plan import Splits, SteeringSettings, make_splits
-from llmlatent.experiments.steering.report import best_json, pick, summarize
+from llmlatent.experiments.steering.plan import SteeringSettings
+from llmlatent.experiments.steering.report import GROUP, best_json, pick, summarize
 from llmlatent.steering.vector import SteeringVector, mean_difference
 
 if TYPE_CHECKING:
+    from llmlatent.languages.scripts import OutputJudge
     from llmlatent.model import Model
 
 log = logging.getLogger(__name__)
@@ -66,31 +69,50 @@ class SteeringResult:
 def grid_items(vectors: dict[int, SteeringVector], pairs: list[tuple[int, float]], sign: int = 1) -> list[Item]:
     """Return the baseline and α·(±Δ) at every (layer, α) of ``pairs``: the grid evaluated on the select split."""
     return [Item.baseline()] + [
-        Item("mean_difference", 0, ell, a, vectors[ell] if sign > 0 else -vectors[ell]) for ell, a in pairs
+        Item.of("mean_difference", 0, vectors[ell] if sign > 0 else -vectors[ell], a) for ell, a in pairs
     ]
 
 
-def control_items(
-    vector: SteeringVector, alpha: float, randoms: list, wrong: SteeringVector | None = None
-) -> list[Item]:
-    """Return the test-split settings: the baseline, ``alpha · vector``, each random control and the wrong pair."""
-    items = [Item.baseline(), Item("mean_difference", 0, vector.layer, alpha, vector)]
-    items += [Item("random", k, vector.layer, alpha, r) for k, r in enumerate(randoms)]
-    if wrong is not None:
-        items.append(Item("wrong_pair", 0, vector.layer, alpha, wrong))
-    return items
+def test_items(vector: SteeringVector, alpha: float, randoms: list, wrong: SteeringVector | None = None) -> list[Item]:
+    """Return the test-split settings: the baseline, ``alpha · vector`` and its controls (:func:`.core.controls`)."""
+    return [Item.baseline(), Item.of("mean_difference", 0, vector, alpha), *core.controls(alpha, randoms, wrong)]
 
 
 def planned(s: SteeringSettings, vectors: dict[int, SteeringVector]) -> int:
     """Return how many settings the run evaluates, from the same builders the phases use (the progress total)."""
     any_vector = next(iter(vectors.values()))
-    draws = [None] * s.n_random
+    draws = [any_vector] * s.n_random
     total = len(grid_items(vectors, [(ell, a) for ell in vectors for a in s.alphas]))
-    total += len(control_items(any_vector, 1.0, draws, any_vector))
+    total += len(test_items(any_vector, 1.0, draws, any_vector))
     if s.flip:
         total += len(grid_items(vectors, [(any_vector.layer, a) for a in s.alphas], sign=-1))
-        total += len(control_items(any_vector, 1.0, draws))
+        total += len(test_items(any_vector, 1.0, draws))
     return total
+
+
+class Evaluator:
+    """Runs the demo's settings over prompt batches (:func:`.core.evaluate`, scored by :class:`.score.NextToken`) and
+    keeps their rows; one progress bar for the whole run."""
+
+    def __init__(self, total: int, progress: bool, judge: OutputJudge) -> None:
+        self.parts: list[pd.DataFrame] = []
+        self.judge = judge
+        self.bar = tqdm(total=total, desc="steering", unit="setting", disable=not progress)
+
+    def run(self, prompt_batches: list[Batch], direction: str, split: str, items: list[Item]) -> pd.DataFrame:
+        """Return (and keep) the rows of each setting in ``items`` on ``prompt_batches``."""
+        source, towards = direction.split("→")
+        rows = core.evaluate(prompt_batches, items, split, score.NextToken(self.judge, source, towards))
+        self.bar.update(len(items))
+        self.parts.append(rows)
+        return rows
+
+    def rows(self) -> pd.DataFrame:
+        """Return every row so far, GROUP columns first, layer as a nullable integer."""
+        self.bar.close()
+        rows = pd.concat(self.parts, ignore_index=True)
+        rows["layer"] = rows["layer"].astype("Int64")
+        return rows[GROUP + [c for c in rows.columns if c not in GROUP]]
 
 
 # ---------------------------------------------------------------- the phases, in the order compute runs them
@@ -99,14 +121,9 @@ def planned(s: SteeringSettings, vectors: dict[int, SteeringVector]) -> int:
 def prompt_frames(model: Model, s: SteeringSettings) -> tuple[dict[str, pd.DataFrame], Splits]:
     """Return the translation prompts answering in every language the run needs, and the concept splits."""
     langs = list(dict.fromkeys([s.source, s.target, *s.wrong_pair]))
-    frames = {
-        lang: tasks.build("translation", s.via, lang, model.tokenizer, seed=s.seed, words_dir=s.words).df.set_index(
-            "concept", drop=False
-        )
-        for lang in langs
-    }
-    pool = sorted(set.intersection(*(set(f.index) for f in frames.values())))
-    return frames, make_splits(pool, s.seed, s.n_concepts, s.n_flip)
+    built = core.prompt_frames(model.tokenizer, [(s.via, lang) for lang in langs], s.seed, s.words)
+    frames = {lang: built[(s.via, lang)] for lang in langs}
+    return frames, core.make_splits(core.concept_pool(frames), s.seed, s.n_concepts, s.n_flip)
 
 
 def fit(
@@ -132,14 +149,16 @@ def fit(
 
 
 def choose(ev: Evaluator, prompt_batches: list[Batch], direction: str, items: list[Item]) -> pd.Series:
-    """Return the best setting on the select split after evaluating ``items`` there."""
+    """Return the best setting on the select split after evaluating ``items`` there (:func:`.report.pick`)."""
     ev.run(prompt_batches, direction, "select", items)
     return pick(summarize(pd.concat(ev.parts, ignore_index=True)), direction)
 
 
-def generation_frame(todo: dict[str, list[Item]], held: dict[str, list[Batch]], s: SteeringSettings) -> pd.DataFrame:
+def generation_frame(
+    todo: dict[str, list[Item]], held: dict[str, list[Batch]], s: SteeringSettings, judge: OutputJudge
+) -> pd.DataFrame:
     """Return the greedy generations of the first ``n_generate`` test prompts for every setting in ``todo``."""
-    gens = [g for d in todo for g in generations(held[d], d, todo[d], s.max_new_tokens, s.n_generate)]
+    gens = [g for d in todo for g in score.generations(held[d], judge, d, todo[d], s.max_new_tokens, s.n_generate)]
     frame = pd.concat(gens, ignore_index=True) if gens else pd.DataFrame(columns=GROUP)
     frame["layer"] = frame["layer"].astype("Int64")
     return frame
@@ -176,10 +195,15 @@ def compute(model: Model, s: SteeringSettings) -> SteeringResult:
     )
     with clock("fit"):
         vectors, wrong, fit_info = fit(model, s, frames, splits, layers)
-    ev, name, flip_name = Evaluator(planned(s, vectors), s.progress), f"{s.source}→{s.target}", f"{s.target}→{s.source}"
+    judge = s.judge()
+    ev, name, flip_name = (
+        Evaluator(planned(s, vectors), s.progress, judge),
+        f"{s.source}→{s.target}",
+        f"{s.target}→{s.source}",
+    )
 
     def prompts(lang: str, towards: str, concepts: list[str], first: int = 0) -> list[Batch]:
-        return batches(model, frames[lang].loc[concepts], frames[towards], s.batch_size, s.reuse_prefix, first)
+        return core.batches(model, frames[lang].loc[concepts], frames[towards], s.batch_size, s.reuse_prefix, first)
 
     with clock("prefix select"):
         select = prompts(s.source, s.target, splits.select)
@@ -202,13 +226,13 @@ def compute(model: Model, s: SteeringSettings) -> SteeringResult:
                 "norm_of": "mean_difference",
             },
         )
-        ev.run(test, name, "test", control_items(delta, alpha, randoms, wrong_vec))
+        ev.run(test, name, "test", test_items(delta, alpha, randoms, wrong_vec))
     todo = {
         name: [
-            Item("mean_difference", 0, pd.NA, 0.0, None),
-            Item("mean_difference", 0, layer, alpha, delta),
-            *[Item("random", 0, layer, alpha, r) for r in randoms[:1]],
-            Item("wrong_pair", 0, layer, alpha, wrong_vec),
+            Item.baseline(),
+            Item.of("mean_difference", 0, delta, alpha),
+            *[Item.of("random", 0, r, alpha) for r in randoms[:1]],
+            Item.of("wrong_pair", 0, wrong_vec, alpha),
         ]
     }
     held = {name: test}
@@ -237,8 +261,8 @@ def flip(
     del flip_select
     test = prompts(s.target, s.source, splits.flip_test, first=min(s.n_generate, len(splits.flip_test)))
     randoms = [delta.random_like(s.seed * 1000 + 500 + k) for k in range(s.n_random)]
-    ev.run(test, name, "test", control_items(-delta, alpha, randoms))
-    return test, [Item("mean_difference", 0, delta.layer, alpha, -delta)]
+    ev.run(test, name, "test", test_items(-delta, alpha, randoms))
+    return test, [Item.of("mean_difference", 0, -delta, alpha)]
 
 
 def report(
@@ -258,9 +282,10 @@ def report(
     rows = ev.rows()
     summary = summarize(rows)
     with clock("generations"):
-        gens = generation_frame(todo, held, s)
+        gens = generation_frame(todo, held, s, ev.judge)
     summary = with_generation_means(summary, gens)
-    result = best_json(summary, rows, settings_record(s, layers), layers, splits.to_dict(), model, s.wrong_pair[0])
+    record = settings_record(s, layers)
+    result = best_json(summary, rows, record, layers, splits.to_dict(), model, s.wrong_pair[0], ev.judge)
     result.update(
         vector_norm=round(vectors[result["layer"]].norm, 6),
         fit_latents=fit_info,
@@ -308,13 +333,13 @@ HEADLINE = (
     "layer",
     "alpha",
     "n",
-    "cjk_top1_share",
+    "target_script_top1_share",
     "correct_target_top1_share",
     "p_target_answer",
     "p_source_answer",
-    "baseline_cjk_top1_share",
-    "random_control_cjk_top1_share",
-    "wrong_pair_cjk_top1_share",
+    "baseline_target_script_top1_share",
+    "random_control_target_script_top1_share",
+    "wrong_pair_target_script_top1_share",
     "seconds",
 )  # the record keys the command line prints
 

@@ -1,26 +1,18 @@
-"""Settings of the steering demo and its concept splits (fit / select / test), both fixed before any model work."""
+"""Settings of the steering demo, fixed before any model work (its splits: :mod:`.core`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
-
-import numpy as np
 
 from llmlatent.errors import DataError, SteeringError
 from llmlatent.experiments.settings import Settings, option
+from llmlatent.experiments.steering.core import checked_alphas, default_layers
 from llmlatent.languages.registry import check_lang, codes
-from llmlatent.steering.vector import check_alpha, check_count, check_layer
+from llmlatent.languages.scripts import OutputJudge
+from llmlatent.steering.vector import check_count, check_layer
 
 DEFAULT_ALPHAS = (0.5, 1.0, 2.0, 4.0)
 DEFAULT_N_CONCEPTS = 96  # 32 fit + 32 select + 32 test concepts
-MAX_ALPHA = 100.0  # α is a multiple of Δ (a difference of mean residuals); beyond this it only measures breakage
-
-
-def default_layers(n_layers: int, k: int = 6) -> list[int]:
-    """Return up to ``k`` layers spread over the middle and late blocks (30 % … 90 % of the depth)."""
-    return sorted({int(round(x)) for x in np.linspace(0.3 * (n_layers - 1), 0.9 * (n_layers - 1), k)})
 
 
 def default_wrong_pair(source: str, target: str, via: str, words: str | None = None) -> tuple[str, str]:
@@ -28,22 +20,6 @@ def default_wrong_pair(source: str, target: str, via: str, words: str | None = N
     {source, target, via}."""
     other = next(lang for lang in codes(words) if lang not in (source, target, via))
     return other, source
-
-
-def checked_alphas(alphas: Sequence[float], fail: Callable[[str], NoReturn], what: str) -> tuple[float, ...]:
-    """Return the sorted non-zero α of ``alphas``; ``fail`` gets one line for a value outside [0, MAX_ALPHA] or none.
-
-    ``what`` says what α multiplies in that line.
-    """
-    values = set()
-    for a in alphas:
-        a = check_alpha(a)
-        if a < 0 or a > MAX_ALPHA:
-            fail(f"alphas must be between 0 and {MAX_ALPHA:g} ({what}), got {a:g}")
-        values.add(a)
-    if not values - {0.0}:
-        fail("alphas needs at least one non-zero value (α = 0, the baseline, is always included)")
-    return tuple(sorted(values - {0.0}))
 
 
 @dataclass(frozen=True)
@@ -114,6 +90,11 @@ class SteeringSettings(Settings):
         check_count(self.max_new_tokens, "max_new_tokens", minimum=1)
         check_count(self.batch_size, "batch_size", minimum=1)
         self._set("reuse_stores", tuple(self.reuse_stores or ()))
+        self.judge()  # every judged language has a known script before the model loads
+
+    def judge(self) -> OutputJudge:
+        """Return the output-language judge of the languages in play (source, target, via, the wrong pair)."""
+        return OutputJudge((self.source, self.target, self.via, *self.wrong_pair), self.words)
 
     def _checked_alphas(self) -> tuple[float, ...]:
         alphas = DEFAULT_ALPHAS if self.alphas is None else self.alphas  # None: the defaults
@@ -152,52 +133,3 @@ class SteeringSettings(Settings):
             "layers": self.layers_for(model.n_layers),
             "reuse_stores": [{"prompts_sha256": s.config["prompts_sha256"], "dtype": s.dtype} for s in stores],
         }
-
-
-# ---------------------------------------------------------------- splits
-
-
-@dataclass(frozen=True)
-class Splits:
-    """Three disjoint, sorted concept lists (fit, select, test) and the flip direction's subsets of select and test."""
-
-    fit: list[str]
-    select: list[str]
-    test: list[str]
-    flip_select: list[str]
-    flip_test: list[str]
-
-    def to_dict(self) -> dict[str, list[str]]:
-        """Return the splits as a JSON-able dict (recorded in best.json)."""
-        return {
-            "fit": self.fit,
-            "select": self.select,
-            "test": self.test,
-            "flip_select": self.flip_select,
-            "flip_test": self.flip_test,
-        }
-
-
-def split_concepts(concepts: Sequence[str], seed: int, n: int | None = None) -> tuple[list[str], list[str], list[str]]:
-    """Return (fit, select, test) concept lists: a seeded shuffle of (up to ``n`` of) ``concepts`` cut in thirds.
-
-    fit and select get ⌊m/3⌋ concepts each and test the rest (m = the number used).
-    """
-    pool = sorted(set(concepts))
-    if len(pool) < 3:
-        raise DataError(f"steering needs at least 3 concepts to split into fit, select and test, got {len(pool)}")
-    order = np.random.default_rng(seed).permutation(len(pool))
-    chosen = [pool[i] for i in order[: min(n or len(pool), len(pool))]]
-    third = len(chosen) // 3
-    return sorted(chosen[:third]), sorted(chosen[third : 2 * third]), sorted(chosen[2 * third :])
-
-
-def choose_subset(concepts: Sequence[str], seed: int, n: int | None) -> list[str]:
-    """Return a seeded subset of ``n`` concepts (all when ``n`` is None or larger), sorted."""
-    return sorted(np.random.default_rng(seed).permutation(list(concepts))[: n or len(concepts)].tolist())
-
-
-def make_splits(concepts: Sequence[str], seed: int, n: int | None, n_flip: int | None) -> Splits:
-    """Return the fit / select / test splits and the flip subsets (seed + 1, seed + 2) of a concept pool."""
-    fit, select, test = split_concepts(concepts, seed, n)
-    return Splits(fit, select, test, choose_subset(select, seed + 1, n_flip), choose_subset(test, seed + 2, n_flip))

@@ -1,8 +1,14 @@
-"""Steering results (pipeline): per-setting summaries, the chosen setting, best.json and report tables.
+"""The steering demo's results: per-setting summaries, the chosen setting, best.json and report tables.
 
-:func:`summarize` turns the tidy per-prompt rows of :mod:`llmlatent.experiments.steering.evaluate` into one row per
-(direction, split, vector, draw, layer, α); :func:`pick` chooses the best steered setting on the select
+:func:`summarize` turns the tidy per-prompt rows of :class:`llmlatent.experiments.steering.score.NextToken` into one
+row per (direction, split, vector, draw, layer, α); :func:`pick` chooses the best steered setting on the select
 split; :func:`best_json` reports it on the test split beside every control, with 95% Wilson intervals.
+
+Shares are script shares (:meth:`llmlatent.languages.scripts.OutputJudge.in_script`): ``target_script_top1_share``
+counts top-1 tokens with a letter of the target's script, which for a shared script (es among fr and en) counts the
+languages that share it too; best.json names them in ``target_script_shared_with``. summary.csv keeps its historic
+``cjk_top1_share`` column (any Han character); best.json no longer repeats it, and readers of older records that
+hold ``cjk_*`` keys still work (:func:`report_table` reads the keys it knows).
 """
 
 from __future__ import annotations
@@ -15,36 +21,36 @@ import numpy as np
 import pandas as pd
 
 from llmlatent.adapter import Fingerprint
-from llmlatent.experiments.steering.evaluate import GROUP, has_script
+from llmlatent.experiments.steering import core
 
 if TYPE_CHECKING:
+    from llmlatent.languages.scripts import OutputJudge
     from llmlatent.model import Model
 
+GROUP = ["direction", "split", "vector", "draw", "layer", "alpha"]  # one setting of the demo
+MEANS = {  # summary column → the per-prompt column it averages
+    "p_target_answer": "p_target_answer",
+    "p_source_answer": "p_source_answer",
+    "cjk_top1_share": "top1_cjk",
+    "target_script_top1_share": "top1_target_script",
+    "source_script_top1_share": "top1_source_script",
+    "correct_target_top1_share": "top1_correct_target",
+    "correct_source_top1_share": "top1_correct_source",
+}
+
 SHARES = (
-    "cjk_top1_share",
     "target_script_top1_share",
     "source_script_top1_share",
     "correct_target_top1_share",
     "correct_source_top1_share",
 )
 NUMBERS = SHARES + ("p_target_answer", "p_source_answer", "generation_target_share", "generation_correct_share")
-INTERVALS = ("cjk_top1_share", "target_script_top1_share", "correct_target_top1_share")  # reported with a 95% interval
+INTERVALS = ("target_script_top1_share", "correct_target_top1_share")  # reported with a 95% interval
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     """Return one row per (direction, split, vector, draw, layer, alpha): prompt count and mean of every metric."""
-    rows = rows.assign(layer=rows["layer"].astype("Int64"))
-    agg = rows.groupby(GROUP, dropna=False, sort=False).agg(
-        n=("prompt_id", "size"),
-        p_target_answer=("p_target_answer", "mean"),
-        p_source_answer=("p_source_answer", "mean"),
-        cjk_top1_share=("top1_cjk", "mean"),
-        target_script_top1_share=("top1_target_script", "mean"),
-        source_script_top1_share=("top1_source_script", "mean"),
-        correct_target_top1_share=("top1_correct_target", "mean"),
-        correct_source_top1_share=("top1_correct_source", "mean"),
-    )
-    return agg.reset_index()
+    return core.summarize(rows, GROUP, MEANS)
 
 
 def pick(summary: pd.DataFrame, direction: str, split: str = "select") -> pd.Series:
@@ -56,11 +62,7 @@ def pick(summary: pd.DataFrame, direction: str, split: str = "select") -> pd.Ser
         & (summary["vector"] == "mean_difference")
         & (summary["alpha"] != 0)
     ]
-    return part.sort_values(
-        ["target_script_top1_share", "p_target_answer", "layer", "alpha"],
-        ascending=[False, False, True, True],
-        kind="stable",
-    ).iloc[0]
+    return core.choose(part, ["direction"], ["target_script_top1_share", "p_target_answer"]).iloc[0]
 
 
 def wilson(share: float, n: int, z: float = 1.959964) -> list[float] | None:
@@ -99,9 +101,10 @@ def best_json(
     splits: dict[str, list[str]],
     model: Model,
     wrong_to: str,
+    judge: OutputJudge,
 ) -> dict:
     """Return best.json's content: the setting chosen on the select split and its test-split numbers with every
-    control."""
+    control (shares judged by ``judge``'s script verdict)."""
     source, target = settings["source"], settings["target"]
     name, flip = f"{source}→{target}", f"{target}→{source}"
     chosen = pick(summary, name)
@@ -119,6 +122,8 @@ def best_json(
         "source": source,
         "target": target,
         "via": settings["via"],
+        "target_script": "+".join(judge.scripts[target]),
+        "target_script_shared_with": list(judge.shared_with(target)),
         "model": Fingerprint.of(model.fingerprint()).to_dict(),
         "settings": {k: v for k, v in settings.items()},
         "layers": layers,
@@ -142,7 +147,7 @@ def best_json(
         },
         **_numbers(at(name, "test", "wrong_pair").iloc[0], "wrong_pair_"),
         "wrong_pair_own_script_top1_share": round(
-            float(np.mean([has_script(t, wrong_to) for t in wrong_rows["top1_token"]])), 6
+            float(np.mean([judge.in_script(t, wrong_to) for t in wrong_rows["top1_token"]])), 6
         ),
         **_numbers(chosen, "select_"),
     }
@@ -173,7 +178,6 @@ def flip_record(summary: pd.DataFrame, flip: str, layer: int) -> dict:
 
 TABLE_COLUMNS = {
     "n": "prompts",
-    "cjk_top1_share": "any CJK top-1",
     "target_script_top1_share": "target-script top-1",
     "correct_target_top1_share": "correct target word top-1",
     "p_target_answer": "p(correct target)",

@@ -2,17 +2,18 @@
 
 :func:`compute` reads top to bottom:
 
-1. prompts and splits: translation prompts answering in every language from each input language it
-   needs; the concept pool is cut into three disjoint seeded thirds **fit / select / test**
-   (:func:`llmlatent.experiments.steering.plan.split_concepts`, the demo's rule);
+1. prompts and splits (:mod:`..core`, the loop the demo runs too): translation prompts answering in every
+   language from each input language it needs; the concept pool is cut into three disjoint seeded thirds
+   **fit / select / test** (:func:`llmlatent.experiments.steering.core.split_concepts`);
 2. language means: for each language L the fit prompts' last-token latents (from ``n_vias`` input
    languages) are collected **once** into latent stores under ``store_dir`` (a rerun, or ``reproduce``,
    reuses them and runs no forward; ``fit_forwards`` in summary.json counts them) and averaged
    (:mod:`llmlatent.steering.language_means`);
 3. per ordered pair s → t: each method's direction at each layer, scaled to the layer's common norm
    (the mean ‖μ_t − μ_s‖ over all pairs), so α means the same for every method and pair; the grid
-   methods × layers × α runs on the select prompts (one prefix cache per batch, all settings tiled);
-   :func:`.score.choose` picks each method's (layer, α) from the select rows alone; the test prompts
+   methods × layers × α runs on the select prompts (one prefix cache per batch, all settings tiled,
+   scored by :class:`..score.Greedy`: the output language is the judge's language verdict);
+   :func:`.report.choose` picks each method's (layer, α) from the select rows alone; the test prompts
    then get α = 0, each chosen setting and, at each chosen (layer, α), the controls: ``n_random``
    random directions of the common norm and the wrong pair μ_X − μ_s (X the first other language);
 4. the report (:mod:`.report`): the tidy table with 95 % bootstrap intervals, the best method per pair.
@@ -30,17 +31,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from llmlatent import tasks
 from llmlatent.adapter import Fingerprint
 from llmlatent.embedded import cache_dir
 from llmlatent.experiments.base import Clock, Experiment
+from llmlatent.experiments.steering import core
 from llmlatent.experiments.steering.bench.plan import SteerBenchSettings
-from llmlatent.experiments.steering.bench.report import best_per_pair, record, tidy_table
-from llmlatent.experiments.steering.bench.score import PairPrompts, baseline, choose, evaluate, summarize
-from llmlatent.experiments.steering.evaluate import Item
+from llmlatent.experiments.steering.bench.report import best_per_pair, choose, record, summarize, tidy_table
+from llmlatent.experiments.steering.core import Item, evaluate
 from llmlatent.experiments.steering.fit import fit_stores
-from llmlatent.experiments.steering.plan import split_concepts
-from llmlatent.languages.identify import LanguageId
+from llmlatent.experiments.steering.score import Greedy
+from llmlatent.languages.scripts import OutputJudge
 from llmlatent.steering import language_means as language_vectors
 from llmlatent.steering.vector import SteeringVector
 
@@ -68,14 +68,8 @@ def prompt_frames(model: Model, s: SteerBenchSettings) -> tuple[dict[tuple[str, 
     """Return (via, lang) → translation prompts by concept, for the fit and the steered pairs, and the splits."""
     wanted = {(v, lang) for lang in s.langs for v in s.vias(lang)}
     wanted |= {(s.via(a, b), x) for a, b in s.pairs() for x in (a, b)}
-    frames = {
-        (v, lang): tasks.build("translation", v, lang, model.tokenizer, seed=s.seed, words_dir=s.words).df.set_index(
-            "concept", drop=False
-        )
-        for v, lang in sorted(wanted)
-    }
-    pool = sorted(set.intersection(*(set(f.index) for f in frames.values())))
-    fit, select, test = split_concepts(pool, s.seed, s.n_concepts)
+    frames = core.prompt_frames(model.tokenizer, sorted(wanted), s.seed, s.words)
+    fit, select, test = core.split_concepts(core.concept_pool(frames), s.seed, s.n_concepts)
     return frames, {"fit": fit, "select": select, "test": test}
 
 
@@ -137,15 +131,16 @@ def control_items(
     source, target = pair
     wrong_to, items = s.wrong(source, target), []
     for ell, alpha in sorted({(int(a), float(b)) for a, b in zip(chosen["layer"], chosen["alpha"])}):
+        randoms = []
         for k in range(s.n_random):
             gen = torch.Generator().manual_seed(s.seed * 1000 + 100 * ell + k)  # the same draws for every pair
             draw = torch.randn(means.z[source].shape[-1], generator=gen, dtype=torch.float64)
-            vec = SteeringVector(ell, language_vectors.equal_norm(draw, norms[ell]), {"method": "random"})
-            items.append(Item("random", k, ell, alpha, vec))
+            randoms.append(SteeringVector(ell, language_vectors.equal_norm(draw, norms[ell]), {"method": "random"}))
+        wrong = None
         if wrong_to is not None:
             raw = language_vectors.direction(means, "mean_diff", source, wrong_to, ell)
-            vec = SteeringVector(ell, language_vectors.equal_norm(raw, norms[ell]), {"method": "wrong_pair"})
-            items.append(Item("wrong_pair", 0, ell, alpha, vec))
+            wrong = SteeringVector(ell, language_vectors.equal_norm(raw, norms[ell]), {"method": "wrong_pair"})
+        items += core.controls(alpha, randoms, wrong)
     return items
 
 
@@ -154,20 +149,20 @@ def run_pair(
 ) -> tuple[list[pd.DataFrame], pd.DataFrame]:
     """Return (the pair's tidy rows on select and test, its chosen settings): the grid on select, choice, test."""
     source, target = pair
-    frames, splits, means, norms, lid = (ctx[k] for k in ("frames", "splits", "means", "norms", "lid"))
+    frames, splits, means, norms, judge = (ctx[k] for k in ("frames", "splits", "means", "norms", "judge"))
     via = s.via(source, target)
     vectors = pair_vectors(means, s, pair, norms)
-    grid = [baseline()] + [Item(m, 0, ell, a, v) for (m, ell), v in vectors.items() for a in s.alphas]
-    select = PairPrompts(model, frames[(via, source)], frames[(via, target)], splits["select"], s.batch_size)
-    select_rows = evaluate(select, lid, pair, "select", grid, s.max_new_tokens)
-    del select
+    scorer = Greedy(judge, source, target, s.max_new_tokens)
+
+    def prompts(split: str) -> list[core.Batch]:
+        return core.batches(model, frames[(via, source)].loc[splits[split]], frames[(via, target)], s.batch_size)
+
+    grid = [Item.baseline("baseline")] + [Item.of(m, 0, v, a) for (m, _), v in vectors.items() for a in s.alphas]
+    select_rows = evaluate(prompts("select"), grid, "select", scorer)
     chosen = choose(summarize(select_rows))  # the select rows alone: test prompts do not exist yet
-    steered = [
-        Item(r.method, 0, int(r.layer), float(r.alpha), vectors[(r.method, int(r.layer))]) for r in chosen.itertuples()
-    ]
-    todo = [baseline(), *steered, *control_items(means, s, pair, chosen, norms)]
-    test = PairPrompts(model, frames[(via, source)], frames[(via, target)], splits["test"], s.batch_size)
-    test_rows = evaluate(test, lid, pair, "test", todo, s.max_new_tokens)
+    steered = [Item.of(r.method, 0, vectors[(r.method, int(r.layer))], float(r.alpha)) for r in chosen.itertuples()]
+    todo = [Item.baseline("baseline"), *steered, *control_items(means, s, pair, chosen, norms)]
+    test_rows = evaluate(prompts("test"), todo, "test", scorer)
     return [select_rows, test_rows], chosen.assign(via=via)
 
 
@@ -190,7 +185,7 @@ def compute(model: Model, s: SteerBenchSettings) -> BenchResult:
         means, fit_info = fit_means(model, s, frames, splits["fit"], layers)
     log.info("fit latents: %d forwards (0 = every store reused)", fit_info["fit_forwards"])
     norms = language_vectors.layer_norms(means, s.langs)
-    ctx = {"frames": frames, "splits": splits, "means": means, "norms": norms, "lid": LanguageId(s.langs)}
+    ctx = {"frames": frames, "splits": splits, "means": means, "norms": norms, "judge": OutputJudge(s.langs, s.words)}
     parts, chosen = [], []
     with clock("pairs"):
         for pair in tqdm(s.pairs(), desc="steer-bench", unit="pair", disable=not s.progress):

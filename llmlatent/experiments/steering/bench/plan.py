@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from llmlatent.errors import DataError, SteeringError
 from llmlatent.experiments.settings import Settings, option
-from llmlatent.experiments.steering.plan import checked_alphas, default_layers
+from llmlatent.experiments.steering.core import checked_alphas, default_layers
 from llmlatent.languages.registry import PAPER, codes, parse_codes
 from llmlatent.steering.language_means import METHODS
 from llmlatent.steering.vector import check_count, check_layer

@@ -1,4 +1,11 @@
-"""The benchmark's report: a tidy pair × method × split × metric table with 95 % intervals, the best method per pair.
+"""The benchmark's report: per-setting summaries and the choice, a tidy pair × method × split × metric table with 95 %
+intervals, the best method per pair.
+
+Per prompt and setting the rows (:class:`llmlatent.experiments.steering.score.Greedy`) say whether the greedy answer is
+in the target language (``forced``: the judge's language verdict), whether the first token starts the concept's
+target word (``concept_kept``) and p of both words' token sets. :func:`summarize` gives one row per setting;
+``score`` is the harmonic mean of the forcing and the concept-kept shares (CLaS-Bench's form) and
+``source_removed`` the drop of ``p_source`` from α = 0. :func:`choose` reads the select split only.
 
 Intervals are percentile bootstraps over prompts (seeded, ``N_BOOT`` resamples): every metric, the
 harmonic-mean score included, is recomputed on each resample of the setting's prompts.
@@ -12,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from llmlatent.adapter import Fingerprint
+from llmlatent.experiments.steering import core
 
 if TYPE_CHECKING:
     from llmlatent.experiments.steering.bench.plan import SteerBenchSettings
@@ -19,6 +27,33 @@ if TYPE_CHECKING:
 
 N_BOOT = 1000
 METRICS = ("score", "forcing", "concept_kept", "source_removed", "p_source", "p_target")
+KEYS = ["source", "target", "split", "method", "draw", "layer", "alpha"]  # one setting of the benchmark
+MEANS = {"forcing": "forced", "concept_kept": "concept_kept", "p_target": "p_target", "p_source": "p_source"}
+
+
+def harmonic(a: float, b: float) -> float:
+    """Return the harmonic mean 2ab / (a + b) of two shares (0 when both are 0)."""
+    return 0.0 if a + b <= 0 else 2 * a * b / (a + b)
+
+
+def summarize(rows: pd.DataFrame) -> pd.DataFrame:
+    """Return one row per setting (KEYS): prompts, shares, mean probabilities, score and source removed."""
+    agg = core.summarize(rows, KEYS, MEANS)
+    agg["score"] = [harmonic(f, c) for f, c in zip(agg["forcing"], agg["concept_kept"])]
+    base = agg[agg["method"] == "baseline"].set_index(["source", "target", "split"])["p_source"]
+    index = pd.MultiIndex.from_frame(agg[["source", "target", "split"]])
+    agg["source_removed"] = base.reindex(index).to_numpy() - agg["p_source"].to_numpy()
+    return agg
+
+
+def choose(summary: pd.DataFrame) -> pd.DataFrame:
+    """Return the chosen (layer, α) per (source, target, method), read from the select split only.
+
+    Highest score, then p_target, then the earliest layer and smallest α (:func:`.core.choose`).
+    """
+    part = summary[(summary["split"] == "select") & (summary["method"] != "baseline")]
+    chosen = core.choose(part, ["source", "target", "method"], ["score", "p_target"])
+    return chosen[["source", "target", "method", "layer", "alpha", "score"]].rename(columns={"score": "select_score"})
 
 
 def _metrics(f: np.ndarray, c: np.ndarray, ps: np.ndarray, pt: np.ndarray, base_ps: np.ndarray) -> dict:
@@ -120,17 +155,6 @@ def best_per_pair(table: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-def score_matrix(table: pd.DataFrame, method: str, setting: str = "steered") -> pd.DataFrame:
-    """Return the source × target matrix of a method's test score (NaN on the diagonal and where undefined)."""
-    part = table[
-        (table["split"] == "test")
-        & (table["metric"] == "score")
-        & (table["method"] == method)
-        & (table["setting"] == setting)
-    ]
-    return part.pivot_table(index="source", columns="target", values="value", aggfunc="first")
 
 
 def record(
