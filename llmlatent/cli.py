@@ -65,6 +65,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from llmlatent.experiments import runs
 
     settings = from_args(_settings_class(args.command), args)  # every bad value is answered here
+    settings.preflight()  # and every missing or unreadable file
     experiment = runs.experiment_of(settings)
     runs.check_out(args.out, experiment)  # before the model load: never refuse (or delete) after the work
     source = load_head(args) if getattr(settings, "from_latents", None) else load_model(args)  # a store: head only
@@ -125,6 +126,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from llmlatent.experiments.runs import Clock
 
     clock, settings = Clock(), from_args(CacheSettings, args)
+    settings.preflight()
     latents.check_store_dir(args.out, shard_size=settings.shard_size, repair=settings.repair or args.force)
     if args.force:  # only a folder laid out as a latent store; any other is refused and kept
         latents.remove_store(args.out)

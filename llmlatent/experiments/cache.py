@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmlatent import checks
+from llmlatent.experiments.prompts import PromptSettings
 from llmlatent.experiments.settings import Settings, option
-from llmlatent.experiments.sweep import PromptSettings
 from llmlatent.latents import check_dtype
 
 STORAGE_DTYPES = ("float16", "bfloat16", "float32")

@@ -220,6 +220,7 @@ def run(settings: Settings, model: Model, out: str | Path, *, force: bool = Fals
 
     ``out`` is checked first (:func:`check_out`), so a bad folder fails before any computation.
     """
+    settings.preflight()  # the files the settings name (the command line has called it before the model load)
     experiment = experiment_of(settings)
     out = check_out(out, experiment)
     key = key_of(settings, model)

@@ -35,13 +35,15 @@ def option(
     parse: Callable[[str], Any] | None = None,
     metavar: str | None = None,
     cli: bool = True,
+    key_name: str | None = None,
 ) -> Any:
     """Return a dataclass field carrying its command-line help, aliases and cache-key role.
 
     ``key=False``: the value does not change the result (batch size, a cache folder) and stays out of the
     cache key. ``digest=True``: a file or folder whose *content* (sha256) enters the key instead of its
     path. ``parse`` turns one command-line string into the value (e.g. ``de:fr`` → ``("de", "fr")``).
-    ``cli=False``: an API-only field (no flag).
+    ``cli=False``: an API-only field (no flag). ``key_name``: the name the field had in cache keys written
+    before a rename, kept in the key so that those results are still reused.
     """
     meta = {
         "help": help,
@@ -52,13 +54,15 @@ def option(
         "parse": parse,
         "metavar": metavar,
         "cli": cli,
+        "key_name": key_name,
     }
     return dataclasses.field(default=default, metadata=meta, compare=key)  # equal settings = equal results
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Base of every experiment's settings: validation in ``__post_init__``, one error class per experiment."""
+    """Base of every experiment's settings: values validated in ``__post_init__`` (no file read), files in
+    :meth:`preflight`."""
 
     error: ClassVar[type[LlmlatentError]] = UsageError
     experiment_module: ClassVar[str | None] = None  # the module registering the experiment, if defined elsewhere
@@ -66,6 +70,12 @@ class Settings:
     def fail(self, message: str) -> typing.NoReturn:
         """Raise this experiment's error class with ``message`` (one line: what is wrong and how to fix it)."""
         raise self.error(message)
+
+    def preflight(self) -> None:
+        """Return None after checking what the settings name on disk (files exist and parse, languages are known).
+
+        ``runs.run`` and the command line call it before the model loads; the base class has nothing to check.
+        """
 
     def _set(self, name: str, value: Any) -> None:
         """Normalise a field in ``__post_init__`` (the dataclass is frozen once built)."""
@@ -91,7 +101,8 @@ class Settings:
             if not f.metadata.get("key", True):
                 continue
             value = getattr(self, f.name)
-            out[f.name] = content_digest(value) if f.metadata.get("digest") else _jsonable(value)
+            name = f.metadata.get("key_name") or f.name
+            out[name] = content_digest(value) if f.metadata.get("digest") else _jsonable(value)
         return out
 
 

@@ -100,7 +100,7 @@ def prompt_frames(model: Model, s: SteeringSettings) -> tuple[dict[str, pd.DataF
     """Return the translation prompts answering in every language the run needs, and the concept splits."""
     langs = list(dict.fromkeys([s.source, s.target, *s.wrong_pair]))
     frames = {
-        lang: tasks.build("translation", s.via, lang, model.tokenizer, seed=s.seed, words_dir=s.words).df.set_index(
+        lang: tasks.build("translation", s.via, lang, model.tokenizer, seed=s.seed, words_dir=s.words_dir).df.set_index(
             "concept", drop=False
         )
         for lang in langs
@@ -119,7 +119,7 @@ def fit(
             model,
             frames,
             splits.fit,
-            Path(s.store_dir or tmp),
+            Path(s.latents_dir or tmp),
             reuse_stores=open_stores(s.reuse_stores),
             batch_size=s.batch_size,
             progress=s.progress,
@@ -273,7 +273,7 @@ def report(
 
 def settings_record(s: SteeringSettings, layers: list[int]) -> dict:
     """Return the settings as best.json lists them (lists, the resolved layers, no stores)."""
-    record = {k: v for k, v in s.to_dict().items() if k not in ("store_dir", "reuse_stores", "words")}
+    record = {k: v for k, v in s.to_dict().items() if k not in ("latents_dir", "reuse_stores", "words_dir")}
     return {**record, "layers": None if s.layers is None else layers, "reuse_prefix": s.reuse_prefix}
 
 
@@ -332,16 +332,10 @@ EXPERIMENT = runs.register(
 
 
 def sweep(model: Model, **settings: object) -> SteeringResult:
-    """Return :func:`compute` of ``SteeringSettings(**settings)`` (``words_dir`` is accepted for ``words``)."""
-    return compute(model, _settings(settings))
+    """Return :func:`compute` of ``SteeringSettings(**settings)``."""
+    return compute(model, SteeringSettings(**settings))
 
 
 def run_to_dir(model: Model, out: str | Path, *, force: bool = False, **settings: object) -> dict:
     """Return best.json's content after running ``SteeringSettings(**settings)`` into ``out`` (:func:`runs.run`)."""
-    return runs.run(_settings(settings), model, out, force=force)
-
-
-def _settings(kwargs: dict) -> SteeringSettings:
-    if "words_dir" in kwargs:
-        kwargs = {**{k: v for k, v in kwargs.items() if k != "words_dir"}, "words": kwargs["words_dir"]}
-    return SteeringSettings(**kwargs)
+    return runs.run(SteeringSettings(**settings), model, out, force=force)

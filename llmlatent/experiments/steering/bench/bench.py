@@ -6,7 +6,7 @@
    needs; the concept pool is cut into three disjoint seeded thirds **fit / select / test**
    (:func:`llmlatent.experiments.steering.plan.split_concepts`, the demo's rule);
 2. language means: for each language L the fit prompts' last-token latents (from ``n_vias`` input
-   languages) are collected **once** into latent stores under ``store_dir`` (a rerun, or ``reproduce``,
+   languages) are collected **once** into latent stores under ``latents_dir`` (a rerun, or ``reproduce``,
    reuses them and runs no forward; ``fit_forwards`` in summary.json counts them) and averaged
    (:mod:`llmlatent.steering.language_means`);
 3. per ordered pair s → t: each method's direction at each layer, scaled to the layer's common norm
@@ -69,9 +69,9 @@ def prompt_frames(model: Model, s: SteerBenchSettings) -> tuple[dict[tuple[str, 
     wanted = {(v, lang) for lang in s.langs for v in s.vias(lang)}
     wanted |= {(s.via(a, b), x) for a, b in s.pairs() for x in (a, b)}
     frames = {
-        (v, lang): tasks.build("translation", v, lang, model.tokenizer, seed=s.seed, words_dir=s.words).df.set_index(
-            "concept", drop=False
-        )
+        (v, lang): tasks.build(
+            "translation", v, lang, model.tokenizer, seed=s.seed, words_dir=s.words_dir
+        ).df.set_index("concept", drop=False)
         for v, lang in sorted(wanted)
     }
     pool = sorted(set.intersection(*(set(f.index) for f in frames.values())))
@@ -80,10 +80,10 @@ def prompt_frames(model: Model, s: SteerBenchSettings) -> tuple[dict[tuple[str, 
 
 
 def store_root(model: Model, s: SteerBenchSettings) -> Path:
-    """Return the folder of the fit latent stores: ``store_dir`` or the cache's, one subfolder per model and dtype."""
+    """Return the folder of the fit latent stores: ``latents_dir`` or the cache's, one subfolder per model and dtype."""
     fp = Fingerprint.of(model.fingerprint())
     dtype = str(getattr(model.hf, "dtype", "")).removeprefix("torch.")
-    root = Path(s.store_dir) if s.store_dir else cache_dir() / "steerbench-latents"
+    root = Path(s.latents_dir) if s.latents_dir else cache_dir() / "steerbench-latents"
     return root / f"{fp.unembedding_sha256[:12]}-{fp.n_layers}x{fp.hidden_size}-{dtype}"
 
 
