@@ -162,7 +162,7 @@ def test_experiment_folder_is_complete_seeded_and_cached(tiny_models, tmp_path):
         donor=("de", "fr"),
         receiver=("ru", "zh"),
         mean_over=("de", "en", "zh"),
-        n=3,
+        n_pairs=3,
         seed=4,
         layers=[0, 2],
         batch_size=2,
@@ -259,7 +259,7 @@ def test_window_through_the_last_block_reports_no_moves_at(tiny_models, tmp_path
     assert run["language_moves_at"] is None and run["concept_moves_at"] is None
     assert "overwrites every block through the last one" in caplog.text
     assert "donor/receiver pairs pass the filters (500 asked for)" in caplog.text  # --n beyond the pairs: said
-    normal = pe.run_to_dir(model, tmp_path / "n", window=1, **{**kwargs, "n": 3})
+    normal = pe.run_to_dir(model, tmp_path / "n", window=1, **{**kwargs, "n_pairs": 3})
     assert normal["window_reaches_last_block"] is False
     import pandas as pd
 

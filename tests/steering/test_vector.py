@@ -563,7 +563,7 @@ def test_fit_latents_come_from_a_store_that_holds_them(tiny_models, tmp_path):
     real = latents.collect
     try:
         latents.collect = lambda *a, **k: calls.append(a[1].meta["tgt"]) or real(*a, **k)
-        result = steering_sweep.sweep(model, seed=1, reuse_stores=[store], store_dir=tmp_path / "fit", **SMALL)
+        result = steering_sweep.sweep(model, seed=1, reuse_stores=[store], latents_dir=tmp_path / "fit", **SMALL)
     finally:
         latents.collect = real
     assert sorted(calls) == ["en", "ru"]  # zh came from the store
