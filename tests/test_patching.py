@@ -252,7 +252,7 @@ def test_window_through_the_last_block_reports_no_moves_at(tiny_models, tmp_path
     from llmlatent.experiments import patching as pe
 
     model = tiny_models["gemma3_text"]
-    kwargs = dict(mean_over=(), n=500, seed=4, layers=[0, 1], batch_size=2)
+    kwargs = dict(mean_over=(), n_pairs=500, seed=4, layers=[0, 1], batch_size=2)
     with caplog.at_level("WARNING"):
         run = pe.run_to_dir(model, tmp_path / "w", window=model.n_layers, **kwargs)
     assert run["window_reaches_last_block"] is True
