@@ -67,7 +67,7 @@ def benchmark(model: model_mod.Model, s: SteerBenchSettings, repeats: int, log: 
     each: dict[tuple, list[float]] = {key: [] for key in held}
     loads, logits, result, phases = [os.getloadavg()[0]], {}, None, []
     with tempfile.TemporaryDirectory(prefix="llmlatent-bench-steerbench-") as tmp:
-        s = s.replace(store_dir=tmp)
+        s = s.replace(latents_dir=tmp)
         for r in range(repeats):
             bare = 0.0
             for key, frame in held.items():

@@ -53,6 +53,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     experiment = args.entry
     settings = from_args(experiment.settings, args)  # every bad value is answered here
+    settings.preflight()  # and every missing or unreadable file
     runs.check_out(args.out, experiment)  # before the model load: never refuse (or delete) after the work
     source = load_head(args) if getattr(settings, "from_latents", None) else load_model(args)  # a store: head only
     record = runs.run(settings, source, args.out, force=args.force, experiment=experiment)
@@ -65,6 +66,7 @@ def cmd_command(args: argparse.Namespace) -> int:
     ``main`` checks what it can before it loads the model (or the head alone)."""
     command = args.entry
     settings = from_args(command.settings, args)  # every bad value is answered here
+    settings.preflight()  # and every missing or unreadable file
     load = (lambda: load_head(args)) if command.loads == "head" else (lambda: load_model(args))
     command.main(settings, load, args.out if command.out else None, bool(command.force and args.force))
     return 0

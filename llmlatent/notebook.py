@@ -36,7 +36,6 @@ def check(
     experiment: type[Settings] | None = None,
     /,
     *,
-    names: Mapping[str, str] | None = None,
     counts: Mapping[str, Any] | None = None,
     model: str | None = None,
     dtype: str | torch.dtype | None = None,
@@ -50,17 +49,18 @@ def check(
     other than the default must have a readable config.json), ``counts`` (parameter → value) must be whole
     numbers ≥ 1, and the experiment's own settings validate ``fields`` (a string for a field with a
     command-line parser, such as ``"de:fr"``, is parsed first; a value outside a field's declared choices
-    is refused). ``names`` maps a field to the notebook parameter that sets it (``{"n_prompts": "n"}``).
+    is refused), then the files they name (:meth:`~llmlatent.experiments.settings.Settings.preflight`).
+    Notebook parameters are named as the fields they set, so a message names the parameter.
     A failure raises :class:`ParameterError`, whose one line names the parameter, its value and the fix.
     """
     options = {"model": model, "dtype": dtype, "device": device, "device_map": device_map}
-    _blame(_check_model, options, dict.fromkeys(options), {})
+    _blame(_check_model, options, dict.fromkeys(options))
     for name, value in (counts or {}).items():
-        _blame(lambda v, name=name: _count(v[name], name), {name: value}, {}, {})
+        _blame(lambda v, name=name: _count(v[name], name), {name: value}, {})
     if experiment is None:
         return None
     defaults = {f.name: f.default for f in dataclasses.fields(experiment) if f.default is not dataclasses.MISSING}
-    return _blame(lambda v: _build(experiment, v), fields, defaults, dict(names or {}))
+    return _blame(lambda v: _build(experiment, v), fields, defaults)
 
 
 def _count(value: Any, name: str) -> int:
@@ -80,7 +80,8 @@ def _check_model(options: dict) -> None:
 
 
 def _build(experiment: type[Settings], fields: dict) -> Settings:
-    """Return ``experiment(**fields)`` after parsing strings of fields with a parser and checking declared choices."""
+    """Return ``experiment(**fields)`` after parsing strings of fields with a parser, checking declared choices and
+    the files the settings name (``preflight``)."""
     values = dict(fields)
     for f in dataclasses.fields(experiment):
         value, meta = values.get(f.name), f.metadata
@@ -88,36 +89,34 @@ def _build(experiment: type[Settings], fields: dict) -> Settings:
             values[f.name] = value = meta["parse"](value)
         if value is not None and meta.get("choices") and value not in meta["choices"]:
             raise UsageError(f"{f.name} must be one of {', '.join(meta['choices'])}, got {value!r}")
-    return experiment(**values)
+    settings = experiment(**values)
+    settings.preflight()
+    return settings
 
 
-def _blame(validate: Callable[[dict], Any], values: dict, defaults: dict, names: dict) -> Any:
+def _blame(validate: Callable[[dict], Any], values: dict, defaults: dict) -> Any:
     """Return ``validate(values)``; on a LlmlatentError raise ParameterError naming the culprit parameters.
 
-    A parameter sets one or more fields (``names``). It is a culprit when resetting its fields to their
-    defaults makes the error go away or change; when none is (a conflict of several), every parameter that
-    differs from its defaults is named.
+    A parameter is a culprit when resetting it to its default makes the error go away or change; when none
+    is (a conflict of several), every parameter that differs from its default is named.
     """
     try:
         return validate(values)
     except LlmlatentError as exc:
         message = str(exc)
-        params: dict[str, list[str]] = {}
-        for k in values:
-            params.setdefault(names.get(k, k), []).append(k)
-        changed = [p for p, ks in params.items() if any(k not in defaults or values[k] != defaults[k] for k in ks)]
+        changed = [k for k in values if k not in defaults or values[k] != defaults[k]]
 
-        def culprit(param: str) -> bool:
-            if not all(k in defaults for k in params[param]):
+        def culprit(name: str) -> bool:
+            if name not in defaults:
                 return False
             try:
-                validate({**values, **{k: defaults[k] for k in params[param]}})
+                validate({**values, name: defaults[name]})
             except LlmlatentError as other:
                 return str(other) != message
             return True
 
-        named = [p for p in changed if culprit(p)] or changed or list(params)
-        which = ", ".join(f"{p} = {values[params[p][0]]!r}" for p in named)
+        named = [k for k in changed if culprit(k)] or changed or list(values)
+        which = ", ".join(f"{k} = {values[k]!r}" for k in named)
         raise ParameterError(
             f"notebook parameter {which}: {message}; fix it in the parameters cell (papermill: -p {named[0]} VALUE)"
         ) from None

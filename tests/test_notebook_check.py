@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -19,8 +20,8 @@ from llmlatent.experiments.sweep import SweepSettings
 from llmlatent.notebook import ParameterError
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-TRANSLATION = {"names": {"n_prompts": "n"}, "task": "translation", "src": "fr", "tgt": "zh", "n_prompts": None}
-REPETITION = {"names": {"n_prompts": "n", "src": "lang", "tgt": "lang"}, "task": "repetition", "src": "zh", "tgt": "zh"}
+TRANSLATION = {"task": "translation", "src": "fr", "tgt": "zh", "n_prompts": None}
+REPETITION = {"task": "repetition", "tgt": "zh"}  # the source is the target
 
 
 @pytest.fixture(autouse=True)
@@ -48,16 +49,16 @@ def failure(experiment, **kwargs) -> str:
         (SweepSettings, {**TRANSLATION, "src": "xx"}, "src = 'xx'", "unknown language 'xx'"),
         (SweepSettings, {**TRANSLATION, "src": "zh"}, "src = 'zh'", "translation needs two different languages"),
         (SweepSettings, {**TRANSLATION, "tgt": "fr"}, "tgt = 'fr'", "translation needs two different languages"),
-        (SweepSettings, {**TRANSLATION, "n_prompts": 0}, "n = 0", "must be at least 1, got 0"),
+        (SweepSettings, {**TRANSLATION, "n_prompts": 0}, "n_prompts = 0", "must be at least 1, got 0"),
         (SweepSettings, {**TRANSLATION, "ci": "exact"}, "ci = 'exact'", "ci must be one of normal, bootstrap"),
-        (SweepSettings, {**REPETITION, "src": "xx", "tgt": "xx"}, "lang = 'xx'", "unknown language 'xx'"),
+        (SweepSettings, {**REPETITION, "tgt": "xx"}, "tgt = 'xx'", "unknown language 'xx'"),
         (SweepSettings, {**TRANSLATION, "dtype": "float16"}, "dtype = 'float16'", "Gemma must not run in float16"),
         (SweepSettings, {**TRANSLATION, "dtype": "int8"}, "dtype = 'int8'", "torch dtype of floating point"),
         (SweepSettings, {**TRANSLATION, "device": "cuda:7"}, "device = 'cuda:7'", "use --device cpu"),
-        (PatchSettings, {"names": {"n_pairs": "n"}, "n_pairs": 1}, "n = 1", "at least 2 pairs"),
+        (PatchSettings, {"n_pairs": 1}, "n_pairs = 1", "at least 2 pairs"),
         (PatchSettings, {"donor": "de-fr"}, "donor = 'de-fr'", "must look like SRC:TGT"),
         (PatchSettings, {"receiver": "ru:fr"}, "receiver = 'ru:fr'", "must answer in different languages"),
-        (CacheSettings, {"names": {"dtype_store": "storage_dtype"}, "dtype_store": "int4"}, "storage_dtype", "one of"),
+        (CacheSettings, {"dtype_store": "int4"}, "dtype_store = 'int4'", "one of"),
         (SteeringSettings, {"source": "ru", "target": "ru"}, "target = 'ru'", "three different languages"),
         (None, {"counts": {"k": 0, "positions": 4}}, "k = 0", "k must be at least 1, got 0"),
     ],
@@ -81,7 +82,7 @@ def test_a_bad_model_is_named_before_anything_loads(tmp_path):
 
 def test_two_bad_parameters_name_the_first_one_checked():
     message = failure(SweepSettings, **{**TRANSLATION, "n_prompts": 0, "src": "xx"})
-    assert message.startswith("notebook parameter n = 0: ")  # resetting src alone leaves this same error
+    assert message.startswith("notebook parameter n_prompts = 0: ")  # resetting src alone leaves this same error
 
 
 def test_good_parameters_give_the_settings():
@@ -118,8 +119,25 @@ def test_every_notebook_checks_its_parameters_before_loading(path):
         assert f"{option}={option}" in called, f"{path.name}: notebook.check misses {option}"
 
 
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
+def test_every_notebook_parameter_is_named_as_the_field_it_sets(path):
+    """A parameter passed to notebook.check sets the field of its own name, so the settings' messages name it."""
+    cells = code_cells(path)
+    parameters = {t.id for node in ast.parse(cells[0]).body for t in getattr(node, "targets", [])}
+    source = "\n".join(cells[1:])
+    call = ast.parse(call_text(source, source.find("notebook.check(")).strip()).body[0].value
+    for keyword in call.keywords:
+        if keyword.arg == "counts":  # {"name": name, …}: a count is named by its key
+            pairs = [p for d in ast.walk(keyword.value) if isinstance(d, ast.Dict) for p in zip(d.keys, d.values)]
+            assert all(ast.literal_eval(k) == v.id for k, v in pairs if k is not None), f"{path.name}: counts"
+            continue
+        used = {n.id for n in ast.walk(keyword.value) if isinstance(n, ast.Name)} & parameters
+        assert keyword.arg is None or used <= {keyword.arg}, f"{path.name}: {keyword.arg}= takes {used}"
+        assert keyword.arg != "names", f"{path.name}: parameters are named as the fields, no names= mapping"
+
+
 @pytest.mark.slow
-def test_papermill_with_n_0_fails_in_the_setup_cell_naming_n(tmp_path):
+def test_papermill_with_n_prompts_0_fails_in_the_setup_cell_naming_it(tmp_path):
     pytest.importorskip("papermill")
     pytest.importorskip("ipykernel")
     from test_notebooks import ensure_kernel
@@ -127,7 +145,7 @@ def test_papermill_with_n_0_fails_in_the_setup_cell_naming_n(tmp_path):
     kernel = ensure_kernel(tmp_path / "jupyter")  # a kernel running this interpreter
     out = tmp_path / "out.ipynb"
     proc = subprocess.run(
-        [sys.executable, "-m", "papermill", str(NOTEBOOKS / "02_translation.ipynb"), str(out), "-p", "n", "0"]
+        [sys.executable, "-m", "papermill", str(NOTEBOOKS / "02_translation.ipynb"), str(out), "-p", "n_prompts", "0"]
         + ["-p", "out_dir", str(tmp_path / "results"), "--cwd", str(NOTEBOOKS), "-k", kernel, "--no-progress-bar"],
         capture_output=True,
         text=True,
@@ -138,8 +156,8 @@ def test_papermill_with_n_0_fails_in_the_setup_cell_naming_n(tmp_path):
     cells = json.loads(out.read_text())["cells"]
     errors = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert len(errors) == 1 and errors[0]["ename"] == "ParameterError"
-    assert errors[0]["evalue"].startswith("notebook parameter n = 0: ")
-    assert "papermill: -p n VALUE" in proc.stderr.strip().splitlines()[-1]
+    assert errors[0]["evalue"].startswith("notebook parameter n_prompts = 0: ")
+    assert "papermill: -p n_prompts VALUE" in proc.stderr.strip().splitlines()[-1]
     logged = json.dumps(cells)
     assert "model google/gemma-3-270m" not in logged  # notebook.load logs the model it loaded: it never ran
     assert not (tmp_path / "results").exists()

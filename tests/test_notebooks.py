@@ -28,10 +28,14 @@ RUNNER = pytest.StashKey["Runner | None"]()  # set by tests/conftest.py when col
 # Small parameters per notebook; "{tmp}" is replaced by the test's tmp_path.
 SMALL: dict[str, dict] = {
     "01_logit_lens_playground.ipynb": {"k": 3, "positions": 4, "generate": 2},
-    "02_translation.ipynb": {"n": 6, "out_dir": "{tmp}/02", "latent": "en,de", "paper_repo": "{tmp}/paper"},
-    "03_repetition.ipynb": {"n": 6, "out_dir": "{tmp}/03", "compare_filters": True},  # the variants cell, cheaply
-    "04_cloze.ipynb": {"n": 6, "out_dir": "{tmp}/04"},
-    "05_latents.ipynb": {"n": 6, "cache_dir": "{tmp}/05"},
+    "02_translation.ipynb": {"n_prompts": 6, "out_dir": "{tmp}/02", "latent": "en,de", "paper_repo": "{tmp}/paper"},
+    "03_repetition.ipynb": {
+        "n_prompts": 6,
+        "out_dir": "{tmp}/03",
+        "compare_filters": True,
+    },  # the variants cell, cheaply
+    "04_cloze.ipynb": {"n_prompts": 6, "out_dir": "{tmp}/04"},
+    "05_latents.ipynb": {"n_prompts": 6, "cache_dir": "{tmp}/05"},
     "06_steering_ru_zh.ipynb": {
         "n_concepts": 6,
         "layers": [6],
@@ -44,13 +48,19 @@ SMALL: dict[str, dict] = {
         "latents_dir": "{tmp}/06_latents",
     },
     "07_paper_figures.ipynb": {
-        "results_dir": "{tmp}/results",
+        "results": "{tmp}/results",
         "figures_dir": "{tmp}/figures",
-        "n_if_missing": 3,
+        "n_prompts": 3,
         "langs": ["en", "zh"],
     },
-    "08_patching.ipynb": {"n": 3, "layers": [4, 12, 17], "mean_over": ["de", "en"], "out_dir": "{tmp}/08"},
-    "09_geometry.ipynb": {"store_dir": "{tmp}/09_store", "n": 4, "n_paths": 4, "n_tokens": 300, "out_dir": "{tmp}/09"},
+    "08_patching.ipynb": {"n_pairs": 3, "layers": [4, 12, 17], "mean_over": ["de", "en"], "out_dir": "{tmp}/08"},
+    "09_geometry.ipynb": {
+        "from_latents": "{tmp}/09_store",
+        "n_prompts": 4,
+        "n_paths": 4,
+        "n_tokens": 300,
+        "out_dir": "{tmp}/09",
+    },
     "10_steering_benchmark.ipynb": {
         "langs": ["en", "zh"],
         "n_concepts": 6,

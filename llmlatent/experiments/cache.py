@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 from llmlatent import checks
 from llmlatent.errors import LlmlatentError, UsageError
 from llmlatent.experiments.base import Clock, Command
+from llmlatent.experiments.prompts import PromptSettings
 from llmlatent.experiments.settings import Settings, option
-from llmlatent.experiments.sweep import PromptSettings
 from llmlatent.latents import check_dtype
 
 if TYPE_CHECKING:

@@ -66,13 +66,15 @@ class DetourSettings(Settings):
     max_new_tokens: int = option(3, "greedily generated answer tokens per prompt")
     k: int = option(1, "top tokens per generated token × layer in rows.csv")
     seed: int = option(0, "seed of the prompt draw and the few-shot examples")
-    words: str | None = option(None, "folder of word CSVs (bundled or seed layout)", digest=True)
+    words_dir: str | None = option(
+        None, "folder of word CSVs (bundled or seed layout)", digest=True, aliases=("--words",), key_name="words"
+    )
     batch_size: int = option(8, "prompts generated together (does not change the numbers)", key=False)
 
     def __post_init__(self) -> None:
-        self._set("langs", parse_codes(self.langs, self.words, flag="--langs"))
+        self._set("langs", parse_codes(self.langs, self.words_dir, flag="--langs"))
         for lang in (self.src, self.alt_src):
-            check_lang(lang, self.words)
+            check_lang(lang, self.words_dir)
         if "en" not in self.langs:
             self.fail(f"--langs must include en (the English curve), got {','.join(self.langs)}")
         if not self.targets():
@@ -128,8 +130,8 @@ def compute(model: Model, settings: DetourSettings) -> DetourResult:
         langs = list(dict.fromkeys([*s.langs, src]))
         with clock(f"prompts_{tgt}"):
             prompts = tasks.build("translation", src, tgt, model.tokenizer, n=s.n_prompts, seed=s.seed,
-                                  words_dir=s.words).df  # fmt: skip
-            table = read_table(langs, s.words).set_index("concept")
+                                  words_dir=s.words_dir).df  # fmt: skip
+            table = read_table(langs, s.words_dir).set_index("concept")
             sets = prompt_sets(prompts, table, langs, model.tokenizer)
         with clock(f"generate_{tgt}"):
             log.info("detour %s→%s: %d prompts × %d tokens", src, tgt, len(prompts), s.max_new_tokens)

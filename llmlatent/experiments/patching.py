@@ -64,23 +64,23 @@ def check_settings(
     donor: tuple[str, str],
     receiver: tuple[str, str],
     mean_over: Sequence[str] | None,
-    n: int | None,
-    words: str | Path | None = None,
+    n_pairs: int | None,
+    words_dir: str | Path | None = None,
 ) -> list[str]:
     """Return the mean-over languages that are used (those ≠ the receiver's language) after checking every setting
-    (languages: available in ``words`` or the bundled folder)."""
+    (languages: available in ``words_dir`` or the bundled folder)."""
     for lang in (*donor, *receiver):
-        check_lang(lang, words)
+        check_lang(lang, words_dir)
     if donor[1] == receiver[1]:
         raise PatchingError(
             f"donor and receiver must answer in different languages (both answer in {donor[1]}); "
             "e.g. --donor de:fr --receiver ru:zh"
         )
-    if n is not None and n < 2:
-        raise PatchingError(f"--n-pairs must be at least 2 pairs (95% intervals need two), got {n}")
+    if n_pairs is not None and n_pairs < 2:
+        raise PatchingError(f"--n-pairs must be at least 2 pairs (95% intervals need two), got {n_pairs}")
     if not mean_over:
         return []
-    langs = [check_lang(x, words) for x in mean_over]
+    langs = [check_lang(x, words_dir) for x in mean_over]
     if len(set(langs)) < len(langs):
         raise PatchingError(f"--mean-over lists a language twice ({', '.join(langs)}); give each language once")
     used = [x for x in dict.fromkeys(langs) if x != receiver[1]]
@@ -110,18 +110,18 @@ def _latents(
     frame: pd.DataFrame,
     concepts: list[str],
     spec: tuple[str, str],
-    store_dir: str | Path | None,
+    latents_dir: str | Path | None,
     batch_size: int,
 ) -> torch.Tensor:
     """Return the donor latents of ``concepts`` under one prompt set: live, or from (resumable) latent stores."""
-    if store_dir is None:
+    if latents_dir is None:
         return patching.donor_latents(model, frame.loc[concepts, "prompt"].tolist(), batch_size=batch_size)
     from llmlatent import latents
 
     prompts = tasks.PromptSet(frame.reset_index(), meta={"task": "translation", "src": spec[0], "tgt": spec[1]})
     # named by pair and by a digest of the prompts, so another --seed or word list gets its own store
     digest = hashlib.sha256("\x00".join(prompts.prompts).encode()).hexdigest()[:12]
-    folder = Path(store_dir) / f"translation-{spec[0]}-{spec[1]}-{digest}"
+    folder = Path(latents_dir) / f"translation-{spec[0]}-{spec[1]}-{digest}"
     store = latents.collect(model, prompts, folder, batch_size=batch_size, progress=False)
     return patching.from_store(store, concepts, model)
 
@@ -157,14 +157,14 @@ class PatchSettings(Settings):
     layers: tuple[int, ...] | None = option(None, "patched layers (after block i, 0-based; default all)")
     window: int = option(1, "blocks overwritten from the layer on (default 1: that block only)")
     ci: str = option("normal", "95% intervals", choices=("normal", "bootstrap"))
-    words: str | None = option(
-        None, "folder of word CSVs (bundled or seed layout)", digest=True, aliases=("--words-dir",)
+    words_dir: str | None = option(
+        None, "folder of word CSVs (bundled or seed layout)", digest=True, aliases=("--words",), key_name="words"
     )
-    latents: str | None = option(
+    latents_dir: str | None = option(
         None,
         "take donor latents from latent stores in this folder (collected if missing; float16)",
         key=False,
-        aliases=("--store-dir",),
+        aliases=("--latents", "--store-dir"),
     )
     batch_size: int = option(32, "receiver prompts per forward (does not change the numbers)", key=False)
 
@@ -173,7 +173,7 @@ class PatchSettings(Settings):
         self._set("receiver", tuple(self.receiver))
         self._set("mean_over", tuple(self.mean_over or ()))
         self._set("layers", None if self.layers is None else tuple(self.layers))
-        check_settings(self.donor, self.receiver, self.mean_over, self.n_pairs, self.words)
+        check_settings(self.donor, self.receiver, self.mean_over, self.n_pairs, self.words_dir)
         checks.count(self.window, "window")
         checks.count(self.batch_size, "batch_size")
         for layer in self.layers or ():
@@ -181,7 +181,7 @@ class PatchSettings(Settings):
 
     def key_inputs(self, model: Model) -> dict:
         """Return whether donor latents come from (float16) stores or live forwards: it changes the numbers."""
-        return {"donor_latents": "store" if self.latents else "live"}
+        return {"donor_latents": "store" if self.latents_dir else "live"}
 
 
 @dataclass(frozen=True)
@@ -206,10 +206,11 @@ def compute(model: Model, settings: PatchSettings) -> PatchResult:
     """Return both experiments' rows (one per pair, condition and layer), summary and metadata; see the module
     docstring."""
     s, clock = settings, Clock()
-    used = check_settings(s.donor, s.receiver, s.mean_over, s.n_pairs, s.words)
+    used = check_settings(s.donor, s.receiver, s.mean_over, s.n_pairs, s.words_dir)
     mean_specs, single = [(x, s.receiver[1]) for x in used], (s.donor[0], s.receiver[1])
     with clock("donor_latents"):
-        frames = _prompt_sets(model, [s.receiver, s.donor] + ([single] + mean_specs if used else []), s.seed, s.words)
+        specs = [s.receiver, s.donor] + ([single] + mean_specs if used else [])
+        frames = _prompt_sets(model, specs, s.seed, s.words_dir)
         pool = sorted(set.intersection(*(set(f.index) for f in frames.values())))
         ld, lr = (frames[x]["target_ids"].map(list).to_dict() for x in (s.donor, s.receiver))
         pairs, skipped = patching.make_pairs(pool, ld, lr, s.n_pairs, s.seed)
@@ -221,7 +222,7 @@ def compute(model: Model, settings: PatchSettings) -> PatchResult:
         donors_c = [d for d, _ in pairs]
         log.info("patching %d pairs (%s→%s into %s→%s; mean over %s)", len(pairs), *s.donor, *s.receiver, used or "-")
         latents = {
-            spec: _latents(model, frames[spec], donors_c, spec, s.latents, s.batch_size)
+            spec: _latents(model, frames[spec], donors_c, spec, s.latents_dir, s.batch_size)
             for spec in dict.fromkeys([s.donor] + ([single] + mean_specs if used else []))
         }
         donors = {"donor": latents[s.donor]}

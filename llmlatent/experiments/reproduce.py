@@ -82,14 +82,16 @@ class ReproduceSettings(Settings):
     only: str | None = option(None, "run one task's sweeps only", choices=tasks.TASKS)
     latent: tuple[str, ...] = option(("en",), "latent languages of every sweep and of the grid figures")
     langs: tuple[str, ...] = option(LANGS, "languages of the translation grid and the repetition and cloze rows")
-    words: str | None = option(None, "folder of word CSVs looked at before the bundled ones (adds languages)")
+    words_dir: str | None = option(
+        None, "folder of word CSVs looked at before the bundled ones (adds languages)", aliases=("--words",)
+    )
     paper_repo: str | None = option(
         None, "a clone of epfl-dlab/llm-latent-language: its Llama-2 lines dashed on the fr→zh figures", key=False
     )
 
     def __post_init__(self) -> None:
-        self._set("langs", parse_codes(self.langs, self.words, flag="--langs", at_least=2))
-        self._set("latent", parse_codes(self.latent, self.words, flag="--latent"))
+        self._set("langs", parse_codes(self.langs, self.words_dir, flag="--langs", at_least=2))
+        self._set("latent", parse_codes(self.latent, self.words_dir, flag="--latent"))
         checks.count(self.n_prompts, "n_prompts", optional=True, flag="--n-prompts")
         checks.count(self.batch_size, "batch_size")
         for name in ("results", "figures"):
@@ -121,7 +123,7 @@ def run_specs(langs: tuple[str, ...] = LANGS) -> list[tuple[str, str, str]]:
 
 def _shared(s: ReproduceSettings) -> dict:
     """Return the sweep settings every paper sweep of the reproduction shares."""
-    return {"batch_size": s.batch_size, "latent": s.latent, "words": s.words, "progress": True}
+    return {"batch_size": s.batch_size, "latent": s.latent, "words_dir": s.words_dir, "progress": True}
 
 
 def plan(s: ReproduceSettings) -> list[Step]:
@@ -161,7 +163,7 @@ def plan(s: ReproduceSettings) -> list[Step]:
         steps.append(Step(DETOUR, DetourSettings(n_prompts=s.n_detour, seed=s.seed)))
         bench_store = str(Path(s.results) / "latents" / "steerbench")
         steps.append(
-            Step(STEERBENCH, SteerBenchSettings(n_concepts=s.bench_concepts, seed=s.seed, store_dir=bench_store))
+            Step(STEERBENCH, SteerBenchSettings(n_concepts=s.bench_concepts, seed=s.seed, latents_dir=bench_store))
         )
     return steps
 

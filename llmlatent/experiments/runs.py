@@ -169,6 +169,7 @@ def run(
     defaults to the one of :data:`llmlatent.experiments.EXPERIMENTS` that takes ``settings``; pass another (e.g.
     ``dataclasses.replace(EXPERIMENT, compute=…)``) to run it with the same folder, key and record.
     """
+    settings.preflight()  # the files the settings name (the command line has called it before the model load)
     experiment = experiment or experiment_of(settings)
     out = check_out(out, experiment)
     key = key_of(settings, model, experiment)

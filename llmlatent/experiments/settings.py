@@ -36,6 +36,7 @@ def option(
     metavar: str | None = None,
     cli: bool = True,
     positional: bool = False,
+    key_name: str | None = None,
 ) -> Any:
     """Return a dataclass field carrying its command-line help, aliases and cache-key role.
 
@@ -44,6 +45,8 @@ def option(
     path. ``parse`` turns one command-line string into the value (e.g. ``de:fr`` → ``("de", "fr")``).
     ``cli=False``: an API-only field (no flag). ``positional=True``: a positional argument instead of a flag (a
     tuple takes one or more values, each kept whole).
+    ``cli=False``: an API-only field (no flag). ``key_name``: the name the field had in cache keys written
+    before a rename, kept in the key so that those results are still reused.
     """
     meta = {
         "help": help,
@@ -55,19 +58,27 @@ def option(
         "metavar": metavar,
         "cli": cli,
         "positional": positional,
+        "key_name": key_name,
     }
     return dataclasses.field(default=default, metadata=meta, compare=key)  # equal settings = equal results
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Base of every experiment's settings: validation in ``__post_init__``, one error class per experiment."""
+    """Base of every experiment's settings: values validated in ``__post_init__`` (no file read), files in
+    :meth:`preflight`."""
 
     error: ClassVar[type[LlmlatentError]] = UsageError
 
     def fail(self, message: str) -> typing.NoReturn:
         """Raise this experiment's error class with ``message`` (one line: what is wrong and how to fix it)."""
         raise self.error(message)
+
+    def preflight(self) -> None:
+        """Return None after checking what the settings name on disk (files exist and parse, languages are known).
+
+        ``runs.run`` and the command line call it before the model loads; the base class has nothing to check.
+        """
 
     def _set(self, name: str, value: Any) -> None:
         """Normalise a field in ``__post_init__`` (the dataclass is frozen once built)."""
@@ -93,7 +104,8 @@ class Settings:
             if not f.metadata.get("key", True):
                 continue
             value = getattr(self, f.name)
-            out[f.name] = content_digest(value) if f.metadata.get("digest") else _jsonable(value)
+            name = f.metadata.get("key_name") or f.name
+            out[name] = content_digest(value) if f.metadata.get("digest") else _jsonable(value)
         return out
 
 

@@ -17,124 +17,32 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from llmlatent import checks
-from llmlatent.errors import DataError, LlmlatentError
 from llmlatent.experiments.base import Experiment
-from llmlatent.experiments.settings import Settings, flag_name, option
-from llmlatent.languages.registry import check_lang, parse_codes
-from llmlatent.provenance import prompts_digest, sets_table
-from llmlatent.tasks import TASKS, PromptSet
+from llmlatent.experiments.prompts import GivenPrompts, PromptSettings, PromptSource, StorePrompts
+from llmlatent.experiments.settings import flag_name, option
+from llmlatent.provenance import sets_table
+from llmlatent.tasks import PromptSet
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
-
     from llmlatent.model import Model
 
 log = logging.getLogger(__name__)
 
 
-class SweepError(LlmlatentError, ValueError):
-    """Bad settings of a sweep (or of the prompts of any experiment built from a task)."""
-
-
-@dataclass(frozen=True)
-class PromptSettings(Settings):
-    """Which prompts: a task over word lists (bundled or ``words``), or a saved prompt file (``prompts``)."""
-
-    error = SweepError
-
-    task: str | None = option(None, "translation, repetition or cloze (default translation)", choices=TASKS)
-    src: str | None = option(None, "source language (default fr, or --tgt for repetition); ignored for cloze")
-    tgt: str | None = option(None, "target language (default zh)")
-    n_prompts: int | None = option(None, "number of prompts (default: all that pass the filters)", aliases=("--n",))
-    seed: int = option(0, "seed of the few-shot examples and of the prompt draw")
-    strict: bool = option(False, "strict token sets (no 1-character prefixes for alphabetic words)")
-    cognate_filter: bool = option(False, "drop concepts whose source and English token sets intersect")
-    words: str | None = option(None, "folder of word CSVs (bundled or seed layout)", digest=True)
-    prompts: str | None = option(
-        None, "saved prompt CSV in the seed layout (prompt, out_token_str, latent_token_str)", digest=True
-    )
-    batch_size: int = option(16, "prompts per forward (does not change the numbers)", key=False)
-    latent: tuple[str, ...] = option(
-        ("en",), "latent languages: a curve p(concept in L) per layer for each L (en: the paper's p_english)"
-    )
-    latent_overlap: str = option(
-        "mark", "concepts whose latent-language set intersects the target's: mark (keep, count) or drop (from that "
-        "curve)", choices=("mark", "drop"),
-    )  # fmt: skip
-
-    def __post_init__(self) -> None:
-        self._set("latent", parse_codes(self.latent, self.words, flag="--latent"))
-        checks.count(self.n_prompts, "n_prompts", optional=True, flag="--n-prompts")
-        checks.count(self.batch_size, "batch_size")
-        if self.words and self.prompts:
-            self.fail("--words and --prompts exclude each other: a prompt file already holds its words")
-        if self.prompts:
-            self._check_prompt_file()
-            return
-        task = self.task or "translation"
-        tgt = check_lang(self.tgt or "zh", self.words)
-        src = check_lang(self.src, self.words) if self.src else ("fr" if task == "translation" else tgt)
-        if task == "translation" and src == tgt:
-            raise DataError(f"translation needs two different languages (got {tgt}→{tgt}); use --task repetition")
-        self._set("task", task), self._set("tgt", tgt), self._set("src", src)
-        if self.words:  # empty, non-UTF-8 or duplicate-concept word files fail now, not after the model load
-            from llmlatent.languages import words as data
-
-            with checks.quiet(data.log):
-                data.read_table(["en", src, tgt], self.words)
-
-    def _check_prompt_file(self) -> None:
-        from llmlatent.languages import words as data
-
-        checks.input_file(self.prompts, "prompts")
-        given = [f"--{k.replace('_', '-')}" for k in ("task", "src", "tgt", "cognate_filter") if getattr(self, k)]
-        if given:
-            self.fail(
-                f"--prompts {self.prompts} already defines the prompts; drop {', '.join(given)} (they would be ignored)"
-            )
-        with checks.quiet(data.log):  # an empty, non-UTF-8 or malformed file fails now; its warnings come later
-            data.read_prompt_file(self.prompts)
-
-    def build(self, tokenizer: PreTrainedTokenizerBase) -> PromptSet:
-        """Return the prompt set these settings name, for ``tokenizer``."""
-        from llmlatent import tasks
-        from llmlatent.latent_sets import add_latent_sets
-
-        if self.prompts:
-            built = tasks.from_prompt_file(
-                self.prompts, tokenizer, strict=self.strict, n=self.n_prompts, seed=self.seed
-            )
-        else:
-            built = self._build_task(tokenizer)
-        return add_latent_sets(
-            built, self.latent, tokenizer, words_dir=self.words, strict=self.strict, overlap=self.latent_overlap
-        )
-
-    def _build_task(self, tokenizer: PreTrainedTokenizerBase) -> PromptSet:
-        from llmlatent import tasks
-
-        return tasks.build(
-            self.task,
-            self.src,
-            self.tgt,
-            tokenizer,
-            n=self.n_prompts,
-            seed=self.seed,
-            words_dir=self.words,
-            strict=self.strict,
-            cognate_filter=self.cognate_filter,
-        )
-
-
 @dataclass(frozen=True)
 class SweepSettings(PromptSettings):
-    """A lens sweep: p(target), p(English), p(source), entropy and energy per layer, with 95% intervals."""
+    """A lens sweep: p(target), p(English), p(source), entropy and energy per layer, with 95% intervals.
+
+    The prompts come from one source (:attr:`source`, :mod:`llmlatent.experiments.prompts`): a task or a
+    prompt file (the fields of :class:`PromptSettings`), a latent store (``from_latents``) or a prompt set
+    built in Python (``prompt_set``).
+    """
 
     ci: str = option(
         "normal", "95% intervals: normal approximation (as the paper) or bootstrap", choices=("normal", "bootstrap")
@@ -151,75 +59,82 @@ class SweepSettings(PromptSettings):
     progress: bool = option(True, "progress bar", key=False, cli=False)
 
     def __post_init__(self) -> None:
-        if self.from_latents is not None or self.prompt_set is not None:  # PromptSettings' check is skipped
-            self._set("latent", parse_codes(self.latent, self.words, flag="--latent"))
-        if self.from_latents is not None:
-            self._check_store()
-        elif self.prompt_set is not None:
-            if len(self.prompt_set) == 0:
-                self.fail("the prompt set is empty; build one with at least one prompt")
-            checks.count(self.batch_size, "batch_size")
-        else:
+        if self.from_latents is None and self.prompt_set is None:
             super().__post_init__()
-        if self.paper_repo is not None:  # no lines there, or another task or target: one line before any work
-            from llmlatent.experiments.figures.geometry import overlay_lines
-
-            overlay_lines(self.paper_repo, self._named_prompts_meta())
-
-    def _named_prompts_meta(self) -> dict:
-        """Return what the settings already say of the prompts' task and target (a prompt file: nothing)."""
-        if self.from_latents is not None:
-            from llmlatent.latents.format import read_config
-
-            return read_config(Path(self.from_latents))["meta"]
-        if self.prompt_set is not None:
-            return self.prompt_set.meta
-        return {} if self.prompts else {"task": self.task, "tgt": self.tgt}
-
-    def _check_store(self) -> None:
-        from llmlatent.latents.format import read_config
-
+            return
+        self._check_values()
         # the intervals' seed; prompts per decoding batch; latent languages (sets made for the head's tokenizer)
-        kept = ("seed", "batch_size", "latent", "latent_overlap", "words")
+        kept = ("seed", "batch_size", "latent", "latent_overlap", "words_dir")
         given = [f.name for f in fields(PromptSettings) if f.name not in kept and getattr(self, f.name) != f.default]
-        if given or self.prompt_set is not None:
+        if self.from_latents is not None and (given or self.prompt_set is not None):
             names = ", ".join(flag_name(n) for n in given) or "prompt_set"
             self.fail(f"--from-latents {self.from_latents} already holds its prompts; drop {names}")
-        read_config(Path(self.from_latents))  # not a store: one line now, before the head is loaded
+        if self.prompt_set is not None:
+            GivenPrompts(self.prompt_set).check()  # in memory: checked now
+
+    @property
+    def source(self) -> PromptSource:
+        """Return the prompt source of this sweep: the latent store, the given set, or the task or file named."""
+        if self.from_latents is not None:
+            return StorePrompts(self.from_latents)
+        if self.prompt_set is not None:
+            return GivenPrompts(self.prompt_set)
+        return super().source
+
+    def preflight(self) -> None:
+        """Return None after checking the files (languages, the source's files, the paper's lines) before any work."""
+        super().preflight()
+        if self.paper_repo is not None:  # no lines there, or another task or target: one line before any work
+            from llmlatent.experiments.figures.geometry import check_overlay
+
+            check_overlay(self.source.meta())
+            paper_lines(self.paper_repo)
 
     def prompts_for(self, model: Model) -> PromptSet:
         """Return the prompt set of this sweep (the given one, the store's, or the one the settings name, for the
         model's tokenizer)."""
         from llmlatent.latent_sets import add_latent_sets
 
-        if self.from_latents is None and self.prompt_set is None:
+        source = self.source
+        if not isinstance(source, StorePrompts | GivenPrompts):
             return self.build(model.tokenizer)
-        if self.from_latents is not None:
-            from llmlatent import latents
-
-            given = latents.load(self.from_latents, verify=False).prompt_set()
-        else:
-            given = self.prompt_set
+        given = source.build()
         if self.latent == ("en",):  # the paper's latent language: the sets are the given ones
             return given
-        options = {"words_dir": self.words, "strict": bool(given.meta.get("strict")), "overlap": self.latent_overlap}
-        return add_latent_sets(given, self.latent, model.tokenizer, **options)
+        strict = bool(given.meta.get("strict"))
+        return add_latent_sets(
+            given, self.latent, model.tokenizer, words_dir=self.words_dir, strict=strict, overlap=self.latent_overlap
+        )
 
     def key_inputs(self, model: Model) -> dict:
-        """Return the model-dependent inputs of the key: the prompts' meta and a digest of prompts and token sets
-        (a sweep from a latent store: the store's content digest)."""
-        if self.from_latents is not None:
-            from llmlatent.latents.shards import store_digest
-
-            inputs = {"latent_store_sha256": store_digest(self.from_latents)}
-        else:
-            prompts = self.prompts_for(model)
-            inputs = {"prompt_meta": prompts.meta, "prompts_sha256": prompts_digest(prompts)}
+        """Return the model-dependent inputs of the key: digests of what the prompts are built from (no prompt is
+        built) and of the paper's lines."""
+        inputs = self.prompts_digest(getattr(model, "tokenizer", None))
         if self.paper_repo is not None:  # the overlay figures' lines
-            from llmlatent.experiments.figures.geometry import lines_digest
-
-            inputs["paper_lines_sha256"] = lines_digest(self.paper_repo)
+            inputs["paper_lines_sha256"] = paper_lines(self.paper_repo)[1]
         return inputs
+
+
+def paper_lines(repo: str | Path) -> tuple[dict[str, pd.DataFrame], str]:
+    """Return (the paper's lines of ``repo``, their sha256), read once per content of the lines folder.
+
+    The memo is keyed on the folder and every CSV's name, size and modification time there, so preflight, the
+    cache key and the figures of one run read the files once, and an edited file is read again.
+    """
+    from llmlatent.experiments.figures.geometry import PAPER_LINES
+
+    folder = Path(repo).resolve() / PAPER_LINES
+    stamp = ()
+    if folder.is_dir():
+        stamp = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.rglob("*.csv")))
+    return _paper_lines(str(Path(repo).resolve()), stamp)
+
+
+@lru_cache(maxsize=4)
+def _paper_lines(repo: str, _stamp: tuple) -> tuple[dict[str, pd.DataFrame], str]:
+    from llmlatent.experiments.figures.geometry import lines_digest, read_paper_lines
+
+    return read_paper_lines(repo), lines_digest(repo)
 
 
 @dataclass(frozen=True)
@@ -264,7 +179,7 @@ def compute(model: Model, settings: SweepSettings) -> SweepResult:
     prompts = settings.prompts_for(model)
     log.info(prompts.report())
     started = time.perf_counter()
-    if settings.from_latents is not None:  # model: a LoadedHead (or a Model); no forward pass
+    if isinstance(settings.source, StorePrompts):  # model: a LoadedHead (or a Model); no forward pass
         store = latents.load(settings.from_latents)
         rows = lens.from_latents(
             store, model, batch_size=settings.batch_size, progress=settings.progress, prompts=prompts.df
@@ -277,9 +192,10 @@ def compute(model: Model, settings: SweepSettings) -> SweepResult:
     rows.insert(1, "concept", rows["prompt_id"].map(dict(zip(prompts.df["prompt_id"], prompts.df["concept"]))))
     summary = metrics.summarize(rows, ci=settings.ci, seed=settings.seed)
     if settings.paper_repo is not None:
-        from llmlatent.experiments.figures.geometry import overlay_lines
+        from llmlatent.experiments.figures.geometry import check_overlay
 
-        lines = overlay_lines(settings.paper_repo, prompts.meta)  # a prompt file's target is known now
+        check_overlay(prompts.meta)  # a prompt file's target is known now
+        lines = paper_lines(settings.paper_repo)[0]
     return SweepResult(
         prompts,
         sets_table(prompts, model.tokenizer),

@@ -49,7 +49,7 @@ def test_old_spellings_and_named_counts_reach_the_same_fields(tmp_path):
          "--no-flip", "--layers", "5,7", "9", "--wrong-pair", "de", "ru"]
     )  # fmt: skip
     s = from_args(SteeringSettings, steer)
-    assert (s.words, s.store_dir, s.n_generate, s.n_random, s.n_flip, s.flip) == (w, "s", 2, 1, 3, False)
+    assert (s.words_dir, s.latents_dir, s.n_generate, s.n_random, s.n_flip, s.flip) == (w, "s", 2, 1, 3, False)
     assert s.layers == (5, 7, 9) and s.wrong_pair == ("de", "ru")
     for command, field in (("sweep", "n_prompts"), ("patch", "n_pairs"), ("reproduce", "n_prompts")):
         given = ["--n", "7"] + (["--out", "x"] if command != "reproduce" else [])
@@ -58,6 +58,36 @@ def test_old_spellings_and_named_counts_reach_the_same_fields(tmp_path):
         PatchSettings, subparser("patch").parse_args(["--out", "x", "--donor", "en:de", "--mean-over", "none"])
     )
     assert patch.donor == ("en", "de") and patch.mean_over == ()
+
+
+@pytest.mark.parametrize("command", ["sweep", "cache", "patch", "steer", "steer-bench", "detour", "reproduce"])
+def test_one_name_per_concept_and_the_old_spellings_still_parse(command, tmp_path):
+    """words_dir and latents_dir in every settings class; --words, --store-dir, --latents, --n keep working."""
+    from llmlatent.experiments.cache import CacheSettings
+    from llmlatent.experiments.detour import DetourSettings
+
+    cls = {**COMMANDS, "cache": CacheSettings, "detour": DetourSettings}[command]
+    names = {f.name for f in dataclasses.fields(cls)}
+    assert "words_dir" in names and not names & {"words", "store_dir", "latents", "n"}
+    out = ["--out", str(tmp_path / "o")] if command != "reproduce" else []
+    for flag in ("--words", "--words-dir"):
+        given = from_args(cls, subparser(command).parse_args([*out, flag, str(tmp_path)]))
+        assert given.words_dir == str(tmp_path)
+    if "latents_dir" in names:
+        for flag in ("--latents", "--store-dir", "--latents-dir"):
+            assert from_args(cls, subparser(command).parse_args([*out, flag, "s"])).latents_dir == "s"
+    counts = [
+        n for n in ("n_prompts", "n_pairs") if n in names and "--n" in cls.__dataclass_fields__[n].metadata["aliases"]
+    ]
+    for field in counts:
+        assert getattr(from_args(cls, subparser(command).parse_args([*out, "--n", "7"])), field) == 7
+
+
+def test_a_renamed_field_keeps_its_old_name_in_the_cache_key(tmp_path):
+    """Results written before words became words_dir are still reused: the key holds the field's old name."""
+    settings = PatchSettings(words_dir=str(tmp_path))
+    assert "words" in settings.key_fields() and "words_dir" not in settings.key_fields()
+    assert "words_dir" in settings.to_dict()  # the record names the field as it is now
 
 
 def test_a_new_field_gets_a_flag_without_touching_the_cli():

@@ -122,6 +122,6 @@ def test_sweep_refuses_the_lines_beside_another_target(tiny_models, llama2_folde
     m = tiny_models["llama"]
     store = latents.collect(m, tasks.build("repetition", "zh", "zh", m.tokenizer, n=2), tmp_path / "s", progress=False)
     with pytest.raises(PaperLinesError, match="these prompts are repetition into zh"):
-        SweepSettings(from_latents=str(store.path), paper_repo=str(tmp_path / "paper"))
+        SweepSettings(from_latents=str(store.path), paper_repo=str(tmp_path / "paper")).preflight()
     with pytest.raises(PaperLinesError, match="no R/data/data_for_sphere_plots folder"):
-        SweepSettings(task="translation", tgt="zh", paper_repo=str(tmp_path))
+        SweepSettings(task="translation", tgt="zh", paper_repo=str(tmp_path)).preflight()

@@ -143,7 +143,7 @@ SMALL = dict(
 
 def test_benchmark_on_tiny_model_reuses_means_and_holds_out_test(tiny_models, tmp_path, monkeypatch):
     model = tiny_models["gemma3_text"]
-    s = SteerBenchSettings(**SMALL, store_dir=str(tmp_path / "latents"))
+    s = SteerBenchSettings(**SMALL, latents_dir=str(tmp_path / "latents"))
     first = runs.run(s, model, tmp_path / "a")
     splits = first["splits"]
     assert not set(splits["fit"]) & set(splits["select"]) and not set(splits["select"]) & set(splits["test"])
@@ -224,7 +224,7 @@ def test_reproduce_plans_the_small_benchmark_and_copies_its_figure(tmp_path):
         if s.folder == reproduce.STEERBENCH
     ]
     assert step.settings.langs == ("en", "fr", "de", "ru", "zh") and step.settings.n_concepts == 12
-    assert step.settings.seed == 3 and step.settings.store_dir == str(results / "latents" / "steerbench")
+    assert step.settings.seed == 3 and step.settings.latents_dir == str(results / "latents" / "steerbench")
     (results / reproduce.STEERBENCH).mkdir(parents=True)
     (results / reproduce.STEERBENCH / "heatmaps.png").write_bytes(b"png")
     (tmp_path / "figures").mkdir()

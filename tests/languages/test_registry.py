@@ -48,7 +48,7 @@ def test_a_user_language_gets_its_autonym_and_runs_through_a_sweep(tmp_path, tin
     assert (sv.label, sv.script, sv.answer) == ("Svenska", "Latn", "")  # langcodes' autonym, capitalised
     assert "sv" in languages.codes(folder) and "sv" not in languages.codes()
     model = tiny_models["gemma3_text"]
-    settings = SweepSettings(src="fr", tgt="sv", words=str(folder), n_prompts=4)
+    settings = SweepSettings(src="fr", tgt="sv", words_dir=str(folder), n_prompts=4)
     result = compute(model, settings)
     assert len(result.prompts) == 4 and result.prompts.prompts[0].count('Svenska: "') == 5  # 4 shots + the query
     record = runs.run(settings, model, tmp_path / "out")
@@ -83,7 +83,7 @@ def test_code_lists_refuse_duplicates_and_too_few():
     with pytest.raises(DataError, match="--langs needs at least 2 language"):
         languages.parse_codes("en", flag="--langs", at_least=2)
     with pytest.raises(DataError, match="unknown language 'qq'"):
-        SweepSettings(latent=("en", "qq"))
+        SweepSettings(latent=("en", "qq")).preflight()  # the languages are looked up before any model loads
 
 
 def test_misaligned_and_malformed_files_are_refused(tmp_path, spm_tokenizer):

@@ -454,12 +454,10 @@ def test_same_model_by_id_and_by_path_combine(tiny_models, tmp_path):
 
 
 def run_steering(model, out, *, force=False, experiment=None, **settings):
-    """Return best.json's content after ``runs.run`` of ``SteeringSettings(**settings)`` (``words_dir``: ``words``)."""
+    """Return best.json's content after ``runs.run`` of ``SteeringSettings(**settings)``."""
     from llmlatent.experiments import runs
     from llmlatent.experiments.steering.plan import SteeringSettings
 
-    if "words_dir" in settings:
-        settings["words"] = settings.pop("words_dir")
     return runs.run(SteeringSettings(**settings), model, out, force=force, experiment=experiment)
 
 
@@ -597,7 +595,7 @@ def test_fit_latents_come_from_a_store_that_holds_them(tiny_models, tmp_path):
     real = latents.collect
     try:
         latents.collect = lambda *a, **k: calls.append(a[1].meta["tgt"]) or real(*a, **k)
-        result = steering_sweep.sweep(model, seed=1, reuse_stores=[store], store_dir=tmp_path / "fit", **SMALL)
+        result = steering_sweep.sweep(model, seed=1, reuse_stores=[store], latents_dir=tmp_path / "fit", **SMALL)
     finally:
         latents.collect = real
     assert sorted(calls) == ["en", "ru"]  # zh came from the store

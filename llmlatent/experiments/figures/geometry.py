@@ -169,8 +169,8 @@ def overlay_figure(summary: pd.DataFrame, lines: dict[str, pd.DataFrame], kind: 
     return fig
 
 
-def overlay_lines(repo: str | Path, meta: dict) -> dict[str, pd.DataFrame]:
-    """Return the paper's lines of ``repo`` (:func:`read_paper_lines`) for curves of prompts with ``meta``.
+def check_overlay(meta: dict) -> None:
+    """Return None if the paper's lines may be drawn beside curves of prompts with ``meta``.
 
     The lines are the paper's translations into Chinese: a known task other than translation or a known
     target other than zh is refused with one line (Llama-2's p(zh) beside a p(German) would read as a
@@ -182,7 +182,6 @@ def overlay_lines(repo: str | Path, meta: dict) -> dict[str, pd.DataFrame]:
             f"--paper-repo: the paper's lines are its translations into Chinese, these prompts are {task} into "
             f"{tgt}; sweep --task translation --tgt zh, or drop --paper-repo"
         )
-    return read_paper_lines(repo)
 
 
 def lines_digest(repo: str | Path) -> str:

@@ -121,7 +121,7 @@ class Evaluator:
 def prompt_frames(model: Model, s: SteeringSettings) -> tuple[dict[str, pd.DataFrame], Splits]:
     """Return the translation prompts answering in every language the run needs, and the concept splits."""
     langs = list(dict.fromkeys([s.source, s.target, *s.wrong_pair]))
-    built = core.prompt_frames(model.tokenizer, [(s.via, lang) for lang in langs], s.seed, s.words)
+    built = core.prompt_frames(model.tokenizer, [(s.via, lang) for lang in langs], s.seed, s.words_dir)
     frames = {lang: built[(s.via, lang)] for lang in langs}
     return frames, core.make_splits(core.concept_pool(frames), s.seed, s.n_concepts, s.n_flip)
 
@@ -136,7 +136,7 @@ def fit(
             model,
             frames,
             splits.fit,
-            Path(s.store_dir or tmp),
+            Path(s.latents_dir or tmp),
             reuse_stores=open_stores(s.reuse_stores),
             batch_size=s.batch_size,
             progress=s.progress,
@@ -298,7 +298,7 @@ def report(
 
 def settings_record(s: SteeringSettings, layers: list[int]) -> dict:
     """Return the settings as best.json lists them (lists, the resolved layers, no stores)."""
-    record = {k: v for k, v in s.to_dict().items() if k not in ("store_dir", "reuse_stores", "words")}
+    record = {k: v for k, v in s.to_dict().items() if k not in ("latents_dir", "reuse_stores", "words_dir")}
     return {**record, "layers": None if s.layers is None else layers, "reuse_prefix": s.reuse_prefix}
 
 
@@ -364,8 +364,8 @@ EXPERIMENT = Experiment(
 
 
 def sweep(model: Model, **settings: object) -> SteeringResult:
-    """Return :func:`compute` of ``SteeringSettings(**settings)`` (``words_dir`` is accepted for ``words``)."""
-    return compute(model, _settings(settings))
+    """Return :func:`compute` of ``SteeringSettings(**settings)``."""
+    return compute(model, SteeringSettings(**settings))
 
 
 def _settings(kwargs: dict) -> SteeringSettings:

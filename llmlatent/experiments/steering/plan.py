@@ -51,14 +51,14 @@ class SteeringSettings(Settings):
         "the wrong-pair control μ_TOWARDS − μ_AWAY_FROM at Δ's norm (default: en ru for ru→zh via fr)",
         metavar=("TOWARDS", "AWAY_FROM"),
     )
-    words: str | None = option(
-        None, "folder of word CSVs (bundled or seed layout)", digest=True, aliases=("--words-dir",)
+    words_dir: str | None = option(
+        None, "folder of word CSVs (bundled or seed layout)", digest=True, aliases=("--words",), key_name="words"
     )
-    store_dir: str | None = option(
+    latents_dir: str | None = option(
         None,
         "keep the fit latent stores in this folder and reuse them on reruns (default: temporary)",
         key=False,
-        aliases=("--latents",),
+        aliases=("--latents", "--store-dir"),
     )
     reuse_stores: tuple[str, ...] = option(
         (), "latent stores (e.g. from `cache`) searched for the fit prompts before computing them", key=False
@@ -69,7 +69,7 @@ class SteeringSettings(Settings):
 
     def __post_init__(self) -> None:
         for lang in (self.source, self.target, self.via):
-            check_lang(lang, self.words)
+            check_lang(lang, self.words_dir)
         if len({self.source, self.target, self.via}) < 3:
             raise DataError(
                 f"source, target and via must be three different languages "
@@ -94,7 +94,7 @@ class SteeringSettings(Settings):
 
     def judge(self) -> OutputJudge:
         """Return the output-language judge of the languages in play (source, target, via, the wrong pair)."""
-        return OutputJudge((self.source, self.target, self.via, *self.wrong_pair), self.words)
+        return OutputJudge((self.source, self.target, self.via, *self.wrong_pair), self.words_dir)
 
     def _checked_alphas(self) -> tuple[float, ...]:
         alphas = DEFAULT_ALPHAS if self.alphas is None else self.alphas  # None: the defaults
@@ -102,12 +102,12 @@ class SteeringSettings(Settings):
 
     def _checked_wrong_pair(self) -> tuple[str, str]:
         s = self
-        pair = default_wrong_pair(s.source, s.target, s.via, s.words) if s.wrong_pair is None else s.wrong_pair
+        pair = default_wrong_pair(s.source, s.target, s.via, s.words_dir) if s.wrong_pair is None else s.wrong_pair
         pair = tuple(pair)
         if len(pair) != 2 or pair[0] == pair[1]:
             self.fail(f"wrong_pair must be two different languages (towards, away from), got {pair!r}")
         for lang in pair:
-            check_lang(lang, self.words)
+            check_lang(lang, self.words_dir)
         if self.via in pair:
             self.fail(
                 f"wrong_pair must not use the prompts' source language {self.via!r}: "

@@ -6,7 +6,7 @@
    language from each input language it needs; the concept pool is cut into three disjoint seeded thirds
    **fit / select / test** (:func:`llmlatent.experiments.steering.core.split_concepts`);
 2. language means: for each language L the fit prompts' last-token latents (from ``n_vias`` input
-   languages) are collected **once** into latent stores under ``store_dir`` (a rerun, or ``reproduce``,
+   languages) are collected **once** into latent stores under ``latents_dir`` (a rerun, or ``reproduce``,
    reuses them and runs no forward; ``fit_forwards`` in summary.json counts them) and averaged
    (:mod:`llmlatent.steering.language_means`);
 3. per ordered pair s → t: each method's direction at each layer, scaled to the layer's common norm
@@ -68,16 +68,16 @@ def prompt_frames(model: Model, s: SteerBenchSettings) -> tuple[dict[tuple[str, 
     """Return (via, lang) → translation prompts by concept, for the fit and the steered pairs, and the splits."""
     wanted = {(v, lang) for lang in s.langs for v in s.vias(lang)}
     wanted |= {(s.via(a, b), x) for a, b in s.pairs() for x in (a, b)}
-    frames = core.prompt_frames(model.tokenizer, sorted(wanted), s.seed, s.words)
+    frames = core.prompt_frames(model.tokenizer, sorted(wanted), s.seed, s.words_dir)
     fit, select, test = core.split_concepts(core.concept_pool(frames), s.seed, s.n_concepts)
     return frames, {"fit": fit, "select": select, "test": test}
 
 
 def store_root(model: Model, s: SteerBenchSettings) -> Path:
-    """Return the folder of the fit latent stores: ``store_dir`` or the cache's, one subfolder per model and dtype."""
+    """Return the folder of the fit latent stores: ``latents_dir`` or the cache's, one subfolder per model and dtype."""
     fp = Fingerprint.of(model.fingerprint())
     dtype = str(getattr(model.hf, "dtype", "")).removeprefix("torch.")
-    root = Path(s.store_dir) if s.store_dir else cache_dir() / "steerbench-latents"
+    root = Path(s.latents_dir) if s.latents_dir else cache_dir() / "steerbench-latents"
     return root / f"{fp.unembedding_sha256[:12]}-{fp.n_layers}x{fp.hidden_size}-{dtype}"
 
 
@@ -185,7 +185,13 @@ def compute(model: Model, s: SteerBenchSettings) -> BenchResult:
         means, fit_info = fit_means(model, s, frames, splits["fit"], layers)
     log.info("fit latents: %d forwards (0 = every store reused)", fit_info["fit_forwards"])
     norms = language_vectors.layer_norms(means, s.langs)
-    ctx = {"frames": frames, "splits": splits, "means": means, "norms": norms, "judge": OutputJudge(s.langs, s.words)}
+    ctx = {
+        "frames": frames,
+        "splits": splits,
+        "means": means,
+        "norms": norms,
+        "judge": OutputJudge(s.langs, s.words_dir),
+    }
     parts, chosen = [], []
     with clock("pairs"):
         for pair in tqdm(s.pairs(), desc="steer-bench", unit="pair", disable=not s.progress):

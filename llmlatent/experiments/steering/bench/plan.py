@@ -47,20 +47,20 @@ class SteerBenchSettings(Settings):
     seed: int = option(0, "seed of the splits, the few-shot examples and the random controls")
     n_random: int = option(1, "random directions of the common norm per chosen setting (the control)")
     max_new_tokens: int = option(3, "greedy generation length (language forcing is judged on it)")
-    words: str | None = option(
-        None, "folder of word CSVs (bundled or seed layout)", digest=True, aliases=("--words-dir",)
+    words_dir: str | None = option(
+        None, "folder of word CSVs (bundled or seed layout)", digest=True, aliases=("--words",), key_name="words"
     )
-    store_dir: str | None = option(
+    latents_dir: str | None = option(
         None,
         "folder of the fit latent stores, reused by reruns (default: <LLMLATENT_CACHE>/steerbench-latents)",
         key=False,
-        aliases=("--latents",),
+        aliases=("--latents", "--store-dir"),
     )
     batch_size: int = option(32, "prompts per prefix cache (its groups enter the key, as float rounding may differ)")
     progress: bool = option(True, "progress bar", key=False, cli=False)
 
     def __post_init__(self) -> None:
-        self._set("langs", parse_langs(self.langs, self.words))
+        self._set("langs", parse_langs(self.langs, self.words_dir))
         methods = tuple(dict.fromkeys(self.methods))
         for name in methods:
             if name not in METHODS:
@@ -104,7 +104,7 @@ class SteerBenchSettings(Settings):
         A third language keeps the prompt from showing the target word (a t → s prompt steered to t could
         copy its input). Two languages alone take it from the other available languages (the paper's five first).
         """
-        return next(x for x in (*self.langs, *codes(self.words)) if x not in (source, target))
+        return next(x for x in (*self.langs, *codes(self.words_dir)) if x not in (source, target))
 
     def wrong(self, source: str, target: str) -> str | None:
         """Return X of the wrong-pair control μ_X − μ_source: the first language of ``langs`` not in the pair."""

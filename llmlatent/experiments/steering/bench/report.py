@@ -176,7 +176,7 @@ def record(
         "methods": list(s.methods),
         "pairs": len(s.pairs()),
         "model": Fingerprint.of(model.fingerprint()).to_dict(),
-        "settings": {k: v for k, v in s.to_dict().items() if k not in ("store_dir", "words")},
+        "settings": {k: v for k, v in s.to_dict().items() if k not in ("latents_dir", "words_dir")},
         "layers": layers,
         "alphas": list(s.alphas),
         "chosen_on": "select",
