@@ -213,7 +213,7 @@ def test_prompt_set_from_another_tokenizer_is_refused_by_the_lens(tiny_models, r
     message = one_line(exc)
     assert "made with another tokenizer" in message and "32000 tokens" in message and str(len(spm_tokenizer)) in message
     assert "again with model.tokenizer" in message
-    tokens.check_tokenizer(tasks.build("translation", "fr", "zh", spm_tokenizer, n=5), spm_tokenizer)  # same: passes
+    tasks.check_tokenizer(tasks.build("translation", "fr", "zh", spm_tokenizer, n=5), spm_tokenizer)  # same: passes
 
 
 def test_vocabulary_hash_is_cached_per_tokenizer(spm_tokenizer, bpe_tokenizer):

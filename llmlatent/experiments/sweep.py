@@ -267,7 +267,7 @@ def compute(model: Model, settings: SweepSettings) -> SweepResult:
     if settings.from_latents is not None:  # model: a LoadedHead (or a Model); no forward pass
         store = latents.load(settings.from_latents)
         rows = lens.from_latents(
-            store, model, batch_size=settings.batch_size, progress=settings.progress, prompts=prompts.df
+            store, model, batch_size=settings.batch_size, progress=settings.progress, prompts=prompts
         )
     else:
         rows = lens.sweep(

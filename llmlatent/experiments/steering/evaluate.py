@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from tqdm.auto import tqdm
 
+from llmlatent.lens.base import of as lens_of
 from llmlatent.lens.decode import decode
 from llmlatent.prefix import Prefix
 from llmlatent.steering.batched import generate_many, steered_final
@@ -93,7 +94,7 @@ def metrics(batch: Batch, items: Sequence[Item], towards: str, source: str) -> l
     model, n = batch.model, len(batch.frame)
     finals = steered_final(model, batch.prefix, [item.steering() for item in items], max_rows=MAX_ROWS)
     stats = decode(
-        model.lens,  # the last block's output at the last token: the lens at the last layer
+        lens_of(model),  # the last block's output at the last token: the lens at the last layer
         finals.reshape(len(items) * n, -1),
         {"target": batch.target_sets * len(items), "source": batch.source_sets * len(items)},
         k=1,
