@@ -20,8 +20,9 @@ same on every rank of a position × layer). Share of English among the layer-ℓ
 
 Every decoding goes through ``of(model)`` (:func:`llmlatent.lens.base.of`) with
 :func:`llmlatent.lens.decode.decode` (float32, streamed over the vocabulary). Hooks live only inside
-:func:`llmlatent.capture.capture_last`'s ``with`` block, so they are removed after an exception too. Prompts generated together are left-padded; results do not depend on
-the batch size or the padding (tested to 1e-5).
+:func:`llmlatent.capture.capture_last`'s ``with`` block, so they are removed after an exception too.
+Prompts generated together are left-padded; results do not depend on the batch size or the padding
+(tested to 1e-5).
 """
 
 from __future__ import annotations
