@@ -278,4 +278,3 @@ def check_ids(frame: pd.DataFrame, vocab_size: int | None = None) -> None:
                         f"prompt set: token id {t!r} in {column} of row {row} is not {span} (the tokenizer's "
                         "vocabulary); build the prompt set with the model's tokenizer"
                     )
-
