@@ -3,7 +3,8 @@
 The public face: ``import llmlatent as ll`` carries a notebook.
 
 - ``ll.load(name)`` → :class:`Model` (``None``: the embedded gemma-3-270m); ``ll.load_unembedding`` → its head alone.
-- ``ll.tasks.build(task, src, tgt, model.tokenizer)`` → :class:`PromptSet` (``ll.tasks.custom`` for your own words).
+- ``ll.tasks.build(task, src, tgt, model.tokenizer)`` → :class:`PromptSet` (``ll.tasks.custom`` for your own words);
+  ``ll.sets_table(prompts, tokenizer)`` shows its token sets.
 - ``ll.sweep(model, prompts)`` → tidy rows (prompt × layer); ``ll.metrics.summarize`` → curves per layer;
   ``ll.top_tokens(model, prompt)``; ``ll.lens_of(model)`` → the :class:`Lens` every reading uses (assign
   ``model.lens`` to change it; :class:`LogitLens` is the paper's).
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from llmlatent.lens import Lens, LogitLens, from_latents, sweep, top_tokens
     from llmlatent.lens import of as lens_of
     from llmlatent.model import Model, load, load_unembedding
+    from llmlatent.provenance import sets_table
     from llmlatent.steering import SteeringVector, mean_difference
     from llmlatent.tasks import PromptSet
 
@@ -39,6 +41,7 @@ _HOMES: dict[str, tuple[str, str | None]] = {
     "Model": ("llmlatent.model", "Model"),
     "tasks": ("llmlatent.tasks", None),
     "PromptSet": ("llmlatent.tasks", "PromptSet"),
+    "sets_table": ("llmlatent.provenance", "sets_table"),
     "metrics": ("llmlatent.metrics", None),
     "lens": ("llmlatent.lens", None),
     "Lens": ("llmlatent.lens", "Lens"),
@@ -63,6 +66,7 @@ __all__ = [
     "Model",
     "tasks",
     "PromptSet",
+    "sets_table",
     "metrics",
     "lens",
     "Lens",
