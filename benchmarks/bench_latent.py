@@ -23,6 +23,7 @@ import torch
 from llmlatent import capture, tasks
 from llmlatent.latent_sets import add_latent_sets
 from llmlatent.lens import last_token as lens
+from llmlatent.lens.base import of as lens_of
 
 LATENT = ("en", "fr", "de", "ru", "zh")  # the paper's five: 4 sets beyond English (zh: the target's own)
 
@@ -45,7 +46,7 @@ def benchmark(model, n: int, repeats: int, batch_size: int = 16, latent: tuple[s
             sweeps[name].append(_timed(run, one if name == "one" else five))
     with torch.inference_mode():
         latents, _ = capture.forward_last(model, one.prompts)
-    decode = lambda ps: lens.decode_frame(model.lens, latents, ps.df, model.tokenizer)  # noqa: E731
+    decode = lambda ps: lens.decode_frame(lens_of(model), latents, ps.df, model.tokenizer)  # noqa: E731
     decodes = {"one": [], "five": []}
     for i in range(repeats):
         for name in ("one", "five") if i % 2 == 0 else ("five", "one"):

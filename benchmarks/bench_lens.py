@@ -197,8 +197,8 @@ def bare_forward(model: model_mod.Model, texts: list[str], batch_size: int) -> N
 
 
 def run_sweep(model: model_mod.Model, frame: pd.DataFrame, batch_size: int) -> pd.DataFrame:
-    """Return ``lens.sweep``'s rows (synchronised, for timing)."""
-    rows = lens.sweep(model, frame, batch_size=batch_size, progress=False)
+    """Return ``lens.sweep``'s rows of a prompt frame (synchronised, for timing)."""
+    rows = lens.sweep(model, tasks.PromptSet(frame), batch_size=batch_size, progress=False)
     sync(model)
     return rows
 

@@ -16,7 +16,6 @@ from llmlatent.checkpoint import checkpoint_files, find_key
 from llmlatent.checks import torch_dtype
 from llmlatent.embedded import DEFAULT_MODEL, default_model_path
 from llmlatent.errors import ModelLoadError, UsageError
-from llmlatent.lens.base import Lens, LogitLens
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -52,21 +51,20 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
 
 @dataclass
 class Model:
-    """A loaded causal LM with its tokenizer, family adapter and lens (default: the logit lens of its head).
+    """A loaded causal LM with its tokenizer and family adapter (blocks, final norm, head).
 
-    ``lens`` is what every sweep, patching and steering decode reads block outputs with; assign another
-    :class:`llmlatent.lens.base.Lens` (a tuned lens …) to change them all.
+    ``lens`` is the user's choice of lens, None by default; the model does not build one. Every sweep,
+    patching and steering decode reads block outputs with ``llmlatent.lens.of(model)``: the lens assigned
+    here (a :class:`llmlatent.lens.Lens`, such as a tuned lens), else the logit lens of the head. The field
+    is typed ``object`` because this module sits below :mod:`llmlatent.lens` (which imports it); ``lens.of``
+    refuses anything but a Lens with one line.
     """
 
     hf: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
     adapter: Adapter
     name: str
-    lens: Lens | None = field(default=None, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.lens is None:
-            self.lens = LogitLens(self.adapter.unembedding)
+    lens: object = field(default=None, repr=False, compare=False)
 
     @property
     def n_layers(self) -> int:

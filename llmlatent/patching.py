@@ -170,7 +170,7 @@ def from_store(store: LatentStore, concepts: Sequence[str], model: Model | None 
     ``store`` is a :class:`llmlatent.latents.LatentStore`; with ``model`` its fingerprint is checked first.
     """
     if model is not None:
-        store.check(model)
+        store.check(model.fingerprint())
     index = {c: i for i, c in enumerate(store.prompts["concept"])}
     missing = [c for c in concepts if c not in index]
     if missing:

@@ -12,14 +12,16 @@ import numpy as np
 import pandas as pd
 
 from llmlatent import checks
-from llmlatent.errors import DataError
+from llmlatent.errors import DataError, UsageError
 from llmlatent.languages.registry import PAPER, check_lang, get
 from llmlatent.languages.words import MASK, read_prompt_file, read_table
 from llmlatent.tokens import (
+    TokenSetError,
     check_ids,
     check_tokenizer_object,
     token_set,
     tokenizer_identity,
+    vocab_sha256,
     word_warning,
 )
 
@@ -74,6 +76,38 @@ class PromptSet:
         drops = ", ".join(f"{k}={v}" for k, v in self.dropped.items() if v) or "none"
         task = f"{self.meta.get('task')} {self.meta.get('src')}→{self.meta.get('tgt')}"
         return f"{len(self)} prompts kept ({task}); dropped: {drops}"
+
+
+def check_tokenizer(prompts: PromptSet, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Return None if the prompt set's token sets were made with ``tokenizer`` (same vocabulary); else TokenSetError.
+
+    A PromptSet built by :mod:`llmlatent.tasks` remembers its tokenizer's vocabulary sha256; a set without
+    that identity (``PromptSet(frame)``) is checked for ids in the tokenizer's range only. A duck-typed
+    tokenizer without vocabulary (benchmarks) or length gets the checks it allows.
+    """
+    made_with = prompts.tokenizer or {}
+    has_vocab = callable(getattr(tokenizer, "get_vocab", None))
+    if made_with.get("sha256") and has_vocab and made_with["sha256"] != vocab_sha256(tokenizer):
+        ours = tokenizer_identity(tokenizer)
+        raise TokenSetError(
+            f"the prompt set's token sets were made with another tokenizer ({made_with.get('name') or 'unnamed'}, "
+            f"{made_with.get('size')} tokens, vocabulary sha256 {made_with['sha256'][:12]}…) than the model's "
+            f"({ours['name'] or 'unnamed'}, {ours['size']} tokens, {ours['sha256'][:12]}…); build the prompt set "
+            "again with model.tokenizer"
+        )
+    check_ids(prompts.df, len(tokenizer) if hasattr(tokenizer, "__len__") else None)
+
+
+def check_prompts(prompts: object, where: str) -> PromptSet:
+    """Return ``prompts`` if it is a :class:`PromptSet`; else raise a one-line UsageError naming ``where``.
+
+    The library's functions take prompts as a PromptSet only (its frame, meta and tokenizer identity together);
+    a DataFrame with the PromptSet columns becomes one with ``PromptSet(frame)``.
+    """
+    if isinstance(prompts, PromptSet):
+        return prompts
+    hint = ": wrap the frame as llmlatent.PromptSet(frame)" if isinstance(prompts, pd.DataFrame) else ""
+    raise UsageError(f"{where} takes a PromptSet (tasks.build, tasks.custom …), got a {type(prompts).__name__}{hint}")
 
 
 def _line(labels: tuple[str, str], src_word: str, tgt_word: str | None) -> str:

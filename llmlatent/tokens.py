@@ -278,24 +278,3 @@ def check_ids(frame: pd.DataFrame, vocab_size: int | None = None) -> None:
                         f"prompt set: token id {t!r} in {column} of row {row} is not {span} (the tokenizer's "
                         "vocabulary); build the prompt set with the model's tokenizer"
                     )
-
-
-def check_tokenizer(prompts: object, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Return None if the prompt set's token sets were made with ``tokenizer`` (same vocabulary); else TokenSetError.
-
-    ``prompts`` is a PromptSet or its frame. A PromptSet built by :mod:`llmlatent.tasks` remembers its tokenizer's
-    vocabulary sha256; a set without that
-    identity (a plain frame) is checked for ids in the tokenizer's range only. A duck-typed tokenizer
-    without vocabulary (benchmarks) or length gets the checks it allows.
-    """
-    made_with = getattr(prompts, "tokenizer", None) or {}
-    has_vocab = callable(getattr(tokenizer, "get_vocab", None))
-    if made_with.get("sha256") and has_vocab and made_with["sha256"] != vocab_sha256(tokenizer):
-        ours = tokenizer_identity(tokenizer)
-        raise TokenSetError(
-            f"the prompt set's token sets were made with another tokenizer ({made_with.get('name') or 'unnamed'}, "
-            f"{made_with.get('size')} tokens, vocabulary sha256 {made_with['sha256'][:12]}…) than the model's "
-            f"({ours['name'] or 'unnamed'}, {ours['size']} tokens, {ours['sha256'][:12]}…); build the prompt set "
-            "again with model.tokenizer"
-        )
-    check_ids(getattr(prompts, "df", prompts), len(tokenizer) if hasattr(tokenizer, "__len__") else None)

@@ -213,7 +213,7 @@ def test_prompt_set_from_another_tokenizer_is_refused_by_the_lens(tiny_models, r
     message = one_line(exc)
     assert "made with another tokenizer" in message and "32000 tokens" in message and str(len(spm_tokenizer)) in message
     assert "again with model.tokenizer" in message
-    tokens.check_tokenizer(tasks.build("translation", "fr", "zh", spm_tokenizer, n=5), spm_tokenizer)  # same: passes
+    tasks.check_tokenizer(tasks.build("translation", "fr", "zh", spm_tokenizer, n=5), spm_tokenizer)  # same: passes
 
 
 def test_vocabulary_hash_is_cached_per_tokenizer(spm_tokenizer, bpe_tokenizer):
@@ -233,9 +233,12 @@ def test_token_ids_outside_the_vocabulary_are_refused(tiny_models, spm_tokenizer
     if bad in (-1, -262145, 2.0, True):  # never a token id: refused when the PromptSet is made
         with pytest.raises(tokens.TokenSetError, match="in english_ids of row 1 is not a whole number ≥ 0"):
             tasks.PromptSet(frame)
-    with pytest.raises(tokens.TokenSetError) as exc:  # the lens checks the tokenizer's range, for frames too
-        lens.sweep(tiny_models["llama"], frame, progress=False)
-    assert f"[0, {len(spm_tokenizer)})" in one_line(exc)
+    else:
+        with pytest.raises(tokens.TokenSetError) as exc:  # the lens checks the tokenizer's range (no identity)
+            lens.sweep(tiny_models["llama"], tasks.PromptSet(frame), progress=False)
+        assert f"[0, {len(spm_tokenizer)})" in one_line(exc)
+    with pytest.raises(UsageError, match=r"^lens.sweep takes a PromptSet .*, got a DataFrame: wrap the frame as"):
+        lens.sweep(tiny_models["llama"], frame, progress=False)  # prompts arrive as a PromptSet only
 
 
 EXPECTED = {  # sha256 of the frames made before the tokenizer identity was added (commit 5f731de): unchanged

@@ -208,7 +208,7 @@ def compute(model: Model | LoadedHead, settings: GeometrySettings) -> GeometryRe
 
     clock = Clock()
     store = latents.load(settings.from_latents)
-    store.check(model)
+    store.check(model.fingerprint())
     unembedding = model.unembedding
     words = prompt_tokens(store.prompts, model.tokenizer)
     rows = store.prompts.reset_index(drop=True).reset_index().set_index("prompt_id").loc[words["prompt_id"], "index"]

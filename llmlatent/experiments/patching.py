@@ -37,6 +37,7 @@ from llmlatent.experiments.base import Clock, Experiment
 from llmlatent.experiments.settings import Settings, option
 from llmlatent.languages.registry import check_lang
 from llmlatent.lens import decode
+from llmlatent.lens.base import of as lens_of
 from llmlatent.patching import SETS, headline, summarize
 
 if TYPE_CHECKING:
@@ -311,7 +312,7 @@ def decode_rows(
                 sets[name].extend([s] * k)
     rows_latents = torch.cat(latents)  # the last block's outputs: decoded by the model's lens at its last layer
     last = torch.full((rows_latents.shape[0],), model.n_layers - 1)
-    stats = decode.decode(model.lens, rows_latents, sets, k=1, energy=False, layers=last)
+    stats = decode.decode(lens_of(model), rows_latents, sets, k=1, energy=False, layers=last)
     rows = pd.concat(frames, ignore_index=True)
     top = stats["top_ids"][:, 0].tolist()
     for name in SETS:

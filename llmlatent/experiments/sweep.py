@@ -182,7 +182,7 @@ def compute(model: Model, settings: SweepSettings) -> SweepResult:
     if isinstance(settings.source, StorePrompts):  # model: a LoadedHead (or a Model); no forward pass
         store = latents.load(settings.from_latents)
         rows = lens.from_latents(
-            store, model, batch_size=settings.batch_size, progress=settings.progress, prompts=prompts.df
+            store, model, batch_size=settings.batch_size, progress=settings.progress, prompts=prompts
         )
     else:
         rows = lens.sweep(

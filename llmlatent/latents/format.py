@@ -21,11 +21,11 @@ import torch
 from llmlatent.adapter import Fingerprint
 from llmlatent.atomic import atomic_file
 from llmlatent.errors import LlmlatentError, UsageError
+from llmlatent.tasks import PromptSet, check_prompts
 from llmlatent.tokens import set_columns
 
 if TYPE_CHECKING:
     from llmlatent.model import Model
-    from llmlatent.tasks import PromptSet
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +58,19 @@ def check_dtype(dtype: str | torch.dtype) -> str:
 # ---------------------------------------------------------------- metadata columns and store config
 
 
-def prompt_frame(prompts: PromptSet | pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """Return (the prompt frame with a fresh index, the prompt set's JSON-able meta) of a PromptSet or DataFrame."""
-    frame = getattr(prompts, "df", prompts)
-    if not isinstance(frame, pd.DataFrame) or "prompt" not in frame:
-        raise UsageError("prompts must be a PromptSet or a DataFrame with a 'prompt' column")
+def prompt_frame(prompts: PromptSet, where: str = "latents.collect") -> tuple[pd.DataFrame, dict]:
+    """Return (the prompt frame with a fresh index, the prompt set's JSON-able meta) of a PromptSet.
+
+    Anything else is refused with one line naming ``where`` (the function the user called).
+    """
+    frame = check_prompts(prompts, where).df
+    if "prompt" not in frame:
+        raise UsageError(f"{where}: the prompt set has no 'prompt' column")
     if len(frame) == 0:
         raise UsageError("no prompts to collect")
     if "latents" in frame:
         raise UsageError("the prompt frame must not have a 'latents' column (that name holds the latents)")
-    meta = json.loads(json.dumps(dict(getattr(prompts, "meta", {}) or {}), default=str))
+    meta = json.loads(json.dumps(dict(prompts.meta or {}), default=str))
     return frame.reset_index(drop=True), meta
 
 

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from llmlatent import capture, checks
-from llmlatent.adapter import Fingerprint, LoadedHead, Unembedding
+from llmlatent.adapter import Fingerprint, LoadedHead
 from llmlatent.errors import UsageError
 from llmlatent.latents.format import (
     STORAGE,
@@ -47,7 +47,6 @@ from llmlatent.latents.format import (
 )
 from llmlatent.latents.shards import disk_size, fill_shards, shard_problem, shard_range, to_storage
 from llmlatent.latents.space import check_free_space, disk_full
-from llmlatent.lens.base import Lens
 from llmlatent.tokens import set_columns
 
 if TYPE_CHECKING:
@@ -67,7 +66,7 @@ def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 def collect(
     model: Model,
-    prompts: PromptSet | pd.DataFrame,
+    prompts: PromptSet,
     path: str | os.PathLike,
     *,
     batch_size: int = 16,
@@ -80,8 +79,8 @@ def collect(
 ) -> LatentStore | None:
     """Return the :class:`LatentStore` at ``path`` after collecting every prompt's last-token latents into it.
 
-    ``prompts`` is a :class:`llmlatent.tasks.PromptSet` (or a DataFrame with a ``prompt`` column;
-    every column is stored). Finished shards are kept, so rerunning after a crash computes only
+    ``prompts`` is a :class:`llmlatent.tasks.PromptSet` (every column of its frame is stored; a DataFrame
+    becomes one with ``PromptSet(frame)``). Finished shards are kept, so rerunning after a crash computes only
     the missing ones. ``dtype`` is the storage dtype (float16, bfloat16, float32); ``shard_size``
     (prompts per shard, default 64; a resumed store keeps its own). With ``world_size`` > 1 (default
     from ``RANK``/``WORLD_SIZE``) this process computes only shards ``k % world_size == rank``; it
@@ -119,7 +118,7 @@ def collect(
 
 def write_latents(
     source: Model | LoadedHead | Fingerprint,
-    prompts: PromptSet | pd.DataFrame,
+    prompts: PromptSet,
     latents: torch.Tensor,
     path: str | os.PathLike,
     *,
@@ -135,7 +134,7 @@ def write_latents(
     """
     dtype = check_dtype(dtype)
     checks.count(shard_size, "shard_size", optional=True)
-    frame, meta = prompt_frame(prompts)
+    frame, meta = prompt_frame(prompts, "write_latents")
     fingerprint = source if isinstance(source, Fingerprint) else source.fingerprint()
     want = (len(frame), fingerprint.n_layers, fingerprint.hidden_size)
     if tuple(latents.shape) != want:
@@ -277,14 +276,18 @@ class LatentStore:
             return torch.empty(shape)
         return torch.cat(parts)
 
-    def check(self, source: Model | LoadedHead | Lens | Unembedding) -> None:
-        """Return None if ``source`` is the model these latents came from (:meth:`Fingerprint.same_model`).
+    def check(self, given: Fingerprint) -> None:
+        """Return None if ``given`` identifies the model these latents came from (:meth:`Fingerprint.same_model`).
 
-        ``source`` is a Model, a LoadedHead, a Lens or an Unembedding (a bare head does not know its
-        block count: only its hash and width are compared); raise FingerprintMismatch otherwise.
+        ``given`` is a :class:`~llmlatent.adapter.Fingerprint` (``model.fingerprint()``, ``head.fingerprint()``;
+        :func:`llmlatent.lens.last_token.from_latents` checks any lens source); raise FingerprintMismatch when it
+        names other weights, and a one-line UsageError for anything but a Fingerprint.
         """
+        if not isinstance(given, Fingerprint):
+            raise UsageError(
+                f"LatentStore.check takes a Fingerprint (model.fingerprint()), got a {type(given).__name__}"
+            )
         want = self.fingerprint
-        given = _fingerprint_of(source, want.n_layers)
         if want.same_model(given):
             return
         problems = []
@@ -303,19 +306,6 @@ class LatentStore:
     def size_bytes(self) -> int:
         """Return the store's size on disk in bytes."""
         return disk_size(self.path)
-
-
-def _fingerprint_of(source: object, n_layers: int) -> Fingerprint:
-    """Return the Fingerprint of a Model, LoadedHead, Lens or Unembedding (a head alone: ``n_layers`` assumed)."""
-    if not isinstance(source, LoadedHead | Lens | Unembedding):
-        if callable(getattr(source, "fingerprint", None)) and hasattr(source, "unembedding"):  # a Model
-            return Fingerprint.of(source.fingerprint())
-        raise TypeError(f"expected a Model, LoadedHead, Lens or Unembedding, got {type(source).__name__}")
-    name = source.name if isinstance(source, LoadedHead) else "the given unembedding"
-    head = source if isinstance(source, Unembedding) else source.unembedding
-    return Fingerprint(
-        model=name, n_layers=n_layers, hidden_size=int(head.weight.shape[1]), unembedding_sha256=head.fingerprint()
-    )
 
 
 def load(path: str | os.PathLike, *, format: str | None = "torch", verify: bool = True) -> LatentStore:

@@ -5,21 +5,32 @@ unembedding read (:meth:`Lens.transform`, per layer), then decodes it with that 
 :class:`~llmlatent.adapter.Unembedding`. The logit lens (:class:`LogitLens`, the paper's method) is the
 identity map; a tuned lens or any learned per-layer translator subclasses :class:`Lens` and
 overrides :meth:`Lens.transform`. :func:`llmlatent.lens.decode.decode` takes a Lens wherever it takes an
-Unembedding; every lens reading in :mod:`llmlatent.lens.last_token` (sweeps, top tokens, log-probabilities, the
-store's :func:`~llmlatent.lens.last_token.from_latents`) goes through ``Model.lens``, so assigning a new lens there
+Unembedding.
+
+:func:`of` is the one place that turns what a caller holds (a Model, a LoadedHead, an Unembedding or a
+Lens) into a Lens: a Model's is the lens assigned to ``model.lens``, else the logit lens of its head. Every
+lens reading in :mod:`llmlatent.lens.last_token` (sweeps, top tokens, log-probabilities, the store's
+:func:`~llmlatent.lens.last_token.from_latents`) asks ``of(model)``, so assigning a new lens to ``model.lens``
 changes them all without touching any caller. Patching and steering decode the *final* block's output
-through ``Model.lens`` at the last layer (for the logit lens: the model's own head, as is).
+through ``of(model)`` at the last layer (for the logit lens: the model's own head, as is). :func:`origin` adds
+what :func:`of` knows besides the lens (the model's fingerprint and tokenizer), for readings of stored latents.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from llmlatent.adapter import Unembedding
+from llmlatent.adapter import Fingerprint, LoadedHead, Unembedding
 from llmlatent.errors import UsageError
+from llmlatent.model import Model
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class Lens(ABC):
@@ -65,10 +76,63 @@ class LogitLens(Lens):
         return hidden
 
 
-def as_lens(lens_or_unembedding: Lens | Unembedding) -> Lens:
-    """Return ``lens_or_unembedding`` as a Lens: an Unembedding becomes its :class:`LogitLens`."""
-    if isinstance(lens_or_unembedding, Lens):
-        return lens_or_unembedding
-    if isinstance(lens_or_unembedding, Unembedding):
-        return LogitLens(lens_or_unembedding)
-    raise TypeError(f"expected a Lens or an Unembedding, got {type(lens_or_unembedding).__name__}")
+ACCEPTED = "a Model, a LoadedHead, an Unembedding or a Lens"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """What a lens reading knows of its source: the lens, the model's fingerprint and its tokenizer.
+
+    ``fingerprint`` is None for a bare Unembedding or Lens (no block count, no name); ``tokenizer`` is None
+    when the source carries none.
+    """
+
+    lens: Lens
+    fingerprint: Fingerprint | None
+    tokenizer: PreTrainedTokenizerBase | None
+
+    def identity(self, n_layers: int) -> Fingerprint:
+        """Return the model's Fingerprint; a bare head's has ``n_layers`` assumed (only hash and width are known)."""
+        if self.fingerprint is not None:
+            return self.fingerprint
+        head = self.lens.unembedding
+        return Fingerprint(
+            model="the given unembedding",
+            n_layers=n_layers,
+            hidden_size=int(head.weight.shape[1]),
+            unembedding_sha256=head.fingerprint(),
+        )
+
+
+def origin(source: Model | LoadedHead | Unembedding | Lens) -> Origin:
+    """Return the :class:`Origin` (lens, fingerprint, tokenizer) of ``source``: the one dispatch over the four types.
+
+    A Model's lens is ``model.lens`` when the user assigned one, else the logit lens of its head; a LoadedHead's
+    and an Unembedding's is their logit lens; a Lens is itself. Any other type raises a one-line UsageError.
+    """
+    if isinstance(source, Lens):
+        return Origin(source, None, None)
+    if isinstance(source, Unembedding):
+        return Origin(LogitLens(source), None, None)
+    if isinstance(source, LoadedHead):
+        fingerprint = source.fingerprint()
+        known = fingerprint if fingerprint.n_layers > 0 else None  # a config without a block count: a bare head
+        return Origin(LogitLens(source.unembedding), known, source.tokenizer)
+    if isinstance(source, Model):
+        chosen = LogitLens(source.unembedding) if source.lens is None else source.lens
+        if not isinstance(chosen, Lens):
+            raise UsageError(
+                f"model.lens is a {type(chosen).__name__}, not a llmlatent.lens.Lens: assign a Lens, or None for the "
+                "logit lens"
+            )
+        return Origin(chosen, source.fingerprint(), source.tokenizer)
+    raise UsageError(f"a lens is read from {ACCEPTED}; got a {type(source).__name__}")
+
+
+def of(source: Model | LoadedHead | Unembedding | Lens) -> Lens:
+    """Return the Lens of ``source``: a Model's assigned ``model.lens``, else the logit lens of its head.
+
+    A LoadedHead or an Unembedding gives its logit lens, a Lens itself; any other type raises a one-line
+    UsageError naming the four accepted types.
+    """
+    return origin(source).lens

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from llmlatent.adapter import Unembedding
-from llmlatent.lens.base import Lens, as_lens
+from llmlatent.lens.base import Lens, of
 from llmlatent.metrics import LOG2
 
 # float32 logits decoded at once: all rows' logits over one slice of the vocabulary, sized to stay in
@@ -169,7 +169,8 @@ def decode(
 ) -> dict[str, torch.Tensor]:
     """Return per-row lens statistics for raw residual vectors ``latents`` [N, hidden].
 
-    ``lens`` is a :class:`llmlatent.lens.base.Lens` or an Unembedding (= its logit lens); ``layers`` [N]
+    ``lens`` is a :class:`llmlatent.lens.base.Lens` or anything :func:`llmlatent.lens.base.of` reads (an
+    Unembedding = its logit lens); ``layers`` [N]
     names the block of every row, needed by lenses that translate per layer (the logit lens ignores it).
 
     Keys: ``entropy`` (bits), ``top_ids``/``top_probs`` [N, k], ``energy`` (see
@@ -181,7 +182,7 @@ def decode(
     from llmlatent.metrics import token_energy
 
     sets = sets or {}
-    lens = as_lens(lens)
+    lens = of(lens)
     unembedding = lens.unembedding
     device = unembedding.head.weight.device
     # the lens's per-layer translation (the logit lens: the same tensor, untouched) before the shared head

@@ -18,10 +18,11 @@ counted; the lens there predicts the token at ``position + 1``), ``input_token``
 same on every rank of a position × layer). Share of English among the layer-ℓ top-1 decodings:
 ``rows[rows["rank"] == 1].groupby("layer")["in_en"].mean()``.
 
-Every decoding goes through ``model.lens`` with :func:`llmlatent.lens.decode.decode` (float32, streamed over
-the vocabulary). Hooks live only inside :func:`llmlatent.capture.capture_last`'s ``with`` block, so they
-are removed after an exception too. Prompts generated together are left-padded; results do not depend on
-the batch size or the padding (tested to 1e-5).
+Every decoding goes through ``of(model)`` (:func:`llmlatent.lens.base.of`) with
+:func:`llmlatent.lens.decode.decode` (float32, streamed over the vocabulary). Hooks live only inside
+:func:`llmlatent.capture.capture_last`'s ``with`` block, so they are removed after an exception too.
+Prompts generated together are left-padded; results do not depend on the batch size or the padding
+(tested to 1e-5).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from llmlatent import checks
 from llmlatent.capture import capture_last, check_captured
 from llmlatent.errors import UsageError
 from llmlatent.languages.scripts import concepts_in, lang_tags, script, word_sets
+from llmlatent.lens.base import of
 from llmlatent.lens.decode import decode
 from llmlatent.prefix import cache_kwarg
 
@@ -80,7 +82,7 @@ def _frame(
     """Return the tidy rows of ``hidden`` [N, hidden] (block ``layers`` [N]); ``index`` holds each row's leading
     columns, ``sets`` each row's word sets."""
     names = list(sets[0]) if sets else []
-    stats = decode(model.lens, hidden, {n: [s[n] for s in sets] for n in names}, k=k, energy=False, layers=layers)
+    stats = decode(of(model), hidden, {n: [s[n] for s in sets] for n in names}, k=k, energy=False, layers=layers)
     top_ids = stats["top_ids"].reshape(-1).tolist()
     vocab = {t: model.tokenizer.decode([t]) for t in set(top_ids)}
     out = index.loc[index.index.repeat(k)].reset_index(drop=True)

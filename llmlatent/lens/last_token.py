@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 from llmlatent.adapter import LoadedHead, Unembedding
 from llmlatent.capture import capture_last, check_captured, forward_last, length_batches
 from llmlatent.errors import UsageError
-from llmlatent.lens.base import Lens, as_lens
+from llmlatent.lens.base import Lens, of, origin
 from llmlatent.lens.decode import decode
 from llmlatent.model import Model
-from llmlatent.tokens import SET_COLUMNS, check_tokenizer, set_columns
+from llmlatent.tasks import check_prompts, check_tokenizer
+from llmlatent.tokens import SET_COLUMNS, set_columns
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -47,11 +48,12 @@ def layer_logprobs(model: Model, prompts: Sequence[str], *, batch_size: int = 8)
     result = torch.empty(len(prompts), model.n_layers, model.unembedding.vocab_size)
     for idx in length_batches(model, prompts, batch_size):
         latents, _ = forward_last(model, [prompts[i] for i in idx])
+        lens = of(model)
         with torch.inference_mode():
             rows = latents.reshape(-1, latents.shape[-1])  # prompt-major rows: layer = row mod n_layers
             layers = torch.arange(model.n_layers).repeat(len(idx))
-            hidden = model.lens.translate(rows, layers).reshape(*latents.shape[:2], -1)  # logit lens: latents
-            lp = torch.log_softmax(model.lens.unembedding(hidden), dim=-1)
+            hidden = lens.translate(rows, layers).reshape(*latents.shape[:2], -1)  # logit lens: latents
+            lp = torch.log_softmax(lens.unembedding(hidden), dim=-1)
         result[idx] = lp.cpu()
     return result
 
@@ -62,7 +64,7 @@ def top_tokens(model: Model, prompt: str, k: int = 5) -> pd.DataFrame:
 
     count(k, "k", flag="-k", maximum=model.unembedding.vocab_size)  # k ≤ the vocabulary, known once the model is loaded
     latents, _ = forward_last(model, [prompt])
-    stats = decode(model.lens, latents[0], k=k, energy=False, layers=torch.arange(model.n_layers))
+    stats = decode(of(model), latents[0], k=k, energy=False, layers=torch.arange(model.n_layers))
     rows = []
     for layer in range(model.n_layers):
         for rank in range(k):
@@ -129,7 +131,7 @@ def decode_frame(
 
 def sweep(
     model: Model,
-    prompts: PromptSet | pd.DataFrame,
+    prompts: PromptSet,
     *,
     batch_size: int = 16,
     seed: int = 0,
@@ -137,16 +139,18 @@ def sweep(
 ) -> pd.DataFrame:
     """Return the tidy lens frame, one row per (prompt, layer): p_target/english/source, entropy, energy, top_token.
 
-    ``prompts`` is a :class:`llmlatent.tasks.PromptSet` (or its DataFrame with columns
+    ``prompts`` is a :class:`llmlatent.tasks.PromptSet` (its frame has the columns
     ``prompt_id, prompt, target_ids, english_ids[, source_ids]``). Batches are formed from prompts
     of similar length; results do not depend on batch size or padding. ``seed`` seeds torch for
     families with stochastic layers (none in eval mode) so reruns are byte-identical.
     """
+    prompts = check_prompts(prompts, "lens.sweep")
     check_tokenizer(prompts, model.tokenizer)
-    frame = getattr(prompts, "df", prompts)
+    frame = prompts.df
     if len(frame) == 0:
         raise UsageError("no prompts to sweep")
     torch.manual_seed(seed)
+    lens = of(model)
     texts = frame["prompt"].tolist()
     parts: list[pd.DataFrame] = []
     pending: list[tuple[list[int], torch.Tensor]] = []  # batches' latents not decoded yet
@@ -154,7 +158,7 @@ def sweep(
     def flush() -> None:
         idx = [i for ids, _ in pending for i in ids]
         latents = torch.cat([lat for _, lat in pending])
-        parts.append(decode_frame(model.lens, latents, frame.iloc[idx], model.tokenizer))
+        parts.append(decode_frame(lens, latents, frame.iloc[idx], model.tokenizer))
         pending.clear()
 
     bar = tqdm(total=len(texts), desc="lens sweep", unit="prompt", disable=not progress)
@@ -178,40 +182,40 @@ def sweep(
 
 def from_latents(
     store: LatentStore,
-    unembedding: LoadedHead | Model | Lens | Unembedding,
+    source: Model | LoadedHead | Unembedding | Lens,
     *,
     tokenizer: PreTrainedTokenizerBase | None = None,
     batch_size: int = 64,
     progress: bool = True,
-    prompts: pd.DataFrame | None = None,
+    prompts: PromptSet | None = None,
 ) -> pd.DataFrame:
     """Return the tidy lens frame of a :class:`~llmlatent.latents.LatentStore`: the rows and columns of :func:`sweep`.
 
-    ``prompts`` replaces the store's prompt frame (the same rows in the same order, e.g. with latent-language
+    ``prompts`` replaces the store's prompt set (the same rows in the same order, e.g. with latent-language
     sets added by :func:`llmlatent.latent_sets.add_latent_sets`); the prompt texts must match the store's.
 
-    No forward pass: the stored latents are decoded with ``unembedding`` (a
-    :class:`~llmlatent.adapter.LoadedHead` from :func:`llmlatent.model.load_unembedding`, a loaded Model
-    (its ``lens``), a :class:`~llmlatent.lens.base.Lens` or an Unembedding), which must match the store's
-    fingerprint. The tokenizer (to name top tokens) defaults to the one the head or model carries.
+    No forward pass: the stored latents are decoded with the lens of ``source`` (:func:`llmlatent.lens.base.of`:
+    a :class:`~llmlatent.adapter.LoadedHead` from :func:`llmlatent.model.load_unembedding`, a loaded Model, an
+    Unembedding or a :class:`~llmlatent.lens.base.Lens`), which must match the store's fingerprint (a bare head
+    or lens: its hash and width). The tokenizer (to name top tokens) defaults to the one the head or model carries.
     """
-    store.check(unembedding)
-    if isinstance(unembedding, LoadedHead | Model):
-        tokenizer = tokenizer or unembedding.tokenizer
-    if isinstance(unembedding, Model):
-        lens = unembedding.lens
-    else:
-        lens = as_lens(unembedding.unembedding if isinstance(unembedding, LoadedHead) else unembedding)
+    found = origin(source)
+    store.check(found.identity(store.fingerprint.n_layers))
+    tokenizer = tokenizer or found.tokenizer
     if tokenizer is None:
         raise UsageError("from_latents needs a tokenizer to name the top tokens: pass tokenizer=…")
-    frame = store.prompts if prompts is None else prompts.reset_index(drop=True)
-    if prompts is not None and frame["prompt"].tolist() != store.prompts["prompt"].tolist():
-        raise UsageError("from_latents: the given prompts are not the store's prompts (same rows, same order)")
+    if prompts is None:
+        frame = store.prompts
+    else:
+        frame = check_prompts(prompts, "from_latents(prompts=…)").df.reset_index(drop=True)
+        if frame["prompt"].tolist() != store.prompts["prompt"].tolist():
+            raise UsageError("from_latents: the given prompts are not the store's prompts (same rows, same order)")
     parts = []
     bar = tqdm(total=len(store), desc="lens from latents", unit="prompt", disable=not progress)
     for start in range(0, len(store), batch_size):
         stop = min(len(store), start + batch_size)
-        parts.append(decode_frame(lens, store.latents(rows=slice(start, stop)), frame.iloc[start:stop], tokenizer))
+        rows = store.latents(rows=slice(start, stop))
+        parts.append(decode_frame(found.lens, rows, frame.iloc[start:stop], tokenizer))
         bar.update(stop - start)
     bar.close()
     return pd.concat(parts, ignore_index=True)
@@ -235,7 +239,7 @@ def top_tokens_positions(model: Model, prompt: str, positions: int = 8, k: int =
     check_captured(captured, model.n_layers)
     latents = torch.stack([c[0].to(captured[0].device) for c in captured])  # [layers, keep, hidden]
     layers = torch.arange(model.n_layers).repeat_interleave(keep)  # rows are layer-major
-    stats = decode(model.lens, latents.reshape(-1, latents.shape[-1]), k=k, energy=False, layers=layers)
+    stats = decode(of(model), latents.reshape(-1, latents.shape[-1]), k=k, energy=False, layers=layers)
     ids = inputs["input_ids"][0, -keep:].tolist()
     first = n_tokens - keep
     names = {tid: model.tokenizer.decode([tid]) for tid in set(ids) | set(stats["top_ids"].reshape(-1).tolist())}

@@ -247,16 +247,17 @@ def test_write_latents_checks_before_writing(tmp_path):
     from llmlatent.adapter import Fingerprint
     from llmlatent.latents import LatentStoreError
     from llmlatent.latents.store import write_latents
+    from llmlatent.tasks import PromptSet
 
     fp = Fingerprint(model="given", n_layers=2, hidden_size=3, unembedding_sha256="0" * 64)
     frame = pd.DataFrame({"prompt": ["a", "b"], "prompt_id": [0, 1]})
     big = torch.full((2, 2, 3), 1e6)
     with pytest.raises(LatentStoreError, match="beyond float16's range"):
-        write_latents(fp, frame, big, tmp_path / "half", dtype="float16", progress=False)
+        write_latents(fp, PromptSet(frame), big, tmp_path / "half", dtype="float16", progress=False)
     with pytest.raises(LatentStoreError, match=r"do not fit \(2, 2, 3\)"):
-        write_latents(fp, frame, big[:, :1], tmp_path / "shape", progress=False)
+        write_latents(fp, PromptSet(frame), big[:, :1], tmp_path / "shape", progress=False)
     assert not (tmp_path / "half").exists() and not (tmp_path / "shape").exists()
-    store = write_latents(fp, frame, big, tmp_path / "full", shard_size=1, progress=False)
+    store = write_latents(fp, PromptSet(frame), big, tmp_path / "full", shard_size=1, progress=False)
     assert torch.equal(store.latents(), big) and store.config["n_shards"] == 2 and store.fingerprint == fp
 
 

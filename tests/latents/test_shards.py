@@ -16,6 +16,7 @@ from llmlatent.adapter import Fingerprint
 from llmlatent.latents import load, paper, shards
 from llmlatent.latents.format import features
 from llmlatent.latents.store import write_latents
+from llmlatent.tasks import PromptSet
 
 FP = Fingerprint(model="given", n_layers=3, hidden_size=5, unembedding_sha256="0" * 64)
 
@@ -44,7 +45,9 @@ def test_shard_dataset_equals_dataset_from_dict(dtype, tmp_path):
 
     from llmlatent.latents.format import records
 
-    store = write_latents(FP, _frame(7), _latents(7), tmp_path / "s", dtype=dtype, shard_size=4, progress=False)
+    store = write_latents(
+        FP, PromptSet(_frame(7)), _latents(7), tmp_path / "s", dtype=dtype, shard_size=4, progress=False
+    )
     config = store.config
     frame = _frame(7).iloc[4:7]
     data = records(frame, config["columns"])
@@ -70,12 +73,12 @@ def test_an_error_while_finishing_keeps_earlier_shards_and_resumes(tmp_path, mon
     monkeypatch.setattr(shards, "write_json", fail_on_shard_2)
     path = tmp_path / "s"
     with pytest.raises(OSError, match="disk on fire"):
-        write_latents(FP, _frame(9), _latents(9), path, shard_size=2, progress=False)
+        write_latents(FP, PromptSet(_frame(9)), _latents(9), path, shard_size=2, progress=False)
     done = sorted(p.name for p in (path / "shards").iterdir() if p.name.isdigit())
     # shard 3 may have been staged while shard 2 was finishing: it is removed, never renamed into place
     assert done == ["00000", "00001"] and _leftovers(path) == []
     monkeypatch.undo()
-    store = write_latents(FP, _frame(9), _latents(9), path, shard_size=2, progress=False)
+    store = write_latents(FP, PromptSet(_frame(9)), _latents(9), path, shard_size=2, progress=False)
     assert torch.equal(store.latents(), _latents(9)) and _leftovers(path) == []
 
 
@@ -90,7 +93,7 @@ def test_an_error_while_staging_waits_for_the_shard_being_finished(tmp_path, mon
     monkeypatch.setattr(shards, "stage_shard", fail_on_shard_3)
     path = tmp_path / "s"
     with pytest.raises(RuntimeError, match="out of memory"):
-        write_latents(FP, _frame(9), _latents(9), path, shard_size=2, progress=False)
+        write_latents(FP, PromptSet(_frame(9)), _latents(9), path, shard_size=2, progress=False)
     done = sorted(p.name for p in (path / "shards").iterdir() if p.name.isdigit())
     assert done == ["00000", "00001", "00002"] and _leftovers(path) == []  # shard 2 finished before the error left
     for k in range(3):
@@ -147,5 +150,5 @@ def test_a_shard_size_beyond_arrow_list_offsets_is_refused_before_anything_is_wr
     frame = _frame(2)
     latents = torch.zeros(2, 80, 8192)
     with pytest.raises(LatentStoreError, match=r"shard size 4000 is too large .* at most 3276 prompts"):
-        write_latents(wide, frame, latents, tmp_path / "s", shard_size=4000, progress=False)
+        write_latents(wide, PromptSet(frame), latents, tmp_path / "s", shard_size=4000, progress=False)
     assert not (tmp_path / "s").exists()

@@ -61,7 +61,7 @@ def test_the_estimate_covers_a_real_store(tmp_path):
     fingerprint = Fingerprint(model="m", n_layers=18, hidden_size=640, unembedding_sha256="ab" * 32)
     frame = pd.DataFrame({"prompt": [f'Français: "mot {i}" - 中文: "' for i in range(130)]})
     values = torch.randn(130, 18, 640, generator=torch.Generator().manual_seed(0))
-    store = write_latents(fingerprint, frame, values, tmp_path / "s", dtype="float16", progress=False)
+    store = write_latents(fingerprint, tasks.PromptSet(frame), values, tmp_path / "s", dtype="float16", progress=False)
     raw = space.latent_bytes(store.config, 130)
     assert raw == 130 * 18 * 640 * 2
     assert raw < disk_size(tmp_path / "s") <= raw * space.OVERHEAD + space.SLACK_BYTES

@@ -20,6 +20,7 @@ from llmlatent.adapter import Fingerprint, LoadedHead
 from llmlatent.cli import main
 from llmlatent.errors import UsageError
 from llmlatent.lens import last_token as lens
+from llmlatent.lens.base import of
 
 ROOT = Path(__file__).resolve().parents[2]
 NUMERIC = ["p_target", "p_english", "p_source", "entropy", "energy", "top_prob"]
@@ -165,7 +166,7 @@ def test_load_unembedding_reads_only_norm_and_head(tiny_models, bpe_tokenizer, t
     assert head.unembedding.softcap == m.unembedding.softcap and head.tokenizer is not None
     ps = prompt_set(m, n=4)
     store = latents.collect(m, ps, tmp_path / "s", progress=False)
-    store.check(head)
+    store.check(head.fingerprint())
     pd.testing.assert_frame_equal(
         lens.from_latents(store, head, progress=False), lens.from_latents(store, m, progress=False)
     )
@@ -181,16 +182,25 @@ def test_store_from_another_model_is_refused(tiny_models, tmp_path):
     llama, qwen = tiny_models["llama"], tiny_models["qwen2"]
     ps = prompt_set(llama, n=3)
     store = latents.collect(llama, ps, tmp_path / "s", progress=False)
-    store.check(llama)
-    store.check(llama.unembedding)
-    store.check(llama.lens)
-    via_lens = lens.from_latents(store, llama.lens, tokenizer=llama.tokenizer, progress=False)
+    store.check(llama.fingerprint())
+    via_lens = lens.from_latents(store, of(llama), tokenizer=llama.tokenizer, progress=False)
     pd.testing.assert_frame_equal(via_lens, lens.from_latents(store, llama, progress=False), check_exact=True)
+    via_head = lens.from_latents(store, llama.unembedding, tokenizer=llama.tokenizer, progress=False)
+    pd.testing.assert_frame_equal(via_head, via_lens, check_exact=True)
     with pytest.raises(UsageError, match="needs a tokenizer"):
         lens.from_latents(store, llama.unembedding, progress=False)  # a bare head carries no tokenizer
-    for other in (qwen, qwen.unembedding):
+    with pytest.raises(latents.FingerprintMismatch, match=r"fingerprint mismatch: .* collected with tiny-llama"):
+        store.check(qwen.fingerprint())
+    for other in (qwen.unembedding, of(qwen)):  # a bare head or lens: its hash and width are compared
         with pytest.raises(latents.FingerprintMismatch, match=r"fingerprint mismatch: .* collected with tiny-llama"):
-            store.check(other)
+            lens.from_latents(store, other, tokenizer=qwen.tokenizer, progress=False)
+    for wrong in (llama, llama.unembedding, "tiny-llama"):  # a Fingerprint only: one line, not a TypeError
+        with pytest.raises(UsageError, match=r"^LatentStore.check takes a Fingerprint \(model.fingerprint"):
+            store.check(wrong)
+    with pytest.raises(
+        UsageError, match=r"^a lens is read from a Model, a LoadedHead, an Unembedding or a Lens; got a str"
+    ):
+        lens.from_latents(store, "tiny-llama", progress=False)
     with pytest.raises(latents.FingerprintMismatch, match="fingerprint mismatch"):
         lens.from_latents(store, qwen, progress=False)
     with pytest.raises(latents.FingerprintMismatch, match="fingerprint mismatch"):

@@ -175,17 +175,18 @@ def test_default_lens_is_bit_identical_to_the_unembedding_path(tiny_models, fami
     import pandas as pd
 
     from llmlatent import tasks
-    from llmlatent.lens.base import LogitLens
+    from llmlatent.lens.base import LogitLens, of
 
     model = tiny_models[family]
-    assert isinstance(model.lens, LogitLens) and model.lens.unembedding is model.unembedding
+    assert model.lens is None  # the model does not build its lens: lens.of(model) does
+    assert isinstance(of(model), LogitLens) and of(model).unembedding is model.unembedding
     ps = tasks.build("translation", "fr", "zh", model.tokenizer, n=6)
     pd.testing.assert_frame_equal(lens.sweep(model, ps, progress=False), old_sweep(model, ps), check_exact=True)
     latents, _ = capture.forward_last(model, PROMPTS)
     rows = latents.reshape(-1, latents.shape[-1])
     sets = {"target": [[3, 5]] * len(rows)}
     new, old = (
-        decode_stats(model.lens, rows, sets, layers=torch.arange(3).repeat(4)),
+        decode_stats(of(model), rows, sets, layers=torch.arange(3).repeat(4)),
         decode_stats(model.unembedding, rows, sets),
     )
     assert new.keys() == old.keys() and all(torch.equal(new[key], old[key]) for key in old)
@@ -215,12 +216,13 @@ def test_a_learned_lens_plugs_in_without_touching_callers(tiny_models):
     import dataclasses
 
     from llmlatent.errors import UsageError
+    from llmlatent.lens.base import of
 
     base = tiny_models["llama"]
     model = dataclasses.replace(base, lens=Scaled.make(base.unembedding))
     latents, _ = capture.forward_last(model, PROMPTS)  # [4 prompts, 3 layers, hidden]
     rows, layers = latents.reshape(-1, latents.shape[-1]), torch.arange(3).repeat(4)
-    got = decode_stats(model.lens, rows, layers=layers)
+    got = decode_stats(of(model), rows, layers=layers)
     want = decode_stats(base.unembedding, rows * (layers[:, None] + 2).float())
     assert all(torch.equal(got[key], want[key]) for key in want)
     table = lens.top_tokens(model, PROMPTS[0], k=2)
@@ -228,4 +230,6 @@ def test_a_learned_lens_plugs_in_without_touching_callers(tiny_models):
     assert table["token_id"].tolist() == scaled["top_ids"].reshape(-1).tolist()
     assert not torch.equal(lens.layer_logprobs(model, PROMPTS[:1]), lens.layer_logprobs(base, PROMPTS[:1]))
     with pytest.raises(UsageError, match="pass layers="):
-        decode_stats(model.lens, rows)  # a per-layer lens needs each row's block
+        decode_stats(of(model), rows)  # a per-layer lens needs each row's block
+    with pytest.raises(UsageError, match=r"^model.lens is a str, not a llmlatent.lens.Lens"):
+        lens.top_tokens(dataclasses.replace(base, lens="tuned"), PROMPTS[0])

@@ -30,6 +30,7 @@ import pandas as pd
 
 from llmlatent.experiments.steering.core import Batch, Item
 from llmlatent.languages.scripts import OutputJudge, in_scripts
+from llmlatent.lens.base import of as lens_of
 from llmlatent.lens.decode import decode
 from llmlatent.steering.batched import generate_many, generate_scored, steered_final
 
@@ -60,7 +61,7 @@ class NextToken:
         model, n = batch.model, len(batch.frame)
         finals = steered_final(model, batch.prefix, settings(items), max_rows=MAX_ROWS)
         stats = decode(
-            model.lens,  # the last block's output at the last token: the lens at the last layer
+            lens_of(model),  # the last block's output at the last token: the lens at the last layer
             finals.reshape(len(items) * n, -1),
             {"target": batch.target_sets * len(items), "source": batch.source_sets * len(items)},
             k=1,
