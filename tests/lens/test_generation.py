@@ -74,7 +74,9 @@ def test_last_layer_is_the_models_own_next_token_distribution(tiny_models, famil
         own = probs[len(prompt_ids) - 1 + step]
         top = own.topk(4)
         assert part["token_id"].tolist() == top.indices.tolist()
-        assert abs(part["probability"].to_numpy() - top.values.double().numpy()).max() <= 1e-5
+        # float32 noise only: the lens decodes through its own float32 head in vocabulary slices, the model runs one
+        # matmul; their summation orders differ by CPU kernel (1.6e-5 measured on an AMD EPYC, < 1e-5 elsewhere)
+        assert abs(part["probability"].to_numpy() - top.values.double().numpy()).max() <= 5e-5
         assert part["token_id"].iloc[0] == gen.token_ids[0][step]  # the lens's top-1 is the greedy token
 
 
