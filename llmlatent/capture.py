@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from llmlatent.errors import LlmlatentError
+from llmlatent.errors import ModelLoadError, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -20,24 +20,16 @@ if TYPE_CHECKING:
     from llmlatent.model import Model
 
 
-class PaddingError(LlmlatentError, ValueError):
-    """Prompts padded on the right: the last column is not every row's last prompt token."""
-
-
-class CaptureError(LlmlatentError, RuntimeError):
-    """The forward hooks did not see every block once (an adapter whose ``blocks`` the model does not run)."""
-
-
 def check_left_padded(inputs: Mapping[str, torch.Tensor]) -> None:
-    """Return None if the last column is every row's last real token (left padding); raise PaddingError otherwise."""
+    """Return None if the last column is every row's last real token (left padding); raise UsageError otherwise."""
     if not bool(inputs["attention_mask"][:, -1].all()):
-        raise PaddingError("the tokenizer must pad on the left so that the last position is the last prompt token")
+        raise UsageError("the tokenizer must pad on the left so that the last position is the last prompt token")
 
 
 def check_captured(captured: Sequence[torch.Tensor], n_layers: int) -> None:
-    """Return None if one forward captured exactly ``n_layers`` block outputs; raise CaptureError otherwise."""
+    """Return None if one forward captured exactly ``n_layers`` block outputs; raise ModelLoadError otherwise."""
     if len(captured) != n_layers:
-        raise CaptureError(f"captured {len(captured)} block outputs, expected {n_layers}")
+        raise ModelLoadError(f"captured {len(captured)} block outputs, expected {n_layers}")
 
 
 def block_output(output: object) -> torch.Tensor:

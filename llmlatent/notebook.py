@@ -28,10 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("llmlatent")
 
 
-class ParameterError(UsageError):
-    """A bad value in a notebook's parameters cell; the message names the parameter, its value and the fix."""
-
-
 def check(
     experiment: type[Settings] | None = None,
     /,
@@ -51,7 +47,7 @@ def check(
     numbers ≥ 1, and the experiment's own settings validate ``fields`` (a string for a field with a
     command-line parser, such as ``"de:fr"``, is parsed first; a value outside a field's declared choices
     is refused). ``names`` maps a field to the notebook parameter that sets it (``{"n_prompts": "n"}``).
-    A failure raises :class:`ParameterError`, whose one line names the parameter, its value and the fix.
+    A failure raises :class:`UsageError`, whose one line names the parameter, its value and the fix.
     """
     options = {"model": model, "dtype": dtype, "device": device, "device_map": device_map}
     _blame(_check_model, options, dict.fromkeys(options), {})
@@ -92,7 +88,7 @@ def _build(experiment: type[Settings], fields: dict) -> Settings:
 
 
 def _blame(validate: Callable[[dict], Any], values: dict, defaults: dict, names: dict) -> Any:
-    """Return ``validate(values)``; on a LlmlatentError raise ParameterError naming the culprit parameters.
+    """Return ``validate(values)``; on a LlmlatentError raise UsageError naming the culprit parameters.
 
     A parameter sets one or more fields (``names``). It is a culprit when resetting its fields to their
     defaults makes the error go away or change; when none is (a conflict of several), every parameter that
@@ -118,7 +114,7 @@ def _blame(validate: Callable[[dict], Any], values: dict, defaults: dict, names:
 
         named = [p for p in changed if culprit(p)] or changed or list(params)
         which = ", ".join(f"{p} = {values[params[p][0]]!r}" for p in named)
-        raise ParameterError(
+        raise UsageError(
             f"notebook parameter {which}: {message}; fix it in the parameters cell (papermill: -p {named[0]} VALUE)"
         ) from None
 

@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 
 from llmlatent import checks, tasks
-from llmlatent.errors import UsageError
 from llmlatent.experiments import runs
 from llmlatent.experiments.patching import parse_langs
 from llmlatent.experiments.settings import Settings, option
@@ -44,15 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class DetourError(UsageError):
-    """Bad settings of the detour experiment (one line: what is wrong and how to fix it)."""
-
-
 @dataclass(frozen=True)
 class DetourSettings(Settings):
     """Greedy answers of translation prompts into every non-English language, each token read at every layer."""
-
-    error = DetourError
 
     langs: tuple[str, ...] = option(
         codes(),

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from llmlatent import checks, geometry
-from llmlatent.errors import LlmlatentError
+from llmlatent.errors import DataError
 from llmlatent.experiments import runs
 from llmlatent.experiments.settings import Settings, option
 
@@ -39,15 +39,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class GeometryError(LlmlatentError, ValueError):
-    """Bad settings or input of the geometry experiment."""
-
-
 @dataclass(frozen=True)
 class GeometrySettings(Settings):
     """MDS of latent paths among token embeddings, Procrustes ranks of input embeddings, latent norms."""
-
-    error = GeometryError
 
     from_latents: str | None = option(
         None, "latent store to analyse (required; --model names its head: final norm + unembedding only)", key=False
@@ -106,7 +100,7 @@ def prompt_tokens(prompts: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) -> 
         frame[f"{role}_token"] = [None if i is None else tokenizer.convert_ids_to_tokens(int(i)) for i in ids]
     missing = frame["target_token_id"].isna() | frame["english_token_id"].isna()
     if missing.all():
-        raise GeometryError("no prompt of the store has both a target and an English token set; nothing to analyse")
+        raise DataError("no prompt of the store has both a target and an English token set; nothing to analyse")
     return frame[~missing].reset_index(drop=True)
 
 

@@ -45,18 +45,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class PatchingError(UsageError):
-    """Bad settings of the patching experiments (one line: what is wrong and how to fix it)."""
-
-
 def parse_spec(text: str, name: str = "--donor") -> tuple[str, str]:
     """Return (source, target) of a ``src:tgt`` translation spec such as ``de:fr``; UsageError if malformed."""
     parts = str(text).split(":")
     if len(parts) != 2 or not all(parts):
-        raise PatchingError(f"{name} must look like SRC:TGT (e.g. de:fr), got {text!r}")
+        raise UsageError(f"{name} must look like SRC:TGT (e.g. de:fr), got {text!r}")
     src, tgt = (p.strip() for p in parts)  # availability is checked with the words folder (check_settings)
     if src == tgt:
-        raise PatchingError(f"{name} {text!r}: the prompts translate, so source and target must differ")
+        raise UsageError(f"{name} {text!r}: the prompts translate, so source and target must differ")
     return src, tgt
 
 
@@ -72,24 +68,24 @@ def check_settings(
     for lang in (*donor, *receiver):
         check_lang(lang, words)
     if donor[1] == receiver[1]:
-        raise PatchingError(
+        raise UsageError(
             f"donor and receiver must answer in different languages (both answer in {donor[1]}); "
             "e.g. --donor de:fr --receiver ru:zh"
         )
     if n is not None and n < 2:
-        raise PatchingError(f"--n-pairs must be at least 2 pairs (95% intervals need two), got {n}")
+        raise UsageError(f"--n-pairs must be at least 2 pairs (95% intervals need two), got {n}")
     if not mean_over:
         return []
     langs = [check_lang(x, words) for x in mean_over]
     if len(set(langs)) < len(langs):
-        raise PatchingError(f"--mean-over lists a language twice ({', '.join(langs)}); give each language once")
+        raise UsageError(f"--mean-over lists a language twice ({', '.join(langs)}); give each language once")
     used = [x for x in dict.fromkeys(langs) if x != receiver[1]]
     if len(used) < 2:
-        raise PatchingError(
+        raise UsageError(
             f"--mean-over needs at least two input languages other than the receiver's {receiver[1]}, got {mean_over}"
         )
     if donor[0] == receiver[1]:
-        raise PatchingError(
+        raise UsageError(
             f"the single-language donor translates {donor[0]}→{receiver[1]}: "
             f"pick a donor source other than {receiver[1]}"
         )
@@ -129,8 +125,6 @@ def _latents(
 @dataclass(frozen=True)
 class PatchSettings(Settings):
     """Both patching experiments: donor latents into receiver prompts at each layer; the mean over input languages."""
-
-    error = PatchingError
 
     donor: tuple[str, str] = option(
         ("de", "fr"),

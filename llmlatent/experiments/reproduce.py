@@ -20,7 +20,6 @@ import pandas as pd
 from llmlatent import checks, tasks
 from llmlatent.adapter import same_model
 from llmlatent.atomic import copy_file
-from llmlatent.errors import LlmlatentError
 from llmlatent.experiments import runs
 from llmlatent.experiments.detour import DetourSettings
 from llmlatent.experiments.figures import generation as genplots
@@ -58,16 +57,10 @@ DETOUR = "detour"  # the Schut et al. measurement (every generated answer token 
 STEERBENCH = "steerbench"  # every ordered pair of the five languages, small splits; its fit stores in latents/
 
 
-class ReproduceError(LlmlatentError, ValueError):
-    """Bad settings of the reproduction (a step's own error names the step's option)."""
-
-
 @dataclass(frozen=True)
 class ReproduceSettings(Settings):
     """The whole reproduction: 30 sweeps, the fr→zh latent store and its geometry, the steering demo and benchmark,
     patching, the detour, every figure."""
-
-    error = ReproduceError
 
     results: str = option("results", "folder of every step's result")
     figures: str = option("figures", "folder of the paper's figures (PNG + PDF)")

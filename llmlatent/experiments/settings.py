@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from llmlatent.atomic import file_sha256
-from llmlatent.errors import LlmlatentError, UsageError
+from llmlatent.errors import UsageError
 
 MISSING = dataclasses.MISSING
 
@@ -58,14 +58,13 @@ def option(
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Base of every experiment's settings: validation in ``__post_init__``, one error class per experiment."""
+    """Base of every experiment's settings: validation in ``__post_init__``, a bad value raises UsageError."""
 
-    error: ClassVar[type[LlmlatentError]] = UsageError
     experiment_module: ClassVar[str | None] = None  # the module registering the experiment, if defined elsewhere
 
     def fail(self, message: str) -> typing.NoReturn:
-        """Raise this experiment's error class with ``message`` (one line: what is wrong and how to fix it)."""
-        raise self.error(message)
+        """Raise a UsageError with ``message`` (one line: what is wrong and how to fix it)."""
+        raise UsageError(message)
 
     def _set(self, name: str, value: Any) -> None:
         """Normalise a field in ``__post_init__`` (the dataclass is frozen once built)."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from llmlatent import checks
-from llmlatent.errors import DataError, LlmlatentError
+from llmlatent.errors import DataError
 from llmlatent.experiments import runs
 from llmlatent.experiments.settings import Settings, flag_name, option
 from llmlatent.languages.registry import check_lang, parse_codes
@@ -38,15 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class SweepError(LlmlatentError, ValueError):
-    """Bad settings of a sweep (or of the prompts of any experiment built from a task)."""
-
-
 @dataclass(frozen=True)
 class PromptSettings(Settings):
     """Which prompts: a task over word lists (bundled or ``words``), or a saved prompt file (``prompts``)."""
-
-    error = SweepError
 
     task: str | None = option(None, "translation, repetition or cloze (default translation)", choices=TASKS)
     src: str | None = option(None, "source language (default fr, or --tgt for repetition); ignored for cloze")

@@ -260,7 +260,7 @@ class LatentStore:
         """
         if layer is not None:
             if not -self.n_layers <= int(layer) < self.n_layers:
-                raise IndexError(f"layer {layer} is out of range for {self.n_layers} layers (0 … {self.n_layers - 1})")
+                raise UsageError(f"layer {layer} is out of range for {self.n_layers} layers (0 … {self.n_layers - 1})")
             layer = int(layer) % self.n_layers
         start, stop, step = (rows or slice(None)).indices(len(self))
         if step != 1:
@@ -310,7 +310,7 @@ def _fingerprint_of(source: object, n_layers: int) -> Fingerprint:
     if not isinstance(source, LoadedHead | Lens | Unembedding):
         if callable(getattr(source, "fingerprint", None)) and hasattr(source, "unembedding"):  # a Model
             return Fingerprint.of(source.fingerprint())
-        raise TypeError(f"expected a Model, LoadedHead, Lens or Unembedding, got {type(source).__name__}")
+        raise UsageError(f"expected a Model, LoadedHead, Lens or Unembedding, got {type(source).__name__}")
     name = source.name if isinstance(source, LoadedHead) else "the given unembedding"
     head = source if isinstance(source, Unembedding) else source.unembedding
     return Fingerprint(

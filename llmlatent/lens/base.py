@@ -71,4 +71,4 @@ def as_lens(lens_or_unembedding: Lens | Unembedding) -> Lens:
         return lens_or_unembedding
     if isinstance(lens_or_unembedding, Unembedding):
         return LogitLens(lens_or_unembedding)
-    raise TypeError(f"expected a Lens or an Unembedding, got {type(lens_or_unembedding).__name__}")
+    raise UsageError(f"expected a Lens or an Unembedding, got {type(lens_or_unembedding).__name__}")

@@ -192,7 +192,7 @@ class SteeringVector:
         if not path.exists() and path.with_name(path.name + ".safetensors").exists():
             path = path.with_name(path.name + ".safetensors")
         if not path.exists():
-            raise FileNotFoundError(f"no steering vector at {path}")
+            raise SteeringError(f"no steering vector at {path}")
         layer, vector, meta = vector_file.read(path, error=SteeringError, trust_unverified=trust_unverified)
         return cls(layer, vector, meta)
 

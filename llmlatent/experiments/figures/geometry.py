@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.collections import LineCollection
 
-from llmlatent.errors import LlmlatentError
+from llmlatent.errors import DataError
 from llmlatent.experiments.figures.plots import COLORS, LAYER_LABEL, styled
 from llmlatent.languages import registry as languages
 
@@ -93,10 +93,6 @@ def norm_figure(norms: pd.DataFrame, title: str | None = None) -> plt.Figure:
     return fig
 
 
-class PaperLinesError(LlmlatentError, ValueError):
-    """A --paper-repo folder without the paper's lines, or a lines file in another format."""
-
-
 PAPER_LINES = "R/data/data_for_sphere_plots"  # in a clone of epfl-dlab/llm-latent-language
 PAPER_SIZES = ("7b", "13b", "70b")
 PAPER_COLUMNS = ("entropy", "energy", "en", "zh")  # one row per layer, 1-based, no layer column
@@ -111,7 +107,7 @@ def read_paper_lines(repo: str | Path) -> dict[str, pd.DataFrame]:
     """
     folder = Path(repo) / PAPER_LINES
     if not folder.is_dir():
-        raise PaperLinesError(
+        raise DataError(
             f"--paper-repo {repo}: no {PAPER_LINES} folder there; pass a clone of epfl-dlab/llm-latent-language"
         )
     found = {}
@@ -122,19 +118,17 @@ def read_paper_lines(repo: str | Path) -> dict[str, pd.DataFrame]:
         try:
             frame = pd.read_csv(path)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise PaperLinesError(
-                f"{path} is not a CSV ({exc}); expected the columns {','.join(PAPER_COLUMNS)}"
-            ) from exc
+            raise DataError(f"{path} is not a CSV ({exc}); expected the columns {','.join(PAPER_COLUMNS)}") from exc
         missing = [c for c in PAPER_COLUMNS if c not in frame]
         values = frame[[c for c in PAPER_COLUMNS if c in frame]].apply(pd.to_numeric, errors="coerce")
         if missing or len(frame) < 2 or not np.isfinite(values.to_numpy()).all():
             problem = f"lacks {', '.join(missing)}" if missing else "has fewer than 2 rows or a non-numeric value"
-            raise PaperLinesError(f"{path} {problem}; expected one numeric row per layer: {','.join(PAPER_COLUMNS)}")
+            raise DataError(f"{path} {problem}; expected one numeric row per layer: {','.join(PAPER_COLUMNS)}")
         values.insert(0, "layer", np.arange(1, len(values) + 1))
         values["depth"] = values["layer"] / len(values)
         found[size] = values
     if not found:
-        raise PaperLinesError(f"--paper-repo {repo}: {folder} holds no {{7b,13b,70b}}_zh_lines.csv")
+        raise DataError(f"--paper-repo {repo}: {folder} holds no {{7b,13b,70b}}_zh_lines.csv")
     return found
 
 
@@ -178,7 +172,7 @@ def overlay_lines(repo: str | Path, meta: dict) -> dict[str, pd.DataFrame]:
     """
     task, tgt = meta.get("task"), meta.get("tgt")
     if task not in (None, "translation") or tgt not in (None, "zh"):
-        raise PaperLinesError(
+        raise DataError(
             f"--paper-repo: the paper's lines are its translations into Chinese, these prompts are {task} into "
             f"{tgt}; sweep --task translation --tgt zh, or drop --paper-repo"
         )

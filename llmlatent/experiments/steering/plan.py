@@ -8,7 +8,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from llmlatent.errors import DataError, SteeringError
+from llmlatent.errors import DataError
 from llmlatent.experiments.settings import Settings, option
 from llmlatent.languages.registry import check_lang, codes
 from llmlatent.steering.vector import check_alpha, check_count, check_layer
@@ -50,7 +50,6 @@ def checked_alphas(alphas: Sequence[float], fail: Callable[[str], NoReturn], wha
 class SteeringSettings(Settings):
     """The RU→ZH-style demo: fit Δ = μ_target − μ_source, choose (layer, α) on select concepts, report on test."""
 
-    error = SteeringError
     experiment_module = "llmlatent.experiments.steering.demo"  # compute and write live there
 
     source: str = option("ru", "language the steered prompts answer in")
