@@ -69,8 +69,9 @@ def _count(value: Any, name: str) -> int:
 def _check_model(options: dict) -> None:
     from llmlatent import model
 
-    model.check_options(options["model"], dtype=options["dtype"], device=options["device"],
-                        device_map=options["device_map"])  # fmt: skip
+    model.check_options(
+        options["model"], dtype=options["dtype"], device=options["device"], device_map=options["device_map"]
+    )
     if options["model"] is not None:
         model.read_config(options["model"])
 

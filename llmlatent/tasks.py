@@ -229,12 +229,22 @@ def build(
         )
     keep, notes = _choose(rng, keep, n)
     records = [
-        {"prompt_id": pid, "task": task, "src": src, "tgt": tgt, "concept": col["concept"][i],
-         "src_word": col[f"word_{src}"][i], "tgt_word": col[f"word_{tgt}"][i], "en_word": col["word_en"][i],
-         "prompt": _prompt_text(task, (src, tgt), labels, col, i, _shots(rng, len(table), i, n_shots)),  # in order
-         "target_ids": target_ids, "english_ids": english_ids, "source_ids": source_ids}
+        {
+            "prompt_id": pid,
+            "task": task,
+            "src": src,
+            "tgt": tgt,
+            "concept": col["concept"][i],
+            "src_word": col[f"word_{src}"][i],
+            "tgt_word": col[f"word_{tgt}"][i],
+            "en_word": col["word_en"][i],
+            "prompt": _prompt_text(task, (src, tgt), labels, col, i, _shots(rng, len(table), i, n_shots)),  # in order
+            "target_ids": target_ids,
+            "english_ids": english_ids,
+            "source_ids": source_ids,
+        }
         for pid, (i, target_ids, english_ids, source_ids) in enumerate(keep)
-    ]  # fmt: skip
+    ]
     meta = {"task": task, "src": src, "tgt": tgt, "seed": seed, "strict": strict, "cognate_filter": cognate_filter}
     meta.update(n_requested=n, n_concepts=len(table) + dropped["empty_word"], n_shots=n_shots)
     return PromptSet(pd.DataFrame(records), dropped, meta, notes, tokenizer_identity(tokenizer))

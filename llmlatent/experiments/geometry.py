@@ -173,10 +173,11 @@ def procrustes_ranks(u: torch.Tensor, e: torch.Tensor, words: pd.DataFrame, tgt:
         ranks[column.replace("rank", "relrank")] = (ranks[column] - 1) / (u.shape[0] - 1)
     d = rotation.shape[0]
     stats = {
-        "rotation_distance_from_identity": float(torch.linalg.matrix_norm(rotation - torch.eye(d, dtype=rotation.dtype))
-                                                 / d**0.5),
+        "rotation_distance_from_identity": float(
+            torch.linalg.matrix_norm(rotation - torch.eye(d, dtype=rotation.dtype)) / d**0.5
+        ),
         "rotation_trace_over_d": float(torch.trace(rotation) / d),
-    }  # fmt: skip
+    }
     return ranks, stats
 
 

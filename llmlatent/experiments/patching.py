@@ -270,10 +270,15 @@ def warn_if_flat(s: PatchSettings, n_pairs: int, first_layer: int, n_layers: int
 def pair_table(pairs: list[tuple[str, str]], donor_frame: pd.DataFrame, receiver_prompts: list[str]) -> pd.DataFrame:
     """Return pairs.csv: which donor concept was patched into which receiver, with both prompts."""
     donors = [d for d, _ in pairs]
-    return pd.DataFrame({"pair_id": range(len(pairs)), "donor_concept": donors,
-                         "receiver_concept": [r for _, r in pairs],
-                         "donor_prompt": donor_frame.loc[donors, "prompt"].tolist(),
-                         "receiver_prompt": receiver_prompts})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "pair_id": range(len(pairs)),
+            "donor_concept": donors,
+            "receiver_concept": [r for _, r in pairs],
+            "donor_prompt": donor_frame.loc[donors, "prompt"].tolist(),
+            "receiver_prompt": receiver_prompts,
+        }
+    )
 
 
 def decode_rows(

@@ -251,11 +251,14 @@ def remove_store(path: str | os.PathLike) -> None:
     if not path.exists():
         return
     shards = path / "shards"
-    if (shards.exists() and not shards.is_dir()) or (shards.is_dir() and any(
-        not (p.is_dir() and (re.fullmatch(r"\d{5}", p.name) or p.name.startswith(".tmp-")))
-        and not (p.is_file() and re.fullmatch(r"\.claim-\d{5}\.lock", p.name))
-        for p in shards.iterdir()
-    )):  # fmt: skip
+    if (shards.exists() and not shards.is_dir()) or (
+        shards.is_dir()
+        and any(
+            not (p.is_dir() and (re.fullmatch(r"\d{5}", p.name) or p.name.startswith(".tmp-")))
+            and not (p.is_file() and re.fullmatch(r"\.claim-\d{5}\.lock", p.name))
+            for p in shards.iterdir()
+        )
+    ):
         raise LatentStoreError(f"{shards} holds files a latent store does not write; remove {path} yourself")
     shutil.rmtree(path)
 

@@ -45,8 +45,12 @@ def mds_figure(points: pd.DataFrame, meta: dict | None = None, title: str | None
     tgt = meta.get("tgt")
     handles = ax.get_legend_handles_labels()[0]
     handles += [plt.Line2D([], [], color=COLORS[r], lw=0, marker="$a$") for r in ("target", "english")]
-    ax.legend(handles, ["token (unembedding)", "latent", f"target word ({languages.label(tgt)})", "English word"],
-              fontsize=7, loc="best")  # fmt: skip
+    ax.legend(
+        handles,
+        ["token (unembedding)", "latent", f"target word ({languages.label(tgt)})", "English word"],
+        fontsize=7,
+        loc="best",
+    )
     outside = _zoom(ax, points)
     if outside:
         ax.text(
@@ -152,8 +156,15 @@ def overlay_figure(summary: pd.DataFrame, lines: dict[str, pd.DataFrame], kind: 
     for ours, theirs, label, color in OVERLAYS[kind]:
         ax.plot(depth, summary[ours], color=color, lw=2, label=f"{label}, this model")
         for size, frame in lines.items():
-            ax.plot(frame["depth"], frame[theirs], color=color, lw=1.2, dashes=dashes[size], alpha=0.8,
-                    label=f"{label}, Llama-2-{size} (paper, →zh)")  # fmt: skip
+            ax.plot(
+                frame["depth"],
+                frame[theirs],
+                color=color,
+                lw=1.2,
+                dashes=dashes[size],
+                alpha=0.8,
+                label=f"{label}, Llama-2-{size} (paper, →zh)",
+            )
     ax.set_xlabel("relative depth (after block i of L: (i + 1) / L)")
     ax.set_ylabel(OVERLAYS[kind][0][2] if kind != "probabilities" else "probability")
     ax.grid(alpha=0.3)
