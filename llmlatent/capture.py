@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,7 +32,7 @@ def check_captured(captured: Sequence[torch.Tensor], n_layers: int) -> None:
         raise ModelLoadError(f"captured {len(captured)} block outputs, expected {n_layers}")
 
 
-def block_output(output: object) -> torch.Tensor:
+def block_output(output: Any) -> torch.Tensor:
     """Return the hidden-state tensor of a block's forward output (tensor or tuple)."""
     return output[0] if isinstance(output, tuple) else output
 

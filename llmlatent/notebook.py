@@ -52,7 +52,7 @@ def check(
     options = {"model": model, "dtype": dtype, "device": device, "device_map": device_map}
     _blame(_check_model, options, dict.fromkeys(options), {})
     for name, value in (counts or {}).items():
-        _blame(lambda v, name=name: _count(v[name], name), {name: value}, {}, {})
+        _blame(lambda v, name=name: _count(v[name], name), {name: value}, {}, {})  # type: ignore[misc]
     if experiment is None:
         return None
     defaults = {f.name: f.default for f in dataclasses.fields(experiment) if f.default is not dataclasses.MISSING}

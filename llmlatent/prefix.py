@@ -101,7 +101,7 @@ def tile_cache(cache: Cache, rows: int, copies: int) -> Cache | None:
     tiled.layers = [copy.copy(layer) for layer in layers]
     index = torch.arange(rows).repeat(copies)
     try:
-        tiled.reorder_cache(index)
+        tiled.reorder_cache(index)  # type: ignore[arg-type]  # an int64 tensor: a LongTensor
     except (AttributeError, NotImplementedError, TypeError):
         return None
     return tiled

@@ -143,7 +143,7 @@ def _split(kind: Callable[[str], Any], flag: str) -> Callable[[list[str]], tuple
         try:
             return tuple(kind(x.strip()) for part in values for x in part.split(",") if x.strip())
         except ValueError as exc:
-            what = {int: "whole numbers", float: "numbers"}.get(kind, "values")
+            what = "whole numbers" if kind is int else "numbers" if kind is float else "values"
             got = " ".join(values)
             raise UsageError(f"{flag} takes {what} (e.g. {flag} 5 7 9 or {flag} 5,7,9), got {got}") from exc
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 from llmlatent.errors import DataError
 
 
 @functools.lru_cache(maxsize=8)
-def _detector(codes: tuple[str, ...]) -> object:
+def _detector(codes: tuple[str, ...]) -> Any:
     """Return the lingua detector of ``codes`` (built once per set of languages; its models load on first use)."""
     from lingua import IsoCode639_1, LanguageDetectorBuilder
 

@@ -11,9 +11,9 @@ import logging
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -91,7 +91,7 @@ def _missing(v: object) -> bool:
 
 def records(frame: pd.DataFrame, kinds: dict[str, str]) -> dict[str, list]:
     """Return the frame's columns as plain Python lists converted to their stored kinds."""
-    convert = {
+    convert: dict[str, Callable[[Any], Any]] = {
         "ids": lambda v: None if _missing(v) else [int(x) for x in v],
         "bool": bool,
         "int64": int,

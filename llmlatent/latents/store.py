@@ -309,7 +309,7 @@ def _fingerprint_of(source: object, n_layers: int) -> Fingerprint:
     """Return the Fingerprint of a Model, LoadedHead, Lens or Unembedding (a head alone: ``n_layers`` assumed)."""
     if not isinstance(source, LoadedHead | Lens | Unembedding):
         if callable(getattr(source, "fingerprint", None)) and hasattr(source, "unembedding"):  # a Model
-            return Fingerprint.of(source.fingerprint())
+            return Fingerprint.of(source.fingerprint())  # type: ignore[attr-defined]  # checked just above
         raise UsageError(f"expected a Model, LoadedHead, Lens or Unembedding, got {type(source).__name__}")
     name = source.name if isinstance(source, LoadedHead) else "the given unembedding"
     head = source if isinstance(source, Unembedding) else source.unembedding

@@ -320,6 +320,8 @@ def collect_pair(
     source = latents.collect(
         model, source_prompts, path / "source", batch_size=batch_size, dtype=dtype, progress=progress
     )
+    if target is None or source is None:  # collect() under RANK/WORLD_SIZE: another rank's shards are missing
+        raise SteeringError("collect_pair runs in one process; unset WORLD_SIZE/RANK (or collect each store per rank)")
     return target, source
 
 

@@ -7,13 +7,14 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.image import AxesImage
 
 from llmlatent.experiments.figures.plots import styled
 from llmlatent.experiments.steering.bench.report import score_matrix
 from llmlatent.steering.language_means import METHODS
 
 
-def _panel(ax: plt.Axes, values: pd.DataFrame, title: str, fmt: str, vmin: float, vmax: float, cmap: str) -> object:
+def _panel(ax: plt.Axes, values: pd.DataFrame, title: str, fmt: str, vmin: float, vmax: float, cmap: str) -> AxesImage:
     """Return the image of one annotated source × target panel (empty cells: the diagonal and undefined pairs)."""
     data = values.to_numpy(dtype=float)
     image = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax)
@@ -49,7 +50,7 @@ def benchmark_heatmaps(
         values = score_matrix(table, method).reindex(index=langs, columns=langs)
         image = _panel(ax, values, f"{method}: test score", ".2f", 0.0, 1.0, "viridis")
     axes[0][0].set_ylabel("source")
-    fig.colorbar(image, ax=axes[0][: len(methods)].tolist(), shrink=0.8, label="score (harmonic mean)")
+    fig.colorbar(image, ax=axes[0][: len(methods)].tolist(), shrink=0.8, label="score (harmonic mean)")  # type: ignore[arg-type]
     layers = best.pivot_table(index="source", columns="target", values="layer", aggfunc="first")
     layers = layers.reindex(index=langs, columns=langs)
     lo, hi = float(np.nanmin(layers.to_numpy(dtype=float))), float(np.nanmax(layers.to_numpy(dtype=float)))
