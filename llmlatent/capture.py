@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from llmlatent.checks import count
 from llmlatent.errors import ModelLoadError, UsageError
 
 if TYPE_CHECKING:
@@ -109,8 +110,6 @@ def length_batches(
     ``max_padding_ratio`` × the batch's real tokens. Results do not depend on the batching (left padding
     with an attention mask); only the time and memory do.
     """
-    from llmlatent.checks import count
-
     count(batch_size, "batch_size")
     lengths = [len(ids) for ids in model.tokenizer(list(prompts))["input_ids"]]
     batches: list[list[int]] = []

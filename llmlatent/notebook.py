@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmlatent.checks import count
 from llmlatent.errors import LlmlatentError, UsageError
 
 if TYPE_CHECKING:
@@ -61,8 +62,6 @@ def check(
 
 def _count(value: Any, name: str) -> int:
     """Return ``value`` after checking it is a whole number ≥ 1 (:func:`llmlatent.checks.count`)."""
-    from llmlatent.checks import count
-
     return count(value, name, flag=name)
 
 

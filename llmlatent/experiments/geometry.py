@@ -25,10 +25,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llmlatent import checks, geometry
+from llmlatent import checks, geometry, latents, metrics
+from llmlatent.adapter import text_config
 from llmlatent.errors import DataError
 from llmlatent.experiments import runs
 from llmlatent.experiments.settings import Settings, option
+from llmlatent.latents.format import read_config
+from llmlatent.latents.shards import store_digest
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -52,8 +55,6 @@ class GeometrySettings(Settings):
     progress: bool = option(True, "progress bar", key=False, cli=False)
 
     def __post_init__(self) -> None:
-        from llmlatent.latents.format import read_config
-
         if self.from_latents is None:
             self.fail(
                 "geometry needs a latent store: pass --from-latents STORE (python -m llmlatent cache … --out STORE)"
@@ -64,8 +65,6 @@ class GeometrySettings(Settings):
 
     def key_inputs(self, model: Model | LoadedHead) -> dict:
         """Return the store's content digest (the key's model-dependent input)."""
-        from llmlatent.latents.shards import store_digest
-
         return {"latent_store_sha256": store_digest(self.from_latents)}
 
 
@@ -151,7 +150,6 @@ def input_embeddings(source: Model | LoadedHead) -> torch.Tensor:
     hf = getattr(source, "hf", None)
     if hf is not None:
         return hf.get_input_embeddings().weight.detach().float()
-    from llmlatent.adapter import text_config
     from llmlatent.model import load_input_embeddings
 
     if getattr(text_config(source.config), "tie_word_embeddings", False):
@@ -183,8 +181,6 @@ def procrustes_ranks(u: torch.Tensor, e: torch.Tensor, words: pd.DataFrame, tgt:
 
 def norms_per_layer(latents: torch.Tensor, unembedding: object) -> pd.DataFrame:
     """Return one row per layer: mean latent norm and token energy with their 95% normal intervals."""
-    from llmlatent import metrics
-
     n, n_layers, d = latents.shape
     norm = geometry.latent_norms(latents).numpy()
     energy = metrics.token_energy(unembedding, latents.reshape(n * n_layers, d)).reshape(n, n_layers).cpu().numpy()
@@ -199,8 +195,6 @@ def norms_per_layer(latents: torch.Tensor, unembedding: object) -> pd.DataFrame:
 
 def compute(model: Model | LoadedHead, settings: GeometrySettings) -> GeometryResult:
     """Return the three analyses of the store ``settings`` names, decoded with ``model``'s head (no forward pass)."""
-    from llmlatent import latents
-
     clock = runs.Clock()
     store = latents.load(settings.from_latents)
     store.check(model)

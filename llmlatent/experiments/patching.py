@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llmlatent import checks, patching, tasks
+from llmlatent import checks, latents, patching, tasks
 from llmlatent.errors import UsageError
 from llmlatent.experiments import runs
 from llmlatent.experiments.settings import Settings, option
@@ -112,8 +112,6 @@ def _latents(
     """Return the donor latents of ``concepts`` under one prompt set: live, or from (resumable) latent stores."""
     if store_dir is None:
         return patching.donor_latents(model, frame.loc[concepts, "prompt"].tolist(), batch_size=batch_size)
-    from llmlatent import latents
-
     prompts = tasks.PromptSet(frame.reset_index(), meta={"task": "translation", "src": spec[0], "tgt": spec[1]})
     # named by pair and by a digest of the prompts, so another --seed or word list gets its own store
     digest = hashlib.sha256("\x00".join(prompts.prompts).encode()).hexdigest()[:12]

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
+from llmlatent import checks
 from llmlatent.adapter import Fingerprint
-from llmlatent.atomic import atomic_file
+from llmlatent.atomic import atomic_file, check_output_dir
 from llmlatent.errors import LlmlatentError, UsageError
 from llmlatent.tokens import set_columns
 
@@ -218,9 +219,6 @@ def check_store_dir(path: str | os.PathLike, *, shard_size: int | None = None, r
     ``repair``). Refused with one line: a file, an unrelated non-empty folder, ``.``/a parent of the
     working directory/``$HOME``, an unwritable parent, ``shard_size`` < 1.
     """
-    from llmlatent import checks
-    from llmlatent.atomic import check_output_dir
-
     checks.count(shard_size, "shard_size", optional=True)
     path = Path(path)
     own = (STORE_FILE, LOCK_FILE, "shards")
@@ -305,8 +303,6 @@ def open_or_create(path: Path, config: dict, shard_size: int | None, *, repair: 
     comes from ``shard_size`` or, when not given, from shard 0's shard.json.
     """
     from filelock import FileLock
-
-    from llmlatent import checks
 
     checks.count(shard_size, "shard_size", optional=True)
     if shard_size is not None:  # refused before anything is created

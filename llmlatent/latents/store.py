@@ -48,11 +48,11 @@ from llmlatent.latents.format import (
 from llmlatent.latents.shards import disk_size, fill_shards, shard_problem, shard_range, to_storage
 from llmlatent.latents.space import check_free_space, disk_full
 from llmlatent.lens.base import Lens
+from llmlatent.tasks import PromptSet
 from llmlatent.tokens import set_columns
 
 if TYPE_CHECKING:
     from llmlatent.model import Model
-    from llmlatent.tasks import PromptSet
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +230,6 @@ class LatentStore:
 
     def prompt_set(self) -> PromptSet:
         """Return the stored prompts as a PromptSet (meta from store.json; drop counts and notes where recorded)."""
-        from llmlatent.tasks import PromptSet
-
         meta = self.meta
         return PromptSet(self.prompts, dict(meta.get("dropped") or {}), meta, list(meta.get("notes") or []))
 

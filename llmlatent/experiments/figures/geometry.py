@@ -12,7 +12,9 @@ import pandas as pd
 from matplotlib.collections import LineCollection
 
 from llmlatent.errors import DataError
+from llmlatent.experiments.figures import plots
 from llmlatent.experiments.figures.plots import COLORS, LAYER_LABEL, styled
+from llmlatent.experiments.settings import content_digest
 from llmlatent.languages import registry as languages
 
 
@@ -192,15 +194,11 @@ def overlay_lines(repo: str | Path, meta: dict) -> dict[str, pd.DataFrame]:
 
 def lines_digest(repo: str | Path) -> str:
     """Return a sha256 over the CSVs of the paper's lines folder in ``repo``: what a figure drawn from them used."""
-    from llmlatent.experiments.settings import content_digest
-
     return content_digest(Path(repo) / PAPER_LINES)
 
 
 def write_overlays(summary: pd.DataFrame, lines: dict[str, pd.DataFrame], title: str, stem: Path) -> list[Path]:
     """Return the files written: ``{stem}_{kind}.png/.pdf`` of :func:`overlay_figure` for every kind."""
-    from llmlatent.experiments.figures import plots
-
     written = []
     for kind in OVERLAYS:
         fig = overlay_figure(summary, lines, kind, title)
