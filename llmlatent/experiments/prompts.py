@@ -226,9 +226,10 @@ class PromptSettings(Settings):
         ("en",), "latent languages: a curve p(concept in L) per layer for each L (en: the paper's p_english)"
     )
     latent_overlap: str = option(
-        "mark", "concepts whose latent-language set intersects the target's: mark (keep, count) or drop (from that "
-        "curve)", choices=("mark", "drop"),
-    )  # fmt: skip
+        "mark",
+        "concepts whose latent-language set intersects the target's: mark (keep, count) or drop (from that curve)",
+        choices=("mark", "drop"),
+    )
 
     def __post_init__(self) -> None:
         self._check_values()
