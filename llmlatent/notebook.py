@@ -8,6 +8,7 @@ sweep and reads its CSVs back as a :class:`SweepView`, the one code path of note
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import warnings
 from collections.abc import Callable, Mapping
@@ -53,7 +54,7 @@ def check(
     options = {"model": model, "dtype": dtype, "device": device, "device_map": device_map}
     _blame(_check_model, options, dict.fromkeys(options))
     for name, value in (counts or {}).items():
-        _blame(lambda v, name=name: _count(v[name], name), {name: value}, {})
+        _blame(functools.partial(_count_of, name=name), {name: value}, {})
     if experiment is None:
         return None
     defaults = {f.name: f.default for f in dataclasses.fields(experiment) if f.default is not dataclasses.MISSING}
@@ -63,6 +64,11 @@ def check(
 def _count(value: Any, name: str) -> int:
     """Return ``value`` after checking it is a whole number ≥ 1 (:func:`llmlatent.checks.count`)."""
     return count(value, name, flag=name)
+
+
+def _count_of(values: dict, name: str) -> int:
+    """Return ``values[name]`` after checking it is a whole number ≥ 1."""
+    return _count(values[name], name)
 
 
 def _check_model(options: dict) -> None:

@@ -171,9 +171,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Settings], *, skip: Seq
             continue
         meta, (kind, _) = f.metadata, _base_type(hints[f.name])
         if meta.get("positional"):
-            many = {"nargs": "+"} if typing.get_origin(kind) is tuple else {}
             text = meta.get("help", "").replace("%", "%%")
-            parser.add_argument(f.name, help=text, metavar=meta.get("metavar"), **many)
+            nargs = "+" if typing.get_origin(kind) is tuple else None
+            parser.add_argument(f.name, help=text, metavar=meta.get("metavar"), nargs=nargs)
             continue
         names = [flag_name(f.name), *meta.get("aliases", ())]
         default = None if f.default is MISSING else f.default

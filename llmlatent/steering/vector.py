@@ -402,6 +402,7 @@ def apply_rows(
         if not setting.steers:
             continue
         vector, alpha = setting.vector, setting.alpha
+        assert vector is not None  # setting.steers: a vector and α ≠ 0
         vector.check_shape(model)
         delta = deltas.setdefault(vector.layer, torch.zeros(len(settings) * rows, model.hidden_size))
         delta[j * rows : (j + 1) * rows] += vector.vector * float(alpha)  # the same float32 product as apply()
