@@ -20,10 +20,11 @@ setup: $(VENV)/.installed
 reproduce: $(VENV)/.installed
 	$(PY) -m llmlatent reproduce $(ARGS)
 
-# lint and format are part of the suite: a ruff finding fails `make test` before pytest runs
+# lint, format and types are part of the suite: a ruff or mypy finding fails `make test` before pytest runs
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy llmlatent
 	$(PY) -m pytest -q -rs $(ARGS)
 
 clean-results:

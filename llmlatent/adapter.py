@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from llmlatent.errors import LlmlatentError
+from llmlatent.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -129,10 +129,6 @@ NORM_PATHS = (
 LAST_HIDDEN_NORMALISED = {"llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3", "gemma3_text", "gpt2"}
 
 
-class AdapterError(LlmlatentError, ValueError):
-    """The model's blocks, final norm or unembedding could not be found."""
-
-
 def get_path(obj: object, path: str) -> object | None:
     """Return the attribute at a dotted path, or None when any step is missing."""
     for part in path.split("."):
@@ -146,7 +142,7 @@ def norm_scale(norm: nn.Module) -> torch.Tensor:
     """Return the per-dimension scale a final norm applies (handles Gemma's ``1 + weight``)."""
     weight = getattr(norm, "weight", None)
     if weight is None:
-        raise AdapterError(f"final norm {type(norm).__name__} has no weight")
+        raise ModelLoadError(f"final norm {type(norm).__name__} has no weight")
     if isinstance(norm, nn.LayerNorm):
         return weight.detach().float()
     # RMS-style norms: norm(ones) = scale / sqrt(1 + eps) -> recover the effective scale.
@@ -321,7 +317,7 @@ class Adapter:
 
 
 def adapter_for(hf_model: nn.Module, *, blocks: str | None = None, final_norm: str | None = None) -> Adapter:
-    """Return the :class:`Adapter` of a loaded HF causal LM, or raise one clear AdapterError."""
+    """Return the :class:`Adapter` of a loaded HF causal LM, or raise one clear ModelLoadError."""
     family = str(getattr(getattr(hf_model, "config", None), "model_type", "unknown"))
     block_paths = (blocks,) if blocks else BLOCK_PATHS
     norm_paths = (final_norm,) if final_norm else NORM_PATHS
@@ -336,7 +332,7 @@ def adapter_for(hf_model: nn.Module, *, blocks: str | None = None, final_norm: s
     if head is None or getattr(head, "weight", None) is None:
         missing.append("unembedding (get_output_embeddings() returned nothing)")
     if missing:
-        raise AdapterError(
+        raise ModelLoadError(
             f"unsupported architecture {type(hf_model).__name__} ({family}): could not find "
             + "; ".join(missing)
             + ". Pass the attribute paths explicitly, e.g. load(name, blocks='model.layers', final_norm='model.norm')."

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from llmlatent.errors import LlmlatentError
+from llmlatent.checks import count
+from llmlatent.errors import ModelLoadError, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -20,27 +21,19 @@ if TYPE_CHECKING:
     from llmlatent.model import Model
 
 
-class PaddingError(LlmlatentError, ValueError):
-    """Prompts padded on the right: the last column is not every row's last prompt token."""
-
-
-class CaptureError(LlmlatentError, RuntimeError):
-    """The forward hooks did not see every block once (an adapter whose ``blocks`` the model does not run)."""
-
-
 def check_left_padded(inputs: Mapping[str, torch.Tensor]) -> None:
-    """Return None if the last column is every row's last real token (left padding); raise PaddingError otherwise."""
+    """Return None if the last column is every row's last real token (left padding); raise UsageError otherwise."""
     if not bool(inputs["attention_mask"][:, -1].all()):
-        raise PaddingError("the tokenizer must pad on the left so that the last position is the last prompt token")
+        raise UsageError("the tokenizer must pad on the left so that the last position is the last prompt token")
 
 
 def check_captured(captured: Sequence[torch.Tensor], n_layers: int) -> None:
-    """Return None if one forward captured exactly ``n_layers`` block outputs; raise CaptureError otherwise."""
+    """Return None if one forward captured exactly ``n_layers`` block outputs; raise ModelLoadError otherwise."""
     if len(captured) != n_layers:
-        raise CaptureError(f"captured {len(captured)} block outputs, expected {n_layers}")
+        raise ModelLoadError(f"captured {len(captured)} block outputs, expected {n_layers}")
 
 
-def block_output(output: object) -> torch.Tensor:
+def block_output(output: Any) -> torch.Tensor:
     """Return the hidden-state tensor of a block's forward output (tensor or tuple)."""
     return output[0] if isinstance(output, tuple) else output
 
@@ -117,8 +110,6 @@ def length_batches(
     ``max_padding_ratio`` × the batch's real tokens. Results do not depend on the batching (left padding
     with an attention mask); only the time and memory do.
     """
-    from llmlatent.checks import count
-
     count(batch_size, "batch_size")
     lengths = [len(ids) for ids in model.tokenizer(list(prompts))["input_ids"]]
     batches: list[list[int]] = []

@@ -12,6 +12,7 @@ import operator
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal, overload
 
 import torch
 
@@ -21,6 +22,30 @@ from llmlatent.errors import UsageError
 def _label(name: str, flag: str | None) -> str:
     flag = flag or "--" + name.replace("_", "-")
     return f"{name} ({flag})" if flag.lstrip("-") != name else flag
+
+
+@overload
+def count(
+    value: int | None,
+    name: str,
+    *,
+    minimum: int = 1,
+    maximum: int | None = None,
+    flag: str | None = None,
+    optional: Literal[False] = False,
+) -> int: ...
+
+
+@overload
+def count(
+    value: int | None,
+    name: str,
+    *,
+    minimum: int = 1,
+    maximum: int | None = None,
+    flag: str | None = None,
+    optional: bool,
+) -> int | None: ...
 
 
 def count(

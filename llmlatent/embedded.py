@@ -59,7 +59,7 @@ def default_model_path(cache: Path | None = None) -> Path:
         with staged_dir(target, f".{_DEFAULT_DIRNAME}-") as tmp:  # replaces an invalid leftover without marker
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-            hf.hf_quantizer = None  # a GGUF-loaded model refuses save_pretrained otherwise
+            hf.hf_quantizer = None  # type: ignore[assignment]  # a GGUF-loaded model refuses save_pretrained otherwise
             if hasattr(hf.config, "quantization_config"):
                 del hf.config.quantization_config
             hf.config.name_or_path = DEFAULT_MODEL

@@ -21,7 +21,8 @@ class OutputFolderError(LlmlatentError, ValueError):
 
 
 class ModelLoadError(LlmlatentError, ValueError):
-    """A model could not be loaded; the message says why and what to do."""
+    """A model could not be loaded or used (blocks, final norm, KV cache not found or not run); the message says
+    why and what to do."""
 
 
 class SteeringError(LlmlatentError, ValueError):

@@ -6,7 +6,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -98,7 +98,7 @@ class Model:
             unembedding_sha256=self.unembedding.fingerprint(),
         )
 
-    def run(self, inputs: dict, **kwargs: object) -> object:
+    def run(self, inputs: dict, **kwargs: object) -> Any:
         """Return ``hf(**inputs, **kwargs)``, retried without ``logits_to_keep`` for (remote-code) models lacking it."""
         try:
             return self.hf(**inputs, **kwargs)

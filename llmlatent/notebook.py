@@ -8,6 +8,7 @@ sweep and reads its CSVs back as a :class:`SweepView`, the one code path of note
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import warnings
 from collections.abc import Callable, Mapping
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmlatent.checks import count
 from llmlatent.errors import LlmlatentError, UsageError
 
 if TYPE_CHECKING:
@@ -26,10 +28,6 @@ if TYPE_CHECKING:
     from llmlatent.model import Model
 
 log = logging.getLogger("llmlatent")
-
-
-class ParameterError(UsageError):
-    """A bad value in a notebook's parameters cell; the message names the parameter, its value and the fix."""
 
 
 def check(
@@ -51,12 +49,12 @@ def check(
     command-line parser, such as ``"de:fr"``, is parsed first; a value outside a field's declared choices
     is refused), then the files they name (:meth:`~llmlatent.experiments.settings.Settings.preflight`).
     Notebook parameters are named as the fields they set, so a message names the parameter.
-    A failure raises :class:`ParameterError`, whose one line names the parameter, its value and the fix.
+    A failure raises :class:`UsageError`, whose one line names the parameter, its value and the fix.
     """
     options = {"model": model, "dtype": dtype, "device": device, "device_map": device_map}
     _blame(_check_model, options, dict.fromkeys(options))
     for name, value in (counts or {}).items():
-        _blame(lambda v, name=name: _count(v[name], name), {name: value}, {})
+        _blame(functools.partial(_count_of, name=name), {name: value}, {})
     if experiment is None:
         return None
     defaults = {f.name: f.default for f in dataclasses.fields(experiment) if f.default is not dataclasses.MISSING}
@@ -65,16 +63,20 @@ def check(
 
 def _count(value: Any, name: str) -> int:
     """Return ``value`` after checking it is a whole number ≥ 1 (:func:`llmlatent.checks.count`)."""
-    from llmlatent.checks import count
-
     return count(value, name, flag=name)
+
+
+def _count_of(values: dict, name: str) -> int:
+    """Return ``values[name]`` after checking it is a whole number ≥ 1."""
+    return _count(values[name], name)
 
 
 def _check_model(options: dict) -> None:
     from llmlatent import model
 
-    model.check_options(options["model"], dtype=options["dtype"], device=options["device"],
-                        device_map=options["device_map"])  # fmt: skip
+    model.check_options(
+        options["model"], dtype=options["dtype"], device=options["device"], device_map=options["device_map"]
+    )
     if options["model"] is not None:
         model.read_config(options["model"])
 
@@ -95,7 +97,7 @@ def _build(experiment: type[Settings], fields: dict) -> Settings:
 
 
 def _blame(validate: Callable[[dict], Any], values: dict, defaults: dict) -> Any:
-    """Return ``validate(values)``; on a LlmlatentError raise ParameterError naming the culprit parameters.
+    """Return ``validate(values)``; on a LlmlatentError raise UsageError naming the culprit parameters.
 
     A parameter is a culprit when resetting it to its default makes the error go away or change; when none
     is (a conflict of several), every parameter that differs from its default is named.
@@ -117,7 +119,7 @@ def _blame(validate: Callable[[dict], Any], values: dict, defaults: dict) -> Any
 
         named = [k for k in changed if culprit(k)] or changed or list(values)
         which = ", ".join(f"{k} = {values[k]!r}" for k in named)
-        raise ParameterError(
+        raise UsageError(
             f"notebook parameter {which}: {message}; fix it in the parameters cell (papermill: -p {named[0]} VALUE)"
         ) from None
 

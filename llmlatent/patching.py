@@ -43,7 +43,7 @@ from llmlatent.capture import (
     forward_last,
     length_order,
 )
-from llmlatent.errors import LlmlatentError
+from llmlatent.errors import UsageError
 from llmlatent.metrics import interval
 from llmlatent.model import Model
 from llmlatent.prefix import Prefix, no_logits
@@ -54,19 +54,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class PatchError(LlmlatentError, ValueError):
-    """Bad patching input (layer, window, latent shapes); the message says what to pass instead."""
-
-
 def check_layer(layer: int, n_layers: int) -> int:
-    """Return ``layer`` as an int if 0 ≤ layer < n_layers, else raise a PatchError."""
-    return checks.layer(layer, n_layers, error=PatchError)
+    """Return ``layer`` as an int if 0 ≤ layer < n_layers, else raise a UsageError."""
+    return checks.layer(layer, n_layers, error=UsageError)
 
 
 def check_window(window: int) -> int:
-    """Return ``window`` as an int if it is at least 1, else raise a PatchError."""
+    """Return ``window`` as an int if it is at least 1, else raise a UsageError."""
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise PatchError(f"window must be a positive integer (blocks patched from the layer on), got {window!r}")
+        raise UsageError(f"window must be a positive integer (blocks patched from the layer on), got {window!r}")
     return window
 
 
@@ -80,7 +76,7 @@ def _check_latents(model: Model, latents: torch.Tensor, n_prompts: int, name: st
     shape = (n_prompts, model.n_layers, model.hidden_size)
     if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape:
         got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
-        raise PatchError(f"{name} must be a tensor [prompts, layers, hidden] = {list(shape)}, got {got}")
+        raise UsageError(f"{name} must be a tensor [prompts, layers, hidden] = {list(shape)}, got {got}")
     return latents
 
 
@@ -174,7 +170,7 @@ def from_store(store: LatentStore, concepts: Sequence[str], model: Model | None 
     index = {c: i for i, c in enumerate(store.prompts["concept"])}
     missing = [c for c in concepts if c not in index]
     if missing:
-        raise PatchError(
+        raise UsageError(
             f"the latent store {store.path} has no prompt for {len(missing)} concept(s), e.g. {missing[0]!r}; "
             "collect it with the same prompt settings"
         )
@@ -185,10 +181,10 @@ def from_store(store: LatentStore, concepts: Sequence[str], model: Model | None 
 def mean_latents(latents: Sequence[torch.Tensor]) -> torch.Tensor:
     """Return the element-wise mean of several [N, layers, hidden] latent tensors (one per input language)."""
     if not latents:
-        raise PatchError("mean_latents needs at least one latent tensor")
+        raise UsageError("mean_latents needs at least one latent tensor")
     shapes = {tuple(x.shape) for x in latents}
     if len(shapes) != 1:
-        raise PatchError(f"latents to average must share one shape, got {sorted(shapes)}")
+        raise UsageError(f"latents to average must share one shape, got {sorted(shapes)}")
     return torch.stack([x.float() for x in latents]).mean(0)
 
 
@@ -239,7 +235,7 @@ def sweep_many(
     """
     n = len(receiver_prompts)
     if n == 0:
-        raise PatchError("no receiver prompts to patch")
+        raise UsageError("no receiver prompts to patch")
     for name, latents in donors.items():
         _check_latents(model, latents, n, f"donor latents {name!r}")
     layers = list(range(model.n_layers)) if layers is None else [check_layer(x, model.n_layers) for x in layers]

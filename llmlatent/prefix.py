@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from llmlatent.capture import capture_last, check_left_padded
-from llmlatent.errors import LlmlatentError
+from llmlatent.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from transformers import Cache
@@ -43,10 +43,6 @@ if TYPE_CHECKING:
 TILE_BYTES = 1 << 30
 
 Intervention = Callable[[dict], contextlib.AbstractContextManager]  # forward kwargs → hooks for that forward
-
-
-class PrefixError(LlmlatentError, RuntimeError):
-    """A KV cache that could not be cropped back to its prefix (a cache class whose ``crop`` does not cut)."""
 
 
 def cache_kwarg(model: Model) -> str:
@@ -89,7 +85,7 @@ def crop_cache(cache: Cache, length: int) -> None:
     if extra > 0:
         cache.crop(-extra)  # a negative count removes that many positions (transformers ≥ 4.x and 5.x)
     if int(cache.get_seq_length()) != int(length):
-        raise PrefixError(f"the KV cache could not be cropped back to {length} positions")
+        raise ModelLoadError(f"the KV cache could not be cropped back to {length} positions")
 
 
 def tile_cache(cache: Cache, rows: int, copies: int) -> Cache | None:
@@ -105,7 +101,7 @@ def tile_cache(cache: Cache, rows: int, copies: int) -> Cache | None:
     tiled.layers = [copy.copy(layer) for layer in layers]
     index = torch.arange(rows).repeat(copies)
     try:
-        tiled.reorder_cache(index)
+        tiled.reorder_cache(index)  # type: ignore[arg-type]  # an int64 tensor: a LongTensor
     except (AttributeError, NotImplementedError, TypeError):
         return None
     return tiled

@@ -16,7 +16,6 @@ from llmlatent.errors import DataError, UsageError
 from llmlatent.languages.registry import PAPER, check_lang, get
 from llmlatent.languages.words import MASK, read_prompt_file, read_table
 from llmlatent.tokens import (
-    TokenSetError,
     check_ids,
     check_tokenizer_object,
     token_set,
@@ -79,7 +78,7 @@ class PromptSet:
 
 
 def check_tokenizer(prompts: PromptSet, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Return None if the prompt set's token sets were made with ``tokenizer`` (same vocabulary); else TokenSetError.
+    """Return None if the prompt set's token sets were made with ``tokenizer`` (same vocabulary); else DataError.
 
     A PromptSet built by :mod:`llmlatent.tasks` remembers its tokenizer's vocabulary sha256; a set without
     that identity (``PromptSet(frame)``) is checked for ids in the tokenizer's range only. A duck-typed
@@ -89,7 +88,7 @@ def check_tokenizer(prompts: PromptSet, tokenizer: PreTrainedTokenizerBase) -> N
     has_vocab = callable(getattr(tokenizer, "get_vocab", None))
     if made_with.get("sha256") and has_vocab and made_with["sha256"] != vocab_sha256(tokenizer):
         ours = tokenizer_identity(tokenizer)
-        raise TokenSetError(
+        raise DataError(
             f"the prompt set's token sets were made with another tokenizer ({made_with.get('name') or 'unnamed'}, "
             f"{made_with.get('size')} tokens, vocabulary sha256 {made_with['sha256'][:12]}…) than the model's "
             f"({ours['name'] or 'unnamed'}, {ours['size']} tokens, {ours['sha256'][:12]}…); build the prompt set "
@@ -263,12 +262,22 @@ def build(
         )
     keep, notes = _choose(rng, keep, n)
     records = [
-        {"prompt_id": pid, "task": task, "src": src, "tgt": tgt, "concept": col["concept"][i],
-         "src_word": col[f"word_{src}"][i], "tgt_word": col[f"word_{tgt}"][i], "en_word": col["word_en"][i],
-         "prompt": _prompt_text(task, (src, tgt), labels, col, i, _shots(rng, len(table), i, n_shots)),  # in order
-         "target_ids": target_ids, "english_ids": english_ids, "source_ids": source_ids}
+        {
+            "prompt_id": pid,
+            "task": task,
+            "src": src,
+            "tgt": tgt,
+            "concept": col["concept"][i],
+            "src_word": col[f"word_{src}"][i],
+            "tgt_word": col[f"word_{tgt}"][i],
+            "en_word": col["word_en"][i],
+            "prompt": _prompt_text(task, (src, tgt), labels, col, i, _shots(rng, len(table), i, n_shots)),  # in order
+            "target_ids": target_ids,
+            "english_ids": english_ids,
+            "source_ids": source_ids,
+        }
         for pid, (i, target_ids, english_ids, source_ids) in enumerate(keep)
-    ]  # fmt: skip
+    ]
     meta = {"task": task, "src": src, "tgt": tgt, "seed": seed, "strict": strict, "cognate_filter": cognate_filter}
     meta.update(n_requested=n, n_concepts=len(table) + dropped["empty_word"], n_shots=n_shots)
     return PromptSet(pd.DataFrame(records), dropped, meta, notes, tokenizer_identity(tokenizer))

@@ -68,10 +68,6 @@ def set_columns(columns: Iterable[str]) -> dict[str, str]:
     return {**fixed, **latent}
 
 
-class TokenSetError(DataError):
-    """Token-id sets that do not fit the tokenizer in use (another tokenizer's, or ids outside its vocabulary)."""
-
-
 @lru_cache(maxsize=1)
 def byte_to_unicode() -> dict[int, str]:
     """Return GPT-2's reversible byte → printable character map used by byte-level BPE vocabularies."""
@@ -263,18 +259,18 @@ def _token_set(
 
 
 def check_ids(frame: pd.DataFrame, vocab_size: int | None = None) -> None:
-    """Return None if every token id in the frame's set columns is an integer in [0, vocab_size); else TokenSetError."""
+    """Return None if every token id in the frame's set columns is an integer in [0, vocab_size); else DataError."""
     upper = math.inf if vocab_size is None else vocab_size
     for column in set_columns(frame.columns).values():
         for row, ids in enumerate(frame[column].tolist()):
             if ids is None or (isinstance(ids, float) and math.isnan(ids)):
                 continue
             if isinstance(ids, str | bytes) or not hasattr(ids, "__iter__"):
-                raise TokenSetError(f"prompt set: {column} of row {row} must be a list of token ids, got {ids!r}")
+                raise DataError(f"prompt set: {column} of row {row} must be a list of token ids, got {ids!r}")
             for t in ids:
                 if isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t < upper:
                     span = "a whole number ≥ 0" if vocab_size is None else f"a whole number in [0, {vocab_size})"
-                    raise TokenSetError(
+                    raise DataError(
                         f"prompt set: token id {t!r} in {column} of row {row} is not {span} (the tokenizer's "
                         "vocabulary); build the prompt set with the model's tokenizer"
                     )

@@ -13,8 +13,7 @@ import torch
 
 from llmlatent import capture, checks
 from llmlatent.atomic import file_sha256, staged_dir
-from llmlatent.capture import CaptureError, PaddingError
-from llmlatent.errors import LlmlatentError, UsageError
+from llmlatent.errors import LlmlatentError, ModelLoadError, UsageError
 
 PACKAGE = Path(__file__).resolve().parent.parent / "llmlatent"
 FACES = ("cli.py", "notebook.py", "__main__.py")
@@ -45,9 +44,9 @@ def test_set_columns_have_one_owner():
 
 def test_captured_block_count_has_one_check():
     capture.check_captured([torch.zeros(1)] * 3, 3)
-    with pytest.raises(CaptureError, match="captured 2 block outputs, expected 3") as info:
+    with pytest.raises(ModelLoadError, match="captured 2 block outputs, expected 3") as info:
         capture.check_captured([torch.zeros(1)] * 2, 3)
-    assert isinstance(info.value, LlmlatentError) and isinstance(info.value, RuntimeError)
+    assert isinstance(info.value, LlmlatentError) and isinstance(info.value, ValueError)
 
 
 def test_left_padding_has_one_check(tiny_models):
@@ -55,12 +54,12 @@ def test_left_padding_has_one_check(tiny_models):
     prompts = ["A cloud", 'English: "book" - Deutsch: "']
     inputs = model.encode(prompts)
     capture.check_left_padded(inputs)
-    with pytest.raises(PaddingError, match="pad on the left") as info:
+    with pytest.raises(UsageError, match="pad on the left") as info:
         capture.check_left_padded({k: v.flip(1) for k, v in inputs.items()})
     assert isinstance(info.value, LlmlatentError) and isinstance(info.value, ValueError)
     tokenizer = copy.deepcopy(model.tokenizer)
     tokenizer.padding_side = "right"
-    with pytest.raises(PaddingError, match="pad on the left"):  # the capture path raises the same class
+    with pytest.raises(UsageError, match="pad on the left"):  # the capture path raises the same class
         capture.forward_last(dataclasses.replace(model, tokenizer=tokenizer), prompts)
 
 

@@ -12,7 +12,8 @@ import yaml
 from conftest import save_model
 
 from llmlatent import model
-from llmlatent.adapter import AdapterError, adapter_for
+from llmlatent.adapter import adapter_for
+from llmlatent.errors import ModelLoadError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,7 +55,7 @@ def test_unknown_architecture_names_missing_attributes():
             super().__init__()
             self.stack = torch.nn.ModuleList([torch.nn.Linear(4, 4)])
 
-    with pytest.raises(AdapterError, match=r"could not find blocks .*final norm.*Pass the attribute paths"):
+    with pytest.raises(ModelLoadError, match=r"could not find blocks .*final norm.*Pass the attribute paths"):
         adapter_for(Odd())
 
 
@@ -62,7 +63,7 @@ def test_explicit_adapter_paths(tiny_models):
     hf = tiny_models["llama"].hf
     adapter = adapter_for(hf, blocks="model.layers", final_norm="model.norm")
     assert adapter.n_layers == 3
-    with pytest.raises(AdapterError, match="tried model.nope"):
+    with pytest.raises(ModelLoadError, match="tried model.nope"):
         adapter_for(hf, blocks="model.nope")
 
 

@@ -13,11 +13,11 @@ import nbformat
 import pytest
 
 from llmlatent import model, notebook
+from llmlatent.errors import UsageError
 from llmlatent.experiments.cache import CacheSettings
 from llmlatent.experiments.patching import PatchSettings
 from llmlatent.experiments.steering.plan import SteeringSettings
 from llmlatent.experiments.sweep import SweepSettings
-from llmlatent.notebook import ParameterError
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 TRANSLATION = {"task": "translation", "src": "fr", "tgt": "zh", "n_prompts": None}
@@ -35,8 +35,8 @@ def no_model_load(monkeypatch):
 
 
 def failure(experiment, **kwargs) -> str:
-    """Return the one-line message of the ParameterError that ``notebook.check`` raises for ``kwargs``."""
-    with pytest.raises(ParameterError) as info:
+    """Return the one-line message of the UsageError that ``notebook.check`` raises for ``kwargs``."""
+    with pytest.raises(UsageError) as info:
         notebook.check(experiment, **kwargs)
     message = str(info.value)
     assert "\n" not in message
@@ -155,7 +155,7 @@ def test_papermill_with_n_prompts_0_fails_in_the_setup_cell_naming_it(tmp_path):
     assert proc.returncode != 0
     cells = json.loads(out.read_text())["cells"]
     errors = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", []) if o["output_type"] == "error"]
-    assert len(errors) == 1 and errors[0]["ename"] == "ParameterError"
+    assert len(errors) == 1 and errors[0]["ename"] == "UsageError"
     assert errors[0]["evalue"].startswith("notebook parameter n_prompts = 0: ")
     assert "papermill: -p n_prompts VALUE" in proc.stderr.strip().splitlines()[-1]
     logged = json.dumps(cells)

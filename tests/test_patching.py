@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from llmlatent import capture, patching, tasks
+from llmlatent.errors import UsageError
 from llmlatent.lens import decode
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -129,13 +130,13 @@ def test_bad_input(tiny_models):
     model = tiny_models["llama"]
     receivers, _ = prompts(model)
     good = torch.zeros(len(receivers), model.n_layers, model.hidden_size)
-    with pytest.raises(patching.PatchError, match="out of range"):
+    with pytest.raises(UsageError, match="out of range"):
         patching.patch(model, receivers, good, model.n_layers)
-    with pytest.raises(patching.PatchError, match="window"):
+    with pytest.raises(UsageError, match="window"):
         patching.patch(model, receivers, good, 0, window=0)
-    with pytest.raises(patching.PatchError, match="donor_latents must be"):
+    with pytest.raises(UsageError, match="donor_latents must be"):
         patching.patch(model, receivers, good[:2], 0)
-    with pytest.raises(patching.PatchError, match="one shape"):
+    with pytest.raises(UsageError, match="one shape"):
         patching.mean_latents([good, good[:1]])
     assert torch.equal(patching.mean_latents([good, good + 2]), good + 1)
 
@@ -150,7 +151,7 @@ def test_from_store(tiny_models, tmp_path):
     got = patching.from_store(store, concepts, model)
     live = patching.donor_latents(model, ps.df.set_index("concept").loc[concepts, "prompt"].tolist())
     assert (got - live).abs().max() <= 1e-5
-    with pytest.raises(patching.PatchError, match="no prompt"):
+    with pytest.raises(UsageError, match="no prompt"):
         patching.from_store(store, ["no-such-concept"])
 
 
@@ -277,5 +278,5 @@ def test_window_through_the_last_block_reports_no_moves_at(tiny_models, tmp_path
         zip(pairs["donor_concept"], pairs["receiver_concept"])
     )
     assert pairs["receiver_prompt"].str.endswith('中文: "').all()
-    with pytest.raises(pe.PatchingError, match="lists a language twice"):
+    with pytest.raises(UsageError, match="lists a language twice"):
         pe.PatchSettings(mean_over=("de", "de", "fr"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmlatent.capture import PaddingError
+from llmlatent.errors import UsageError
 from llmlatent.prefix import Prefix
 
 PROMPTS = ['Français: "fleur" - 中文: "花"\nFrançais: "nuage" - 中文: "', "A cloud", "x"]
@@ -40,5 +40,5 @@ def test_right_padding_is_refused(tiny_models):
     model = tiny_models["llama"]
     inputs = model.encode(PROMPTS)
     flipped = {k: v.flip(1) for k, v in inputs.items()}  # padding now on the right
-    with pytest.raises(PaddingError, match="pad on the left"):
+    with pytest.raises(UsageError, match="pad on the left"):
         Prefix(model, flipped)

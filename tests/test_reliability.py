@@ -224,7 +224,7 @@ def test_only_domain_errors_become_one_line(monkeypatch, capsys, tmp_path):
 
 
 def test_every_error_class_derives_from_the_base():
-    from llmlatent import adapter, latents
+    from llmlatent import latents
     from llmlatent.languages import words as data
     from llmlatent.steering import vector as steering
 
@@ -233,12 +233,26 @@ def test_every_error_class_derives_from_the_base():
         OutputFolderError,
         data.DataError,
         model.ModelLoadError,
-        adapter.AdapterError,
         latents.LatentStoreError,
         latents.FingerprintMismatch,
         steering.SteeringError,
     ):
         assert issubclass(cls, LlmlatentError) and issubclass(cls, ValueError)
+
+
+def test_the_error_classes_are_the_few_domains():
+    """A new error class names a new domain, not one module's errors: the CLI prints them all as one line."""
+    import ast
+
+    package = Path(model.__file__).parent
+    found = {
+        node.name
+        for path in package.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ClassDef) and node.name.endswith(("Error", "Mismatch"))
+    }
+    domains = {"LlmlatentError", "UsageError", "DataError", "ModelLoadError", "OutputFolderError", "SteeringError"}
+    assert found == domains | {"LatentStoreError", "FingerprintMismatch"}, sorted(found)
 
 
 def test_ctrl_c_is_one_line_exit_130(monkeypatch, capsys):

@@ -74,6 +74,7 @@ def collect(settings: CacheSettings, load: Callable[[], Model], out: str | None,
     """
     from llmlatent import latents
 
+    assert out is not None  # the command's --out is required
     clock = Clock()
     latents.check_store_dir(out, shard_size=settings.shard_size, repair=settings.repair or force)
     if force:  # only a folder laid out as a latent store; any other is refused and kept
@@ -137,14 +138,15 @@ def import_paper(
 
     from llmlatent.latents import check_store_dir, paper
 
+    assert out is not None  # the command's --out is required
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--out {folder} is a file; pass a folder (each imported file becomes a store in it)")
-    files = [paper.locate(f) for f in paper.find_paper_files(settings.paths)]
+    files = [paper.locate(f) for f in paper.find_paper_files(list(settings.paths))]
     for file in files:  # names, CSVs and store folders of every file before the head loads
         paper.read_paper_csv(file)
         check_store_dir(folder / file.name, shard_size=settings.shard_size)
-    head, written = load(), []
+    head, written = load(), list[str]()
     verbose = logging.getLogger().isEnabledFor(logging.INFO)  # the command line's -v
     for file in tqdm(files, desc="import latents", unit="file", disable=len(files) < 2 and not verbose):
         try:

@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 
 from llmlatent import checks, tasks
-from llmlatent.errors import UsageError
 from llmlatent.experiments.base import Clock, Experiment
 from llmlatent.experiments.patching import parse_langs
 from llmlatent.experiments.settings import Settings, option
@@ -44,15 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class DetourError(UsageError):
-    """Bad settings of the detour experiment (one line: what is wrong and how to fix it)."""
-
-
 @dataclass(frozen=True)
 class DetourSettings(Settings):
     """Greedy answers of translation prompts into every non-English language, each token read at every layer."""
-
-    error = DetourError
 
     langs: tuple[str, ...] = option(
         codes(),
@@ -129,14 +122,16 @@ def compute(model: Model, settings: DetourSettings) -> DetourResult:
         src = s.source_of(tgt)
         langs = list(dict.fromkeys([*s.langs, src]))
         with clock(f"prompts_{tgt}"):
-            prompts = tasks.build("translation", src, tgt, model.tokenizer, n=s.n_prompts, seed=s.seed,
-                                  words_dir=s.words_dir).df  # fmt: skip
+            prompts = tasks.build(
+                "translation", src, tgt, model.tokenizer, n=s.n_prompts, seed=s.seed, words_dir=s.words
+            ).df
             table = read_table(langs, s.words_dir).set_index("concept")
             sets = prompt_sets(prompts, table, langs, model.tokenizer)
         with clock(f"generate_{tgt}"):
             log.info("detour %s→%s: %d prompts × %d tokens", src, tgt, len(prompts), s.max_new_tokens)
-            gen = genlens.generation(model, prompts["prompt"].tolist(), sets, max_new_tokens=s.max_new_tokens,
-                                     k=s.k, batch_size=s.batch_size)  # fmt: skip
+            gen = genlens.generation(
+                model, prompts["prompt"].tolist(), sets, max_new_tokens=s.max_new_tokens, k=s.k, batch_size=s.batch_size
+            )
         rows = gen.rows
         rows.insert(0, "tgt", tgt)
         rows.insert(1, "src", src)
@@ -145,9 +140,15 @@ def compute(model: Model, settings: DetourSettings) -> DetourResult:
         parts.append(rows)
     rows = pd.concat(parts, ignore_index=True)
     summary = summarize(rows, s)
-    meta = {"langs": list(s.langs), "targets": s.targets(), "sources": {t: s.source_of(t) for t in s.targets()},
-            "n_prompts": {t: int(rows.loc[rows["tgt"] == t, "prompt_id"].nunique()) for t in s.targets()},
-            "max_new_tokens": s.max_new_tokens, "seed": s.seed, "timings": clock.rounded()}  # fmt: skip
+    meta = {
+        "langs": list(s.langs),
+        "targets": s.targets(),
+        "sources": {t: s.source_of(t) for t in s.targets()},
+        "n_prompts": {t: int(rows.loc[rows["tgt"] == t, "prompt_id"].nunique()) for t in s.targets()},
+        "max_new_tokens": s.max_new_tokens,
+        "seed": s.seed,
+        "timings": clock.rounded(),
+    }
     return DetourResult(rows, summary, headline(summary), meta)
 
 
@@ -167,11 +168,22 @@ def summarize(rows: pd.DataFrame, s: DetourSettings) -> pd.DataFrame:
         src = part["src"].iloc[0]
         others = {lang: part[f"p_{lang}"].mean() for lang in s.langs if lang not in ("en", tgt, src)}
         best = max(others, key=others.get) if others else None
-        out.append({"tgt": tgt, "src": src, "step": step, "layer": layer, "n_prompts": part["prompt_id"].nunique(),
-                    "p_english": part["p_en"].mean(), "p_target": part[f"p_{tgt}"].mean(),
-                    "p_source": part[f"p_{src}"].mean(), "p_other_best": others.get(best, np.nan),
-                    "other_best_lang": best, "top1_english": part["in_en"].mean(),
-                    "top1_target": part[f"in_{tgt}"].mean()})  # fmt: skip
+        out.append(
+            {
+                "tgt": tgt,
+                "src": src,
+                "step": step,
+                "layer": layer,
+                "n_prompts": part["prompt_id"].nunique(),
+                "p_english": part["p_en"].mean(),
+                "p_target": part[f"p_{tgt}"].mean(),
+                "p_source": part[f"p_{src}"].mean(),
+                "p_other_best": others.get(best, np.nan),
+                "other_best_lang": best,
+                "top1_english": part["in_en"].mean(),
+                "top1_target": part[f"in_{tgt}"].mean(),
+            }
+        )
     order = {tgt: i for i, tgt in enumerate(s.targets())}
     frame = pd.DataFrame(out)
     frame = frame.assign(order=frame["tgt"].map(order)).sort_values(["order", "step", "layer"])
@@ -188,10 +200,14 @@ def headline(summary: pd.DataFrame) -> dict:
         peak = int(np.argmax(english))  # the first layer of the highest mean p(English)
         layers = part["layer"].to_numpy()
         after = [int(layer) for layer, e, t in zip(layers, english, target) if layer >= layers[peak] and t > e]
-        out[tgt] = {"english_peak_layer": int(layers[peak]), "english_peak": round(float(english[peak]), 4),
-                    "target_overtakes_at": after[0] if after else None,
-                    "final_target": round(float(target[-1]), 4), "final_english": round(float(english[-1]), 4),
-                    "answers_start_target": round(float(part["top1_target"].iloc[-1]), 4)}  # fmt: skip
+        out[tgt] = {
+            "english_peak_layer": int(layers[peak]),
+            "english_peak": round(float(english[peak]), 4),
+            "target_overtakes_at": after[0] if after else None,
+            "final_target": round(float(target[-1]), 4),
+            "final_english": round(float(english[-1]), 4),
+            "answers_start_target": round(float(part["top1_target"].iloc[-1]), 4),
+        }
     return out
 
 

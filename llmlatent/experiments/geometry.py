@@ -25,10 +25,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llmlatent import checks, geometry
-from llmlatent.errors import LlmlatentError
+from llmlatent import checks, geometry, latents, metrics
+from llmlatent.adapter import text_config
+from llmlatent.errors import DataError
 from llmlatent.experiments.base import Clock, Experiment
 from llmlatent.experiments.settings import Settings, option
+from llmlatent.latents.format import read_config
+from llmlatent.latents.shards import store_digest
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -39,15 +42,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class GeometryError(LlmlatentError, ValueError):
-    """Bad settings or input of the geometry experiment."""
-
-
 @dataclass(frozen=True)
 class GeometrySettings(Settings):
     """MDS of latent paths among token embeddings, Procrustes ranks of input embeddings, latent norms."""
-
-    error = GeometryError
 
     from_latents: str | None = option(
         None, "latent store to analyse (required; --model names its head: final norm + unembedding only)", key=False
@@ -58,8 +55,6 @@ class GeometrySettings(Settings):
     progress: bool = option(True, "progress bar", key=False, cli=False)
 
     def __post_init__(self) -> None:
-        from llmlatent.latents.format import read_config
-
         if self.from_latents is None:
             self.fail(
                 "geometry needs a latent store: pass --from-latents STORE (python -m llmlatent cache … --out STORE)"
@@ -70,8 +65,6 @@ class GeometrySettings(Settings):
 
     def key_inputs(self, model: Model | LoadedHead) -> dict:
         """Return the store's content digest (the key's model-dependent input)."""
-        from llmlatent.latents.shards import store_digest
-
         return {"latent_store_sha256": store_digest(self.from_latents)}
 
 
@@ -106,7 +99,7 @@ def prompt_tokens(prompts: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) -> 
         frame[f"{role}_token"] = [None if i is None else tokenizer.convert_ids_to_tokens(int(i)) for i in ids]
     missing = frame["target_token_id"].isna() | frame["english_token_id"].isna()
     if missing.all():
-        raise GeometryError("no prompt of the store has both a target and an English token set; nothing to analyse")
+        raise DataError("no prompt of the store has both a target and an English token set; nothing to analyse")
     return frame[~missing].reset_index(drop=True)
 
 
@@ -157,7 +150,6 @@ def input_embeddings(source: Model | LoadedHead) -> torch.Tensor:
     hf = getattr(source, "hf", None)
     if hf is not None:
         return hf.get_input_embeddings().weight.detach().float()
-    from llmlatent.adapter import text_config
     from llmlatent.model import load_input_embeddings
 
     if getattr(text_config(source.config), "tie_word_embeddings", False):
@@ -179,17 +171,16 @@ def procrustes_ranks(u: torch.Tensor, e: torch.Tensor, words: pd.DataFrame, tgt:
         ranks[column.replace("rank", "relrank")] = (ranks[column] - 1) / (u.shape[0] - 1)
     d = rotation.shape[0]
     stats = {
-        "rotation_distance_from_identity": float(torch.linalg.matrix_norm(rotation - torch.eye(d, dtype=rotation.dtype))
-                                                 / d**0.5),
+        "rotation_distance_from_identity": float(
+            torch.linalg.matrix_norm(rotation - torch.eye(d, dtype=rotation.dtype)) / d**0.5
+        ),
         "rotation_trace_over_d": float(torch.trace(rotation) / d),
-    }  # fmt: skip
+    }
     return ranks, stats
 
 
 def norms_per_layer(latents: torch.Tensor, unembedding: object) -> pd.DataFrame:
     """Return one row per layer: mean latent norm and token energy with their 95% normal intervals."""
-    from llmlatent import metrics
-
     n, n_layers, d = latents.shape
     norm = geometry.latent_norms(latents).numpy()
     energy = metrics.token_energy(unembedding, latents.reshape(n * n_layers, d)).reshape(n, n_layers).cpu().numpy()
@@ -204,8 +195,6 @@ def norms_per_layer(latents: torch.Tensor, unembedding: object) -> pd.DataFrame:
 
 def compute(model: Model | LoadedHead, settings: GeometrySettings) -> GeometryResult:
     """Return the three analyses of the store ``settings`` names, decoded with ``model``'s head (no forward pass)."""
-    from llmlatent import latents
-
     clock = Clock()
     store = latents.load(settings.from_latents)
     store.check(model.fingerprint())

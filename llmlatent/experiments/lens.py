@@ -47,11 +47,11 @@ class LensSettings(Settings):
                 self.fail(
                     f"--colour must be probability or p_<lang> of --langs ({', '.join(langs)}), got {self.colour}"
                 )
-            if self.concept_list() is not None:
+            if (concepts := self.concept_list()) is not None:
                 from llmlatent.languages.scripts import check_concepts
                 from llmlatent.languages.words import read_table
 
-                check_concepts(self.concept_list(), read_table(list(langs)).set_index("concept"))
+                check_concepts(concepts, read_table(list(langs)).set_index("concept"))
 
     @property
     def text(self) -> str:

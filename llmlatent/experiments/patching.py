@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llmlatent import checks, patching, tasks
+from llmlatent import checks, latents, patching, tasks
 from llmlatent.errors import UsageError
 from llmlatent.experiments.base import Clock, Experiment
 from llmlatent.experiments.settings import Settings, option
@@ -46,18 +46,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class PatchingError(UsageError):
-    """Bad settings of the patching experiments (one line: what is wrong and how to fix it)."""
-
-
 def parse_spec(text: str, name: str = "--donor") -> tuple[str, str]:
     """Return (source, target) of a ``src:tgt`` translation spec such as ``de:fr``; UsageError if malformed."""
     parts = str(text).split(":")
     if len(parts) != 2 or not all(parts):
-        raise PatchingError(f"{name} must look like SRC:TGT (e.g. de:fr), got {text!r}")
+        raise UsageError(f"{name} must look like SRC:TGT (e.g. de:fr), got {text!r}")
     src, tgt = (p.strip() for p in parts)  # availability is checked with the words folder (check_settings)
     if src == tgt:
-        raise PatchingError(f"{name} {text!r}: the prompts translate, so source and target must differ")
+        raise UsageError(f"{name} {text!r}: the prompts translate, so source and target must differ")
     return src, tgt
 
 
@@ -73,24 +69,24 @@ def check_settings(
     for lang in (*donor, *receiver):
         check_lang(lang, words_dir)
     if donor[1] == receiver[1]:
-        raise PatchingError(
+        raise UsageError(
             f"donor and receiver must answer in different languages (both answer in {donor[1]}); "
             "e.g. --donor de:fr --receiver ru:zh"
         )
     if n_pairs is not None and n_pairs < 2:
-        raise PatchingError(f"--n-pairs must be at least 2 pairs (95% intervals need two), got {n_pairs}")
+        raise UsageError(f"--n-pairs must be at least 2 pairs (95% intervals need two), got {n_pairs}")
     if not mean_over:
         return []
     langs = [check_lang(x, words_dir) for x in mean_over]
     if len(set(langs)) < len(langs):
-        raise PatchingError(f"--mean-over lists a language twice ({', '.join(langs)}); give each language once")
+        raise UsageError(f"--mean-over lists a language twice ({', '.join(langs)}); give each language once")
     used = [x for x in dict.fromkeys(langs) if x != receiver[1]]
     if len(used) < 2:
-        raise PatchingError(
+        raise UsageError(
             f"--mean-over needs at least two input languages other than the receiver's {receiver[1]}, got {mean_over}"
         )
     if donor[0] == receiver[1]:
-        raise PatchingError(
+        raise UsageError(
             f"the single-language donor translates {donor[0]}→{receiver[1]}: "
             f"pick a donor source other than {receiver[1]}"
         )
@@ -117,8 +113,6 @@ def _latents(
     """Return the donor latents of ``concepts`` under one prompt set: live, or from (resumable) latent stores."""
     if latents_dir is None:
         return patching.donor_latents(model, frame.loc[concepts, "prompt"].tolist(), batch_size=batch_size)
-    from llmlatent import latents
-
     prompts = tasks.PromptSet(frame.reset_index(), meta={"task": "translation", "src": spec[0], "tgt": spec[1]})
     # named by pair and by a digest of the prompts, so another --seed or word list gets its own store
     digest = hashlib.sha256("\x00".join(prompts.prompts).encode()).hexdigest()[:12]
@@ -130,8 +124,6 @@ def _latents(
 @dataclass(frozen=True)
 class PatchSettings(Settings):
     """Both patching experiments: donor latents into receiver prompts at each layer; the mean over input languages."""
-
-    error = PatchingError
 
     donor: tuple[str, str] = option(
         ("de", "fr"),
@@ -278,10 +270,15 @@ def warn_if_flat(s: PatchSettings, n_pairs: int, first_layer: int, n_layers: int
 def pair_table(pairs: list[tuple[str, str]], donor_frame: pd.DataFrame, receiver_prompts: list[str]) -> pd.DataFrame:
     """Return pairs.csv: which donor concept was patched into which receiver, with both prompts."""
     donors = [d for d, _ in pairs]
-    return pd.DataFrame({"pair_id": range(len(pairs)), "donor_concept": donors,
-                         "receiver_concept": [r for _, r in pairs],
-                         "donor_prompt": donor_frame.loc[donors, "prompt"].tolist(),
-                         "receiver_prompt": receiver_prompts})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "pair_id": range(len(pairs)),
+            "donor_concept": donors,
+            "receiver_concept": [r for _, r in pairs],
+            "donor_prompt": donor_frame.loc[donors, "prompt"].tolist(),
+            "receiver_prompt": receiver_prompts,
+        }
+    )
 
 
 def decode_rows(

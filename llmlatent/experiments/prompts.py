@@ -226,9 +226,10 @@ class PromptSettings(Settings):
         ("en",), "latent languages: a curve p(concept in L) per layer for each L (en: the paper's p_english)"
     )
     latent_overlap: str = option(
-        "mark", "concepts whose latent-language set intersects the target's: mark (keep, count) or drop (from that "
-        "curve)", choices=("mark", "drop"),
-    )  # fmt: skip
+        "mark",
+        "concepts whose latent-language set intersects the target's: mark (keep, count) or drop (from that curve)",
+        choices=("mark", "drop"),
+    )
 
     def __post_init__(self) -> None:
         self._check_values()
@@ -247,7 +248,9 @@ class PromptSettings(Settings):
         src = self.src or ("fr" if task == "translation" else tgt)
         if task == "translation" and src == tgt:
             raise DataError(f"translation needs two different languages (got {tgt}→{tgt}); use --task repetition")
-        self._set("task", task), self._set("tgt", tgt), self._set("src", src)
+        self._set("task", task)
+        self._set("tgt", tgt)
+        self._set("src", src)
 
     def _check_values(self) -> None:
         """Check the fields every source shares (no file is read)."""
@@ -260,6 +263,7 @@ class PromptSettings(Settings):
         """Return the prompt source these settings name."""
         if self.prompts:
             return PromptFile(self.prompts, self.n_prompts, self.seed, self.strict)
+        assert self.task and self.src and self.tgt  # filled in by __post_init__
         return TaskPrompts(
             self.task, self.src, self.tgt, self.n_prompts, self.seed, self.strict, self.cognate_filter, self.words_dir
         )

@@ -17,15 +17,17 @@ from typing import TYPE_CHECKING
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from llmlatent import checks, tasks
+from llmlatent import checks, latents, model, tasks
 from llmlatent.adapter import same_model
 from llmlatent.atomic import copy_file
-from llmlatent.errors import LlmlatentError
-from llmlatent.experiments import runs
+from llmlatent.experiments import geometry, runs
 from llmlatent.experiments.base import Clock
 from llmlatent.experiments.detour import DetourSettings
 from llmlatent.experiments.figures import generation as genplots
+from llmlatent.experiments.figures import geometry as geoplots
 from llmlatent.experiments.figures import plots
+from llmlatent.experiments.figures.geometry import read_paper_lines
+from llmlatent.experiments.geometry import GeometrySettings
 from llmlatent.experiments.patching import PatchSettings
 from llmlatent.experiments.settings import Settings, option
 from llmlatent.experiments.steering.bench.plan import SteerBenchSettings
@@ -59,16 +61,10 @@ DETOUR = "detour"  # the Schut et al. measurement (every generated answer token 
 STEERBENCH = "steerbench"  # every ordered pair of the five languages, small splits; its fit stores in latents/
 
 
-class ReproduceError(LlmlatentError, ValueError):
-    """Bad settings of the reproduction (a step's own error names the step's option)."""
-
-
 @dataclass(frozen=True)
 class ReproduceSettings(Settings):
     """The whole reproduction: 30 sweeps, the fr→zh latent store and its geometry, the steering demo and benchmark,
     patching, the detour, every figure."""
-
-    error = ReproduceError
 
     results: str = option("results", "folder of every step's result")
     figures: str = option("figures", "folder of the paper's figures (PNG + PDF)")
@@ -99,8 +95,6 @@ class ReproduceSettings(Settings):
             if path.exists() and not path.is_dir():
                 self.fail(f"--{name} {path} is an existing file; pass a folder (it is created if missing)")
         if self.paper_repo is not None:
-            from llmlatent.experiments.figures.geometry import read_paper_lines
-
             read_paper_lines(self.paper_repo)  # no lines there, or another format: one line before any work
 
 
@@ -275,8 +269,6 @@ def grid_figures(results: Path, figures: Path, model_name: str, langs: tuple[str
 
 def latent_step(m: Model, path: Path, *, n: int | None, seed: int, batch_size: int, force: bool) -> LatentStore:
     """Return the fr→zh latent store at ``path``, collecting it unless an identical one is already there."""
-    from llmlatent import latents
-
     prompts = tasks.build("translation", "fr", "zh", m.tokenizer, n=n, seed=seed)
     if path.exists() and not force:
         try:
@@ -297,16 +289,12 @@ def geometry_step(m: Model, results: Path, *, seed: int, force: bool) -> dict:
 
     Its settings are built here, after the store exists (they check the store), not in :func:`plan`.
     """
-    from llmlatent.experiments.geometry import GeometrySettings
-
     settings = GeometrySettings(from_latents=str(results / LATENTS), seed=seed)
     return runs.run(settings, m, results / GEOMETRY, force=force)
 
 
 def paper_overlays(results: Path, figures: Path, paper_repo: str | Path, model_name: str) -> list[Path]:
     """Return the figures written with the paper's Llama-2 →zh lines dashed over the fr→zh sweep's curves."""
-    from llmlatent.experiments.figures import geometry as geoplots
-
     summary = load_summaries(results, "translation", ["translation/fr-zh"]).get(("fr", "zh"))
     if summary is None:
         log.warning("no translation/fr-zh sweep under %s: no paper overlay drawn", results)
@@ -355,8 +343,6 @@ def run_all(
 
     ``load_kwargs`` go to :func:`llmlatent.model.load` (dtype, device, device_map, trust_remote_code).
     """
-    from llmlatent import model
-
     if "n" in settings:
         settings["n_prompts"] = settings.pop("n")
     s = ReproduceSettings(**{k: str(v) if k in ("results", "figures") else v for k, v in settings.items()})
@@ -372,12 +358,8 @@ def run_steps(s: ReproduceSettings, m: Model, *, force: bool = False) -> dict:
     for step in steps:  # every folder is checked before the first computation
         runs.check_out(results / step.folder, runs.experiment_of(step.settings))
     if s.only is None:
-        from llmlatent.experiments import geometry
-
         runs.check_out(results / GEOMETRY, geometry.EXPERIMENT)
     if s.only is None and (results / LATENTS).exists():
-        from llmlatent import latents
-
         latents.check_store_dir(results / LATENTS, repair=True)  # a latent store, or nothing there
     results.mkdir(parents=True, exist_ok=True)
     figures.mkdir(parents=True, exist_ok=True)

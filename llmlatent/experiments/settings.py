@@ -16,10 +16,10 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from llmlatent.atomic import file_sha256
-from llmlatent.errors import LlmlatentError, UsageError
+from llmlatent.errors import UsageError
 
 MISSING = dataclasses.MISSING
 
@@ -65,14 +65,12 @@ def option(
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Base of every experiment's settings: values validated in ``__post_init__`` (no file read), files in
-    :meth:`preflight`."""
-
-    error: ClassVar[type[LlmlatentError]] = UsageError
+    """Base of every experiment's settings: values validated in ``__post_init__`` (no file read; a bad value raises
+    UsageError), files in :meth:`preflight`."""
 
     def fail(self, message: str) -> typing.NoReturn:
-        """Raise this experiment's error class with ``message`` (one line: what is wrong and how to fix it)."""
-        raise self.error(message)
+        """Raise a UsageError with ``message`` (one line: what is wrong and how to fix it)."""
+        raise UsageError(message)
 
     def preflight(self) -> None:
         """Return None after checking what the settings name on disk (files exist and parse, languages are known).
@@ -158,7 +156,7 @@ def _split(kind: Callable[[str], Any], flag: str) -> Callable[[list[str]], tuple
         try:
             return tuple(kind(x.strip()) for part in values for x in part.split(",") if x.strip())
         except ValueError as exc:
-            what = {int: "whole numbers", float: "numbers"}.get(kind, "values")
+            what = "whole numbers" if kind is int else "numbers" if kind is float else "values"
             got = " ".join(values)
             raise UsageError(f"{flag} takes {what} (e.g. {flag} 5 7 9 or {flag} 5,7,9), got {got}") from exc
 
@@ -173,9 +171,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Settings], *, skip: Seq
             continue
         meta, (kind, _) = f.metadata, _base_type(hints[f.name])
         if meta.get("positional"):
-            many = {"nargs": "+"} if typing.get_origin(kind) is tuple else {}
             text = meta.get("help", "").replace("%", "%%")
-            parser.add_argument(f.name, help=text, metavar=meta.get("metavar"), **many)
+            nargs = "+" if typing.get_origin(kind) is tuple else None
+            parser.add_argument(f.name, help=text, metavar=meta.get("metavar"), nargs=nargs)
             continue
         names = [flag_name(f.name), *meta.get("aliases", ())]
         default = None if f.default is MISSING else f.default

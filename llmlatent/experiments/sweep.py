@@ -48,13 +48,16 @@ class SweepSettings(PromptSettings):
         "normal", "95% intervals: normal approximation (as the paper) or bootstrap", choices=("normal", "bootstrap")
     )
     from_latents: str | None = option(
-        None, "latent store to sweep with no forward pass (--model then names the head: final norm + unembedding only)",
+        None,
+        "latent store to sweep with no forward pass (--model then names the head: final norm + unembedding only)",
         key=False,  # its content enters the key (key_inputs), not its path
-    )  # fmt: skip
+    )
     paper_repo: str | None = option(
-        None, "a clone of epfl-dlab/llm-latent-language: its Llama-2 →zh lines dashed beside these curves "
-        "(paper_overlay_*.png, relative depth)", key=False,  # the lines' content enters the key (key_inputs)
-    )  # fmt: skip
+        None,
+        "a clone of epfl-dlab/llm-latent-language: its Llama-2 →zh lines dashed beside these curves "
+        "(paper_overlay_*.png, relative depth)",
+        key=False,  # the lines' content enters the key (key_inputs)
+    )
     prompt_set: PromptSet | None = option(None, "prompts built in Python (tasks.custom …)", key=False, cli=False)
     progress: bool = option(True, "progress bar", key=False, cli=False)
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from llmlatent import metrics, tasks
 from llmlatent.experiments.sweep import headline
 
 if TYPE_CHECKING:
@@ -60,7 +61,6 @@ def compare_variants(
     with the same ``seed`` and summarised; draw the curves with
     :func:`llmlatent.experiments.figures.plots.variants_figure`.
     """
-    from llmlatent import metrics, tasks
     from llmlatent.lens import last_token as lens
 
     records, summaries = [], {}

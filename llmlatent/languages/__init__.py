@@ -11,7 +11,7 @@ This package's public face is the list below (the function that lists every lang
 :func:`llmlatent.languages.registry.registry`, named like its module, so it is not gathered here).
 """
 
-from llmlatent.languages.identify import LanguageId, LanguageIdError
+from llmlatent.languages.identify import LanguageId
 from llmlatent.languages.registry import PAPER, Language, check_lang, codes, get, label, parse_codes
 from llmlatent.languages.scripts import lang_tags, script, word_sets
 from llmlatent.languages.words import MASK, read_table, read_words
@@ -21,7 +21,6 @@ __all__ = [
     "PAPER",
     "Language",
     "LanguageId",
-    "LanguageIdError",
     "check_lang",
     "codes",
     "get",

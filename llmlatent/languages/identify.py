@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
-from llmlatent.errors import LlmlatentError
-
-
-class LanguageIdError(LlmlatentError, ValueError):
-    """A language that lingua cannot identify (no ISO 639-1 code among its languages)."""
+from llmlatent.errors import DataError
 
 
 @functools.lru_cache(maxsize=8)
-def _detector(codes: tuple[str, ...]) -> object:
+def _detector(codes: tuple[str, ...]) -> Any:
     """Return the lingua detector of ``codes`` (built once per set of languages; its models load on first use)."""
     from lingua import IsoCode639_1, LanguageDetectorBuilder
 
@@ -30,10 +27,10 @@ def _detector(codes: tuple[str, ...]) -> object:
     for code in codes:
         iso = getattr(IsoCode639_1, code.upper(), None)
         if iso is None:
-            raise LanguageIdError(f"lingua cannot identify language {code!r}; use ISO 639-1 codes such as en, fr, zh")
+            raise DataError(f"lingua cannot identify language {code!r}; use ISO 639-1 codes such as en, fr, zh")
         isos.append(iso)
     if len(isos) < 2:
-        raise LanguageIdError(f"language identification needs at least two languages to tell apart, got {codes}")
+        raise DataError(f"language identification needs at least two languages to tell apart, got {codes}")
     return LanguageDetectorBuilder.from_iso_codes_639_1(*isos).build()
 
 

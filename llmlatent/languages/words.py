@@ -208,6 +208,8 @@ def read_table(langs: list[str], directory: str | Path | None = None) -> pd.Data
         )
         words = words[["concept", f"word_{lang}", f"cloze_{lang}", f"cloze_example_{lang}", f"cloze_query_{lang}"]]
         table = words if table is None else table.merge(words, on="concept", how="inner")
+    if table is None:
+        raise DataError("read_table needs at least one language")
     present = set(table["concept"])
     table = table[~table["concept"].isin(empty)].reset_index(drop=True)
     table.attrs["empty_word"] = len(empty & present) + unnamed

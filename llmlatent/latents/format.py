@@ -11,15 +11,16 @@ import logging
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 
+from llmlatent import checks
 from llmlatent.adapter import Fingerprint
-from llmlatent.atomic import atomic_file
+from llmlatent.atomic import atomic_file, check_output_dir
 from llmlatent.errors import LlmlatentError, UsageError
 from llmlatent.tasks import PromptSet, check_prompts
 from llmlatent.tokens import set_columns
@@ -94,7 +95,7 @@ def _missing(v: object) -> bool:
 
 def records(frame: pd.DataFrame, kinds: dict[str, str]) -> dict[str, list]:
     """Return the frame's columns as plain Python lists converted to their stored kinds."""
-    convert = {
+    convert: dict[str, Callable[[Any], Any]] = {
         "ids": lambda v: None if _missing(v) else [int(x) for x in v],
         "bool": bool,
         "int64": int,
@@ -221,9 +222,6 @@ def check_store_dir(path: str | os.PathLike, *, shard_size: int | None = None, r
     ``repair``). Refused with one line: a file, an unrelated non-empty folder, ``.``/a parent of the
     working directory/``$HOME``, an unwritable parent, ``shard_size`` < 1.
     """
-    from llmlatent import checks
-    from llmlatent.atomic import check_output_dir
-
     checks.count(shard_size, "shard_size", optional=True)
     path = Path(path)
     own = (STORE_FILE, LOCK_FILE, "shards")
@@ -254,11 +252,14 @@ def remove_store(path: str | os.PathLike) -> None:
     if not path.exists():
         return
     shards = path / "shards"
-    if (shards.exists() and not shards.is_dir()) or (shards.is_dir() and any(
-        not (p.is_dir() and (re.fullmatch(r"\d{5}", p.name) or p.name.startswith(".tmp-")))
-        and not (p.is_file() and re.fullmatch(r"\.claim-\d{5}\.lock", p.name))
-        for p in shards.iterdir()
-    )):  # fmt: skip
+    if (shards.exists() and not shards.is_dir()) or (
+        shards.is_dir()
+        and any(
+            not (p.is_dir() and (re.fullmatch(r"\d{5}", p.name) or p.name.startswith(".tmp-")))
+            and not (p.is_file() and re.fullmatch(r"\.claim-\d{5}\.lock", p.name))
+            for p in shards.iterdir()
+        )
+    ):
         raise LatentStoreError(f"{shards} holds files a latent store does not write; remove {path} yourself")
     shutil.rmtree(path)
 
@@ -305,8 +306,6 @@ def open_or_create(path: Path, config: dict, shard_size: int | None, *, repair: 
     comes from ``shard_size`` or, when not given, from shard 0's shard.json.
     """
     from filelock import FileLock
-
-    from llmlatent import checks
 
     checks.count(shard_size, "shard_size", optional=True)
     if shard_size is not None:  # refused before anything is created

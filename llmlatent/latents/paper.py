@@ -50,10 +50,6 @@ ID_COLUMNS = {"target_ids": "out_token_id", "english_ids": "latent_token_id"}
 REQUIRED = ("prompt", "out_token_id", "out_token_str", "latent_token_id", "latent_token_str")
 
 
-class PaperFileError(LatentStoreError):
-    """A file of the paper's dataset that cannot be imported (not one tensor, another pair's CSV …); nothing written."""
-
-
 @dataclass(frozen=True)
 class PaperFile:
     """A ``.pt`` of the paper's dataset, what its name says (task, languages, Llama-2 size) and its CSV."""
@@ -80,18 +76,18 @@ def locate(path: str | os.PathLike) -> PaperFile:
     """Return the :class:`PaperFile` of a ``.pt`` named as in the paper's dataset, with its CSV beside it."""
     pt = Path(path)
     if not pt.is_file():
-        raise PaperFileError(f"{pt}: no such file" if not pt.exists() else f"{pt} is not a file")
+        raise LatentStoreError(f"{pt}: no such file" if not pt.exists() else f"{pt} is not a file")
     match = NAME.match(pt.name.removesuffix(".pt")) if pt.suffix == ".pt" else None
     langs = match["langs"].split("_") if match else []
     if not match or any(lang not in PAPER for lang in langs):
-        raise PaperFileError(f"{pt}: not named like a file of the paper's dataset ({LAYOUT}; languages {PAPER})")
+        raise LatentStoreError(f"{pt}: not named like a file of the paper's dataset ({LAYOUT}; languages {PAPER})")
     src, tgt = (langs * 2)[:2] if len(langs) == 1 else langs
     task = "cloze" if len(langs) == 1 else ("repetition" if src == tgt else "translation")
     csv = pt.with_name(f"{pt.name.removesuffix('_latents.pt')}_dataset.csv")
     if not csv.is_file():
         others = sorted(p.name for p in pt.parent.glob("*_dataset.csv"))
         beside = f"beside it: {', '.join(others)}, another pair's" if others else "no _dataset.csv is beside it"
-        raise PaperFileError(
+        raise LatentStoreError(
             f"{pt}: its prompts {csv.name} are missing ({beside}); download the .pt with its _dataset.csv"
         )
     return PaperFile(pt, csv, task, src, tgt, match["size"])
@@ -100,7 +96,7 @@ def locate(path: str | os.PathLike) -> PaperFile:
 def read_paper_file(path: str | os.PathLike) -> torch.Tensor:
     """Return the one float32 tensor ``[prompts, blocks, hidden]`` of a ``.pt`` (``torch.load(weights_only=True)``).
 
-    Anything else is refused with one :class:`PaperFileError` line naming the file: a dict, a list, a
+    Anything else is refused with one :class:`LatentStoreError` line naming the file: a dict, a list, a
     pickle that asks to run code (``weights_only`` refuses it before it runs), a truncated or corrupt file,
     another rank, a non-floating or empty tensor, NaN or infinity.
     """
@@ -110,13 +106,13 @@ def read_paper_file(path: str | os.PathLike) -> torch.Tensor:
     except pickle.UnpicklingError as exc:
         wanted = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
         asks = f"it asks to call {wanted[1]}" if wanted else "it asks to run code or build objects other than tensors"
-        raise PaperFileError(
+        raise LatentStoreError(
             f"{path}: refused, not a plain tensor file: torch.load(weights_only=True) will not load it ({asks}); "
             "nothing was run or written"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
         first = re.split(r"(?<=\.)\s", str(exc).strip())[0].strip().rstrip(".") or type(exc).__name__
-        raise PaperFileError(
+        raise LatentStoreError(
             f"{path}: cannot be read as a torch.save file (truncated or corrupt: {first}); download it again"
         ) from None
     return check_tensor(value, path)
@@ -138,19 +134,19 @@ def _load(path: Path) -> object:
 
 
 def check_tensor(value: object, path: Path) -> torch.Tensor:
-    """Return ``value`` as a float32 tensor if it is one finite floating tensor of rank 3; else PaperFileError."""
+    """Return ``value`` as a float32 tensor if it is one finite floating tensor of rank 3; else LatentStoreError."""
     expected = "one float32 tensor [prompts, blocks, hidden]"
     if not isinstance(value, torch.Tensor):
         kind = type(value).__name__
-        raise PaperFileError(f"{path}: holds a {kind}, not {expected}; is it a file of {SOURCE}?")
+        raise LatentStoreError(f"{path}: holds a {kind}, not {expected}; is it a file of {SOURCE}?")
     if value.dim() != 3:
-        raise PaperFileError(f"{path}: holds a tensor of rank {value.dim()} {list(value.shape)}, not {expected}")
+        raise LatentStoreError(f"{path}: holds a tensor of rank {value.dim()} {list(value.shape)}, not {expected}")
     if not value.is_floating_point():
-        raise PaperFileError(
+        raise LatentStoreError(
             f"{path}: holds a tensor of dtype {str(value.dtype).removeprefix('torch.')}, not {expected}"
         )
     if value.numel() == 0:
-        raise PaperFileError(f"{path}: holds an empty tensor {list(value.shape)}, not {expected}")
+        raise LatentStoreError(f"{path}: holds an empty tensor {list(value.shape)}, not {expected}")
     value = value.float()
     # aminmax propagates NaN and keeps ±inf, so both ends are finite exactly when every value is (tested against
     # torch.isfinite); one reduction without a mask is ~15x faster on a 1 GB tensor; the mask only locates a bad one
@@ -158,7 +154,7 @@ def check_tensor(value: object, path: Path) -> torch.Tensor:
     if not (math.isfinite(low) and math.isfinite(high)):
         bad = ~torch.isfinite(value)
         row, layer, _ = (int(i) for i in bad.nonzero()[0])
-        raise PaperFileError(
+        raise LatentStoreError(
             f"{path}: {int(bad.sum())} latent values are NaN or infinite (first: prompt {row}, block {layer}); "
             "download the file again"
         )
@@ -170,10 +166,10 @@ def read_paper_csv(file: PaperFile) -> pd.DataFrame:
     try:
         frame = read_csv(file.csv, "prompt CSV")
     except DataError as exc:
-        raise PaperFileError(str(exc)) from None
+        raise LatentStoreError(str(exc)) from None
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
-        raise PaperFileError(f"{file.csv}: missing column(s) {', '.join(missing)} (expected {', '.join(REQUIRED)})")
+        raise LatentStoreError(f"{file.csv}: missing column(s) {', '.join(missing)} (expected {', '.join(REQUIRED)})")
     for column in ID_COLUMNS.values():
         frame[column] = [_id_list(v, file.csv, row, column) for row, v in enumerate(frame[column])]
     if file.task != "cloze":
@@ -181,7 +177,7 @@ def read_paper_csv(file: PaperFile) -> pd.DataFrame:
         for row, prompt in enumerate(frame["prompt"]):
             last = prompt.rstrip(" ").split("\n")[-1]
             if not (last.startswith(head) and last.endswith(tail)):
-                raise PaperFileError(
+                raise LatentStoreError(
                     f"{file.csv}: data row {row + 1}'s prompt does not end with a {file.src}→{file.tgt} query "
                     f"({head}…{tail}): it is another pair's CSV; use the _dataset.csv downloaded with {file.pt.name}"
                 )
@@ -189,13 +185,13 @@ def read_paper_csv(file: PaperFile) -> pd.DataFrame:
 
 
 def _id_list(value: str, path: Path, row: int, column: str) -> list[int]:
-    """Return a CSV cell such as ``"[29871, 30488]"`` as a list of ids; PaperFileError naming the row otherwise."""
+    """Return a CSV cell such as ``"[29871, 30488]"`` as a list of ids; LatentStoreError naming the row otherwise."""
     try:
         ids = ast.literal_eval(value.strip())
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         ids = None
     if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
-        raise PaperFileError(
+        raise LatentStoreError(
             f"{path}: data row {row + 1}: {column} {value[:40]!r} is not a list of token ids such as [29871, 30488]"
         )
     return ids
@@ -223,7 +219,7 @@ def paper_prompts(file: PaperFile, frame: pd.DataFrame, tokenizer: object) -> tu
         records.append({"prompt_id": len(records), **record, "paper_row": row})
         keep.append(row)
     if not records:
-        raise PaperFileError(f"{file.csv}: every row was dropped ({dropped}); nothing to import")
+        raise LatentStoreError(f"{file.csv}: every row was dropped ({dropped}); nothing to import")
     counts = {c: {"equal_to_stored": equal[c], "of": len(records), "stored_column": p} for c, p in ID_COLUMNS.items()}
     meta = {"task": file.task, "src": file.src, "tgt": file.tgt, "size": file.size}
     meta.update(dropped=dropped, paper_token_sets=counts)
@@ -251,16 +247,16 @@ def _record(file: PaperFile, r: dict, tokenizer: object, with_source: bool) -> d
 
 
 def check_fits(file: PaperFile, latents: torch.Tensor, n_rows: int, source: Model | LoadedHead) -> None:
-    """Return None if the tensor has the CSV's row count and the model's blocks and width; else PaperFileError."""
+    """Return None if the tensor has the CSV's row count and the model's blocks and width; else LatentStoreError."""
     n, layers, hidden = latents.shape
     fp = source.fingerprint()
     if n != n_rows:
-        raise PaperFileError(
+        raise LatentStoreError(
             f"{file.pt}: {n} prompts in the tensor but {n_rows} data rows in {file.csv.name}; row i of the CSV must be "
             "row i of the tensor (download both files again)"
         )
     if (layers, hidden) != (fp.n_layers, fp.hidden_size):
-        raise PaperFileError(
+        raise LatentStoreError(
             f"{file.pt}: latents of {layers} blocks × width {hidden} do not fit {fp.model} ({fp.n_layers} blocks × "
             f"{fp.hidden_size}); pass the Llama-2 size the file is named for ({file.size}) with --model"
         )
@@ -285,7 +281,7 @@ def import_paper(
     """
     tokenizer = getattr(source, "tokenizer", None)
     if tokenizer is None:
-        raise PaperFileError(f"{source.name} has no tokenizer files: the token sets cannot be recomputed")
+        raise LatentStoreError(f"{source.name} has no tokenizer files: the token sets cannot be recomputed")
     file = locate(pt_path)
     frame = read_paper_csv(file)
     out_store = check_store_dir(out_store, shard_size=shard_size)
@@ -309,12 +305,12 @@ def find_paper_files(paths: list[str | os.PathLike]) -> list[Path]:
         if given.is_dir():
             files = sorted(given.rglob("*.pt"))
             if not files:
-                raise PaperFileError(f"{given}: no .pt file under it (the dataset's translation/ and cloze/ folders)")
+                raise LatentStoreError(f"{given}: no .pt file under it (the dataset's translation/ and cloze/ folders)")
             found += files
         else:
             found.append(given)
     names = [p.name.removesuffix("_latents.pt") for p in found]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise PaperFileError(f"two files would be imported into the same store name: {', '.join(twice)}")
+        raise LatentStoreError(f"two files would be imported into the same store name: {', '.join(twice)}")
     return found

@@ -47,11 +47,11 @@ from llmlatent.latents.format import (
 )
 from llmlatent.latents.shards import disk_size, fill_shards, shard_problem, shard_range, to_storage
 from llmlatent.latents.space import check_free_space, disk_full
+from llmlatent.tasks import PromptSet
 from llmlatent.tokens import set_columns
 
 if TYPE_CHECKING:
     from llmlatent.model import Model
-    from llmlatent.tasks import PromptSet
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +229,6 @@ class LatentStore:
 
     def prompt_set(self) -> PromptSet:
         """Return the stored prompts as a PromptSet (meta from store.json; drop counts and notes where recorded)."""
-        from llmlatent.tasks import PromptSet
-
         meta = self.meta
         return PromptSet(self.prompts, dict(meta.get("dropped") or {}), meta, list(meta.get("notes") or []))
 
@@ -259,7 +257,7 @@ class LatentStore:
         """
         if layer is not None:
             if not -self.n_layers <= int(layer) < self.n_layers:
-                raise IndexError(f"layer {layer} is out of range for {self.n_layers} layers (0 … {self.n_layers - 1})")
+                raise UsageError(f"layer {layer} is out of range for {self.n_layers} layers (0 … {self.n_layers - 1})")
             layer = int(layer) % self.n_layers
         start, stop, step = (rows or slice(None)).indices(len(self))
         if step != 1:

@@ -15,7 +15,7 @@ from torch import nn
 
 from llmlatent.adapter import Unembedding
 from llmlatent.lens.base import Lens, of
-from llmlatent.metrics import LOG2
+from llmlatent.metrics import LOG2, token_energy
 
 # float32 logits decoded at once: all rows' logits over one slice of the vocabulary, sized to stay in
 # the CPU's last-level cache while max/exp/sum/dot run over it (and bounding peak memory); on
@@ -179,8 +179,6 @@ def decode(
     undefined). All rows are unembedded together, one vocabulary slice at a time, so that at most
     ``DECODE_BYTES`` of logits exist at once (heads that cannot be sliced: whole rows, in row blocks).
     """
-    from llmlatent.metrics import token_energy
-
     sets = sets or {}
     lens = of(lens)
     unembedding = lens.unembedding

@@ -123,8 +123,13 @@ def positions(model: Model, text: str | Sequence[int], sets: WordSets | None = N
     check_captured(captured, model.n_layers)
     hidden = torch.stack([c[0].to(captured[0].device) for c in captured], dim=1)  # [positions, layers, hidden]
     names = {t: model.tokenizer.decode([t]) for t in set(ids)}
-    index = pd.DataFrame({"prompt_id": 0, "position": np.repeat(np.arange(n), model.n_layers),
-                          "input_token": [names[t] for t in ids for _ in range(model.n_layers)]})  # fmt: skip
+    index = pd.DataFrame(
+        {
+            "prompt_id": 0,
+            "position": np.repeat(np.arange(n), model.n_layers),
+            "input_token": [names[t] for t in ids for _ in range(model.n_layers)],
+        }
+    )
     layers = torch.arange(model.n_layers).repeat(n)  # position-major rows
     row_sets = _per_prompt(sets, 1) * (n * model.n_layers)
     return _frame(model, hidden.reshape(-1, hidden.shape[-1]), layers, index, row_sets, k)
@@ -158,8 +163,11 @@ def _greedy(model: Model, prompts: list[str], max_new_tokens: int) -> tuple[torc
         if bool(done.all()):
             break
         mask = torch.cat([batch["attention_mask"], torch.ones_like(next_ids)[:, None]], dim=1)
-        batch = {"input_ids": next_ids[:, None], "attention_mask": mask,
-                 "position_ids": batch["position_ids"][:, -1:] + 1}  # fmt: skip
+        batch = {
+            "input_ids": next_ids[:, None],
+            "attention_mask": mask,
+            "position_ids": batch["position_ids"][:, -1:] + 1,
+        }
     return torch.stack(hidden, dim=1), torch.stack(chosen, dim=1), inputs
 
 
@@ -200,8 +208,16 @@ def generation(
             texts.append(model.tokenizer.decode(ids, skip_special_tokens=True))
         # the whole chunk's rows decoded together (one wide GEMM per vocabulary slice; the numbers are per row)
         index = pd.concat(index, ignore_index=True)
-        frames.append(_frame(model, torch.cat(rows), torch.tensor(index["layer"].to_numpy()),
-                             index.drop(columns="layer"), row_sets, k))  # fmt: skip
+        frames.append(
+            _frame(
+                model,
+                torch.cat(rows),
+                torch.tensor(index["layer"].to_numpy()),
+                index.drop(columns="layer"),
+                row_sets,
+                k,
+            )
+        )
     return Generation(pd.concat(frames, ignore_index=True), all_ids, texts)
 
 
@@ -218,10 +234,16 @@ def _generation_index(
     names = {t: model.tokenizer.decode([t]) for t in set(sequence)}
     step = np.repeat(np.arange(len(generated)), n_layers)
     position = len(prompt_ids) - 1 + step
-    return pd.DataFrame({"prompt_id": prompt_id, "position": position,
-                         "input_token": [names[sequence[p]] for p in position], "step": step,
-                         "generated_token": [names[generated[s]] for s in step],
-                         "layer": np.tile(np.arange(n_layers), len(generated))})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "prompt_id": prompt_id,
+            "position": position,
+            "input_token": [names[sequence[p]] for p in position],
+            "step": step,
+            "generated_token": [names[generated[s]] for s in step],
+            "layer": np.tile(np.arange(n_layers), len(generated)),
+        }
+    )
 
 
 def words_generation(

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from llmlatent.adapter import LoadedHead, Unembedding
 from llmlatent.capture import capture_last, check_captured, forward_last, length_batches
+from llmlatent.checks import count
 from llmlatent.errors import UsageError
 from llmlatent.lens.base import Lens, of, origin
 from llmlatent.lens.decode import decode
@@ -60,8 +61,6 @@ def layer_logprobs(model: Model, prompts: Sequence[str], *, batch_size: int = 8)
 
 def top_tokens(model: Model, prompt: str, k: int = 5) -> pd.DataFrame:
     """Return a tidy table of the lens's top-k tokens at the last token: layer, rank, token_id, token, prob."""
-    from llmlatent.checks import count
-
     count(k, "k", flag="-k", maximum=model.unembedding.vocab_size)  # k ≤ the vocabulary, known once the model is loaded
     latents, _ = forward_last(model, [prompt])
     stats = decode(of(model), latents[0], k=k, energy=False, layers=torch.arange(model.n_layers))

@@ -192,7 +192,7 @@ class SteeringVector:
         if not path.exists() and path.with_name(path.name + ".safetensors").exists():
             path = path.with_name(path.name + ".safetensors")
         if not path.exists():
-            raise FileNotFoundError(f"no steering vector at {path}")
+            raise SteeringError(f"no steering vector at {path}")
         layer, vector, meta = vector_file.read(path, error=SteeringError, trust_unverified=trust_unverified)
         return cls(layer, vector, meta)
 
@@ -320,6 +320,8 @@ def collect_pair(
     source = latents.collect(
         model, source_prompts, path / "source", batch_size=batch_size, dtype=dtype, progress=progress
     )
+    if target is None or source is None:  # collect() under RANK/WORLD_SIZE: another rank's shards are missing
+        raise SteeringError("collect_pair runs in one process; unset WORLD_SIZE/RANK (or collect each store per rank)")
     return target, source
 
 
@@ -400,6 +402,7 @@ def apply_rows(
         if not setting.steers:
             continue
         vector, alpha = setting.vector, setting.alpha
+        assert vector is not None  # setting.steers: a vector and α ≠ 0
         vector.check_shape(model)
         delta = deltas.setdefault(vector.layer, torch.zeros(len(settings) * rows, model.hidden_size))
         delta[j * rows : (j + 1) * rows] += vector.vector * float(alpha)  # the same float32 product as apply()

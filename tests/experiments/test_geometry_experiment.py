@@ -9,7 +9,8 @@ import torch
 
 from llmlatent import geometry, latents, model, tasks
 from llmlatent.cli import main
-from llmlatent.experiments.geometry import GeometryError, GeometrySettings, compute
+from llmlatent.errors import UsageError
+from llmlatent.experiments.geometry import GeometrySettings, compute
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,7 +73,7 @@ def test_bad_input_gets_one_line(store, tiny_models, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert expected in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / args[-1]).exists()
-    with pytest.raises(GeometryError, match="--from-latents"):
+    with pytest.raises(UsageError, match="--from-latents"):
         GeometrySettings()
     with pytest.raises(latents.FingerprintMismatch):  # another model's head is refused
         compute(tiny_models["llama"], GeometrySettings(from_latents=str(st.path)))

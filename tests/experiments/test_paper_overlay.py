@@ -111,7 +111,7 @@ def test_sweep_draws_the_overlays_and_keys_them_by_the_lines(llama2_folder, tmp_
 
 def test_sweep_refuses_the_lines_beside_another_target(tiny_models, llama2_folder, tmp_path, capsys):
     from llmlatent import latents, tasks
-    from llmlatent.experiments.figures.geometry import PaperLinesError
+    from llmlatent.errors import DataError
 
     write_lines(tmp_path / "paper", "7b", 32)
     out = tmp_path / "out"
@@ -121,7 +121,7 @@ def test_sweep_refuses_the_lines_beside_another_target(tiny_models, llama2_folde
     assert not out.exists()
     m = tiny_models["llama"]
     store = latents.collect(m, tasks.build("repetition", "zh", "zh", m.tokenizer, n=2), tmp_path / "s", progress=False)
-    with pytest.raises(PaperLinesError, match="these prompts are repetition into zh"):
+    with pytest.raises(DataError, match="these prompts are repetition into zh"):
         SweepSettings(from_latents=str(store.path), paper_repo=str(tmp_path / "paper")).preflight()
-    with pytest.raises(PaperLinesError, match="no R/data/data_for_sphere_plots folder"):
+    with pytest.raises(DataError, match="no R/data/data_for_sphere_plots folder"):
         SweepSettings(task="translation", tgt="zh", paper_repo=str(tmp_path)).preflight()

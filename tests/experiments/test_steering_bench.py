@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from llmlatent import cli
-from llmlatent.errors import LlmlatentError, SteeringError
+from llmlatent.errors import DataError, LlmlatentError, SteeringError, UsageError
 from llmlatent.experiments import runs
 from llmlatent.experiments.steering import core
 from llmlatent.experiments.steering.bench import bench
-from llmlatent.experiments.steering.bench.plan import SteerBenchError, SteerBenchSettings
-from llmlatent.languages.identify import LanguageId, LanguageIdError
+from llmlatent.experiments.steering.bench.plan import SteerBenchSettings
+from llmlatent.languages.identify import LanguageId
 from llmlatent.steering import language_means as language_vectors
 from llmlatent.steering.language_means import LanguageMeans
 from llmlatent.steering.vector import Setting, SteeringVector
@@ -93,7 +93,7 @@ def test_language_id_on_fixed_strings():
     assert not lid.forced("", "fr", False)
     assert lid.forced("hotel", "fr", True)  # a same-script cognate: the concept's token set decides
     assert LanguageId(["en", "zh"]).detect("Haus") in ("en", None)  # restricted to the languages in play
-    with pytest.raises(LanguageIdError, match="cannot identify"):
+    with pytest.raises(DataError, match="cannot identify"):
         LanguageId(["en", "xx"])
 
 
@@ -210,7 +210,7 @@ def test_bad_input_is_one_line_before_the_model_loads(tmp_path, monkeypatch, cap
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, (extra, err)
     assert not (tmp_path / "o").exists()
-    with pytest.raises(SteerBenchError, match="more than once"):
+    with pytest.raises(UsageError, match="more than once"):
         SteerBenchSettings(langs=("de", "de"))
 
 

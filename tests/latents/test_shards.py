@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from llmlatent.adapter import Fingerprint
-from llmlatent.latents import load, paper, shards
+from llmlatent.latents import LatentStoreError, load, paper, shards
 from llmlatent.latents.format import features
 from llmlatent.latents.store import write_latents
 from llmlatent.tasks import PromptSet
@@ -118,7 +118,7 @@ def test_finiteness_check_equals_isfinite(bad, tmp_path):
             y[(flat * 7 + 3) % y.numel()] = -bad if bad == bad else bad
         y = y.reshape(x.shape)
         first = tuple(int(i) for i in (~torch.isfinite(y)).nonzero()[0][:2])
-        with pytest.raises(paper.PaperFileError, match=rf"first: prompt {first[0]}, block {first[1]}\)"):
+        with pytest.raises(LatentStoreError, match=rf"first: prompt {first[0]}, block {first[1]}\)"):
             paper.check_tensor(y, tmp_path / "f.pt")
 
 

@@ -89,7 +89,7 @@ def test_collect_load_round_trip(tiny_models, tmp_path, monkeypatch):
     assert torch.equal(store.latents(rows=slice(3, 5)), everything[3:5])
     row = store.dataset[5]
     assert torch.is_tensor(row["latents"]) and row["latents"].shape == (3, 64) and row["concept"] == ps.df["concept"][5]
-    with pytest.raises(IndexError, match="out of range"):
+    with pytest.raises(UsageError, match="out of range"):
         store.latents(3)
     written = {f.suffix for f in (tmp_path / "s").rglob("*") if f.is_file()}
     assert written <= {".arrow", ".json", ".lock"}, f"only Arrow and JSON are written (no pickle): {written}"

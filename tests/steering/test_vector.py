@@ -189,7 +189,7 @@ def test_save_load_round_trip(tmp_path):
     save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(SteeringError, match="not a llmlatent steering vector"):
         steering.load(tmp_path / "other.safetensors")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(SteeringError, match="no steering vector at"):
         steering.load(tmp_path / "missing.safetensors")
 
 

@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.collections import LineCollection
 
-from llmlatent.errors import LlmlatentError
+from llmlatent.errors import DataError
+from llmlatent.experiments.figures import plots
 from llmlatent.experiments.figures.plots import COLORS, LAYER_LABEL, styled
+from llmlatent.experiments.settings import content_digest
 from llmlatent.languages import registry as languages
 
 
@@ -45,8 +47,12 @@ def mds_figure(points: pd.DataFrame, meta: dict | None = None, title: str | None
     tgt = meta.get("tgt")
     handles = ax.get_legend_handles_labels()[0]
     handles += [plt.Line2D([], [], color=COLORS[r], lw=0, marker="$a$") for r in ("target", "english")]
-    ax.legend(handles, ["token (unembedding)", "latent", f"target word ({languages.label(tgt)})", "English word"],
-              fontsize=7, loc="best")  # fmt: skip
+    ax.legend(
+        handles,
+        ["token (unembedding)", "latent", f"target word ({languages.label(tgt)})", "English word"],
+        fontsize=7,
+        loc="best",
+    )
     outside = _zoom(ax, points)
     if outside:
         ax.text(
@@ -93,10 +99,6 @@ def norm_figure(norms: pd.DataFrame, title: str | None = None) -> plt.Figure:
     return fig
 
 
-class PaperLinesError(LlmlatentError, ValueError):
-    """A --paper-repo folder without the paper's lines, or a lines file in another format."""
-
-
 PAPER_LINES = "R/data/data_for_sphere_plots"  # in a clone of epfl-dlab/llm-latent-language
 PAPER_SIZES = ("7b", "13b", "70b")
 PAPER_COLUMNS = ("entropy", "energy", "en", "zh")  # one row per layer, 1-based, no layer column
@@ -111,7 +113,7 @@ def read_paper_lines(repo: str | Path) -> dict[str, pd.DataFrame]:
     """
     folder = Path(repo) / PAPER_LINES
     if not folder.is_dir():
-        raise PaperLinesError(
+        raise DataError(
             f"--paper-repo {repo}: no {PAPER_LINES} folder there; pass a clone of epfl-dlab/llm-latent-language"
         )
     found = {}
@@ -122,19 +124,17 @@ def read_paper_lines(repo: str | Path) -> dict[str, pd.DataFrame]:
         try:
             frame = pd.read_csv(path)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise PaperLinesError(
-                f"{path} is not a CSV ({exc}); expected the columns {','.join(PAPER_COLUMNS)}"
-            ) from exc
+            raise DataError(f"{path} is not a CSV ({exc}); expected the columns {','.join(PAPER_COLUMNS)}") from exc
         missing = [c for c in PAPER_COLUMNS if c not in frame]
         values = frame[[c for c in PAPER_COLUMNS if c in frame]].apply(pd.to_numeric, errors="coerce")
         if missing or len(frame) < 2 or not np.isfinite(values.to_numpy()).all():
             problem = f"lacks {', '.join(missing)}" if missing else "has fewer than 2 rows or a non-numeric value"
-            raise PaperLinesError(f"{path} {problem}; expected one numeric row per layer: {','.join(PAPER_COLUMNS)}")
+            raise DataError(f"{path} {problem}; expected one numeric row per layer: {','.join(PAPER_COLUMNS)}")
         values.insert(0, "layer", np.arange(1, len(values) + 1))
         values["depth"] = values["layer"] / len(values)
         found[size] = values
     if not found:
-        raise PaperLinesError(f"--paper-repo {repo}: {folder} holds no {{7b,13b,70b}}_zh_lines.csv")
+        raise DataError(f"--paper-repo {repo}: {folder} holds no {{7b,13b,70b}}_zh_lines.csv")
     return found
 
 
@@ -158,8 +158,15 @@ def overlay_figure(summary: pd.DataFrame, lines: dict[str, pd.DataFrame], kind: 
     for ours, theirs, label, color in OVERLAYS[kind]:
         ax.plot(depth, summary[ours], color=color, lw=2, label=f"{label}, this model")
         for size, frame in lines.items():
-            ax.plot(frame["depth"], frame[theirs], color=color, lw=1.2, dashes=dashes[size], alpha=0.8,
-                    label=f"{label}, Llama-2-{size} (paper, →zh)")  # fmt: skip
+            ax.plot(
+                frame["depth"],
+                frame[theirs],
+                color=color,
+                lw=1.2,
+                dashes=dashes[size],
+                alpha=0.8,
+                label=f"{label}, Llama-2-{size} (paper, →zh)",
+            )
     ax.set_xlabel("relative depth (after block i of L: (i + 1) / L)")
     ax.set_ylabel(OVERLAYS[kind][0][2] if kind != "probabilities" else "probability")
     ax.grid(alpha=0.3)
@@ -178,7 +185,7 @@ def check_overlay(meta: dict) -> None:
     """
     task, tgt = meta.get("task"), meta.get("tgt")
     if task not in (None, "translation") or tgt not in (None, "zh"):
-        raise PaperLinesError(
+        raise DataError(
             f"--paper-repo: the paper's lines are its translations into Chinese, these prompts are {task} into "
             f"{tgt}; sweep --task translation --tgt zh, or drop --paper-repo"
         )
@@ -186,15 +193,11 @@ def check_overlay(meta: dict) -> None:
 
 def lines_digest(repo: str | Path) -> str:
     """Return a sha256 over the CSVs of the paper's lines folder in ``repo``: what a figure drawn from them used."""
-    from llmlatent.experiments.settings import content_digest
-
     return content_digest(Path(repo) / PAPER_LINES)
 
 
 def write_overlays(summary: pd.DataFrame, lines: dict[str, pd.DataFrame], title: str, stem: Path) -> list[Path]:
     """Return the files written: ``{stem}_{kind}.png/.pdf`` of :func:`overlay_figure` for every kind."""
-    from llmlatent.experiments.figures import plots
-
     written = []
     for kind in OVERLAYS:
         fig = overlay_figure(summary, lines, kind, title)

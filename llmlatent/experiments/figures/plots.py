@@ -315,7 +315,7 @@ def variants_figure(summaries: dict[str, pd.DataFrame], title: str | None = None
     for label, summary in summaries.items():
         (line,) = ax.plot(summary["layer"], summary["p_english_mean"], label=f"English · {label}")
         ax.plot(summary["layer"], summary["p_target_mean"], ls="--", color=line.get_color())
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # type: ignore[call-arg]  # a MaxNLocator
     ax.set_xlabel(LAYER_LABEL)
     ax.set_ylabel("probability (dashed: target)")
     ax.legend(fontsize=7, frameon=False)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.image import AxesImage
 
 from llmlatent.experiments.figures.plots import styled
 from llmlatent.steering.language_means import METHODS
@@ -24,7 +25,7 @@ def score_matrix(table: pd.DataFrame, method: str, setting: str = "steered") -> 
     return part.pivot_table(index="source", columns="target", values="value", aggfunc="first")
 
 
-def _panel(ax: plt.Axes, values: pd.DataFrame, title: str, fmt: str, vmin: float, vmax: float, cmap: str) -> object:
+def _panel(ax: plt.Axes, values: pd.DataFrame, title: str, fmt: str, vmin: float, vmax: float, cmap: str) -> AxesImage:
     """Return the image of one annotated source × target panel (empty cells: the diagonal and undefined pairs)."""
     data = values.to_numpy(dtype=float)
     image = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax)
@@ -60,7 +61,7 @@ def benchmark_heatmaps(
         values = score_matrix(table, method).reindex(index=langs, columns=langs)
         image = _panel(ax, values, f"{method}: test score", ".2f", 0.0, 1.0, "viridis")
     axes[0][0].set_ylabel("source")
-    fig.colorbar(image, ax=axes[0][: len(methods)].tolist(), shrink=0.8, label="score (harmonic mean)")
+    fig.colorbar(image, ax=axes[0][: len(methods)].tolist(), shrink=0.8, label="score (harmonic mean)")  # type: ignore[arg-type]
     layers = best.pivot_table(index="source", columns="target", values="layer", aggfunc="first")
     layers = layers.reindex(index=langs, columns=langs)
     lo, hi = float(np.nanmin(layers.to_numpy(dtype=float))), float(np.nanmax(layers.to_numpy(dtype=float)))

@@ -33,6 +33,8 @@ from llmlatent.prefix import Prefix
 from llmlatent.steering.vector import Setting, check_alpha
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from llmlatent.model import Model
     from llmlatent.steering.vector import SteeringVector
 
@@ -67,7 +69,7 @@ def checked_alphas(alphas: Sequence[float], fail: Callable[[str], NoReturn], wha
 
 
 def prompt_frames(
-    tokenizer: object, wanted: Iterable[tuple[str, str]], seed: int, words: str | None = None
+    tokenizer: PreTrainedTokenizerBase, wanted: Iterable[tuple[str, str]], seed: int, words: str | None = None
 ) -> dict[tuple[str, str], pd.DataFrame]:
     """Return (via, lang) → the translation prompts via → lang, indexed by concept, for every pair in ``wanted``."""
     return {

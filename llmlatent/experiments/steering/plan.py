@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmlatent.errors import DataError, SteeringError
+from llmlatent.errors import DataError
 from llmlatent.experiments.settings import Settings, option
 from llmlatent.experiments.steering.core import checked_alphas, default_layers
 from llmlatent.languages.registry import check_lang, codes
@@ -25,8 +25,6 @@ def default_wrong_pair(source: str, target: str, via: str, words: str | None = N
 @dataclass(frozen=True)
 class SteeringSettings(Settings):
     """The RU→ZH-style demo: fit Δ = μ_target − μ_source, choose (layer, α) on select concepts, report on test."""
-
-    error = SteeringError
 
     source: str = option("ru", "language the steered prompts answer in")
     target: str = option("zh", "language to steer towards")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from llmlatent.errors import DataError, SteeringError
+from llmlatent.errors import DataError, UsageError
 from llmlatent.experiments.settings import Settings, option
 from llmlatent.experiments.steering.core import checked_alphas, default_layers
 from llmlatent.languages.registry import PAPER, codes, parse_codes
@@ -17,24 +17,18 @@ DEFAULT_N_CONCEPTS = 60  # 20 fit + 20 select + 20 test concepts
 DEFAULT_N_LAYERS = 3  # candidate layers spread over 30-90 % of the depth
 
 
-class SteerBenchError(SteeringError):
-    """Bad settings of the steering benchmark (languages, methods, α, layers, counts)."""
-
-
 def parse_langs(langs: Sequence[str] | str, words: str | None = None) -> tuple[str, ...]:
     """Return the benchmark's languages, checked: available codes (bundled or in ``words``), no duplicates, at least
     two (the one place to parse)."""
     try:
         return parse_codes(langs, words, flag="--langs", at_least=2)
     except DataError as exc:
-        raise SteerBenchError(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
 @dataclass(frozen=True)
 class SteerBenchSettings(Settings):
     """Every ordered pair of ``langs``, four vector methods, (layer, α) chosen on select concepts, reported on test."""
-
-    error = SteerBenchError
 
     langs: tuple[str, ...] = option(PAPER, "languages; every ordered pair is steered (e.g. en,fr,de,ru,zh)")
     methods: tuple[str, ...] = option(METHODS, f"vector methods ({', '.join(METHODS)})")
