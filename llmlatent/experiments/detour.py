@@ -123,7 +123,7 @@ def compute(model: Model, settings: DetourSettings) -> DetourResult:
         langs = list(dict.fromkeys([*s.langs, src]))
         with clock(f"prompts_{tgt}"):
             prompts = tasks.build(
-                "translation", src, tgt, model.tokenizer, n=s.n_prompts, seed=s.seed, words_dir=s.words
+                "translation", src, tgt, model.tokenizer, n=s.n_prompts, seed=s.seed, words_dir=s.words_dir
             ).df
             table = read_table(langs, s.words_dir).set_index("concept")
             sets = prompt_sets(prompts, table, langs, model.tokenizer)
