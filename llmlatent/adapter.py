@@ -10,9 +10,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -184,12 +184,12 @@ class Unembedding(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """Return the unembedding matrix [vocab, hidden]."""
-        return self.head.weight
+        return cast(torch.Tensor, self.head.weight)  # torch types Module attributes Tensor | Module
 
     @property
     def vocab_size(self) -> int:
         """Return the number of rows of the unembedding."""
-        return int(self.head.weight.shape[0])
+        return int(cast(torch.Tensor, self.head.weight).shape[0])
 
     def float32(self) -> Float32Head | None:
         """Return the float32 copy of the final norm and head the lens decodes with (None if the head cannot be copied).
@@ -209,7 +209,7 @@ class Unembedding(nn.Module):
         plain = type(self.head).forward is nn.Linear.forward  # F.linear below must equal the head's forward
         if not (plain and _copyable(self.head) and _copyable(self.final_norm)):
             return None
-        weight = self.head.weight
+        weight = cast(torch.Tensor, self.head.weight)  # a Linear's weight (plain, checked above)
         bias = getattr(self.head, "bias", None)
         tensors = [weight, *([bias] if bias is not None else []), *self.final_norm.parameters()]
         key = tuple((t.data_ptr(), t._version, t.dtype, str(t.device)) for t in tensors)
@@ -228,7 +228,7 @@ class Unembedding(nn.Module):
         """Return the final norm of raw residuals ``h`` in float32 (in the head's dtype if it cannot be copied)."""
         parts = self.float32()
         if parts is None:
-            return self.final_norm(h.to(self.head.weight.dtype))
+            return self.final_norm(h.to(cast(torch.Tensor, self.head.weight).dtype))
         return parts.norm(h.float())
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -259,7 +259,7 @@ class Unembedding(nn.Module):
     def energy_gram(self) -> torch.Tensor:
         """Return G = Uᵀ U / V for the norm-weighted, row-normalised unembedding U (float32, cached)."""
         if self._energy_gram is None:
-            w = self.head.weight
+            w = cast(torch.Tensor, self.head.weight)  # torch types Module attributes Tensor | Module
             scale = norm_scale(self.final_norm).to(w.device)
             d = w.shape[1]
             gram = torch.zeros(d, d, dtype=torch.float32, device=w.device)
@@ -291,7 +291,7 @@ class LoadedHead:
         return Fingerprint(
             model=self.name,
             n_layers=int(getattr(text_config(self.config), "num_hidden_layers", 0) or 0),
-            hidden_size=int(self.unembedding.head.weight.shape[1]),
+            hidden_size=int(cast(torch.Tensor, self.unembedding.head.weight).shape[1]),
             unembedding_sha256=self.unembedding.fingerprint(),
         )
 
@@ -323,7 +323,12 @@ def adapter_for(hf_model: nn.Module, *, blocks: str | None = None, final_norm: s
     norm_paths = (final_norm,) if final_norm else NORM_PATHS
     found_blocks = next((get_path(hf_model, p) for p in block_paths if get_path(hf_model, p) is not None), None)
     found_norm = next((get_path(hf_model, p) for p in norm_paths if get_path(hf_model, p) is not None), None)
-    head = hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
+    # torch types Module attributes Tensor | Module: get_output_embeddings is the HF method
+    head = (
+        cast("Callable[[], nn.Module | None]", hf_model.get_output_embeddings)()
+        if hasattr(hf_model, "get_output_embeddings")
+        else None
+    )
     missing = []
     if not isinstance(found_blocks, nn.ModuleList):
         missing.append(f"blocks (tried {', '.join(block_paths)})")
@@ -338,9 +343,12 @@ def adapter_for(hf_model: nn.Module, *, blocks: str | None = None, final_norm: s
             + ". Pass the attribute paths explicitly, e.g. load(name, blocks='model.layers', final_norm='model.norm')."
         )
     softcap = getattr(text_config(hf_model.config), "final_logit_softcapping", None)
+    # the checks above raised unless found_blocks is a ModuleList, found_norm a Module and head a Module
     return Adapter(
-        blocks=found_blocks,
-        unembedding=Unembedding(found_norm, head, float(softcap) if softcap else None),
+        blocks=cast(nn.ModuleList, found_blocks),
+        unembedding=Unembedding(
+            cast(nn.Module, found_norm), cast(nn.Module, head), float(softcap) if softcap else None
+        ),
         last_hidden_normalised=family in LAST_HIDDEN_NORMALISED,
         family=family,
     )

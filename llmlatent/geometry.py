@@ -177,16 +177,17 @@ def procrustes_ranks(
     rotated = (embeddings[list(token_ids)].double() @ rotation.T).float()  # row form of R·E[:, token]
     own_ids = torch.as_tensor(list(token_ids), dtype=torch.long)
     other_ids_t = torch.as_tensor(list(other_ids), dtype=torch.long)
-    own, other = [], []
+    own_ranks: list[torch.Tensor] = []
+    other_ranks: list[torch.Tensor] = []
     with torch.no_grad():
         for start in range(0, len(own_ids), chunk):  # [chunk, V] logits at a time, one float32 matmul
             logits = rotated[start : start + chunk] @ u.T
             rows = torch.arange(logits.shape[0])
-            for ids, out in ((own_ids, own), (other_ids_t, other)):
+            for ids, out in ((own_ids, own_ranks), (other_ids_t, other_ranks)):
                 at = logits[rows, ids[start : start + chunk]].unsqueeze(1)
                 out.append(1 + (logits > at).sum(1))
-    own = torch.cat(own).numpy() if own else np.empty(0, dtype=np.int64)
-    other = torch.cat(other).numpy() if other else np.empty(0, dtype=np.int64)
+    own = torch.cat(own_ranks).numpy() if own_ranks else np.empty(0, dtype=np.int64)
+    other = torch.cat(other_ranks).numpy() if other_ranks else np.empty(0, dtype=np.int64)
     return own, other
 
 

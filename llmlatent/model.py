@@ -6,7 +6,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -18,6 +18,8 @@ from llmlatent.embedded import DEFAULT_MODEL, default_model_path
 from llmlatent.errors import ModelLoadError, UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ class Model:
     @property
     def hidden_size(self) -> int:
         """Return the residual-stream width."""
-        return int(self.unembedding.head.weight.shape[1])
+        return int(cast(torch.Tensor, self.unembedding.head.weight).shape[1])  # Module attributes: Tensor | Module
 
     @property
     def unembedding(self) -> Unembedding:
@@ -84,7 +86,9 @@ class Model:
     @property
     def device(self) -> torch.device:
         """Return the device of the input embeddings (where inputs go)."""
-        return self.hf.get_input_embeddings().weight.device
+        # torch types Module attributes Tensor | Module: the HF method and the embedding's weight tensor
+        get_embeddings = cast("Callable[[], torch.nn.Module]", self.hf.get_input_embeddings)
+        return cast(torch.Tensor, get_embeddings().weight).device
 
     def fingerprint(self) -> Fingerprint:
         """Return the model's :class:`~llmlatent.adapter.Fingerprint` (name, layers, hidden size, unembedding hash).
@@ -263,8 +267,10 @@ def _has_weights(folder: Path) -> bool:
 
 def is_causal(hf: torch.nn.Module) -> bool:
     """Return True when changing a later token leaves the earlier positions' logits unchanged."""
-    vocab = hf.get_input_embeddings().weight.shape[0]
-    device = hf.get_input_embeddings().weight.device
+    # torch types Module attributes Tensor | Module: the HF method and the embedding's weight tensor
+    get_embeddings = cast("Callable[[], torch.nn.Module]", hf.get_input_embeddings)
+    vocab = cast(torch.Tensor, get_embeddings().weight).shape[0]
+    device = cast(torch.Tensor, get_embeddings().weight).device
     ids = torch.tensor([[min(5, vocab - 1), min(7, vocab - 1)], [min(5, vocab - 1), min(11, vocab - 1)]], device=device)
     with torch.inference_mode():
         logits = hf(input_ids=ids).logits[:, 0].float()
@@ -293,7 +299,7 @@ def load_unembedding(
     ``.unembedding.fingerprint()`` equals the loaded model's; ``.tokenizer`` is None when the model has
     no tokenizer files. Pass the result to :func:`llmlatent.lens.last_token.from_latents`.
     """
-    dtype = torch_dtype(dtype)
+    dtype = cast(torch.dtype, torch_dtype(dtype))  # None only for None, which dtype is not
     path, name = _resolve(name_or_path)
     config, token = _config(path, name, trust_remote_code)
     try:
@@ -322,7 +328,7 @@ def _head_plan(
 ) -> dict[str, list[tuple[str, str]]]:
     """Return file → [(unembedding state key, checkpoint key)] of the tensors the final norm and head need."""
     module_names = {id(m): n for n, m in hf.named_modules()}
-    embed = hf.get_input_embeddings()
+    embed = cast("Callable[[], torch.nn.Module]", hf.get_input_embeddings)()  # Module attribute: Tensor | Module
     tied = bool(getattr(text_config(config), "tie_word_embeddings", getattr(config, "tie_word_embeddings", False)))
     plan: dict[str, list[tuple[str, str]]] = {}
     for key in unembedding.state_dict():
@@ -345,7 +351,9 @@ def _fill(unembedding: Unembedding, plan: dict[str, list[tuple[str, str]]], loca
     targets = unembedding.state_dict()
     with torch.no_grad():
         for filename, pairs in plan.items():
-            with safetensors.safe_open(local(filename), framework="pt", device="cpu") as fh:
+            with safetensors.safe_open(
+                cast("Callable[[str], str]", local)(filename), framework="pt", device="cpu"
+            ) as fh:
                 for key, found in pairs:
                     tensor = fh.get_tensor(found)
                     if tuple(tensor.shape) != tuple(targets[key].shape):
@@ -375,5 +383,8 @@ def load_input_embeddings(
     found = find_key(wanted, weight_map)
     if found is None:
         raise ModelLoadError(f"cannot find {wanted!r} (the input embedding) in the safetensors files of {name!r}")
-    with safetensors.safe_open(local(weight_map[found]), framework="pt", device="cpu") as fh:
+    # local is checkpoint_files' file name → local path function; the file is one the index names
+    with safetensors.safe_open(
+        cast("Callable[[str], str]", local)(weight_map[found]), framework="pt", device="cpu"
+    ) as fh:
         return fh.get_tensor(found).float()

@@ -34,7 +34,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from llmlatent.errors import DataError
 
@@ -157,7 +157,7 @@ def check_tokenizer_object(tokenizer: object, where: str) -> PreTrainedTokenizer
             f"{where}: tokenizer must be a tokenizer object (model.tokenizer, or "
             f"transformers.AutoTokenizer.from_pretrained(path)), got {type(tokenizer).__name__} {tokenizer!r:.60}"
         )
-    return tokenizer
+    return cast("PreTrainedTokenizerBase", tokenizer)  # duck-typed above: has get_vocab and encode
 
 
 def is_alphabetic(word: str) -> bool:
@@ -178,7 +178,7 @@ def _counts(tokenizer: PreTrainedTokenizerBase, info: VocabInfo, token_id: int) 
 
 def _decoded(tokenizer: PreTrainedTokenizerBase, info: VocabInfo, token_id: int) -> str:
     """Return a token's text, its bytes decoded for byte-level vocabularies (the marker kept)."""
-    text = tokenizer.convert_ids_to_tokens(token_id)
+    text = cast(str, tokenizer.convert_ids_to_tokens(token_id))  # one id in, one token text out
     if info.byte_level:
         inverse = unicode_to_byte()
         if all(c in inverse for c in text):
@@ -251,7 +251,7 @@ def _token_set(
     if own_first_token:
         for token_id in tokenizer.encode(word, add_special_tokens=False):
             if _counts(tokenizer, info, token_id):
-                text = tokenizer.convert_ids_to_tokens(token_id).removeprefix(info.marker)
+                text = cast(str, tokenizer.convert_ids_to_tokens(token_id)).removeprefix(info.marker)
                 if not alphabetic_strict or len(text) >= 2:
                     ids.add(int(token_id))
                 break
@@ -268,7 +268,7 @@ def check_ids(frame: pd.DataFrame, vocab_size: int | None = None) -> None:
             if isinstance(ids, str | bytes) or not hasattr(ids, "__iter__"):
                 raise DataError(f"prompt set: {column} of row {row} must be a list of token ids, got {ids!r}")
             for t in ids:
-                if isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t < upper:
+                if isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= cast(int, t) < upper:
                     span = "a whole number ≥ 0" if vocab_size is None else f"a whole number in [0, {vocab_size})"
                     raise DataError(
                         f"prompt set: token id {t!r} in {column} of row {row} is not {span} (the tokenizer's "

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import pandas as pd
 
@@ -127,7 +127,7 @@ def paper_lines(repo: str | Path) -> tuple[dict[str, pd.DataFrame], str]:
     from llmlatent.experiments.figures.geometry import PAPER_LINES
 
     folder = Path(repo).resolve() / PAPER_LINES
-    stamp = ()
+    stamp: tuple[tuple[str, int, int], ...] = ()
     if folder.is_dir():
         stamp = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.rglob("*.csv")))
     return _paper_lines(str(Path(repo).resolve()), stamp)
@@ -183,7 +183,7 @@ def compute(model: Model, settings: SweepSettings) -> SweepResult:
     log.info(prompts.report())
     started = time.perf_counter()
     if isinstance(settings.source, StorePrompts):  # model: a LoadedHead (or a Model); no forward pass
-        store = latents.load(settings.from_latents)
+        store = latents.load(cast(str, settings.from_latents))  # the source is StorePrompts only for --from-latents
         rows = lens.from_latents(
             store, model, batch_size=settings.batch_size, progress=settings.progress, prompts=prompts
         )

@@ -7,7 +7,8 @@ full-vocabulary tensor exists for all rows at once (the sweep's hot path; see :f
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -71,7 +72,12 @@ def _decode_block(
     # float32 hidden states through a float32 copy of the final norm and head (Unembedding.float32):
     # logits and probabilities are float32 even on bf16 models; a head that cannot be copied runs as is
     parts = unembedding.float32()
-    weight, bias = (parts.weight, parts.bias) if parts is not None else (head.weight, getattr(head, "bias", None))
+    # torch types a Module's attributes Tensor | Module: the head's weight is a tensor
+    weight, bias = (
+        (parts.weight, parts.bias)
+        if parts is not None
+        else (cast(torch.Tensor, head.weight), getattr(head, "bias", None))
+    )
     x = unembedding.normed(h)
     n, vocab = x.shape[0], unembedding.vocab_size
     budget = DECODE_BYTES if x.device.type == "cpu" else DECODE_BYTES_ACCELERATOR
@@ -86,7 +92,11 @@ def _decode_block(
     for v0 in range(0, vocab, width):
         if not sliced:
             z = (
-                (head(x.to(head.weight.dtype)) if parts is None else nn.functional.linear(x, weight, parts.bias))
+                (
+                    head(x.to(cast(torch.Tensor, head.weight).dtype))
+                    if parts is None
+                    else nn.functional.linear(x, weight, parts.bias)
+                )
                 .float()
                 .T
             )
@@ -112,6 +122,7 @@ def _decode_block(
                 top_v, top_i = vals, torch.zeros_like(vals, dtype=torch.int64)
             else:
                 better = vals > top_v
+                assert top_i is not None  # set together with top_v
                 top_v, top_i = torch.where(better, vals, top_v), torch.where(better, v0, top_i)
         else:
             vals, idx = z.topk(min(k, cols), dim=0)
@@ -119,6 +130,7 @@ def _decode_block(
             if top_v is None:
                 top_v, top_i = vals, idx
             else:
+                assert top_i is not None  # set together with top_v
                 both_v, both_i = torch.cat([top_v, vals]), torch.cat([top_i, idx])
                 top_v, order = both_v.topk(min(k, both_v.shape[0]), dim=0)
                 top_i = both_i.gather(0, order)
@@ -130,11 +142,15 @@ def _decode_block(
         if shift is None:
             shift, total, weighted = m, s, t
         else:
+            assert total is not None and weighted is not None  # set together with shift
             new = torch.maximum(shift, m)
             a, b = torch.exp(shift - new), torch.exp(m - new)
             weighted = a * (weighted + total * (shift - new)) + b * (t + s * (m - new))
             total = a * total + b * s
             shift = new
+    # the vocabulary has at least one slice, so the loop above set them all
+    assert shift is not None and total is not None and weighted is not None
+    assert top_v is not None and top_i is not None
     if k == 1 and width < vocab:  # top_i holds each row's best slice: its argmax, recomputed for those rows only
         top_i = top_i[0]
         for v0 in top_i.unique().tolist():
@@ -161,7 +177,7 @@ def _decode_block(
 def decode(
     lens: Lens | Unembedding,
     latents: torch.Tensor,
-    sets: dict[str, Sequence[Sequence[int] | None]] | None = None,
+    sets: Mapping[str, Sequence[Sequence[int] | None]] | None = None,
     *,
     k: int = 1,
     energy: bool = True,
@@ -182,7 +198,7 @@ def decode(
     sets = sets or {}
     lens = of(lens)
     unembedding = lens.unembedding
-    device = unembedding.head.weight.device
+    device = cast(torch.Tensor, unembedding.head.weight).device  # a Module attribute: typed Tensor | Module
     # the lens's per-layer translation (the logit lens: the same tensor, untouched) before the shared head
     latents = lens.translate(latents, layers)
     n = latents.shape[0]

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
@@ -84,7 +84,7 @@ def _frame(
     names = list(sets[0]) if sets else []
     stats = decode(of(model), hidden, {n: [s[n] for s in sets] for n in names}, k=k, energy=False, layers=layers)
     top_ids = stats["top_ids"].reshape(-1).tolist()
-    vocab = {t: model.tokenizer.decode([t]) for t in set(top_ids)}
+    vocab = {t: cast(str, model.tokenizer.decode([t])) for t in set(top_ids)}  # ids in, one text out
     out = index.loc[index.index.repeat(k)].reset_index(drop=True)
     out["layer"] = np.repeat(layers.numpy(), k)
     out["rank"] = np.tile(np.arange(1, k + 1), len(index))
@@ -111,11 +111,11 @@ def positions(model: Model, text: str | Sequence[int], sets: WordSets | None = N
     if isinstance(text, str):
         inputs = model.encode([text])
     else:
-        ids = torch.as_tensor(list(text), dtype=torch.long)[None].to(model.device)
-        if ids.shape[1] == 0:
+        given = torch.as_tensor(list(text), dtype=torch.long)[None].to(model.device)
+        if given.shape[1] == 0:
             raise UsageError("no tokens to decode")
-        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        inputs["position_ids"] = torch.arange(ids.shape[1], device=ids.device)[None]
+        inputs = {"input_ids": given, "attention_mask": torch.ones_like(given)}
+        inputs["position_ids"] = torch.arange(given.shape[1], device=given.device)[None]
     ids = inputs["input_ids"][0].tolist()
     n = len(ids)
     with torch.inference_mode(), capture_last(model, torch.arange(n)[None]) as captured:
@@ -205,7 +205,7 @@ def generation(
             rows.append(hidden[row, : len(ids)].reshape(-1, hidden.shape[-1]))  # step-major: layer = row mod layers
             row_sets += [per_prompt[i]] * len(index[-1])
             all_ids.append(ids)
-            texts.append(model.tokenizer.decode(ids, skip_special_tokens=True))
+            texts.append(cast(str, model.tokenizer.decode(ids, skip_special_tokens=True)))
         # the whole chunk's rows decoded together (one wide GEMM per vocabulary slice; the numbers are per row)
         index = pd.concat(index, ignore_index=True)
         frames.append(
@@ -253,7 +253,7 @@ def words_generation(
     *,
     concepts: Sequence[str] | None = None,
     words_dir: str | Path | None = None,
-    **kwargs: object,
+    **kwargs: int,
 ) -> Generation:
     """Return :func:`generation` of one prompt with a word set per language: the words of ``concepts`` in it.
 

@@ -94,7 +94,7 @@ def stats_frame(
     """Return the tidy (prompt, layer) frame for decoded statistics of rows ordered prompt-major."""
     top = stats["top_ids"][:, 0].tolist()
     vocab = {tid: tokenizer.decode([tid]) for tid in set(top)}
-    frame = {
+    frame: dict[str, object] = {
         "prompt_id": np.repeat(np.asarray(prompt_ids), n_layers),
         "layer": np.tile(np.arange(n_layers), len(prompt_ids)),
     }

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import torch
 
@@ -87,21 +87,30 @@ def generate_many(
     for start in range(0, len(settings), step):
         part = settings[start : start + step]
         ids = _generate_part(model, prefix, part, max_new_tokens, positions)
-        texts = [tok.decode(row, skip_special_tokens=True) for row in ids[:, prefix.width :]]
+        texts = [cast(str, tok.decode(row, skip_special_tokens=True)) for row in ids[:, prefix.width :]]
         out += [texts[j * prefix.rows : (j + 1) * prefix.rows] for j in range(len(part))]
     return out
 
 
+@overload
+def _generate_part(
+    model: Model, prefix: Prefix, part: Sequence[Setting], max_new_tokens: int, positions: str
+) -> torch.Tensor: ...
+@overload
+def _generate_part(
+    model: Model, prefix: Prefix, part: Sequence[Setting], max_new_tokens: int, positions: str, logits: Literal[True]
+) -> tuple[torch.Tensor, torch.Tensor]: ...
 def _generate_part(
     model: Model, prefix: Prefix, part: Sequence[Setting], max_new_tokens: int, positions: str, logits: bool = False
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Return the greedy ids of ``part``'s copies of the prompts (with ``logits``: also the first step's logits)."""
     with prefix.cached(len(part)) as cache, torch.inference_mode():
-        kwargs = {k: v.repeat(len(part), 1) for k, v in prefix.inputs.items() if k != "position_ids"}
+        kwargs: dict[str, Any] = {k: v.repeat(len(part), 1) for k, v in prefix.inputs.items() if k != "position_ids"}
         if cache is not None:
             kwargs[cache_kwarg(model)] = cache
         with apply_rows(model, part, prefix.rows, positions):
-            out = model.hf.generate(
+            generate = cast("Callable[..., Any]", model.hf.generate)  # torch types Module attributes Tensor | Module
+            out = generate(
                 **kwargs,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
@@ -153,7 +162,7 @@ def generate_scored(
             mass = [probs[r, list(per_row[r % prefix.rows])].sum() for r in range(probs.shape[0])]
             p[name].append(torch.stack(mass).reshape(len(part), prefix.rows))
         top1.append(ids[:, prefix.width].cpu().reshape(len(part), prefix.rows))
-        decoded = [tok.decode(row, skip_special_tokens=True) for row in ids[:, prefix.width :]]
+        decoded = [cast(str, tok.decode(row, skip_special_tokens=True)) for row in ids[:, prefix.width :]]
         texts += [decoded[j * prefix.rows : (j + 1) * prefix.rows] for j in range(len(part))]
     return Scored(texts, {k: torch.cat(v) for k, v in p.items()}, torch.cat(top1))
 

@@ -6,7 +6,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import pandas as pd
 
@@ -25,7 +25,7 @@ def open_stores(stores: Sequence[LatentStore | str | Path]) -> list[LatentStore]
     """Return latent stores given as stores or as folders (loaded and verified)."""
     from llmlatent import latents
 
-    return [s if hasattr(s, "prompts") else latents.load(s) for s in stores]
+    return [cast("LatentStore", s) if hasattr(s, "prompts") else latents.load(s) for s in stores]  # duck-typed
 
 
 def _digest(texts: Sequence[str]) -> str:
@@ -72,8 +72,17 @@ def fit_stores(
         folder = store_dir / f"{part['src'].iloc[0]}-{lang}-{_digest(part['prompt'].tolist())}"
         meta = {"task": "translation", "src": part["src"].iloc[0], "tgt": lang}
         resumed = (folder / "store.json").exists()  # kept by an earlier run: collect only verifies its shards
-        out[lang] = latents.collect(
-            model, tasks.PromptSet(part, meta=meta), folder, batch_size=batch_size, dtype="float32", progress=progress
+        # one process (no rank given): collect returns the store, None only on the other ranks of a group
+        out[lang] = cast(
+            "LatentStore",
+            latents.collect(
+                model,
+                tasks.PromptSet(part, meta=meta),
+                folder,
+                batch_size=batch_size,
+                dtype="float32",
+                progress=progress,
+            ),
         )
         info[lang] = {"reused": False, "resumed": resumed, "store": folder.name, "dtype": "float32"}
     return out, info

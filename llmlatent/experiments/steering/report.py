@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -84,7 +84,7 @@ def _numbers(part: pd.Series | pd.DataFrame, prefix: str = "") -> dict:
     """
     n = int(part["n"].iloc[0]) if isinstance(part, pd.DataFrame) else int(part["n"])
     row = part.mean(numeric_only=True) if isinstance(part, pd.DataFrame) else part
-    out = {prefix + "n": n}
+    out: dict[str, Any] = {prefix + "n": n}
     for k in NUMBERS:
         value = row.get(k)
         out[prefix + k] = None if value is None or pd.isna(value) else round(float(value), 6)

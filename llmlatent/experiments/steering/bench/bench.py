@@ -25,7 +25,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 import torch
@@ -45,6 +45,8 @@ from llmlatent.steering import language_means as language_vectors
 from llmlatent.steering.vector import SteeringVector
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from llmlatent.model import Model
     from llmlatent.steering.language_means import LanguageMeans
 
@@ -69,7 +71,8 @@ def prompt_frames(model: Model, s: SteerBenchSettings) -> tuple[dict[tuple[str, 
     wanted = {(v, lang) for lang in s.langs for v in s.vias(lang)}
     wanted |= {(s.via(a, b), x) for a, b in s.pairs() for x in (a, b)}
     frames = core.prompt_frames(model.tokenizer, sorted(wanted), s.seed, s.words_dir)
-    fit, select, test = core.split_concepts(core.concept_pool(frames), s.seed, s.n_concepts)
+    pool = core.concept_pool(cast("Mapping[object, Any]", frames))  # the Mapping's key type is invariant
+    fit, select, test = core.split_concepts(pool, s.seed, s.n_concepts)
     return frames, {"fit": fit, "select": select, "test": test}
 
 
@@ -138,7 +141,8 @@ def control_items(
             randoms.append(SteeringVector(ell, language_vectors.equal_norm(draw, norms[ell]), {"method": "random"}))
         wrong = None
         if wrong_to is not None:
-            raw = language_vectors.direction(means, "mean_diff", source, wrong_to, ell)
+            # mean_diff is defined for every pair of languages (direction returns None only for english_fit)
+            raw = cast(torch.Tensor, language_vectors.direction(means, "mean_diff", source, wrong_to, ell))
             wrong = SteeringVector(ell, language_vectors.equal_norm(raw, norms[ell]), {"method": "wrong_pair"})
         items += core.controls(alpha, randoms, wrong)
     return items

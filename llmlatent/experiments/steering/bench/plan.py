@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from llmlatent.errors import DataError, UsageError
 from llmlatent.experiments.settings import Settings, option
@@ -11,6 +12,9 @@ from llmlatent.experiments.steering.core import checked_alphas, default_layers
 from llmlatent.languages.registry import PAPER, codes, parse_codes
 from llmlatent.steering.language_means import METHODS
 from llmlatent.steering.vector import check_count, check_layer
+
+if TYPE_CHECKING:
+    from llmlatent.model import Model
 
 DEFAULT_ALPHAS = (1.0, 2.0, 4.0)
 DEFAULT_N_CONCEPTS = 60  # 20 fit + 20 select + 20 test concepts
@@ -21,7 +25,8 @@ def parse_langs(langs: Sequence[str] | str, words: str | None = None) -> tuple[s
     """Return the benchmark's languages, checked: available codes (bundled or in ``words``), no duplicates, at least
     two (the one place to parse)."""
     try:
-        return parse_codes(langs, words, flag="--langs", at_least=2)
+        # parse_codes reads any sequence of codes (its annotation names tuples and lists)
+        return parse_codes(cast("str | tuple[str, ...] | list[str]", langs), words, flag="--langs", at_least=2)
     except DataError as exc:
         raise UsageError(str(exc)) from None
 
@@ -80,7 +85,7 @@ class SteerBenchSettings(Settings):
             return default_layers(n_layers, DEFAULT_N_LAYERS)
         return [check_layer(x, n_layers) for x in self.layers]
 
-    def key_inputs(self, model: object) -> dict:
+    def key_inputs(self, model: Model) -> dict:
         """Return the model-dependent key inputs: the resolved layers."""
         return {"layers": self.layers_for(model.n_layers)}
 
