@@ -294,9 +294,7 @@ def _word_notes(
         for role, word in words.items()
         if word is not None and (warning := word_warning(tokenizer, word, cast("list[int]", sets[role])))
     ]
-    # NOTE: sets["english"] is None when the English word is empty ("") and set(None) raises TypeError here:
-    # a known bug, left as is (typing-only change), reported
-    if sets["target"] and set(sets["target"]) == set(cast("list[int]", sets["english"])):
+    if sets["target"] and sets["english"] and set(sets["target"]) == set(sets["english"]):  # "" has no set
         # the target and English words are always given (strings); only the source word may be None
         target, english = cast(str, words["target"]), cast(str, words["english"])
         notes.append(

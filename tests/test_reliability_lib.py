@@ -322,3 +322,11 @@ def test_build_and_prompt_files_refuse_n_below_one(spm_tokenizer, n):
     assert one_line(exc) == f"--n must be at least 1, got {n}"
     with pytest.raises(UsageError, match=f"--n must be at least 1, got {n}"):
         tasks.from_prompt_file(Path(__file__).parent / "data" / "seed_prompts.csv", spm_tokenizer, n=n)
+
+
+def test_custom_with_an_empty_english_word_drops_the_prompt_without_a_traceback(bpe_tokenizer):
+    """An empty English word has no token set: the prompt is dropped and counted (it used to raise a bare TypeError)."""
+    ps = tasks.custom(["Q: a", "Q: b"], ["Haus", "Blume"], ["", "flower"], tokenizer=bpe_tokenizer)
+    assert len(ps) == 1 and ps.df["prompt"].tolist() == ["Q: b"] and sum(ps.dropped.values()) == 1
+    with pytest.raises(DataError, match="all 1 prompts were filtered out"):
+        tasks.custom(["Q: a"], ["Haus"], [""], tokenizer=bpe_tokenizer)
