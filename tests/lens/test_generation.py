@@ -31,11 +31,12 @@ def numbers(rows):
     return rows[["position", "layer", "rank", "token_id"]], rows[["probability", "p_en", "p_zh"]]
 
 
-def assert_same(a, b, entropy_bits=1e-5):
-    """Ids equal, probabilities within 1e-5, entropies (bits: a sum over the vocabulary) within ``entropy_bits``."""
+def assert_same(a, b, entropy_bits=1e-5, probability=1e-5):
+    """Ids equal, probabilities within ``probability``, entropies (bits: a sum over the vocabulary) within
+    ``entropy_bits``."""
     (ids_a, num_a), (ids_b, num_b) = numbers(a), numbers(b)
     assert (ids_a.to_numpy() == ids_b.to_numpy()).all()
-    assert abs(num_a.to_numpy() - num_b.to_numpy()).max() <= 1e-5
+    assert abs(num_a.to_numpy() - num_b.to_numpy()).max() <= probability
     assert abs(a["entropy"].to_numpy() - b["entropy"].to_numpy()).max() <= entropy_bits
 
 
@@ -194,7 +195,9 @@ def test_embedded_generation_lens_is_exact_under_the_cache(embedded):
     full = genlens.positions(embedded, prompt_ids + gen.token_ids[0], sets, k=2)
     steps = range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(gen.token_ids[0]))
     full = full[full["position"].isin(steps)].reset_index(drop=True)
-    assert_same(gen.rows, full, entropy_bits=1e-4)  # 262k-token sums: float32 rounding reaches ~2e-5 bits
+    # 262k-token sums: float32 rounding reaches ~2e-5 bits; 18 sliding-window layers cached vs in one forward move a
+    # probability by up to 2.4e-5 on an AMD EPYC (float32 summation order of its kernels; < 1e-5 elsewhere)
+    assert_same(gen.rows, full, entropy_bits=1e-4, probability=5e-5)
     last = gen.rows[(gen.rows["layer"] == embedded.n_layers - 1) & (gen.rows["rank"] == 1)]
     assert last["token_id"].tolist() == gen.token_ids[0]
 
