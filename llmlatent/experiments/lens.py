@@ -47,11 +47,14 @@ class LensSettings(Settings):
                 self.fail(
                     f"--colour must be probability or p_<lang> of --langs ({', '.join(langs)}), got {self.colour}"
                 )
-            if (concepts := self.concept_list()) is not None:
-                from llmlatent.languages.scripts import check_concepts
-                from llmlatent.languages.words import read_table
 
-                check_concepts(concepts, read_table(list(langs)).set_index("concept"))
+    def preflight(self) -> None:
+        """Return None after checking ``--concepts`` against the word files of ``--langs`` (``--generate`` only)."""
+        if self.generate and (concepts := self.concept_list()) is not None:
+            from llmlatent.languages.scripts import check_concepts
+            from llmlatent.languages.words import read_table
+
+            check_concepts(concepts, read_table(list(self.languages())).set_index("concept"))
 
     @property
     def text(self) -> str:

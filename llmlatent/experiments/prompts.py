@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ from llmlatent import checks
 from llmlatent.atomic import file_sha256
 from llmlatent.errors import DataError
 from llmlatent.experiments.settings import Settings, option
+from llmlatent.languages.registry import split_codes
 from llmlatent.tasks import TASKS, PromptSet
 
 if TYPE_CHECKING:
@@ -53,12 +54,6 @@ def words_digest(langs: Iterable[str], words_dir: str | Path | None = None) -> d
         language = get(code, words_dir)
         out[code] = {"label": language.label, "answer": language.answer, "sha256": file_sha256(language.path)}
     return out
-
-
-def split_codes(value: str | Sequence[str]) -> tuple[str, ...]:
-    """Return the language codes of ``value`` ('en,fr' or a sequence) as a tuple, unchecked (see ``parse_codes``)."""
-    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
-    return tuple(part.strip() for item in items for part in str(item).split(",") if part.strip())
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ from llmlatent import experiments
 from llmlatent.atomic import atomic_dir, check_output_dir
 from llmlatent.errors import OutputFolderError
 from llmlatent.experiments.base import Clock, Experiment
-from llmlatent.experiments.settings import content_digest
 
 if TYPE_CHECKING:
     from llmlatent.experiments.settings import Settings
@@ -57,9 +56,6 @@ def versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
     }
-
-
-words_digest = content_digest  # the word-file folders of --words
 
 
 def cache_key(experiment: Experiment, fingerprint: Mapping, settings: Mapping) -> dict:

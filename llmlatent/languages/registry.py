@@ -16,6 +16,7 @@ which row to add. Codes must be valid BCP-47 language tags (``langcodes``); anyt
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -161,12 +162,17 @@ def check_lang(code: str, directory: str | Path | None = None) -> str:
     )
 
 
+def split_codes(value: str | Sequence[str]) -> tuple[str, ...]:
+    """Return the language codes of ``value`` ('en,fr' or a sequence) as a tuple, unchecked (see ``parse_codes``)."""
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    return tuple(part.strip() for item in items for part in str(item).split(",") if part.strip())
+
+
 def parse_codes(
-    value: str | tuple[str, ...] | list[str], directory: str | Path | None = None, *, flag: str, at_least: int = 1
+    value: str | Sequence[str], directory: str | Path | None = None, *, flag: str, at_least: int = 1
 ) -> tuple[str, ...]:
     """Return the language codes of ``value`` ('en,fr' or a sequence), each checked; refuse duplicates and too few."""
-    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
-    parts = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+    parts = split_codes(value)
     repeated = sorted({c for c in parts if parts.count(c) > 1})
     if repeated:
         raise DataError(f"{flag} lists {', '.join(repeated)} more than once; give each language once")

@@ -206,7 +206,7 @@ def in_scripts(text: str, names: Sequence[str]) -> bool:
 
 def in_script(text: str, code: str, words_dir: str | Path | None = None) -> bool:
     """Return True when ``text`` holds a letter of language ``code``'s script (see :class:`OutputJudge`)."""
-    return bool(_letters(_language_scripts(code, words_dir)).search(text))
+    return in_scripts(text, _language_scripts(code, words_dir))
 
 
 class OutputJudge:

@@ -104,35 +104,38 @@ class Origin:
         )
 
 
-def origin(source: Model | LoadedHead | Unembedding | Lens) -> Origin:
-    """Return the :class:`Origin` (lens, fingerprint, tokenizer) of ``source``: the one dispatch over the four types.
-
-    A Model's lens is ``model.lens`` when the user assigned one, else the logit lens of its head; a LoadedHead's
-    and an Unembedding's is their logit lens; a Lens is itself. Any other type raises a one-line UsageError.
-    """
-    if isinstance(source, Lens):
-        return Origin(source, None, None)
-    if isinstance(source, Unembedding):
-        return Origin(LogitLens(source), None, None)
-    if isinstance(source, LoadedHead):
-        fingerprint = source.fingerprint()
-        known = fingerprint if fingerprint.n_layers > 0 else None  # a config without a block count: a bare head
-        return Origin(LogitLens(source.unembedding), known, source.tokenizer)
-    if isinstance(source, Model):
-        chosen = LogitLens(source.unembedding) if source.lens is None else source.lens
-        if not isinstance(chosen, Lens):
-            raise UsageError(
-                f"model.lens is a {type(chosen).__name__}, not a llmlatent.lens.Lens: assign a Lens, or None for the "
-                "logit lens"
-            )
-        return Origin(chosen, source.fingerprint(), source.tokenizer)
-    raise UsageError(f"a lens is read from {ACCEPTED}; got a {type(source).__name__}")
-
-
 def of(source: Model | LoadedHead | Unembedding | Lens) -> Lens:
     """Return the Lens of ``source``: a Model's assigned ``model.lens``, else the logit lens of its head.
 
     A LoadedHead or an Unembedding gives its logit lens, a Lens itself; any other type raises a one-line
-    UsageError naming the four accepted types.
+    UsageError naming the four accepted types. Nothing is hashed: every reading may call it.
     """
-    return origin(source).lens
+    if isinstance(source, Lens):
+        return source
+    if isinstance(source, Unembedding):
+        return LogitLens(source)
+    if isinstance(source, LoadedHead):
+        return LogitLens(source.unembedding)
+    if isinstance(source, Model):
+        if source.lens is None:
+            return LogitLens(source.unembedding)
+        if not isinstance(source.lens, Lens):
+            raise UsageError(
+                f"model.lens is a {type(source.lens).__name__}, not a llmlatent.lens.Lens: assign a Lens, or None for "
+                "the logit lens"
+            )
+        return source.lens
+    raise UsageError(f"a lens is read from {ACCEPTED}; got a {type(source).__name__}")
+
+
+def origin(source: Model | LoadedHead | Unembedding | Lens) -> Origin:
+    """Return the :class:`Origin` (lens, fingerprint, tokenizer) of ``source``: its :func:`of` lens, and for a Model or
+    a LoadedHead its identity (hashing the head) and tokenizer; a bare Unembedding or Lens has neither."""
+    lens = of(source)  # refuses any other type
+    if isinstance(source, LoadedHead):
+        fingerprint = source.fingerprint()
+        known = fingerprint if fingerprint.n_layers > 0 else None  # a config without a block count: a bare head
+        return Origin(lens, known, source.tokenizer)
+    if isinstance(source, Model):
+        return Origin(lens, source.fingerprint(), source.tokenizer)
+    return Origin(lens, None, None)
